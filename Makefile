@@ -1,0 +1,37 @@
+# PG-SAM Node — the two set-up commands of the README are `make demo` and `make test`.
+# Both install what they need first (Python venv in .venv; Debian packages for the tests).
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup sysdeps demo test test-unit bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+sysdeps:
+	./deploy/install-system-deps.sh
+
+demo: setup
+	$(BIN)/pgsam-node demo
+
+test: setup sysdeps
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rs
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+bench: setup sysdeps
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/e2e.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

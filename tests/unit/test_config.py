@@ -1,0 +1,56 @@
+import pytest
+
+from pgsam_node.config import load_settings
+from pgsam_node.errors import ConfigError
+
+
+def test_defaults_are_secure_and_embedded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None)
+    assert s.dicom.bind == "127.0.0.1"
+    assert s.web.bind == "127.0.0.1"
+    assert s.database_url == f"sqlite:///{tmp_path / 'storage' / 'node.sqlite3'}"
+
+
+def test_yaml_and_env_override(tmp_path, monkeypatch):
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text("dicom:\n  ae_title: MYNODE\n  port: 4242\nassembly:\n  stable_seconds: 5\n")
+    monkeypatch.setenv("PGSAM_DICOM__PORT", "5555")
+    s = load_settings(cfg)
+    assert s.dicom.ae_title == "MYNODE"
+    assert s.dicom.port == 5555  # environment beats the file
+    assert s.assembly.stable_seconds == 5
+
+
+@pytest.mark.parametrize(
+    "yaml_text, key",
+    [
+        ("dicom:\n  port: 70000\n", "dicom.port"),
+        ("dicom:\n  ae_title: THIS_AE_TITLE_IS_TOO_LONG\n", "dicom.ae_title"),
+        ("assembly:\n  stable_seconds: -1\n", "assembly.stable_seconds"),
+        ("dicom:\n  prot: 11112\n", "dicom.prot"),
+        ("destinations:\n  - name: pacs\n    ae_title: ORTHANC\n    host: 127.0.0.1\n", "destinations.0.port"),
+    ],
+)
+def test_invalid_value_names_the_key(tmp_path, yaml_text, key):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml_text)
+    with pytest.raises(ConfigError) as ei:
+        load_settings(cfg)
+    assert key in str(ei.value)
+
+
+def test_missing_and_non_mapping_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "nope.yaml")
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(bad)
+
+
+def test_example_config_is_valid():
+    from pgsam_node.config import PROJECT_ROOT
+
+    s = load_settings(PROJECT_ROOT / "config" / "node.example.yaml")
+    assert s.dicom.ae_title
