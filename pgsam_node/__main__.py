@@ -1,0 +1,7 @@
+"""``python -m pgsam_node`` = the ``pgsam-node`` command (used by tests and subprocesses)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
