@@ -1,0 +1,1 @@
+"""Volumes on one reference grid: loading, geometry checks, resampling, normalisation."""
