@@ -87,6 +87,13 @@ class DatabaseSettings(_Section):
 class AssemblySettings(_Section):
     stable_seconds: float = Field(30.0, gt=0)
     check_interval_seconds: float = Field(2.0, gt=0)
+    #: Sequences a study should have before it runs; missing ones are waited for.
+    required_roles: list[Literal["T1", "T2", "T1C"]] = Field(default_factory=lambda: ["T1", "T2", "T1C"])
+    #: How long a stable study waits for missing sequences, then ``on_missing_sequences`` applies.
+    sequence_wait_seconds: float = Field(600.0, ge=0)
+    #: ``run_partial`` runs with the sequences present (the model masks the missing ones; at
+    #: least one of T1/T2/T1C is needed); ``fail`` stops the study with a reason.
+    on_missing_sequences: Literal["run_partial", "fail"] = "run_partial"
 
 
 class ClassifySettings(_Section):
@@ -190,6 +197,11 @@ class SendSettings(_Section):
 
 
 class WorkerSettings(_Section):
+    #: Run a worker inside ``pgsam-node serve`` (the embedded default); off when GPU workers
+    #: (``pgsam-node worker``) serve a shared PostgreSQL queue.
+    embedded: bool = True
+    #: Attempts per study version before it is FAILED (a crash or expired lease counts as one).
+    max_attempts: int = Field(3, ge=1)
     lease_seconds: float = Field(120.0, gt=0)
     heartbeat_seconds: float = Field(20.0, gt=0)
     study_timeout_seconds: float = Field(1800.0, gt=0)
