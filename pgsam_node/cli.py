@@ -17,6 +17,7 @@ from .errors import NodeError
 COMMAND_MODULES = [
     "pgsam_node.commands.config_cmd",
     "pgsam_node.commands.worker_cmd",
+    "pgsam_node.commands.demo",
 ]
 
 log = logging.getLogger("pgsam_node.cli")
