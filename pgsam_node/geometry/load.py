@@ -221,11 +221,14 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
     mono1 = False
     for k, f in enumerate(stack.frames):
         ds, idx = f.source
-        key = id(ds)
-        if key not in decoded:
-            decoded[key] = _decode(ds)
-            mono1 |= str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-        px = decoded[key][0 if idx is None else idx]
+        mono1 |= str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        if idx is None:  # single-frame: decode and drop, so only the float32 volume stays in memory
+            px = _decode(ds)[0]
+        else:  # multi-frame: decode each object once, keep it while its frames are copied
+            key = id(ds)
+            if key not in decoded:
+                decoded[key] = _decode(ds)
+            px = decoded[key][idx]
         if px.shape != (rows, cols):
             raise GeometryError(f"frame has matrix {px.shape}, header says {(rows, cols)}", reason="pixel_data")
         # Modality LUT: stored value * slope + intercept (PS3.3 C.11.1.1.2); computed in float64
