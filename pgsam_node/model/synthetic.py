@@ -713,7 +713,7 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
     hc = np.array([rng.uniform(-3, 3), rng.uniform(0, 8), rng.uniform(-5, 5)])
     yp = hc[1] + rng.uniform(-2, 4)
     zp = hc[2] + rng.uniform(-3, 3)
-    head_semi = np.array([rng.uniform(70, 80), rng.uniform(86, 96), np.inf])
+    head_semi = np.array([rng.uniform(70, 80), rng.uniform(86, 96), rng.uniform(150, 170)])
     head_rot = rotation(0.0, 0.0, rng.uniform(-0.05, 0.05))
     layers: list[Layer] = []
 
@@ -721,19 +721,21 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         layers.append(Layer(name, shape, sig, texture or [], within))
         return len(layers) - 1
 
-    add("skin", Ellipsoid(hc.copy(), head_semi, head_rot), tissue["skin"])
-    add("fat", Ellipsoid(hc.copy(), head_semi - np.array([2.5, 2.5, 0]), head_rot), tissue["fat"])
+    # The head/neck is a tall ellipsoid centred above the parotids, so the neck narrows caudally.
+    head_c = hc + [0, 0, 30]
+    add("skin", Ellipsoid(head_c, head_semi, head_rot), tissue["skin"])
+    add("fat", Ellipsoid(head_c, head_semi - np.array([2.5, 2.5, 2.5]), head_rot), tissue["fat"])
     # Midline structures.
-    add("tongue", Ellipsoid(hc + [0, -40, 0], np.array([32.0, 34.0, np.inf]) * rng.uniform(0.9, 1.1, 3)), tissue["muscle"])
-    add("paraspinal", Ellipsoid(hc + [0, 58, 0], np.array([42.0, 24.0, np.inf]) * rng.uniform(0.9, 1.1, 3)), tissue["muscle"])
-    add("prevertebral", Ellipsoid(hc + [0, 18, 0], np.array([20.0, 7.0, np.inf])), tissue["muscle"])
-    add("mucosa", Ellipsoid(hc + [0, 2, 0], np.array([17.0, 11.0, np.inf])), tissue["mucosa"])
-    add("airway", Ellipsoid(hc + [0, 2, 0], np.array([rng.uniform(9, 13), rng.uniform(5, 8), np.inf])), tissue["air"])
+    add("tongue", Ellipsoid(hc + [0, -40, -20], np.array([32.0, 34.0, 45.0]) * rng.uniform(0.9, 1.1, 3)), tissue["muscle"])
+    add("paraspinal", Ellipsoid(hc + [0, 58, -10], np.array([42.0, 24.0, 140.0]) * rng.uniform(0.9, 1.1, 3)), tissue["muscle"])
+    add("prevertebral", Ellipsoid(hc + [0, 18, 0], np.array([20.0, 7.0, 120.0])), tissue["muscle"])
+    add("mucosa", Ellipsoid(hc + [0, 2, 0], np.array([17.0, 11.0, 90.0])), tissue["mucosa"])
+    add("airway", Ellipsoid(hc + [0, 2, 0], np.array([rng.uniform(9, 13), rng.uniform(5, 8), 100.0])), tissue["air"])
     vb = hc + [0, 32, 0]
-    add("vertebra_cortex", Ellipsoid(vb, np.array([13.0, 11.0, np.inf])), tissue["cortex"])
-    add("vertebra_marrow", Ellipsoid(vb, np.array([11.0, 9.0, np.inf])), tissue["marrow"])
-    add("canal", Ellipsoid(hc + [0, 50, 0], np.array([9.0, 7.5, np.inf])), tissue["csf"])
-    add("cord", Ellipsoid(hc + [0, 50, 0], np.array([5.0, 4.0, np.inf])), tissue["cord"])
+    add("vertebra_cortex", Ellipsoid(vb, np.array([13.0, 11.0, 300.0])), tissue["cortex"])
+    add("vertebra_marrow", Ellipsoid(vb, np.array([11.0, 9.0, 300.0])), tissue["marrow"])
+    add("canal", Ellipsoid(hc + [0, 50, 0], np.array([9.0, 7.5, 300.0])), tissue["csf"])
+    add("cord", Ellipsoid(hc + [0, 50, 0], np.array([5.0, 4.0, 300.0])), tissue["cord"])
 
     glands = {s: _gland(s, rng, yp, zp) for s in ("left", "right")}
     for side in ("left", "right"):
@@ -741,19 +743,19 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         g = glands[side]
         xf = g["x_fn"]
         yg = g["superficial"].center[1]
-        add(f"scm_{side}", Ellipsoid(np.array([s * (xf + 6), yg + 30, zp]), np.array([9.0, 14.0, np.inf]), rotation(0, 0, s * 0.5)), tissue["muscle"])
-        add(f"masseter_{side}", Ellipsoid(np.array([s * (xf + 11), yg - 27, zp]), np.array([7.0, 15.0, np.inf]), rotation(0, 0, s * -0.15)), tissue["muscle"])
-        add(f"pterygoid_{side}", Ellipsoid(np.array([s * (xf - 12), yg - 24, zp]), np.array([6.0, 13.0, np.inf]), rotation(0, 0, s * 0.35)), tissue["muscle"])
-        ramus = np.array([s * (xf + 1.5), yg - 24, zp])
-        add(f"ramus_cortex_{side}", Ellipsoid(ramus, np.array([4.0, 11.0, np.inf]), rotation(0, 0, s * -0.1)), tissue["cortex"])
-        add(f"ramus_marrow_{side}", Ellipsoid(ramus, np.array([2.2, 8.5, np.inf]), rotation(0, 0, s * -0.1)), tissue["marrow"])
+        add(f"scm_{side}", Ellipsoid(np.array([s * (xf + 6), yg + 30, zp - 40]), np.array([9.0, 14.0, 90.0]), rotation(s * 0.15, 0, s * 0.5)), tissue["muscle"])
+        add(f"masseter_{side}", Ellipsoid(np.array([s * (xf + 11), yg - 27, zp - 5]), np.array([7.0, 15.0, 38.0]), rotation(0, 0, s * -0.15)), tissue["muscle"])
+        add(f"pterygoid_{side}", Ellipsoid(np.array([s * (xf - 12), yg - 24, zp - 5]), np.array([6.0, 13.0, 30.0]), rotation(0, 0, s * 0.35)), tissue["muscle"])
+        ramus = np.array([s * (xf + 1.5), yg - 24, zp - 5])
+        add(f"ramus_cortex_{side}", Ellipsoid(ramus, np.array([4.0, 11.0, 38.0]), rotation(0, 0, s * -0.1)), tissue["cortex"])
+        add(f"ramus_marrow_{side}", Ellipsoid(ramus, np.array([2.2, 8.5, 35.0]), rotation(0, 0, s * -0.1)), tissue["marrow"])
         gl_tex = [({"T1": 0.04, "T2": 0.05, "T1C": 0.05}, rng.standard_normal(3) * 0.6, rng.uniform(0, 6.3))]
         add(f"parotid_deep_{side}", g["deep"], tissue["parotid"], gl_tex)
         add(f"parotid_superficial_{side}", g["superficial"], tissue["parotid"], gl_tex)
         # Retromandibular vein (in the gland, at the facial-nerve plane), ICA and IJV.
-        add(f"rmv_{side}", Ellipsoid(np.array([s * (xf + 0.5), yg + 2, zp]), np.array([2.5, 2.5, np.inf])), tissue["vein"])
-        add(f"ica_{side}", Ellipsoid(np.array([s * 24, yg + 14, zp]), np.array([3.5, 3.5, np.inf])), tissue["artery"])
-        add(f"ijv_{side}", Ellipsoid(np.array([s * 30, yg + 21, zp]), np.array([5.5, 4.5, np.inf])), tissue["vein"])
+        add(f"rmv_{side}", Ellipsoid(np.array([s * (xf + 0.5), yg + 2, zp]), np.array([2.5, 2.5, 60.0])), tissue["vein"])
+        add(f"ica_{side}", Ellipsoid(np.array([s * 24, yg + 14, zp]), np.array([3.5, 3.5, 300.0])), tissue["artery"])
+        add(f"ijv_{side}", Ellipsoid(np.array([s * 30, yg + 21, zp]), np.array([5.5, 4.5, 300.0])), tissue["vein"])
         if rng.uniform() < 0.7:
             add(f"submandibular_{side}", Ellipsoid(np.array([s * 30, yg - 30, zp - 45]), np.array([11.0, 15.0, 11.0])), tissue["submandibular"])
 
