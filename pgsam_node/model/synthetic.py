@@ -940,7 +940,7 @@ def _en_report(f: Findings, rng: np.random.Generator, meta: dict, extra: dict) -
     hedge = rng.uniform() < 0.4
     meta["hedged"] = bool(hedge)
     if hedge:
-        imp = str(rng.choice([f"Findings are most consistent with {dx}.", f"Likely {dx}.",
+        imp = str(rng.choice([f"Findings are suggestive of {dx}.", f"Likely {dx}.",
                               f"Suspicious for {dx}.", f"Appearance favours {dx}."]))
         if rng.uniform() < 0.5:
             imp = f"{side.capitalize()} parotid {lobe} lobe {kind}. " + imp
