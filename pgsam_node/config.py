@@ -133,18 +133,41 @@ class RisSettings(_Section):
     use_preliminary: bool = False
     study_date_window_days: int = Field(3, ge=0)
     query_timeout_seconds: float = Field(10.0, gt=0)
+    #: Seconds to wait for a connection to the external RIS before treating it as down.
+    connect_timeout_seconds: float = Field(5.0, gt=0)
     #: How long a complete study waits for its report, then ``on_missing_report`` applies.
     wait_seconds: float = Field(6 * 3600.0, ge=0)
     recheck_interval_seconds: float = Field(60.0, gt=0)
     on_missing_report: Literal["run_without_text", "fail"] = "run_without_text"
     #: An amended report after the SEG was sent: run again and send a new SEG version.
     rerun_on_amendment: bool = True
+    #: Finished studies are re-checked for amended reports for this many days after finishing.
+    amendment_window_days: float = Field(30.0, ge=0)
 
 
 class Hl7Settings(_Section):
     bind: str = "127.0.0.1"
     #: MLLP port; None = no HL7 listener.
     port: int | None = Field(None, ge=1, le=65535)
+    #: Where ORU^R01 carries the accession number; the first non-empty field wins.
+    accession_fields: list[str] = Field(default_factory=lambda: ["OBR-18", "OBR-3"])
+    #: Largest accepted message (bytes, MLLP frame content); larger frames get AR and a close.
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    #: Seconds of silence on a connection before the listener closes it.
+    timeout_seconds: float = Field(60.0, gt=0)
+    max_connections: int = Field(16, ge=1, le=1024)
+    #: MSH-3 (sending application) of our ACKs.
+    application: str = "PGSAM"
+
+    @field_validator("accession_fields")
+    @classmethod
+    def _check_fields(cls, v: list[str]) -> list[str]:
+        import re as _re
+
+        for f in v:
+            if not _re.fullmatch(r"(OBR|ORC|PV1|ZDS)-\d{1,2}", f):
+                raise ValueError(f"invalid field {f!r}: use SEG-N with SEG one of OBR, ORC, PV1, ZDS")
+        return v
 
 
 class ModelSettings(_Section):
