@@ -188,6 +188,20 @@ class SegCode(_Section):
     meaning: str
 
 
+class SegmentCodes(_Section):
+    """Coded meaning of the SEG segment (PS3.3 C.8.20.2.3; CID 7150 / 7151 / 4).
+
+    Defaults describe a parotid neoplasm; a model folder's ``config.json`` may override them
+    (``segment_codes`` with the same keys), e.g. anatomy Brain (SCT 12738006) for brain tumours.
+    """
+
+    category: SegCode = Field(
+        default_factory=lambda: SegCode(value="49755003", meaning="Morphologically abnormal structure")
+    )
+    type: SegCode = Field(default_factory=lambda: SegCode(value="108369006", meaning="Neoplasm"))
+    anatomy: SegCode = Field(default_factory=lambda: SegCode(value="45289007", meaning="Parotid gland"))
+
+
 class SegSettings(_Section):
     series_description: str = "PG-SAM lesion"
     #: Series numbers are deterministic: base + run version.
@@ -200,6 +214,11 @@ class SegSettings(_Section):
     structured_report: bool = False
     overlay_series: bool = False
     manufacturer: str = "PG-SAM Node"
+    segment_codes: SegmentCodes = Field(default_factory=SegmentCodes)
+    #: Recommended display colour of the segment, sRGB 0-255 (stored as CIELab, PS3.3 C.10.7.1.1).
+    display_color: tuple[int, int, int] = (255, 64, 0)
+    #: Validate every object before it is queued (re-read, voxel compare, geometry, references).
+    validate_outputs: bool = True
 
 
 class Destination(_Section):
