@@ -254,6 +254,15 @@ class WebSettings(_Section):
     enabled: bool = True
     bind: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    #: ``/metrics`` without authentication; None = only while bound to a loopback address.
+    metrics_public: bool | None = None
+    #: Lifetime of a dashboard sign-in.
+    session_hours: float = Field(12.0, gt=0)
+    #: Auto-refresh of the dashboard study list (0 = off).
+    refresh_seconds: int = Field(10, ge=0)
+    #: HTTPS for the dashboard/API (both or neither); the session cookie is then ``Secure``.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
 
 class LoggingSettings(_Section):

@@ -262,6 +262,10 @@ class ApiToken(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     token_hash: Mapped[str] = mapped_column(String(128))
+    #: Public part of the token (``pgsam_<key_id>_<secret>``) used to find the row to verify.
+    key_id: Mapped[str | None] = mapped_column(String(32), unique=True, index=True)
+    #: Scopes: ``read``, ``actions``, ``report-text``, ``admin`` (= all).
+    scopes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)

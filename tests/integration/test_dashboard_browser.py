@@ -1,0 +1,119 @@
+"""The dashboard in a real headless Chromium against the real web server (uvicorn thread).
+
+Sign in with the first-run token printed by the server, open a seeded study, press Retry, see
+the state change; screenshots go to the test's tmp dir (kept when ``PGSAM_SCREENSHOTS`` names a
+folder, for looking at the page).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pgsam_node.db import Database
+from pgsam_node.db.models import Study
+from pgsam_node.web import WebServer
+
+from ..helpers import wait_for
+from ..opsdata import seed_study
+
+
+def _chrome():
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("chromium/chromedriver not installed (Debian packages chromium, chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1800"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+@pytest.fixture
+def server(settings, capsys):
+    db = Database(settings.database_url)
+    seeded = {"done": seed_study(db, settings.storage_root, "DONE"),
+              "failed": seed_study(db, settings.storage_root, "FAILED", accession="ACC-OPS-2")}
+    srv = WebServer(settings, db)
+    srv.start()
+    printed = capsys.readouterr().err
+    yield srv, db, seeded, printed
+    srv.stop()
+    db.dispose()
+
+
+def _shot(driver, tmp_path: Path, name: str) -> Path:
+    p = tmp_path / f"{name}.png"
+    driver.save_screenshot(str(p))
+    keep = os.environ.get("PGSAM_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, Path(keep) / p.name)
+    return p
+
+
+def test_sign_in_see_study_retry(server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    srv, db, seeded, printed = server
+    token = srv.first_run_token
+    assert token and token in printed  # shown once on the console
+    base = srv.url
+    # the real server answers with the security headers and refuses anonymous API calls
+    r = httpx.get(f"{base}/api/v1/studies")
+    assert r.status_code == 401
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+
+    driver = _chrome()
+    try:
+        wait = WebDriverWait(driver, 20)
+        driver.get(f"{base}/")
+        wait.until(EC.presence_of_element_located((By.ID, "token")))
+        assert "/login" in driver.current_url
+        driver.find_element(By.ID, "token").send_keys("pgsam_000000000000_wrong")
+        driver.find_element(By.ID, "signin").click()
+        assert wait.until(EC.presence_of_element_located((By.ID, "login-error"))).text == "That token is not valid."
+        driver.find_element(By.ID, "token").send_keys(token)
+        driver.find_element(By.ID, "signin").click()
+        table = wait.until(EC.presence_of_element_located((By.ID, "studies")))
+        assert "FAILED" in table.text and "DONE" in table.text
+        assert "ACC-OPS-2" in table.text
+        _shot(driver, tmp_path, "01-studies")
+        cookie = driver.get_cookie("pgsam_session")
+        assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+
+        # a DONE study: timeline, roles, findings, report text (admin), preview image rendered
+        driver.get(f"{base}/studies/{seeded['done'].study_id}")
+        wait.until(EC.presence_of_element_located((By.ID, "timeline")))
+        assert driver.find_element(By.ID, "study-state").text == "DONE"
+        assert "T1C" in driver.find_element(By.ID, "series").text
+        assert "superficial" in driver.find_element(By.ID, "findings").text
+        img = driver.find_element(By.ID, "preview")
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0)
+        _shot(driver, tmp_path, "02-study-done")
+
+        # the FAILED study: press Retry, accept the confirmation, see READY
+        driver.get(f"{base}/studies/{seeded['failed'].study_id}")
+        assert wait.until(EC.presence_of_element_located((By.ID, "study-state"))).text == "FAILED"
+        assert "inference_failed" in driver.find_element(By.ID, "study-reason").text
+        driver.find_element(By.ID, "action-retry").click()
+        wait.until(EC.alert_is_present()).accept()
+        wait.until(lambda d: d.find_element(By.ID, "study-state").text == "READY")
+        assert "FAILED → READY" in driver.find_element(By.ID, "flash").text
+        assert "retry by admin" in driver.find_element(By.ID, "timeline").text
+        _shot(driver, tmp_path, "03-after-retry")
+    finally:
+        driver.quit()
+    with db.session() as s:
+        st = s.get(Study, seeded["failed"].study_id)
+        assert st.state == "READY" and st.events[-1].actor == "admin"
+    wait_for(lambda: srv._thread.is_alive(), 2, what="server thread alive")
