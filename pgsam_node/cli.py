@@ -16,6 +16,8 @@ from .errors import NodeError
 
 COMMAND_MODULES = [
     "pgsam_node.commands.config_cmd",
+    "pgsam_node.commands.train_cmd",
+    "pgsam_node.commands.evaluate_cmd",
 ]
 
 log = logging.getLogger("pgsam_node.cli")
