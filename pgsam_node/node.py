@@ -10,7 +10,7 @@ import logging
 import threading
 
 from .config import Settings
-from .db import Database, open_database
+from .db import Database, open_database, utcnow
 from .worker import WorkerLoop, make_worker_id, requeue_expired
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,9 @@ class Node:
                 self.worker.wake()
 
         def reports() -> None:
-            check_waiting(db, s)
-            check_amendments(db, s)
+            now = utcnow()
+            check_waiting(db, s, now)
+            check_amendments(db, s, now)
             if self.worker:
                 self.worker.wake()
 
@@ -85,7 +86,7 @@ class Node:
 
     # --------------------------------------------------------------------------- lifecycle
     def start(self) -> Node:
-        from .outbox import recover_in_flight
+        from .outbox import recover_stuck
         from .receive import Listener
         from .scheduler import build_scheduler
 
@@ -93,7 +94,7 @@ class Node:
         if self.run_worker and self.db.is_sqlite:
             # SQLite = one worker: a lease left in the database is from a process that died.
             requeue_expired(self.db, s, owner_prefix="")
-        recover_in_flight(self.db)
+        recover_stuck(self.db)
         self.listener = Listener(s, self.db)
         self.listener.start()
         if s.hl7.port:
