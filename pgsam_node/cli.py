@@ -16,6 +16,8 @@ from .errors import NodeError
 
 COMMAND_MODULES = [
     "pgsam_node.commands.config_cmd",
+    "pgsam_node.commands.serve",
+    "pgsam_node.commands.status",
 ]
 
 log = logging.getLogger("pgsam_node.cli")
