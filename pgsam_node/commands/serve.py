@@ -1,4 +1,5 @@
-"""``pgsam-node serve``: the DICOM listener plus the scheduler, until SIGTERM/SIGINT."""
+"""``pgsam-node serve``: the whole node (DICOM listener, HL7 listener when configured, scheduler
+jobs, the embedded worker, web dashboard/API) until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
@@ -13,16 +14,15 @@ log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="run the node: DICOM listener and background jobs")
+    p = sub.add_parser("serve", help="run the node: DICOM listener, jobs, worker, web")
     add_config_arg(p)
+    p.add_argument("--no-worker", action="store_true", help="no embedded worker (GPU workers run `pgsam-node worker`)")
+    p.add_argument("--no-web", action="store_true", help="no web dashboard/API")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..db import open_database
-    from ..receive import Listener
-    from ..scheduler import build_scheduler
-    from ..spool import clean_tmp
+    from ..node import Node
 
     settings = load(args)
     stop = threading.Event()
@@ -33,25 +33,14 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-
-    db = open_database(settings)
-    listener = scheduler = None
+    node = Node(settings, worker=False if args.no_worker else None, web=False if args.no_web else None)
     try:
-        # Temporary files are from transfers a crash interrupted: none was acknowledged.
-        clean_tmp(settings)
-        listener = Listener(settings, db)
-        listener.start()
-        scheduler = build_scheduler(settings, db)
-        scheduler.start()
+        node.start()
         log.info("node serving: DICOM %s@%s:%d, storage %s", settings.dicom.ae_title, settings.dicom.bind,
-                 listener.port, settings.storage_root)
+                 node.listener.port, settings.storage_root)
         while not stop.wait(1.0):
             pass
     finally:
-        if scheduler is not None:
-            scheduler.shutdown(wait=True)
-        if listener is not None:
-            listener.stop()
-        db.dispose()
+        node.stop()
         log.info("node stopped")
     return 0
