@@ -206,6 +206,7 @@ class Pipeline:
             run_id = run.id
         self._check(claim, heartbeat, deadline)
 
+        self._mark_stage(run_id, "geometry")
         t = time.monotonic()
         try:
             vols = build_study_volumes(inputs.paths_by_role, st.geometry)
@@ -214,6 +215,7 @@ class Pipeline:
         timings["geometry"] = time.monotonic() - t
         self._check(claim, heartbeat, deadline)
 
+        self._mark_stage(run_id, "inference")
         t = time.monotonic()
         try:
             result = predictor.predict(
@@ -227,12 +229,13 @@ class Pipeline:
         ref = vols.reference
         voxel_ml = float(abs(ref.spacing[0] * ref.spacing[1] * ref.spacing[2])) / 1000.0
         n_vox = int(result.mask.sum())
-        metrics = {"lesion_voxels": n_vox, "lesion_ml": round(n_vox * voxel_ml, 3), "reference_role": vols.reference_role}
+        metrics = {"stage": "done", "lesion_voxels": n_vox, "lesion_ml": round(n_vox * voxel_ml, 3), "reference_role": vols.reference_role}
         notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]
 
         if n_vox == 0 and st.seg.empty_result == "no_seg":
             return self._no_finding(claim, run_id, timings, metrics, notes)
 
+        self._mark_stage(run_id, "encode")
         t = time.monotonic()
         cfg = getattr(predictor, "cfg", None)
         algorithm = algorithm_info(getattr(cfg, "weights_sha256", None))
@@ -273,6 +276,12 @@ class Pipeline:
                 transition(s, study, StudyState.DONE, "no destinations configured; outputs kept locally", actor=claim.worker_id)
         log.info("study %s encoded (%d voxels)", uid_hash(inputs.study_uid), n_vox, extra={"study": uid_hash(inputs.study_uid)})
         return RunResult(StudyState.SENDING.value if st.destinations else StudyState.DONE.value, "encoded", timings, rel_paths, metrics)
+
+    def _mark_stage(self, run_id: int, stage: str) -> None:
+        """Record the stage in progress on the run (dashboard; crash tests wait for it)."""
+        with self.db.transaction() as s:
+            run = s.get(Run, run_id)
+            run.metrics = {**(run.metrics or {}), "stage": stage}
 
     def _no_finding(self, claim: Claim, run_id: int, timings: dict, metrics: dict, notes: list) -> RunResult:
         with self.db.transaction() as s:
