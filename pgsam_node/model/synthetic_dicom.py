@@ -197,7 +197,7 @@ def plan_series(ph: Phantom, rng: np.random.Generator, vendor: str) -> dict[str,
     sp = st + float(rng.choice([0.0, 0.3, 0.5]))
     if u < 0.35:
         # Coronal slices cover the glands front to back; rows run head (top) to feet.
-        n = int(rng.integers(20, 27))
+        n = int(rng.integers(24, 33))  # ~85-130 mm front to back: masseter to mastoid
         gy = float(np.mean([ph.glands[s]["center"][1] for s in ("left", "right")]))
         cy = gy + rng.uniform(-5, 5)
         half = sp * (n - 1) / 2 - 2

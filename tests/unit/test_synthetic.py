@@ -334,3 +334,14 @@ def test_render_on_oblique_grid_matches_mask():
     # Inside the mask the image shows the lesion's signal (not the surroundings').
     table = LESION_APPEARANCE[ph.target.diagnosis]["signal"]["T2"] * ph.gains["T2"]
     assert abs(np.median(t2[mask]) - table) / table < 0.35
+
+
+def test_reports_parse_back_to_the_truth_with_the_report_parser():
+    """Cross-check with the node's own parser (pgsam_node.report, from the reports work)."""
+    report = pytest.importorskip("pgsam_node.report", reason="pgsam_node.report (report parser) not merged yet")
+    for seed in range(150):
+        ph = make_phantom(seed)
+        text, f, lang = case_report(ph, seed)
+        parsed = report.parse_report(text)
+        assert (parsed.side, parsed.gland, parsed.lobe, parsed.diagnosis) == (f.side, f.gland, f.lobe, f.diagnosis), text
+        assert parsed.size_mm is not None and abs(parsed.size_mm - f.size_mm) < 0.51, text
