@@ -122,7 +122,7 @@ _MALIGNANT = {"mucoepidermoid_carcinoma", "adenoid_cystic_carcinoma", "acinic_ce
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Grid:
     """A voxel grid in patient (LPS) space.
 
@@ -147,6 +147,14 @@ class Grid:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(s) for s in self.origin)
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return (self.shape == other.shape and self.spacing == other.spacing and self.origin == other.origin
+                and np.array_equal(self.direction, other.direction))
+
+    __hash__ = None  # mutable
 
     def index_matrix(self) -> np.ndarray:
         """3×3 matrix mapping index (i, j, k) to an LPS offset in mm (columns scaled by spacing)."""
@@ -221,7 +229,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Ellipsoid:
     """An (optionally lobulated, optionally clipped by a half-space) ellipsoid in LPS mm.
 
@@ -331,7 +339,7 @@ class Ellipsoid:
         return frac.astype(np.float32, copy=False)
 
 
-@dataclass
+@dataclass(eq=False)
 class Layer:
     """A shape painted with a tissue's signal (later layers cover earlier ones).
 
@@ -347,7 +355,7 @@ class Layer:
     within: int | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class Lesion:
     """A parotid lesion: its shape, side, lobe, diagnosis and diameters (mm, largest first)."""
 
@@ -370,7 +378,7 @@ def _side_sign(side: str) -> float:
     return 1.0 if side == "left" else -1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Phantom:
     """Analytic head-and-neck phantom at parotid level (LPS mm).
 
@@ -1064,7 +1072,7 @@ def report_text(findings: Findings, rng: np.random.Generator, language: str = "e
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class SyntheticCase:
     """One training case: three sequences on one axial grid, the target mask and its report.
 

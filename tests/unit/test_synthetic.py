@@ -345,3 +345,10 @@ def test_reports_parse_back_to_the_truth_with_the_report_parser():
         parsed = report.parse_report(text)
         assert (parsed.side, parsed.gland, parsed.lobe, parsed.diagnosis) == (f.side, f.gland, f.lobe, f.diagnosis), text
         assert parsed.size_mm is not None and abs(parsed.size_mm - f.size_mm) < 0.51, text
+
+
+def test_grid_equality():
+    a = Grid((2, 3, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), AXIAL)
+    assert a == Grid((2, 3, 4), (1, 1, 1), (0, 0, 0), np.eye(3))
+    assert a != Grid((2, 3, 4), (1, 1, 1), (0, 0, 0), CORONAL)
+    assert generate_case(2, size=16, n_slices=4).grid == generate_case(2, size=16, n_slices=4).grid
