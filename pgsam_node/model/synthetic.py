@@ -525,10 +525,12 @@ class Phantom:
         dx = fov / size
         gz = np.mean([self.glands[s]["center"][2] for s in ("left", "right")])
         cz = gz + rng.uniform(-4, 4)
-        # Keep the target lesion inside the slab with a slice of margin.
+        # Keep the whole target lesion inside the slab with one slice of margin; a slab thinner
+        # than the lesion is centred on it.
         half = dz * (n_slices - 1) / 2 - dz
         tz = float(self.target.shape.center[2])
-        cz = float(np.clip(cz, tz - half + d / 2 if half > d / 2 else tz, tz + half - d / 2 if half > d / 2 else tz))
+        slack = half - max(self.target.diameters_mm) / 2
+        cz = tz if slack <= 0 else float(np.clip(cz, tz - slack, tz + slack))
         center = (self.head_center[0] + rng.uniform(-5, 5), self.head_center[1] + rng.uniform(-8, 8), cz)
         return Grid.from_center(center, (n_slices, size, size), (dz, dx, dx), AXIAL)
 
@@ -630,7 +632,7 @@ def _lesion_layers(
     if foci and r_les >= 4:
         n = int(rng.integers(1, 4))
         for _ in range(n):
-            rr = rng.uniform(0.15, 0.3) * r_les * 2 / 2 + 1.0
+            rr = rng.uniform(0.15, 0.3) * r_les + 1.0
             off = rng.standard_normal(3)
             off = off / np.linalg.norm(off) * rng.uniform(0, max(0.0, r_les - rr - 1.0))
             c = lesion.shape.center + off

@@ -83,6 +83,7 @@ def test_reference_grid_covers_both_glands_and_lesion_on_several_slices():
         assert 3.0 <= g.spacing[0] <= 5.0
         slices_with_lesion = int((case.mask.sum(axis=(1, 2)) > 0).sum())
         assert slices_with_lesion >= 2, (seed, slices_with_lesion)
+        assert case.mask[0].sum() == 0 and case.mask[-1].sum() == 0, "lesion cut by the slab"
         # The glands' centres project inside the grid.
         ph = make_phantom(seed)
         for side in ("left", "right"):
