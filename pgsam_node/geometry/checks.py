@@ -183,7 +183,8 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
         angles = [min(a, 180.0 - a) for a in angles]
         if min(angles) < NON_PARALLEL_MAX_DEG:
             raise GeometryError(
-                f"slices are not parallel: {len(clusters)} orientations, the closest {min(angles):.3f} deg apart",
+                f"slices are not parallel (or rotated in plane): {len(clusters)} orientations, normals of the "
+                f"closest {min(angles):.3f} deg apart",
                 reason="non_parallel",
             )
         if len(best) < 2 or len(best) == len(clusters[1][1]):

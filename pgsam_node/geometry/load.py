@@ -86,6 +86,13 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
     cols = int(ds.get("Columns", 0) or 0)
     per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame_seq is None:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            # a multi-frame image without functional groups has one position for many frames
+            raise GeometryError(
+                f"{path.name}: {ds.NumberOfFrames} frames but no PerFrameFunctionalGroupsSequence "
+                "(PS3.3 C.7.6.16) - frame positions unknown",
+                reason="missing_geometry",
+            )
         spacing = _floats(ds.get("PixelSpacing"), 2)
         return [
             FrameGeometry(

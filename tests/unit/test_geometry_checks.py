@@ -171,3 +171,38 @@ def test_gantry_tilt_is_noted_and_resampled_exactly(tmp_path):
     truth = smooth_field(world_points(ref.affine, ref.shape))
     assert valid.mean() > 0.5
     assert np.abs(values - truth)[valid].max() < 2.0
+
+
+def test_multiframe_without_functional_groups(tmp_path):
+    def multi(k, ds):
+        ds.NumberOfFrames = 2
+        ds.PixelData = ds.PixelData * 2
+
+    paths = write_series(tmp_path / "s", _vals()[:2], AFF, modify=multi)
+    assert _reason(paths) == "missing_geometry"
+
+
+def test_enhanced_frame_without_position(tmp_path):
+    import pydicom
+
+    from ..geometry_phantoms import write_enhanced
+
+    path, _ = write_enhanced(tmp_path / "e.dcm", _vals(), AFF)
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    ds.save_as(path)
+    assert _reason([path]) == "missing_geometry"
+
+
+def test_enhanced_localizer_frame_type(tmp_path):
+    import pydicom
+
+    from ..geometry_phantoms import write_enhanced
+
+    path, order = write_enhanced(tmp_path / "e.dcm", _vals(), AFF)  # frame 1 = top slice
+    ds = pydicom.dcmread(path)
+    ds.PerFrameFunctionalGroupsSequence[0].MRImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
+    ds.save_as(path)
+    vol = load_series([path])
+    assert _codes(vol) == ["localizer_removed"] and vol.shape[0] == SHAPE[0] - 1
+    assert 1 not in vol.frame_numbers
