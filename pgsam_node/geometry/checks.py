@@ -10,6 +10,8 @@ code                     fatal   meaning
 ``no_frames``            yes     nothing to load
 ``missing_geometry``     yes     a frame lacks ImagePositionPatient / ImageOrientationPatient
                                  / PixelSpacing
+``invalid_orientation``  yes     ImageOrientationPatient is not two orthogonal unit vectors
+``invalid_spacing``      yes     PixelSpacing not positive
 ``mixed_series``         yes     the files belong to more than one SeriesInstanceUID
 ``localizer``            yes     every frame is a localiser (ImageType/FrameType LOCALIZER)
 ``localizer_removed``    no      localiser frames were dropped from the series
@@ -44,6 +46,8 @@ from .volume import GeometryNote
 
 log = logging.getLogger(__name__)
 
+#: |cos| of the angle between IOP's row and column vectors above which the header is invalid.
+ORTHOGONALITY_TOL = 1e-3
 #: Two orientations are "the same" when both direction cosines agree within this angle (rad).
 #: Generous enough for 6-decimal rounded headers (~1e-6 rad), far below any real tilt.
 ORIENTATION_TOL_RAD = 1e-3
@@ -152,6 +156,18 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
             "or PixelSpacing (PS3.3 C.7.6.2); the series has no usable patient geometry",
             reason="missing_geometry",
         )
+
+    for f in frames:
+        o = np.asarray(f.orientation, dtype=np.float64)
+        nr, nc = np.linalg.norm(o[:3]), np.linalg.norm(o[3:])
+        if min(nr, nc) < 0.5 or abs(float(o[:3] @ o[3:]) / (nr * nc)) > ORTHOGONALITY_TOL:
+            raise GeometryError(
+                f"ImageOrientationPatient {list(np.round(o, 6))} is not two orthogonal unit vectors "
+                "(PS3.3 C.7.6.2.1.1)",
+                reason="invalid_orientation",
+            )
+        if min(f.pixel_spacing) <= 0:
+            raise GeometryError(f"PixelSpacing {list(f.pixel_spacing)} is not positive", reason="invalid_spacing")
 
     series = {f.series_uid for f in frames}
     if len(series) > 1:

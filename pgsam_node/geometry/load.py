@@ -23,6 +23,9 @@ from .volume import GeometryNote, Volume, affine_from_dicom
 
 log = logging.getLogger(__name__)
 
+#: Secondary Capture Image Storage and its multi-frame variants (1.2.840.10008.5.1.4.1.1.7[.n]).
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
 
 def _floats(value, n: int) -> np.ndarray | None:
     if value is None:
@@ -241,6 +244,16 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
         # Modality LUT: stored value * slope + intercept (PS3.3 C.11.1.1.2); computed in float64
         # so 32-bit stored values do not lose precision before the float32 store.
         out[k] = (px.astype(np.float64) * f.slope + f.intercept).astype(np.float32)
+    sop_class = str(first.sop_class_uid or "")
+    if sop_class == SECONDARY_CAPTURE_PREFIX or sop_class.startswith(SECONDARY_CAPTURE_PREFIX + "."):
+        # the Secondary Capture IODs do not include the Image Plane module (PS3.3 A.8): the
+        # attributes are present (e.g. TCIA tumour masks) but no standard vouches for them
+        notes.append(
+            GeometryNote(
+                "secondary_capture",
+                "Secondary Capture image with Image Plane attributes; geometry taken as written",
+            )
+        )
     if mono1:
         notes.append(GeometryNote("monochrome1", "MONOCHROME1 pixels kept as stored values (not inverted)"))
     affine = affine_from_dicom(stack.orientation, first.position, stack.pixel_spacing, stack.slice_step)

@@ -206,3 +206,24 @@ def test_enhanced_localizer_frame_type(tmp_path):
     vol = load_series([path])
     assert _codes(vol) == ["localizer_removed"] and vol.shape[0] == SHAPE[0] - 1
     assert 1 not in vol.frame_numbers
+
+
+def test_invalid_orientation_and_spacing(tmp_path):
+    def skew(k, ds):
+        ds.ImageOrientationPatient = [1, 0, 0, 0.3, 0.95, 0]
+
+    assert _reason(write_series(tmp_path / "a", _vals(), AFF, modify=skew)) == "invalid_orientation"
+
+    def zero(k, ds):
+        ds.PixelSpacing = [0, 1.25]
+
+    assert _reason(write_series(tmp_path / "b", _vals(), AFF, modify=zero)) == "invalid_spacing"
+
+
+def test_secondary_capture_with_plane_attributes_is_noted(tmp_path):
+    def sc(k, ds):
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+
+    vol = load_series(write_series(tmp_path / "s", _vals(), AFF, modify=sc))
+    assert _codes(vol) == ["secondary_capture"]
+    np.testing.assert_allclose(vol.affine, AFF, atol=1e-5)
