@@ -19,7 +19,8 @@ code                     fatal   meaning
                                  (a fan, not a set of distinct stacks)
 ``mixed_orientation``    no/yes  distinct orientations (>= 10 degrees apart); the largest
                                  stack is kept (note), refused when there is no unique largest
-``multiple_stacks``      no/yes  same orientation but different matrix / pixel spacing; the
+``multiple_stacks``      no/yes  same orientation but different matrix / pixel spacing /
+                                 Enhanced StackID; the
                                  largest stack is kept (note), refused when not unique
 ``frame_of_reference_mixed`` yes  the stack mixes FrameOfReferenceUIDs
 ``no_frame_of_reference`` no     the stack has no FrameOfReferenceUID
@@ -84,6 +85,12 @@ class FrameGeometry:
     slice_thickness: float | None = None
     image_type: tuple[str, ...] = ()
     sop_class_uid: str | None = None
+    #: StackID of an Enhanced object's Frame Content (C.7.6.16.2.2); frames of different stacks
+    #: are never mixed into one volume.
+    stack_id: str | None = None
+    #: Attributes that tell repeated acquisitions apart (echo time, temporal position,
+    #: acquisition number, b-value); only used to explain ``duplicate_positions``.
+    discriminators: dict[str, Any] = field(default_factory=dict)
     source: Any = field(default=None, repr=False)
 
 
@@ -123,6 +130,18 @@ def is_localizer(image_type: tuple[str, ...]) -> bool:
     """ImageType / FrameType value 3 LOCALIZER marks a localiser (PS3.3 C.8.13.1.1.1,
     C.8.16.1); some vendors write SCOUT. Only exact tokens count, never free-text descriptions."""
     return any(t.strip().upper() in ("LOCALIZER", "SCOUT") for t in image_type)
+
+
+def _duplicate_message(frames: list[FrameGeometry], d: np.ndarray, tol: float) -> str:
+    """Explain duplicate positions: how often each position repeats and which attribute varies."""
+    groups = np.concatenate([[0], np.cumsum(np.diff(d) > tol)])
+    counts = np.bincount(groups)
+    keys = {k for f in frames for k in f.discriminators}
+    varying = sorted(k for k in keys if len({f.discriminators.get(k) for f in frames}) > 1)
+    msg = f"{int((counts > 1).sum())} of {len(counts)} positions hold more than one slice (up to {int(counts.max())})"
+    if varying:
+        msg += f"; frames differ in {', '.join(varying)} (several echoes/phases/acquisitions in one series)"
+    return msg + "; which one is meant is not a geometry decision"
 
 
 def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -> Stack:
@@ -222,21 +241,21 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
     # --- matrix / pixel spacing groups (same orientation, different acquisitions)
     groups: dict[tuple, list[FrameGeometry]] = {}
     for f in frames:
-        key = (f.rows, f.columns, round(float(f.pixel_spacing[0]), 4), round(float(f.pixel_spacing[1]), 4))
+        key = (f.rows, f.columns, round(float(f.pixel_spacing[0]), 4), round(float(f.pixel_spacing[1]), 4), f.stack_id)
         groups.setdefault(key, []).append(f)
     if len(groups) > 1:
         ordered = sorted(groups.values(), key=len, reverse=True)
         sizes = [len(g) for g in ordered]
         if sizes[0] == sizes[1]:
             raise GeometryError(
-                f"series holds {len(groups)} stacks with different matrix/pixel spacing and no single largest "
+                f"series holds {len(groups)} stacks (different matrix/pixel spacing/StackID) and no single largest "
                 f"(sizes {sizes})",
                 reason="multiple_stacks",
             )
         notes.append(
             GeometryNote(
                 "multiple_stacks",
-                f"series holds {len(groups)} stacks with different matrix/pixel spacing (sizes {sizes}); "
+                f"series holds {len(groups)} stacks (different matrix/pixel spacing/StackID; sizes {sizes}); "
                 f"kept the largest of {sizes[0]} slices",
             )
         )
@@ -269,11 +288,7 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
     dup_tol = max(1e-3, 0.05 * ref_step)
     dups = int(np.sum(diffs <= dup_tol))
     if dups:
-        raise GeometryError(
-            f"{dups} slice(s) share a position along the normal with another slice "
-            "(repeated acquisition, several echoes or phases in one series?)",
-            reason="duplicate_positions",
-        )
+        raise GeometryError(_duplicate_message(frames, d, dup_tol), reason="duplicate_positions")
     step = float(np.median(diffs))
     ratio = diffs / step
     off = np.abs(ratio - 1.0) > spacing_tolerance

@@ -76,6 +76,31 @@ def _image_type(ds: Dataset) -> tuple[str, ...]:
     return _cs_values(ds.get("ImageType"))
 
 
+def _discriminators(ds: Dataset) -> dict:
+    """Attributes that tell repeated single-frame acquisitions at one position apart."""
+    out = {}
+    for kw in ("EchoTime", "EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNumber", "TriggerTime", "DiffusionBValue"):
+        v = ds.get(kw)
+        if v is not None and v != "":
+            out[kw] = str(v)
+    return out
+
+
+def _frame_discriminators(content: Dataset | None, echo: Dataset | None, diffusion: Dataset | None) -> dict:
+    """The same for one frame of an Enhanced object (Frame Content, MR Echo, MR Diffusion)."""
+    out = {}
+    for item, kws in (
+        (content, ("TemporalPositionIndex", "StackID", "FrameAcquisitionNumber")),
+        (echo, ("EffectiveEchoTime",)),
+        (diffusion, ("DiffusionBValue",)),
+    ):
+        for kw in kws:
+            v = None if item is None else item.get(kw)
+            if v is not None and v != "":
+                out[kw] = str(v)
+    return out
+
+
 def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
     """Geometry records of every frame in one dataset (single-frame or Enhanced multi-frame).
 
@@ -114,6 +139,7 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
                 slice_thickness=_float(ds.get("SliceThickness"), None),
                 image_type=_image_type(ds),
                 sop_class_uid=sop_class,
+                discriminators=_discriminators(ds),
                 source=(ds, None),
             )
         ]
@@ -129,6 +155,7 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
         # converted objects; falls back to the object's ImageType.
         ftype_item = _group_item(ds, pf, "MRImageFrameTypeSequence") or _group_item(ds, pf, "FrameTypeSequence")
         ftype = () if ftype_item is None else _cs_values(ftype_item.get("FrameType"))
+        content = _group_item(ds, pf, "FrameContentSequence")
         spacing = _floats(meas_item.get("PixelSpacing") if meas_item is not None else None, 2)
         out.append(
             FrameGeometry(
@@ -147,6 +174,8 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
                 slice_thickness=_float(meas_item.get("SliceThickness") if meas_item is not None else None, None),
                 image_type=ftype or _image_type(ds),
                 sop_class_uid=sop_class,
+                stack_id=None if content is None or content.get("StackID") is None else str(content.StackID),
+                discriminators=_frame_discriminators(content, _group_item(ds, pf, "MREchoSequence"), _group_item(ds, pf, "MRDiffusionSequence")),
                 source=(ds, idx),
             )
         )

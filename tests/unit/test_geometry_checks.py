@@ -227,3 +227,48 @@ def test_secondary_capture_with_plane_attributes_is_noted(tmp_path):
     vol = load_series(write_series(tmp_path / "s", _vals(), AFF, modify=sc))
     assert _codes(vol) == ["secondary_capture"]
     np.testing.assert_allclose(vol.affine, AFF, atol=1e-5)
+
+
+def test_two_echoes_in_one_series_name_the_varying_attribute(tmp_path):
+    series, for_uid = generate_uid(), generate_uid()
+
+    def echo(te):
+        def f(k, ds):
+            ds.EchoTime = te
+
+        return f
+
+    paths = write_series(tmp_path / "e1", _vals(), AFF, series_uid=series, for_uid=for_uid, modify=echo(12))
+    paths += write_series(tmp_path / "e2", _vals(), AFF, series_uid=series, for_uid=for_uid, modify=echo(90), seed=3)
+    with pytest.raises(GeometryError) as ei:
+        load_series(paths)
+    assert ei.value.reason == "duplicate_positions"
+    assert "EchoTime" in str(ei.value) and f"{SHAPE[0]} of {SHAPE[0]} positions" in str(ei.value)
+
+
+def test_enhanced_stack_ids_are_separate_stacks(tmp_path):
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from ..geometry_phantoms import write_enhanced
+
+    # one slab of 8 slices and, further up, a second slab of 3 slices with the same matrix
+    aff2 = AFF.copy()
+    aff2[:3, 3] += [0, 0, 60.0]
+    vals = np.concatenate([_vals(), _vals(aff2, (3,) + SHAPE[1:])])
+    positions = np.concatenate([_positions(), _positions(aff2, 3)])
+    step_aff = AFF.copy()
+    path, order = write_enhanced(tmp_path / "e.dcm", vals, step_aff, frame_order=list(range(11)))
+    ds = pydicom.dcmread(path)
+    for n, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        fg.PlanePositionSequence[0].ImagePositionPatient = [f"{v:.6f}" for v in positions[n]]
+        fc = Dataset()
+        fc.StackID = "1" if n < 8 else "2"
+        fc.InStackPositionNumber = (n if n < 8 else n - 8) + 1
+        fg.FrameContentSequence = Sequence([fc])
+    ds.save_as(path)
+    vol = load_series([path])
+    assert _codes(vol) == ["multiple_stacks"] and vol.shape == SHAPE
+    assert vol.frame_numbers == list(range(1, 9))
+    np.testing.assert_allclose(vol.affine, AFF, atol=1e-5)
