@@ -20,8 +20,8 @@ code                     fatal   meaning
 ``mixed_orientation``    no/yes  distinct orientations (>= 10 degrees apart); the largest
                                  stack is kept (note), refused when there is no unique largest
 ``multiple_stacks``      no/yes  same orientation but different matrix / pixel spacing /
-                                 Enhanced StackID; the
-                                 largest stack is kept (note), refused when not unique
+                                 Enhanced StackID; the largest stack is kept (note),
+                                 refused when not unique
 ``frame_of_reference_mixed`` yes  the stack mixes FrameOfReferenceUIDs
 ``no_frame_of_reference`` no     the stack has no FrameOfReferenceUID
 ``single_slice``         yes     one slice is not a volume
@@ -168,6 +168,14 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
     if not frames:
         raise GeometryError("no frames to load", reason="no_frames")
 
+    # --- localisers (first: a localiser's own geometry does not matter)
+    loc = [f for f in frames if is_localizer(f.image_type)]
+    if loc:
+        if len(loc) == len(frames):
+            raise GeometryError(f"all {len(frames)} frames are localisers (ImageType LOCALIZER)", reason="localizer")
+        frames = [f for f in frames if not is_localizer(f.image_type)]
+        notes.append(GeometryNote("localizer_removed", f"{len(loc)} localiser frame(s) ignored"))
+
     missing = [f for f in frames if f.position is None or f.orientation is None or f.pixel_spacing is None]
     if missing:
         raise GeometryError(
@@ -191,14 +199,6 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
     series = {f.series_uid for f in frames}
     if len(series) > 1:
         raise GeometryError(f"files of {len(series)} different series were given as one series", reason="mixed_series")
-
-    # --- localisers
-    loc = [f for f in frames if is_localizer(f.image_type)]
-    if loc:
-        if len(loc) == len(frames):
-            raise GeometryError(f"all {len(frames)} frames are localisers (ImageType LOCALIZER)", reason="localizer")
-        frames = [f for f in frames if not is_localizer(f.image_type)]
-        notes.append(GeometryNote("localizer_removed", f"{len(loc)} localiser frame(s) ignored"))
 
     # --- orientation clusters
     clusters: list[tuple[np.ndarray, list[FrameGeometry]]] = []
