@@ -151,9 +151,13 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
         ori_item = _group_item(ds, pf, "PlaneOrientationSequence")
         meas_item = _group_item(ds, pf, "PixelMeasuresSequence")
         pvt_item = _group_item(ds, pf, "PixelValueTransformationSequence")
-        # Frame type: MR Image Frame Type (C.8.13.5.1) or the generic Frame Type of legacy
-        # converted objects; falls back to the object's ImageType.
-        ftype_item = _group_item(ds, pf, "MRImageFrameTypeSequence") or _group_item(ds, pf, "FrameTypeSequence")
+        # Frame type: MR Image Frame Type (C.8.13.5.1) or its CT/PET counterparts; Legacy
+        # Converted Enhanced objects have none, their frames inherit the object's ImageType.
+        ftype_item = None
+        for kw in ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence", "PETFrameTypeSequence"):
+            ftype_item = _group_item(ds, pf, kw)
+            if ftype_item is not None:
+                break
         ftype = () if ftype_item is None else _cs_values(ftype_item.get("FrameType"))
         content = _group_item(ds, pf, "FrameContentSequence")
         spacing = _floats(meas_item.get("PixelSpacing") if meas_item is not None else None, 2)
