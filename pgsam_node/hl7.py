@@ -373,6 +373,10 @@ def handle_message(data: bytes, settings: Settings, db: Database, on_report: Cal
     except Hl7Reject as exc:
         log.warning("HL7 message rejected (%s): %s", exc.code, exc)
         return build_ack(msg, exc.code, app, str(exc), exc.err, exc.location)
+    except Exception as exc:  # noqa: BLE001 - never leave a sender without an answer
+        # Only the type: the message (and so the exception text) may hold patient data.
+        log.error("HL7 message could not be processed: %s", type(exc).__name__)
+        return build_ack(msg, "AE", app, "internal error processing the message", "207^Application internal error")
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -405,6 +409,8 @@ class Hl7Listener:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(settings.hl7.max_connections)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -430,11 +436,21 @@ class Hl7Listener:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, close the socket and wait for the serving thread."""
+        """Stop accepting, close open connections and the socket, wait for the serving thread.
+
+        A message being stored when ``stop`` is called is either committed and acknowledged or
+        not acknowledged at all (the sender resends it): nothing acknowledged is lost.
+        """
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._open_lock:
+            for sock in list(self._open):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
@@ -460,6 +476,8 @@ class Hl7Listener:
             log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", peer[0])
             sock.close()
             return
+        with self._open_lock:
+            self._open.add(sock)
         try:
             sock.settimeout(self.settings.hl7.timeout_seconds)
             buf = bytearray()
@@ -496,6 +514,8 @@ class Hl7Listener:
                 buf += chunk
         finally:
             self._slots.release()
+            with self._open_lock:
+                self._open.discard(sock)
             try:
                 sock.close()
             except OSError:

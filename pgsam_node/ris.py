@@ -343,7 +343,7 @@ class _ExternalSource:
         except SQLAlchemyError as exc:
             raise RisError(f"RIS unavailable: {_safe_exc(exc)}") from None
         out = []
-        for r in result:
+        for i, r in enumerate(result):
             acc = _clean(r[cm["accession_number"]])
             suid = _clean(r[cm["study_instance_uid"]])
             version = _to_int(r[cm["version"]]) if cm["version"] else None
@@ -353,7 +353,7 @@ class _ExternalSource:
             out.append(
                 _Row(
                     ref=f"ris:{self.ris.table}:{ident}@{version if version is not None else (rtime.isoformat() if rtime else '-')}"[:128],
-                    group=f"acc:{acc}" if acc else (f"uid:{suid}" if suid else f"row:{id(r)}"),
+                    group=f"acc:{acc}" if acc else (f"uid:{suid}" if suid else f"row:{field_name}:{i}"),
                     accession_number=acc,
                     study_instance_uid=suid,
                     patient_id=_clean(r[cm["patient_id"]]),
