@@ -62,7 +62,7 @@ _NEG_ZH = re.compile(
     r"|(?:形态|大小|信号|密度)?[^,;:。]{0,6}正常|无异常"
 )
 #: A cue right before a term negates that term ("does not involve the deep lobe", "未累及深叶").
-_NEG_BEFORE = re.compile(r"(?:\b(?:no|not|without|nor|never)\b|未|无|不|非)[^,;.。]{0,24}$", re.I)
+_NEG_BEFORE = re.compile(r"(?:\b(?:no|not|without|nor|never)\b|未|无|没有|不(?!规则|均匀|整|除外|能除外|能排除)|非)[^,;.。]{0,24}$", re.I)
 
 _HISTORY = re.compile(
     r"\b(?:history\s+of|status\s+post|s/p|post[- ]?operative|postoperative|previously\s+resected|"
@@ -201,7 +201,7 @@ _SIG_TOKEN = re.compile(
 )
 _ENHANCEMENT = [
     ("none", re.compile(r"\bno(?:\s+\w+)?\s+enhancement\b|\bnon-?enhancing\b|\bdoes\s+not\s+enhance\b|\bwithout\s+(?:\w+\s+)?enhancement\b|\bunenhanced\s+lesion\b|未见(?:明显)?强化|无(?:明显)?强化|不强化", re.I)),
-    ("rim", re.compile(r"\b(?:rim|ring|peripheral)(?:[- ]like)?[- ]enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:rim|ring|periphery)\b|环形强化|环状强化|边缘强化|周边强化", re.I)),
+    ("rim", re.compile(r"\b(?:rim|ring|peripheral)(?:[- ]like)?[- ]enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:rim|ring|periphery)\b|环形强化|环状强化|环样强化|花环样?强化|边缘强化|周边强化", re.I)),
     ("heterogeneous", re.compile(r"\b(?:heterogeneous(?:ly)?|inhomogeneous(?:ly)?|patchy)\b[^.;]{0,20}enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:heterogeneously|inhomogeneously)\b|不均匀强化|不均匀[^,;。]{0,4}强化", re.I)),
     ("homogeneous", re.compile(r"\b(?:homogeneous(?:ly)?|uniform(?:ly)?)\b[^.;]{0,20}enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:homogeneously|uniformly)\b|均匀强化|均匀[^,;。]{0,4}强化", re.I)),
     ("present", re.compile(r"\benhanc(?:ing|es|ement|ed)\b|强化", re.I)),
@@ -423,7 +423,9 @@ def _count(clauses: list[_Clause]) -> int | None:
     for c in clauses:
         if not c.lesion:
             continue
-        m = _COUNT_EN.search(c.text)
+        # Sizes are not counts ("25 x 20 x 18 mm lesion").
+        text = _SIZE.sub(lambda m: " size " if re.search(_UNIT, m.group(0), re.I) else m.group(0), c.text)
+        m = _COUNT_EN.search(text)
         if m:
             word = m.group(1).lower()
             n = int(word) if word.isdigit() else _COUNT_WORDS[word]
@@ -431,13 +433,13 @@ def _count(clauses: list[_Clause]) -> int | None:
                 n = 2
             if 0 < n < 50:
                 return n
-        m = _COUNT_ZH.search(c.text)
+        m = _COUNT_ZH.search(text)
         if m:
             w = m.group(1)
             if w in ("多发", "多个", "数个"):
                 return 2
             return int(w) if w.isdigit() else _CN_DIGITS[w]
-        m = re.search(r"\b(lesions|masses|nodules|tumou?rs|foci|cysts)\b", c.text, re.I)
+        m = re.search(r"\b(lesions|masses|nodules|tumou?rs|foci|cysts)\b", text, re.I)
         if m:
             return 2
     return None
@@ -563,10 +565,20 @@ def parse_report(text: str) -> Findings:
 
     # Margins and signal describe the lesion (ignored when the report describes none).
     if f.present:
-        body = " ".join(c.text for c in clauses if not (c.negative and not c.lesion))
-        if _MARGINS_ILL.search(body):
+        described = [c.text for c in clauses if not (c.negative and not c.lesion)]
+
+        def stated(pat: re.Pattern[str]) -> bool:
+            # "No invasion of the surrounding structures" / "未见浸润" is not an ill-defined margin;
+            # the negation must be in the same clause.
+            return any(
+                not _negated_before(t, m.start()) or m.group(0).lower().startswith("not")
+                for t in described
+                for m in pat.finditer(t)
+            )
+
+        if stated(_MARGINS_ILL):
             f.margins = "ill_defined"
-        elif _MARGINS_WELL.search(body):
+        elif stated(_MARGINS_WELL):
             f.margins = "well_defined"
         f.signal = _signal(clauses)
 

@@ -438,6 +438,42 @@ CASES: list[tuple[str, str, dict]] = [
              signal={"T1": "hypo", "T2": "hyper", "enhancement": "heterogeneous"}, diagnosis=None, hedged=True,
              negated_sides=["right"]),
     ),
+    (
+        "en_three_dims_mm_not_a_count",
+        "Clinical history: palpable lump left cheek. Findings: There is a 25 x 20 x 18 mm lobulated lesion arising "
+        "from the left parotid gland superficial lobe. It returns low T1 and very high T2 signal. No perineural "
+        "spread. No cervical lymphadenopathy. Conclusion: Left parotid lesion with imaging features typical of a "
+        "pleomorphic adenoma.",
+        dict(present=True, side="left", lobe="superficial", size_mm=25.0, dimensions_mm=[25.0, 20.0, 18.0], count=1,
+             signal={"T1": "hypo", "T2": "hyper"}, diagnosis="pleomorphic_adenoma", hedged=False),
+    ),
+    (
+        "en_no_invasion_is_not_ill_defined",
+        "Left parotid mass measuring 2 cm. No invasion of the surrounding structures. No deep lobe extension.",
+        dict(present=True, side="left", size_mm=20.0, margins=None, lobe=None, diagnosis=None),
+    ),
+    (
+        "zh_both_lobes_dumbbell",
+        "右侧腮腺浅叶及深叶见不规则团块影，跨越面神经平面，大小约4.2×3.5cm，边界不清，考虑恶性肿瘤，腺样囊性癌不除外。",
+        dict(present=True, side="right", lobe=None, size_mm=42.0, margins="ill_defined", diagnosis="adenoid_cystic_carcinoma",
+             hedged=True),
+    ),
+    (
+        "zh_garland_enhancement",
+        "右侧颞叶见团块状长T1长T2信号影，大小约5.2cm×4.1cm，周围水肿明显，增强扫描呈花环样强化，中线结构左移。考虑胶质母细胞瘤。",
+        dict(present=True, side="right", gland="brain", size_mm=52.0, signal={"T1": "hypo", "T2": "hyper", "enhancement": "rim"},
+             diagnosis="glioma", hedged=True),
+    ),
+    (
+        "zh_postop_no_recurrence_other_side_normal",
+        "左侧腮腺多形性腺瘤术后复查：术区未见明确复发征象，右侧腮腺未见异常。",
+        dict(present=False, diagnosis=None, side=None),
+    ),
+    (
+        "zh_irregular_but_well_defined",
+        "左侧颌下腺见不规则结节，边界清楚，大小约16mm。",
+        dict(present=True, side="left", gland="submandibular", margins="well_defined", size_mm=16.0),
+    ),
     # ---------------------------------------------------------------- mixed / edge cases
     (
         "edge_empty",
