@@ -54,7 +54,7 @@ _NEG_EN = re.compile(
     rf"|\b{_LESION_EN}\b(?:\s+[\w/-]+){{0,6}}?\s+(?:is|are|was|were|has|have)\s+(?:not|no\s+longer|not\s+been)\s+"
     r"(?:seen|identified|demonstrated|visuali[sz]ed|present|evident|detected|shown)"
     r"|\b(?:unremarkable|within\s+normal\s+limits|normal\s+in\s+(?:size|appearance|signal)|(?:is|are|appears?|looks?)\s+normal)\b"
-    r"|\bno\s+(?:significant\s+)?(?:abnormalit(?:y|ies)|change|interval\s+change)\b",
+    r"|\bno\s+(?:significant\s+)?abnormalit(?:y|ies)\b",
     re.I,
 )
 _NEG_ZH = re.compile(
@@ -152,7 +152,6 @@ _DX_NEG_AFTER = re.compile(
     r"^[^,;.]{0,20}?(?:\b(?:is|are|seems?)?\s*(?:less\s+likely|unlikely|excluded|ruled\s+out|not\s+favou?red|not\s+suspected)\b|可能性小|可能性不大|不支持)",
     re.I,
 )
-_CANT_EXCLUDE_ZH = re.compile(r"不能排除$|不除外$")
 
 _IMPRESSION = re.compile(
     r"\b(?:impression|conclusions?|diagnosis|opinion|summary)\s*:|诊断意见|影像诊断|影像学诊断|印象|结论|意见\s*:|诊断\s*:",

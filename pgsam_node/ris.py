@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,8 +151,6 @@ def parse_datetime(v: Any) -> dt.datetime | None:
         try:
             d = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
         except ValueError:
-            import re
-
             m = re.fullmatch(r"(\d{8})(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?", s)
             if m:
                 base = m.group(1) + (m.group(2) or "00") + (m.group(3) or "00") + (m.group(4) or "00")

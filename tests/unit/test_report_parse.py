@@ -474,6 +474,23 @@ CASES: list[tuple[str, str, dict]] = [
         "左侧颌下腺见不规则结节，边界清楚，大小约16mm。",
         dict(present=True, side="left", gland="submandibular", margins="well_defined", size_mm=16.0),
     ),
+    (
+        "en_stable_known_lesion",
+        "No significant interval change in the known right parotid Warthin tumour, 2.1 cm.",
+        dict(present=True, side="right", size_mm=21.0, diagnosis="warthin_tumour", hedged=False),
+    ),
+    (
+        "en_lesion_no_longer_seen",
+        "The previously described left parotid lesion is no longer seen.",
+        dict(present=False, side=None, negated_sides=["left"]),
+    ),
+    (
+        "zh_question_mark_hedge",
+        "双侧腮腺形态对称，左侧腮腺内未见明确占位。右侧腮腺下极见一类圆形长T1长T2信号结节，直径约12mm，边界清晰，增强后明显强化。"
+        "诊断：右侧腮腺下极结节，考虑良性肿瘤（沃辛瘤？）。",
+        dict(present=True, side="right", size_mm=12.0, margins="well_defined", diagnosis="warthin_tumour", hedged=True,
+             negated_sides=["left"], signal={"T1": "hypo", "T2": "hyper", "enhancement": "present"}),
+    ),
     # ---------------------------------------------------------------- mixed / edge cases
     (
         "edge_empty",

@@ -73,3 +73,17 @@ def test_missing_table_and_missing_file(tmp_path):
     settings = _ris_settings(tmp_path, f"sqlite:///{tmp_path / 'absent' / 'ris.sqlite3'}")
     with pytest.raises(RisError, match="RIS unavailable"):
         find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+
+
+def test_no_report_text_or_identifiers_in_logs(tmp_path, caplog):
+    from ..ris_scenario import ROWS
+
+    caplog.set_level("DEBUG")
+    path = tmp_path / "ris.sqlite3"
+    create_site_ris(f"sqlite:///{path}")
+    check_matching(_ris_settings(tmp_path, f"sqlite:///{path}"), None)
+    assert caplog.records  # the lookups did log (ambiguity, notes)
+    for acc, suid, mrn, body, *_ in ROWS:
+        assert body not in caplog.text
+        assert mrn not in caplog.text
+        assert suid not in caplog.text
