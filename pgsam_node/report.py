@@ -162,7 +162,9 @@ _IMPRESSION = re.compile(
 _NUM = r"\d+(?:\.\d+)?"
 _UNIT = r"(?:mm|cm|毫米|厘米|公分)"
 _SEP = r"\s*(?:x|×|\*|by|乘)\s*"
-_DIM = rf"{_NUM}\s*(?:{_UNIT}(?![a-z]))?"
+# Orientation labels may follow each diameter: "5.2 cm AP x 4.8 cm TV x 4.5 cm CC".
+_AXIS = r"(?:\s*\(?(?:AP|TV|TR|CC|LR|RL|SI|ML|trans(?:verse)?|cranio-?caudal|antero-?posterior)\b\)?)?"
+_DIM = rf"{_NUM}\s*(?:{_UNIT}(?![a-z]){_AXIS})?"
 _SIZE = re.compile(rf"(?<![A-Za-z0-9.]){_DIM}(?:{_SEP}{_DIM}){{0,2}}", re.I)
 _SIZE_PART = re.compile(rf"({_NUM})\s*({_UNIT})?", re.I)
 _TECHNIQUE = re.compile(r"slice|section|thickness|gap|spacing|层厚|层距|间距", re.I)
@@ -585,7 +587,12 @@ def parse_report(text: str) -> Findings:
     if f.present:
         if dx_offset is not None and f.diagnosis:
             sentence = next((c.sentence for c in clauses if c.start <= dx_offset < c.start + len(c.text)), None)
-            scope = [c.text for c in clauses if c.sentence == sentence]
+            sents = {sentence}
+            if dx_history:
+                # "Status post resection of glioblastoma. … concerning for progression": the
+                # hedge is on the current lesion.
+                sents |= {c.sentence for c in lesion_clauses}
+            scope = [c.text for c in clauses if c.sentence in sents]
         else:
             sents = {c.sentence for c in lesion_clauses}
             scope = [c.text for c in clauses if c.sentence in sents]

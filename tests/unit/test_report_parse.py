@@ -491,6 +491,44 @@ CASES: list[tuple[str, str, dict]] = [
         dict(present=True, side="right", size_mm=12.0, margins="well_defined", diagnosis="warthin_tumour", hedged=True,
              negated_sides=["left"], signal={"T1": "hypo", "T2": "hyper", "enhancement": "present"}),
     ),
+    (
+        "en_gbm_progression_after_resection",
+        "Status post resection of right temporal glioblastoma. Nodular enhancement along the posterior margin of the "
+        "resection cavity measuring 1.8 x 1.2 cm, increased from prior, concerning for tumor progression.",
+        dict(present=True, side="right", gland="brain", size_mm=18.0, dimensions_mm=[18.0, 12.0], diagnosis="glioma",
+             hedged=True),
+    ),
+    (
+        "en_brain_no_residual",
+        "Stable post-surgical changes in the right parietal lobe. No evidence of recurrent or residual enhancing tumor.",
+        dict(present=False, gland="brain", diagnosis=None, size_mm=None),
+    ),
+    (
+        "en_thalamic_differential",
+        "Heterogeneously enhancing mass centered in the left thalamus, 3.6 x 3.1 x 2.9 cm, with surrounding T2 "
+        "hyperintense signal abnormality. Differential considerations include high-grade glioma and lymphoma.",
+        dict(present=True, side="left", gland="brain", size_mm=36.0, dimensions_mm=[36.0, 31.0, 29.0], diagnosis="glioma",
+             hedged=True, signal={"T2": "hyper", "enhancement": "heterogeneous"}),
+    ),
+    (
+        "en_axis_labels",
+        "FINDINGS: Large heterogeneously enhancing mass in the right frontal lobe (5.2 cm AP x 4.8 cm TV x 4.5 cm CC) "
+        "with central necrosis, crossing the genu of the corpus callosum. IMPRESSION: Butterfly glioblastoma.",
+        dict(present=True, side="right", gland="brain", size_mm=52.0, dimensions_mm=[52.0, 48.0, 45.0], diagnosis="glioma",
+             hedged=False),
+    ),
+    (
+        "zh_gbm_recurrence",
+        "右侧额叶胶质母细胞瘤术后，术区边缘见结节状强化，大小约1.5cm×1.2cm，较前增大，考虑肿瘤复发。",
+        dict(present=True, side="right", gland="brain", size_mm=15.0, dimensions_mm=[15.0, 12.0], diagnosis="glioma",
+             hedged=True),
+    ),
+    (
+        "zh_low_grade_slightly_long",
+        "左侧额颞叶见大片状稍长T1稍长T2信号，增强扫描未见明显强化，考虑低级别胶质瘤。",
+        dict(present=True, side="left", gland="brain", signal={"T1": "hypo", "T2": "hyper", "enhancement": "none"},
+             diagnosis="glioma", hedged=True),
+    ),
     # ---------------------------------------------------------------- mixed / edge cases
     (
         "edge_empty",
