@@ -489,8 +489,15 @@ def parse_report(text: str) -> Findings:
     t = _normalise(text)
     f.language = "zh" if _is_chinese(t) else "en"
     clauses = _split(t)
+    node_sentence: set[int] = set()
     for c in clauses:
         _classify(c)
+        # "左侧腮腺内见多个小淋巴结，短径均小于5mm": a size right after a lymph node in the same
+        # sentence describes the node, not a lesion.
+        if _NODE.search(c.text):
+            node_sentence.add(c.sentence)
+        elif c.lesion and c.sentence in node_sentence and not _LESION.search(c.text):
+            c.lesion = False
 
     # Side context: the last side named earlier in the same sentence.
     lesion_sides: set[str] = set()

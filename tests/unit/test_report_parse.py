@@ -529,6 +529,27 @@ CASES: list[tuple[str, str, dict]] = [
         dict(present=True, side="left", gland="brain", signal={"T1": "hypo", "T2": "hyper", "enhancement": "none"},
              diagnosis="glioma", hedged=True),
     ),
+    (
+        "zh_node_size_next_clause",
+        "左侧腮腺内见多个小淋巴结，短径均小于5mm。右侧腮腺浅叶见一结节，约1.1cm。",
+        dict(present=True, side="right", lobe="superficial", size_mm=11.0, count=1),
+    ),
+    (
+        "en_colon_sections",
+        "Left parotid: unremarkable. Right parotid: 2 cm mass.",
+        dict(present=True, side="right", size_mm=20.0, negated_sides=["left"]),
+    ),
+    (
+        "en_however",
+        "The right parotid gland is normal; however, the left parotid gland contains a 1.5 cm nodule.",
+        dict(present=True, side="left", size_mm=15.0, negated_sides=["right"], count=1),
+    ),
+    (
+        "en_favored_cannot_exclude",
+        "Impression: Findings are nonspecific. A benign neoplasm such as pleomorphic adenoma is favored, although a "
+        "low-grade malignancy cannot be excluded.",
+        dict(present=True, diagnosis="pleomorphic_adenoma", hedged=True),
+    ),
     # ---------------------------------------------------------------- mixed / edge cases
     (
         "edge_empty",
