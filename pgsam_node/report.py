@@ -7,6 +7,7 @@ signal, the stated diagnosis (canonical code), negation and hedging.
 How it works (rule based, deterministic, no model):
 
 1. The text is normalised (Unicode NFKC: full-width digits, letters and punctuation become ASCII;
+   traditional Chinese characters of the vocabularies become simplified;
    ``×``, ``*``, ``by`` and ``乘`` separate dimensions; ``左右`` meaning "about" is removed).
 2. It is split into sentences, then clauses (commas, semicolons, colons, "but", "whereas"...).
 3. Each clause is classified: *negative* (a negation cue governs a lesion word, or the clause
@@ -226,8 +227,17 @@ _SENTENCE_SPLIT = re.compile(r"(?<!\d)\.(?!\d)|[\n!?。！？]+|(?<=\d)\.(?=\s|$
 _CLAUSE_SPLIT = re.compile(r"(?<!\d),|,(?!\d)|[;:]|\b(?:but|whereas|while|however|although)\b", re.I)
 
 
+#: Traditional → simplified for the characters the vocabularies use (Taiwan / Hong Kong reports).
+_TRAD = str.maketrans(
+    "側雙兩邊見結節腫塊葉淺強號訊異無顯診斷慮腦額顳頂頜約釐轉膠質樣發現濾實變廣門"
+    "狀內較輕積環緣輪廓複與對稱緻範圍擴張鄰勻徑區術後復徵彌縮規則體",
+    "侧双两边见结节肿块叶浅强号讯异无显诊断虑脑额颞顶颌约厘转胶质样发现滤实变广门"
+    "状内较轻积环缘轮廓复与对称致范围扩张邻匀径区术后复征弥缩规则体",
+)
+
+
 def _normalise(text: str) -> str:
-    t = unicodedata.normalize("NFKC", text)
+    t = unicodedata.normalize("NFKC", text).translate(_TRAD).replace("讯号", "信号")
     t = t.replace("\u3000", " ").replace("；", ";").replace("：", ":")
     # "约2cm左右" = "about 2 cm": 左右 here is not a side.
     t = t.replace("左右", "")
@@ -470,7 +480,7 @@ def parse_report(text: str) -> Findings:
     Parameters
     ----------
     text
-        Free report text, English or Chinese (simplified), any mix of findings and impression.
+        Free report text, English or Chinese (simplified or traditional), findings and impression.
 
     Returns
     -------

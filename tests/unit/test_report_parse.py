@@ -550,6 +550,19 @@ CASES: list[tuple[str, str, dict]] = [
         "low-grade malignancy cannot be excluded.",
         dict(present=True, diagnosis="pleomorphic_adenoma", hedged=True),
     ),
+    (
+        "zh_traditional_characters",
+        "右側腮腺淺葉可見一結節，大小約2.1×1.6公分，邊界清楚，T2WI呈高訊號，增強後呈均勻強化。左側腮腺未見異常。"
+        "診斷：右側腮腺多形性腺瘤可能。",
+        dict(present=True, side="right", lobe="superficial", size_mm=21.0, dimensions_mm=[21.0, 16.0], margins="well_defined",
+             signal={"T2": "hyper", "enhancement": "homogeneous"}, diagnosis="pleomorphic_adenoma", hedged=True,
+             negated_sides=["left"], language="zh"),
+    ),
+    (
+        "zh_traditional_postop",
+        "左側腮腺術後，術區未見復發。",
+        dict(present=False, side=None, diagnosis=None),
+    ),
     # ---------------------------------------------------------------- mixed / edge cases
     (
         "edge_empty",
