@@ -165,7 +165,8 @@ _UNIT = r"(?:mm|cm|毫米|厘米|公分)"
 _SEP = r"\s*(?:x|×|\*|by|乘)\s*"
 # Orientation labels may follow each diameter: "5.2 cm AP x 4.8 cm TV x 4.5 cm CC".
 _AXIS = r"(?:\s*\(?(?:AP|TV|TR|CC|LR|RL|SI|ML|trans(?:verse)?|cranio-?caudal|antero-?posterior)\b\)?)?"
-_DIM = rf"{_NUM}\s*(?:{_UNIT}(?![a-z]){_AXIS})?"
+# "mm2/s" (ADC), "mm^2" are not lengths.
+_DIM = rf"{_NUM}\s*(?:{_UNIT}(?![a-z0-9/^]){_AXIS})?"
 _SIZE = re.compile(rf"(?<![A-Za-z0-9.]){_DIM}(?:{_SEP}{_DIM}){{0,2}}", re.I)
 _SIZE_PART = re.compile(rf"({_NUM})\s*({_UNIT})?", re.I)
 _TECHNIQUE = re.compile(r"slice|section|thickness|gap|spacing|层厚|层距|间距", re.I)

@@ -563,6 +563,11 @@ CASES: list[tuple[str, str, dict]] = [
         "左側腮腺術後，術區未見復發。",
         dict(present=False, side=None, diagnosis=None),
     ),
+    (
+        "en_adc_units_are_not_sizes",
+        "Left parotid nodule with restricted diffusion, ADC 0.7 x 10-3 mm2/s, measuring 17 mm, suggestive of Warthin tumour.",
+        dict(present=True, side="left", size_mm=17.0, dimensions_mm=[17.0], diagnosis="warthin_tumour", hedged=True),
+    ),
     # ---------------------------------------------------------------- mixed / edge cases
     (
         "edge_empty",
