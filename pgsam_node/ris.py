@@ -404,12 +404,18 @@ def _match(rows: list[_Row], matched_by: str, ris: RisSettings, notes: list[str]
             else:
                 notes.append(f"report found by {matched_by} has no usable status or text")
         return None
-    groups = {r.group for r, _ in cands}
+    groups: dict[str, list[tuple[_Row, str]]] = {}
+    for rc in cands:
+        groups.setdefault(rc[0].group, []).append(rc)
     if len(groups) > 1:
-        # Several reports (not versions of one) for one accession/UID: still one examination,
-        # so the newest final one is the report of record.
+        # Several reports (not versions of one) for one accession/UID (e.g. one from a CSV, one
+        # over HL7): still one examination. Versions of different records are not comparable, so
+        # the newest of each record competes by status class and report time.
         notes.append(f"{len(groups)} report records found by {matched_by}; the newest final one is used")
-    row, cls = _newest(cands)
+        heads = [_newest(g) for g in groups.values()]
+        row, cls = max(heads, key=lambda rc: (rc[1] != "preliminary", rc[0].report_time or dt.datetime.min))
+    else:
+        row, cls = _newest(cands)
     version_for_hash: Any = row.version if row.version is not None else (row.report_time.isoformat() if row.report_time else None)
     return ReportMatch(
         text=row.text,
