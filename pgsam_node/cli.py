@@ -16,6 +16,7 @@ from .errors import NodeError
 
 COMMAND_MODULES = [
     "pgsam_node.commands.config_cmd",
+    "pgsam_node.commands.resend_cmd",
 ]
 
 log = logging.getLogger("pgsam_node.cli")
