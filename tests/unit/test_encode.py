@@ -252,3 +252,10 @@ def test_multiframe_enhanced_source(tmp_path, settings):
     with pytest.raises(EncodeError):
         validate_seg(seg, mask[::-1].copy(), load_sources([p] * 5, frame_numbers))
     assert_dciodvfy_clean(_save(seg, tmp_path, "mf"))
+    # the overlay series works from the multi-frame source's frames too
+    from pgsam_node.encode import build_overlay
+
+    overlay = build_overlay(mask, load_sources([p] * 5, frame_numbers, pixels=True), settings, ALG, 1)
+    assert len(overlay) == 5
+    assert overlay[0].Rows == 32 and overlay[0].SamplesPerPixel == 3
+    assert_dciodvfy_clean(_save(overlay[0], tmp_path, "mf_overlay"))
