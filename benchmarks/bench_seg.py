@@ -13,7 +13,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt

@@ -263,6 +263,14 @@ def all_sent_for_study(session: Session, study_id: int) -> bool:
     return bool(counts) and set(counts) == {SENT}
 
 
+def delivery_summary(session: Session, study_id: int) -> dict[str, int]:
+    """Outbox items of one study per state; a DEAD count > 0 means delivery needs an operator."""
+    counts = dict(session.execute(
+        select(OutboxItem.state, func.count()).where(OutboxItem.study_id == study_id).group_by(OutboxItem.state)
+    ).all())
+    return {st: int(counts.get(st, 0)) for st in (PENDING, SENDING, SENT, DEAD)}
+
+
 def outbox_counts(session: Session) -> dict[str, int]:
     """Items per state (for the dashboard and metrics)."""
     counts = dict(session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all())

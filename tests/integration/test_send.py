@@ -16,7 +16,7 @@ from pgsam_node.config import load_settings
 from pgsam_node.db import open_database
 from pgsam_node.db.models import Metric, OutboxItem, Study
 from pgsam_node.encode import algorithm_info, build_seg
-from pgsam_node.outbox import all_sent_for_study, enqueue, process_due, recover_stuck, write_output
+from pgsam_node.outbox import all_sent_for_study, delivery_summary, enqueue, process_due, recover_stuck, write_output
 
 from ..dicom_tools import blob_mask, make_mr_series
 from ..helpers import free_port, wait_for
@@ -329,3 +329,31 @@ def test_storage_commitment_report_is_recorded(tmp_path, case):
         finally:
             server.shutdown()
             db.dispose()
+
+
+def test_transient_rejection_is_retried(tmp_path, case):
+    """An SCP at its association limit rejects transiently (PS3.8: result 2, source 3, reason 2)."""
+    scp = _Scp(["1.2.840.10008.5.1.4.1.1.66.4"])
+    scp.server.ae.maximum_associations = 1
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context("1.2.840.10008.5.1.4.1.1.66.4")
+    held = holder.associate("127.0.0.1", scp.port, ae_title="STORESCP")
+    try:
+        assert held.is_established
+        settings = _settings(tmp_path, [_dest(scp.port, aet="STORESCP")])
+        db = open_database(settings)
+        _, _, (item_id,) = _queue(settings, db, case)
+        assert process_due(db, settings, now=T0)["retry"] == 1
+        item = _item(db, item_id)
+        assert (item.state, item.attempts, item.permanent_failure) == ("PENDING", 1, False)
+        assert "transiently" in item.last_error
+        held.release()
+        # once the slot is free the retry at its due time goes through
+        wait_for(lambda: len(scp.server.active_associations) == 0, 10, what="held association to close")
+        assert process_due(db, settings, now=item.next_attempt_at)["sent"] == 1
+        assert scp.stores == 1
+        db.dispose()
+    finally:
+        if held.is_established:
+            held.release()
+        scp.stop()
