@@ -18,7 +18,7 @@ from pgsam_node.db.models import Metric, OutboxItem, Study
 from pgsam_node.encode import algorithm_info, build_seg
 from pgsam_node.outbox import all_sent_for_study, delivery_summary, enqueue, process_due, recover_stuck, write_output
 
-from ..dicom_tools import blob_mask, make_mr_series
+from ..dicom_tools import assert_dciodvfy_clean, blob_mask, make_mr_series
 from ..helpers import free_port, wait_for
 from ..orthanc import OrthancServer, require_orthanc
 
@@ -56,6 +56,7 @@ def _queue(settings, db, case, run_version=1, now=T0):
             s.add(study)
             s.flush()
         rel = write_output(settings, seg, study.study_uid)
+        assert_dciodvfy_clean(settings.storage_root / rel)
         items = enqueue(s, study.id, None, rel, seg, settings.destinations, now=now)
         return study.id, seg, [i.id for i in items]
 

@@ -12,15 +12,14 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from pgsam_node.config import load_settings
+from pgsam_node.config import TlsSettings, load_settings
 from pgsam_node.db import open_database
 from pgsam_node.db.models import OutboxItem
 from pgsam_node.encode import algorithm_info, build_seg
 from pgsam_node.outbox import enqueue, process_due, write_output
 from pgsam_node.tls import server_context
-from pgsam_node.config import TlsSettings
 
-from ..dicom_tools import blob_mask, make_mr_series
+from ..dicom_tools import assert_dciodvfy_clean, blob_mask, make_mr_series
 from ..helpers import free_port
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -64,7 +63,9 @@ def _run(tmp_path, scp, tls=None, **send):
     db = open_database(settings)
     seg = build_seg(mask, paths, None, settings, ALG, 1)
     with db.transaction() as s:
-        (item,) = enqueue(s, None, None, write_output(settings, seg, seg.StudyInstanceUID), seg, ["pacs"], now=T0)
+        rel = write_output(settings, seg, seg.StudyInstanceUID)
+        assert_dciodvfy_clean(settings.storage_root / rel)
+        (item,) = enqueue(s, None, None, rel, seg, ["pacs"], now=T0)
         item_id = item.id
     summary = process_due(db, settings, now=T0)
     with db.session() as s:
