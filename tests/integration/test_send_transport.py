@@ -118,6 +118,10 @@ def test_dimse_timeout_is_transient(tmp_path):
 
 @pytest.fixture
 def pki(tmp_path):
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl command not installed (needed to make test certificates)")
     d = tmp_path / "pki"
     d.mkdir()
 
