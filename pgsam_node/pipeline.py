@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from .config import Settings
 from .db import Database, Instance, OutboxItem, OutboxState, Run, Series, Study, StudyState, utcnow
-from .errors import GeometryError, InferenceError, NodeError, PipelineError
+from .errors import GeometryError, InferenceError, NodeError, PipelineError, RisError
 from .findings import Findings
 from .logsetup import uid_hash
 from .progress import selected_series
@@ -152,6 +152,10 @@ class Pipeline:
         deadline = t_start + self.settings.worker.study_timeout_seconds
         try:
             result = self._run(claim, heartbeat, deadline)
+        except RisError as exc:
+            # A RIS that is down delays a study, never fails it: back to READY; the attempt counts.
+            self._requeue(claim, f"RIS unavailable while reading the report: {exc}")
+            return RunResult(StudyState.READY.value, str(exc))
         except NodeError as exc:
             reason = getattr(exc, "reason", type(exc).__name__)
             self._fail(claim, f"{reason}: {exc}")
@@ -167,6 +171,17 @@ class Pipeline:
             raise _LeaseLost()
         if time.monotonic() > deadline:
             raise PipelineError(f"study exceeded worker.study_timeout_seconds={self.settings.worker.study_timeout_seconds}", reason="timeout")
+
+    def _requeue(self, claim: Claim, reason: str) -> None:
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            if study is None or study.lease_owner != claim.worker_id or study.state != StudyState.RUNNING.value:
+                return
+            release(s, study)
+            if (study.attempts or 0) >= self.settings.worker.max_attempts:
+                transition(s, study, StudyState.FAILED, f"gave up after {study.attempts} attempts: {reason}", actor=claim.worker_id)
+            else:
+                transition(s, study, StudyState.READY, reason, actor=claim.worker_id)
 
     def _fail(self, claim: Claim, reason: str) -> None:
         with self.db.transaction() as s:
