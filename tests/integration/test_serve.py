@@ -31,6 +31,7 @@ class Node:
             "dicom": {"port": self.port, "refuse_below_free_bytes": 0},
             "storage": {"root": str(self.root), "min_free_bytes": 0},
             "assembly": {"stable_seconds": 1, "check_interval_seconds": 0.2},
+            "web": {"enabled": False},
         }
         for k, v in sections.items():
             cfg.setdefault(k, {}).update(v)
@@ -82,7 +83,7 @@ def test_echoscu_storescu_status_and_clean_shutdown(node, tmp_path):
                         str(tmp_path / "t1"), str(tmp_path / "t1c"), str(tmp_path / "t2")],
                        env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    studies = wait_for(lambda: [s for s in node.status() if s["state"] == "STABLE"], 60, 0.3, what="study STABLE")
+    studies = wait_for(lambda: [s for s in node.status() if s["state"] not in ("RECEIVING", None)], 60, 0.3, what="study assembled (past RECEIVING)")
     assert len(studies) == 1 and studies[0]["study_uid"] == study
     series = {s["series_number"]: s for s in studies[0]["series"]}
     assert {k: (v["role"], v["instances"], v["selected"]) for k, v in series.items()} == {
@@ -101,8 +102,8 @@ def test_real_studies_classified_by_the_running_node(node, shared_data):
     r = subprocess.run(["storescu", "-aec", "PGSAM", "+sd", "+r", "127.0.0.1", str(node.port), str(shared_data)],
                        env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    studies = wait_for(lambda: (lambda s: s if len(s) == 2 and all(x["state"] == "STABLE" for x in s) else None)(node.status()),
-                       90, 0.5, what="both studies STABLE")
+    studies = wait_for(lambda: (lambda s: s if len(s) == 2 and all(x["state"] not in ("RECEIVING", None) for x in s) else None)(node.status()),
+                       90, 0.5, what="both studies assembled")
     expected = {"T1pre_reg": "T1", "T1post": "T1C", "T2_reg": "T2", "Mask_Tumor": "OTHER"}
     for st in studies:
         got = {s["description"]: s["role"] for s in st["series"]}
