@@ -20,6 +20,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..db import open_database
+    from ..index import reindex_spool
     from ..receive import Listener
     from ..scheduler import build_scheduler
     from ..spool import clean_tmp
@@ -39,6 +40,7 @@ def run(args) -> int:
     try:
         # Temporary files are from transfers a crash interrupted: none was acknowledged.
         clean_tmp(settings)
+        reindex_spool(db, settings)
         listener = Listener(settings, db)
         listener.start()
         scheduler = build_scheduler(settings, db)

@@ -213,3 +213,37 @@ def test_concurrent_associations_same_study(settings):
         assert _counts(db) == (1, 3, 18)
         with db.session() as s:
             assert sorted(x.instance_count for x in s.scalars(select(Series))) == [6, 6, 6]
+
+
+@pytest.mark.postgres
+def test_postgres_index_concurrent_and_stable(settings, pg_url):
+    study = generate_uid()
+    series = [generate_uid() for _ in range(2)]
+    results, errors = [], []
+    dsets = [[make_mr(study, series[k], i, description="t1_se_tra" if k else "t2_tse_tra", tr=500 if k else 4000,
+                      te=10 if k else 95) for i in range(5)] for k in range(2)]
+
+    def send(k):
+        try:
+            results.extend(_store(listener.port, dsets[k], aet=f"PG{k}"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    with running_listener(settings, db_url=pg_url) as (listener, db):
+        assert db.engine.dialect.name == "postgresql"
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and results == [0] * 10
+        assert _store(listener.port, [dsets[0][0]]) == [0]  # re-send: no new row
+        assert _counts(db) == (1, 2, 10)
+        later = utcnow() + dt.timedelta(seconds=settings.assembly.stable_seconds + 1)
+        assert mark_stable(db, settings, now=later) == [study]
+        with db.session() as s:
+            roles = sorted((x.role, x.instance_count, x.role_selected) for x in s.scalars(select(Series)))
+        assert roles == [("T1", 5, True), ("T2", 5, True)]
+        assert _store(listener.port, [make_mr(study, series[1], 7, description="t1_se_tra", tr=500, te=10)]) == [0]
+        with db.session() as s:
+            assert s.scalars(select(Study)).one().state == "RECEIVING"
