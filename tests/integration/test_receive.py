@@ -247,3 +247,28 @@ def test_postgres_index_concurrent_and_stable(settings, pg_url):
         assert _store(listener.port, [make_mr(study, series[1], 7, description="t1_se_tra", tr=500, te=10)]) == [0]
         with db.session() as s:
             assert s.scalars(select(Study)).one().state == "RECEIVING"
+
+
+def test_tls_listener(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI not installed")
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+    settings = load_settings(None, storage={"root": str(tmp_path / "s"), "min_free_bytes": 0},
+                             dicom={"port": free_port(), "refuse_below_free_bytes": 0, "network_timeout": 5,
+                                    "tls": {"enabled": True, "cert_file": str(cert), "key_file": str(key)}})
+    with running_listener(settings) as (listener, db):
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ctx.check_hostname = False
+        assoc = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM", tls_args=(ctx, None))
+        assert assoc.is_established
+        assert int(assoc.send_c_store(make_mr(generate_uid(), generate_uid())).Status) == 0
+        assoc.release()
+        plain = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM")
+        assert not plain.is_established  # no clear-text DICOM on a TLS port
+        assert _counts(db) == (1, 1, 1)
