@@ -190,6 +190,8 @@ class IndexResult:
     new_series: bool
     replaced: bool
     reopened: bool
+    #: Spool path the re-sent instance had before, when it differs (its file was removed).
+    old_path: str | None = None
 
 
 #: SQLite has one writer: serialise our writes in-process rather than spin on busy errors.
@@ -281,10 +283,25 @@ def _fast_path(db, h: InstanceHeader, rel_path, size, ts_uid, calling_aet, now) 
 
 def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> IndexResult:
     now = now or utcnow()
-    new_study = new_series = replaced = reopened = False
     fast = _fast_path(db, h, rel_path, size, ts_uid, calling_aet, now)
     if fast is not None:
         return fast
+    result = _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now)
+    if result.old_path:
+        # The instance moved (re-sent with another Study/Series UID): drop the stale file only
+        # now that the row points at the new one.
+        try:
+            (settings.storage_root / result.old_path).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove the previous file of instance %s: %s", uid_hash(h.sop_uid), exc.strerror)
+    return result
+
+
+def _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> IndexResult:
+    new_study = new_series = replaced = reopened = False
+    old_path = None
     with db.transaction() as s:
         study = s.scalars(select(Study).where(Study.study_uid == h.study_uid).with_for_update()).first()
         if study is None:
@@ -340,6 +357,8 @@ def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> In
                     old.instance_count = max(0, (old.instance_count or 1) - 1)
                 series.instance_count = (series.instance_count or 0) + 1
                 inst.series_id = series.id
+            if inst.path != rel_path:
+                old_path = inst.path
             inst.sop_class_uid = h.sop_class_uid
             inst.transfer_syntax_uid = ts_uid
             inst.instance_number = h.instance_number
@@ -347,4 +366,4 @@ def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> In
             inst.size_bytes = size
             inst.calling_aet = calling_aet
             inst.received_at = now
-        return IndexResult(study.id, series.id, new_study, new_series, replaced, reopened)
+        return IndexResult(study.id, series.id, new_study, new_series, replaced, reopened, old_path)

@@ -272,3 +272,18 @@ def test_tls_listener(tmp_path):
         plain = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM")
         assert not plain.is_established  # no clear-text DICOM on a TLS port
         assert _counts(db) == (1, 1, 1)
+
+
+def test_resend_into_another_series_moves_the_instance(settings):
+    study = generate_uid()
+    first = make_mr(study, generate_uid(), 0)
+    moved = make_mr(study, generate_uid(), 0, sop_uid=first.SOPInstanceUID)
+    with running_listener(settings) as (listener, db):
+        assert _store(listener.port, [first, moved]) == [0, 0]
+        assert _counts(db) == (1, 2, 1)
+        with db.session() as s:
+            counts = {x.series_uid: x.instance_count for x in s.scalars(select(Series))}
+            path = s.scalars(select(Instance)).one().path
+    assert counts == {first.SeriesInstanceUID: 0, moved.SeriesInstanceUID: 1}
+    assert moved.SeriesInstanceUID in path
+    assert [p.parent.name for p in settings.spool_dir.rglob("*.dcm")] == [moved.SeriesInstanceUID]
