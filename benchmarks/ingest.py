@@ -129,6 +129,27 @@ def run_null_scp(folder: Path) -> float:
         proc.wait(10)
 
 
+def durable_write_floor(folder: Path, root: Path) -> float:
+    """Seconds to write every file the way the node must (tmp file, fdatasync, rename, directory
+    fsync) with no network, parsing or database: the floor of any durable receiver here."""
+    tmp, dst = root / "tmp", root / "spool"
+    tmp.mkdir(parents=True)
+    dst.mkdir()
+    blobs = [p.read_bytes() for p in sorted(folder.iterdir())]
+    t0 = time.perf_counter()
+    for i, b in enumerate(blobs):
+        t = tmp / f"{i}.part"
+        fd = os.open(t, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        os.write(fd, b)
+        os.fdatasync(fd)
+        os.close(fd)
+        os.rename(t, dst / f"{i}.dcm")
+        dfd = os.open(dst, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    return time.perf_counter() - t0
+
+
 def _cpu_seconds(pid: int) -> float:
     """user+system CPU seconds of a process (Linux /proc), 0 elsewhere."""
     try:
@@ -186,18 +207,21 @@ def main() -> int:
         src.mkdir()
         make_instances(src, args.n)
         mb = sum(p.stat().st_size for p in src.iterdir()) / 1e6
-        anchor, null, node = [], [], []
+        anchor, null, floor, node = [], [], [], []
         for r in range(args.rounds):
             anchor.append(run_storescp(src, tmp / f"scp{r}", args.n))
             null.append(run_null_scp(src))
+            floor.append(durable_write_floor(src, tmp / f"floor{r}"))
             node.append(run_node(src, tmp / f"node{r}", args.n, args.database_url))
-        a, z, b = min(anchor), min(null), min(node)
+        a, z, f, b = min(anchor), min(null), min(floor), min(node)
         print(f"instances: {args.n} ({mb:.1f} MB, 256x256 16-bit MR, one association); load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"storescp (DCMTK, no fsync):          {args.n / a:8.1f} instances/s  ({a:.2f} s)")
         print(f"pynetdicom null SCP (stores nothing): {args.n / z:8.1f} instances/s  ({z:.2f} s)")
+        print(f"durable write alone (2 fsyncs, no net): {args.n / f:6.1f} instances/s  ({f:.2f} s)")
         print(f"pgsam-node serve (fsync on):          {args.n / b:8.1f} instances/s  ({b:.2f} s)")
         print(f"ratio null-pynetdicom/storescp: {a / z:.2f}")
+        print(f"ratio durable-write-floor/storescp: {a / f:.2f}")
         print(f"ratio node/storescp: {a / b:.2f}")
     return 0
 
