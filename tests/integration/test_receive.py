@@ -287,3 +287,35 @@ def test_resend_into_another_series_moves_the_instance(settings):
     assert counts == {first.SeriesInstanceUID: 0, moved.SeriesInstanceUID: 1}
     assert moved.SeriesInstanceUID in path
     assert [p.parent.name for p in settings.spool_dir.rglob("*.dcm")] == [moved.SeriesInstanceUID]
+
+
+def test_truncated_transfer_stores_nothing_and_listener_keeps_serving(settings, tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    import numpy as np
+
+    if not shutil.which("storescu"):
+        pytest.skip("DCMTK storescu not installed")
+    big = make_mr(generate_uid(), generate_uid(), 0, size=2048)
+    big.NumberOfFrames = 6  # ~50 MB: the sender is still streaming when it is killed
+    big.PixelData = np.zeros((6, 2048, 2048), dtype=np.uint16).tobytes()
+    path = tmp_path / "big.dcm"
+    big.save_as(path, enforce_file_format=True)
+    with running_listener(settings) as (listener, db):
+        proc = subprocess.Popen(["storescu", "-aec", "PGSAM", "--max-send-pdu", "16384", "127.0.0.1",
+                                 str(listener.port), str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, TCP_NODELAY="1"))
+        try:
+            wait_for(lambda: any(a.is_established for a in listener._ae.active_associations), 30, 0.005,
+                     what="association established (the data set is streaming)")
+            proc.send_signal(signal.SIGKILL)  # the TCP stream ends in the middle of the data set
+        finally:
+            proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+        wait_for(lambda: not listener._ae.active_associations, 30, what="association gone")
+        assert _counts(db) == (0, 0, 0)
+        assert not list(settings.spool_dir.rglob("*.dcm")) and not any(settings.tmp_dir.iterdir())
+        assert _store(listener.port, [make_mr(generate_uid(), generate_uid())]) == [0]
