@@ -99,11 +99,14 @@ class Node:
         from .receive import Listener
         from .scheduler import build_scheduler
 
+        from .index import reindex_spool
         from .spool import clean_tmp
 
         s = self.settings
         # Temporary files are from transfers a crash interrupted: none was acknowledged.
         clean_tmp(s)
+        # Spool files without a row (crash between rename and commit) are indexed again.
+        reindex_spool(self.db, s)
         if self.run_worker and self.db.is_sqlite:
             # SQLite = one worker: a lease left in the database is from a process that died.
             requeue_expired(self.db, s, owner_prefix="")
