@@ -554,15 +554,23 @@ def mllp_frame(message: str | bytes) -> bytes:
 
 
 def read_frame(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Read one MLLP frame's payload from ``sock`` (for senders and tests)."""
+    """Read one MLLP frame's payload from ``sock`` (for senders and tests).
+
+    Consumes exactly one frame: bytes of a following frame stay in the socket (peek first), so
+    consecutive calls read consecutive ACKs even when they arrive in one TCP segment.
+    """
     sock.settimeout(timeout)
     buf = bytearray()
     while True:
-        end = buf.find(FS + CR)
-        if end >= 0:
-            start = buf.find(VT)
-            return bytes(buf[start + 1 : end])
-        chunk = sock.recv(65536)
-        if not chunk:
+        peek = sock.recv(65536, socket.MSG_PEEK)
+        if not peek:
             raise Hl7Error("connection closed before a complete MLLP frame")
-        buf += chunk
+        # The FS of the frame end may be the last byte already read: search from there.
+        carried = bytes(buf[-1:])
+        end = (carried + peek).find(FS + CR)
+        if end >= 0:
+            buf += sock.recv(end - len(carried) + 2)  # consume through the CR, no further
+            start = buf.find(VT)
+            stop = buf.rfind(FS + CR)
+            return bytes(buf[start + 1 : stop])
+        buf += sock.recv(len(peek))

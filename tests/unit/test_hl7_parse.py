@@ -132,3 +132,20 @@ def test_two_orders_in_one_message_are_two_reports():
         ("ACC2", "1.2.3.2", "Right parotid normal."),
     ]
     assert {r.patient_id for r in reps} == {"PAT123"}
+
+
+def test_read_frame_consumes_one_frame_at_a_time():
+    """Two ACKs in one TCP segment, and a frame end split across reads, are read in order."""
+    import socket
+    import threading
+
+    from pgsam_node.hl7 import mllp_frame, read_frame
+
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b"\r\n" + mllp_frame("ONE") + mllp_frame("TWO") + mllp_frame("THREE")[:-1])
+        assert read_frame(a) == b"ONE" and read_frame(a) == b"TWO"
+        t = threading.Timer(0.1, lambda: b.sendall(b"\r"))
+        t.start()
+        assert read_frame(a) == b"THREE"
+        t.join()
