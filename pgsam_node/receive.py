@@ -99,6 +99,11 @@ class Listener:
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
+        if any(dest.storage_commitment for dest in self.settings.destinations):
+            # PS3.4 J.3.3: the PACS reports storage commitment on an association it opens.
+            from .commitment import add_commitment_context
+
+            add_commitment_context(ae)
         ae.maximum_associations = d.max_associations
         ae.network_timeout = d.network_timeout
         ae.acse_timeout = d.network_timeout
@@ -122,6 +127,10 @@ class Listener:
             (evt.EVT_RELEASED, self._on_end),
             (evt.EVT_ABORTED, self._on_end),
         ]
+        if any(dest.storage_commitment for dest in self.settings.destinations):
+            from .commitment import commitment_report_handler
+
+            handlers.append((evt.EVT_N_EVENT_REPORT, commitment_report_handler(self.db, self.settings)))
         ssl_ctx = server_context(d.tls)
         self._ae = ae
         self._server = ae.start_server((d.bind, d.port), block=False, evt_handlers=handlers, ssl_context=ssl_ctx)

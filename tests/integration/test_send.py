@@ -310,25 +310,25 @@ def test_scheduler_job_delivers(tmp_path, case):
 
 @pytest.mark.orthanc
 def test_storage_commitment_report_is_recorded(tmp_path, case):
-    """N-ACTION to Orthanc, then Orthanc's N-EVENT-REPORT on an association to our listener AE."""
+    """N-ACTION to Orthanc, then Orthanc's N-EVENT-REPORT on an association to the node's listener."""
     require_orthanc()
-    from pgsam_node.commitment import add_commitment_context, commitment_report_handler
+    from pgsam_node.receive import Listener
 
     node_port = free_port()
     with OrthancServer(tmp_path / "orthanc", modalities={"pgsam": ("PGSAM", "127.0.0.1", node_port)}) as orthanc:
         settings = _settings(tmp_path, [_dest(orthanc.dicom_port, storage_commitment=True)])
+        settings.dicom.port = node_port
+        settings.dicom.refuse_below_free_bytes = 0
         db = open_database(settings)
-        ae = AE(ae_title="PGSAM")
-        add_commitment_context(ae)
-        server = ae.start_server(("127.0.0.1", node_port), block=False,
-                                 evt_handlers=[(evt.EVT_N_EVENT_REPORT, commitment_report_handler(db, settings))])
+        server = Listener(settings, db)
+        server.start()
         try:
             _, seg, (item_id,) = _queue(settings, db, case)
             assert process_due(db, settings, now=T0)["sent"] == 1
             assert _item(db, item_id).commitment_requested is True
             wait_for(lambda: _item(db, item_id).committed is True, 20, what="storage commitment report")
         finally:
-            server.shutdown()
+            server.stop()
             db.dispose()
 
 
