@@ -17,6 +17,8 @@ from .errors import NodeError
 COMMAND_MODULES = [
     "pgsam_node.commands.config_cmd",
     "pgsam_node.commands.token_cmd",
+    "pgsam_node.commands.web_cmd",
+    "pgsam_node.commands.retention_cmd",
 ]
 
 log = logging.getLogger("pgsam_node.cli")
