@@ -1,25 +1,26 @@
 """``pgsam-node`` command line.
 
 Each sub-command lives in ``pgsam_node/commands/<name>.py`` with a ``register(subparsers)``
-function; add the module to :data:`COMMAND_MODULES`. Every command takes ``--config FILE``.
+function; modules there are discovered. Every command takes ``--config FILE``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import logging
 import sys
 
 from . import __version__
 from .errors import NodeError
 
-COMMAND_MODULES = [
-    "pgsam_node.commands.config_cmd",
-    "pgsam_node.commands.token_cmd",
-    "pgsam_node.commands.web_cmd",
-    "pgsam_node.commands.retention_cmd",
-]
+def command_modules() -> list[str]:
+    """Every module in ``pgsam_node/commands`` that defines ``register`` (sorted by name)."""
+    from . import commands
+
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
+    return [f"pgsam_node.commands.{n}" for n in names]
 
 log = logging.getLogger("pgsam_node.cli")
 
@@ -34,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pgsam-node {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name in command_modules():
+        mod = importlib.import_module(name)
+        if hasattr(mod, "register"):
+            mod.register(sub)
     return parser
 
 

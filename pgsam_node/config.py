@@ -87,6 +87,13 @@ class DatabaseSettings(_Section):
 class AssemblySettings(_Section):
     stable_seconds: float = Field(30.0, gt=0)
     check_interval_seconds: float = Field(2.0, gt=0)
+    #: Sequences a study should have before it runs; missing ones are waited for.
+    required_roles: list[Literal["T1", "T2", "T1C"]] = Field(default_factory=lambda: ["T1", "T2", "T1C"])
+    #: How long a stable study waits for missing sequences, then ``on_missing_sequences`` applies.
+    sequence_wait_seconds: float = Field(600.0, ge=0)
+    #: ``run_partial`` runs with the sequences present (the model masks the missing ones; at
+    #: least one of T1/T2/T1C is needed); ``fail`` stops the study with a reason.
+    on_missing_sequences: Literal["run_partial", "fail"] = "run_partial"
 
 
 class ClassifySettings(_Section):
@@ -126,18 +133,41 @@ class RisSettings(_Section):
     use_preliminary: bool = False
     study_date_window_days: int = Field(3, ge=0)
     query_timeout_seconds: float = Field(10.0, gt=0)
+    #: Seconds to wait for a connection to the external RIS before treating it as down.
+    connect_timeout_seconds: float = Field(5.0, gt=0)
     #: How long a complete study waits for its report, then ``on_missing_report`` applies.
     wait_seconds: float = Field(6 * 3600.0, ge=0)
     recheck_interval_seconds: float = Field(60.0, gt=0)
     on_missing_report: Literal["run_without_text", "fail"] = "run_without_text"
     #: An amended report after the SEG was sent: run again and send a new SEG version.
     rerun_on_amendment: bool = True
+    #: Finished studies are re-checked for amended reports for this many days after finishing.
+    amendment_window_days: float = Field(30.0, ge=0)
 
 
 class Hl7Settings(_Section):
     bind: str = "127.0.0.1"
     #: MLLP port; None = no HL7 listener.
     port: int | None = Field(None, ge=1, le=65535)
+    #: Where ORU^R01 carries the accession number; the first non-empty field wins.
+    accession_fields: list[str] = Field(default_factory=lambda: ["OBR-18", "OBR-3"])
+    #: Largest accepted message (bytes, MLLP frame content); larger frames get AR and a close.
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    #: Seconds of silence on a connection before the listener closes it.
+    timeout_seconds: float = Field(60.0, gt=0)
+    max_connections: int = Field(16, ge=1, le=1024)
+    #: MSH-3 (sending application) of our ACKs.
+    application: str = "PGSAM"
+
+    @field_validator("accession_fields")
+    @classmethod
+    def _check_fields(cls, v: list[str]) -> list[str]:
+        import re as _re
+
+        for f in v:
+            if not _re.fullmatch(r"(OBR|ORC|PV1|ZDS)-\d{1,2}", f):
+                raise ValueError(f"invalid field {f!r}: use SEG-N with SEG one of OBR, ORC, PV1, ZDS")
+        return v
 
 
 class ModelSettings(_Section):
@@ -158,6 +188,20 @@ class SegCode(_Section):
     meaning: str
 
 
+class SegmentCodes(_Section):
+    """Coded meaning of the SEG segment (PS3.3 C.8.20.2.3; CID 7150 / 7151 / 4).
+
+    Defaults describe a parotid neoplasm; a model folder's ``config.json`` may override them
+    (``segment_codes`` with the same keys), e.g. anatomy Brain (SCT 12738006) for brain tumours.
+    """
+
+    category: SegCode = Field(
+        default_factory=lambda: SegCode(value="49755003", meaning="Morphologically abnormal structure")
+    )
+    type: SegCode = Field(default_factory=lambda: SegCode(value="108369006", meaning="Neoplasm"))
+    anatomy: SegCode = Field(default_factory=lambda: SegCode(value="45289007", meaning="Parotid gland"))
+
+
 class SegSettings(_Section):
     series_description: str = "PG-SAM lesion"
     #: Series numbers are deterministic: base + run version.
@@ -170,6 +214,11 @@ class SegSettings(_Section):
     structured_report: bool = False
     overlay_series: bool = False
     manufacturer: str = "PG-SAM Node"
+    segment_codes: SegmentCodes = Field(default_factory=SegmentCodes)
+    #: Recommended display colour of the segment, sRGB 0-255 (stored as CIELab, PS3.3 C.10.7.1.1).
+    display_color: tuple[int, int, int] = (255, 64, 0)
+    #: Validate every object before it is queued (re-read, voxel compare, geometry, references).
+    validate_outputs: bool = True
 
 
 class Destination(_Section):
@@ -190,6 +239,11 @@ class SendSettings(_Section):
 
 
 class WorkerSettings(_Section):
+    #: Run a worker inside ``pgsam-node serve`` (the embedded default); off when GPU workers
+    #: (``pgsam-node worker``) serve a shared PostgreSQL queue.
+    embedded: bool = True
+    #: Attempts per study version before it is FAILED (a crash or expired lease counts as one).
+    max_attempts: int = Field(3, ge=1)
     lease_seconds: float = Field(120.0, gt=0)
     heartbeat_seconds: float = Field(20.0, gt=0)
     study_timeout_seconds: float = Field(1800.0, gt=0)

@@ -1,0 +1,262 @@
+"""Read a series' DICOM files into a :class:`~pgsam_node.geometry.volume.Volume`.
+
+Handles single-frame images (MR Image Storage, and any image with the Image Plane module, such
+as the Secondary Capture tumour masks of the TCIA data) and Enhanced / Legacy Converted Enhanced
+multi-frame objects (per-frame and shared functional groups, PS3.3 C.7.6.16). Compressed pixel
+data is decoded by pydicom (with the pylibjpeg plugins installed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from ..errors import GeometryError
+from ..logsetup import uid_hash
+from .checks import FrameGeometry, select_stack
+from .volume import GeometryNote, Volume, affine_from_dicom
+
+log = logging.getLogger(__name__)
+
+
+def _floats(value, n: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        return None
+    return arr
+
+
+def _float(value, default: float | None) -> float | None:
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _group_item(ds: Dataset, per_frame: Dataset | None, keyword: str) -> Dataset | None:
+    """First item of functional-group macro ``keyword`` for one frame: the per-frame group wins
+    over the shared group (PS3.3 C.7.6.16.1: a macro is in one or the other)."""
+    if per_frame is not None:
+        seq = per_frame.get(keyword)
+        if seq:
+            return seq[0]
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        seq = shared[0].get(keyword)
+        if seq:
+            return seq[0]
+    return None
+
+
+def _cs_values(value) -> tuple[str, ...]:
+    """A (possibly multi-valued) CS element as a tuple of strings."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value)
+
+
+def _image_type(ds: Dataset) -> tuple[str, ...]:
+    return _cs_values(ds.get("ImageType"))
+
+
+def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
+    """Geometry records of every frame in one dataset (single-frame or Enhanced multi-frame).
+
+    ``source`` of each record is ``(dataset, frame_index or None)``.
+    """
+    sop_uid = str(ds.get("SOPInstanceUID", ""))
+    series_uid = str(ds.SeriesInstanceUID) if "SeriesInstanceUID" in ds else None
+    for_uid = str(ds.FrameOfReferenceUID) if ds.get("FrameOfReferenceUID") else None
+    sop_class = str(ds.get("SOPClassUID", "")) or None
+    rows = int(ds.get("Rows", 0) or 0)
+    cols = int(ds.get("Columns", 0) or 0)
+    per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame_seq is None:
+        spacing = _floats(ds.get("PixelSpacing"), 2)
+        return [
+            FrameGeometry(
+                path=path,
+                sop_uid=sop_uid,
+                frame_number=None,
+                series_uid=series_uid,
+                frame_of_reference_uid=for_uid,
+                position=_floats(ds.get("ImagePositionPatient"), 3),
+                orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+                pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
+                rows=rows,
+                columns=cols,
+                slope=_float(ds.get("RescaleSlope"), 1.0),
+                intercept=_float(ds.get("RescaleIntercept"), 0.0),
+                slice_thickness=_float(ds.get("SliceThickness"), None),
+                image_type=_image_type(ds),
+                sop_class_uid=sop_class,
+                source=(ds, None),
+            )
+        ]
+    out: list[FrameGeometry] = []
+    n_frames = int(ds.get("NumberOfFrames", len(per_frame_seq)) or len(per_frame_seq))
+    for idx in range(n_frames):
+        pf = per_frame_seq[idx] if idx < len(per_frame_seq) else None
+        pos_item = _group_item(ds, pf, "PlanePositionSequence")
+        ori_item = _group_item(ds, pf, "PlaneOrientationSequence")
+        meas_item = _group_item(ds, pf, "PixelMeasuresSequence")
+        pvt_item = _group_item(ds, pf, "PixelValueTransformationSequence")
+        # Frame type: MR Image Frame Type (C.8.13.5.1) or the generic Frame Type of legacy
+        # converted objects; falls back to the object's ImageType.
+        ftype_item = _group_item(ds, pf, "MRImageFrameTypeSequence") or _group_item(ds, pf, "FrameTypeSequence")
+        ftype = () if ftype_item is None else _cs_values(ftype_item.get("FrameType"))
+        spacing = _floats(meas_item.get("PixelSpacing") if meas_item is not None else None, 2)
+        out.append(
+            FrameGeometry(
+                path=path,
+                sop_uid=sop_uid,
+                frame_number=idx + 1,
+                series_uid=series_uid,
+                frame_of_reference_uid=for_uid,
+                position=_floats(pos_item.get("ImagePositionPatient") if pos_item is not None else None, 3),
+                orientation=_floats(ori_item.get("ImageOrientationPatient") if ori_item is not None else None, 6),
+                pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
+                rows=rows,
+                columns=cols,
+                slope=_float(pvt_item.get("RescaleSlope") if pvt_item is not None else None, 1.0),
+                intercept=_float(pvt_item.get("RescaleIntercept") if pvt_item is not None else None, 0.0),
+                slice_thickness=_float(meas_item.get("SliceThickness") if meas_item is not None else None, None),
+                image_type=ftype or _image_type(ds),
+                sop_class_uid=sop_class,
+                source=(ds, idx),
+            )
+        )
+    return out
+
+
+def read_frames(paths: Iterable[Path]) -> list[FrameGeometry]:
+    """Read every file and return its frames' geometry records (pixels are decoded later).
+
+    Raises
+    ------
+    GeometryError
+        ``unreadable`` when a file is not DICOM or has no pixel data.
+    """
+    frames: list[FrameGeometry] = []
+    for p in paths:
+        p = Path(p)
+        try:
+            ds = pydicom.dcmread(p)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the same finding
+            raise GeometryError(f"cannot read {p.name}: {type(exc).__name__}: {exc}", reason="unreadable") from exc
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            raise GeometryError(f"{p.name} has no pixel data", reason="unreadable")
+        frames.extend(frames_of_dataset(ds, p))
+    return frames
+
+
+def _decode(ds: Dataset) -> np.ndarray:
+    """All frames of a dataset as ``(F, rows, cols)`` (F = 1 for single-frame)."""
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - missing codec, corrupt stream, ...
+        raise GeometryError(
+            f"pixel data cannot be decoded (transfer syntax {ds.file_meta.get('TransferSyntaxUID', '?')}): "
+            f"{type(exc).__name__}: {exc}",
+            reason="pixel_data",
+        ) from exc
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1:
+        raise GeometryError(f"SamplesPerPixel={spp}: only greyscale images make volumes", reason="unsupported_pixels")
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.shape[0] != n_frames and "PerFrameFunctionalGroupsSequence" in ds:
+        raise GeometryError(f"decoded {arr.shape[0]} frames, header says {n_frames}", reason="pixel_data")
+    return arr
+
+
+def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
+    """Load one series into a volume with a trusted geometry.
+
+    Parameters
+    ----------
+    paths
+        The series' files: single-frame images, or one (or more) Enhanced multi-frame objects,
+        in any order. Slices are sorted by position along the slice normal, never by
+        InstanceNumber.
+    spacing_tolerance
+        Relative tolerance for even slice spacing (``geometry.spacing_tolerance``).
+
+    Returns
+    -------
+    Volume
+        ``array`` float32 ``(Z, Y, X)`` with RescaleSlope/RescaleIntercept applied (per frame,
+        from the Pixel Value Transformation functional group for multi-frame objects);
+        ``affine`` voxel (column, row, slice) -> LPS mm; per-slice SOP Instance UIDs, frame
+        numbers (1-based, ``None`` for single-frame) and paths; non-fatal notes in ``warnings``.
+
+    Raises
+    ------
+    GeometryError
+        With a reason code from :mod:`pgsam_node.geometry.checks` or ``unreadable`` /
+        ``pixel_data`` / ``unsupported_pixels``.
+    """
+    frames = read_frames(paths)
+    stack = select_stack(frames, spacing_tolerance=spacing_tolerance)
+    notes: list[GeometryNote] = list(stack.notes)
+    first = stack.frames[0]
+    rows, cols = first.rows, first.columns
+    out = np.empty((len(stack.frames), rows, cols), dtype=np.float32)
+    decoded: dict[int, np.ndarray] = {}
+    mono1 = False
+    for k, f in enumerate(stack.frames):
+        ds, idx = f.source
+        mono1 |= str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        if idx is None:  # single-frame: decode and drop, so only the float32 volume stays in memory
+            px = _decode(ds)[0]
+        else:  # multi-frame: decode each object once, keep it while its frames are copied
+            key = id(ds)
+            if key not in decoded:
+                decoded[key] = _decode(ds)
+            px = decoded[key][idx]
+        if px.shape != (rows, cols):
+            raise GeometryError(f"frame has matrix {px.shape}, header says {(rows, cols)}", reason="pixel_data")
+        # Modality LUT: stored value * slope + intercept (PS3.3 C.11.1.1.2); computed in float64
+        # so 32-bit stored values do not lose precision before the float32 store.
+        out[k] = (px.astype(np.float64) * f.slope + f.intercept).astype(np.float32)
+    if mono1:
+        notes.append(GeometryNote("monochrome1", "MONOCHROME1 pixels kept as stored values (not inverted)"))
+    affine = affine_from_dicom(stack.orientation, first.position, stack.pixel_spacing, stack.slice_step)
+    vol = Volume(
+        array=out,
+        affine=affine,
+        spacing=(float(np.linalg.norm(stack.slice_step)), stack.pixel_spacing[0], stack.pixel_spacing[1]),
+        series_uid=first.series_uid,
+        frame_of_reference_uid=first.frame_of_reference_uid,
+        sop_uids=[f.sop_uid for f in stack.frames],
+        frame_numbers=[f.frame_number for f in stack.frames],
+        paths=[f.path for f in stack.frames],
+        warnings=notes,
+        slice_thickness=first.slice_thickness,
+        sop_class_uid=first.sop_class_uid,
+    )
+    log.info(
+        "loaded series %s: %s slices %dx%d spacing %s notes=%s",
+        uid_hash(vol.series_uid),
+        vol.shape[0],
+        rows,
+        cols,
+        tuple(round(s, 3) for s in vol.spacing),
+        [n.code for n in notes],
+    )
+    return vol

@@ -1,0 +1,1 @@
+"""PG-SAM model: modules, presets, checkpoints, training, evaluation and synthetic data."""

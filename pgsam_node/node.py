@@ -1,0 +1,144 @@
+"""Composition root: the running node (listener, HL7, scheduler jobs, worker, web).
+
+``pgsam-node serve`` builds a :class:`Node` from the settings and runs it until SIGTERM/SIGINT;
+the demo and the end-to-end tests run the same object in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .config import Settings
+from .db import Database, open_database
+from .worker import WorkerLoop, make_worker_id, requeue_expired
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """Everything ``serve`` runs, with explicit start/stop.
+
+    Parameters
+    ----------
+    worker
+        Run the embedded worker (``worker.embedded``; the SQLite default needs it).
+    predictor_factory
+        Seam for tests: builds the predictor instead of loading ``model.path``.
+    """
+
+    def __init__(self, settings: Settings, db: Database | None = None, worker: bool | None = None, web: bool | None = None, predictor_factory=None):
+        from .pipeline import Pipeline
+
+        self.settings = settings
+        self.db = db or open_database(settings)
+        for d in (settings.spool_dir, settings.tmp_dir, settings.outputs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.run_worker = settings.worker.embedded if worker is None else worker
+        self.run_web = settings.web.enabled if web is None else web
+        self.pipeline = Pipeline(self.db, settings, predictor_factory)
+        self.worker_id = make_worker_id()
+        self.worker: WorkerLoop | None = None
+        self.listener = None
+        self.hl7 = None
+        self.web = None
+        self.scheduler = None
+        self._stopped = threading.Event()
+
+    # ------------------------------------------------------------------------------- jobs
+    def _jobs(self):
+        from .assemble import mark_stable
+        from .outbox import process_due
+        from .pipeline import finish_sent
+        from .progress import advance_stable
+        from .report_wait import check_amendments, check_waiting
+        from .retention import retention_job
+
+        s, db = self.settings, self.db
+
+        def assemble_and_advance() -> None:
+            mark_stable(db, s)
+            advanced = advance_stable(db, s)
+            if self.worker and any(v == "READY" for v in advanced.values()):
+                self.worker.wake()
+
+        def reports() -> None:
+            check_waiting(db, s)
+            check_amendments(db, s)
+            if self.worker:
+                self.worker.wake()
+
+        def outbox() -> None:
+            process_due(db, s)
+            finish_sent(db)
+
+        def leases() -> None:
+            requeue_expired(db, s)
+
+        return [
+            ("assembly", assemble_and_advance, s.assembly.check_interval_seconds),
+            ("reports", reports, s.ris.recheck_interval_seconds),
+            ("outbox", outbox, s.send.check_interval_seconds),
+            ("leases", leases, max(1.0, s.worker.heartbeat_seconds)),
+            ("retention", lambda: retention_job(s, db), s.retention.check_interval_seconds),
+        ]
+
+    # --------------------------------------------------------------------------- lifecycle
+    def start(self) -> Node:
+        from .outbox import recover_in_flight
+        from .receive import Listener
+        from .scheduler import build_scheduler
+
+        s = self.settings
+        if self.run_worker and self.db.is_sqlite:
+            # SQLite = one worker: a lease left in the database is from a process that died.
+            requeue_expired(self.db, s, owner_prefix="")
+        recover_in_flight(self.db)
+        self.listener = Listener(s, self.db)
+        self.listener.start()
+        if s.hl7.port:
+            from .hl7 import Hl7Listener
+
+            self.hl7 = Hl7Listener(s, self.db)
+            self.hl7.start()
+        self.scheduler = build_scheduler(s, self.db, extra_jobs=self._jobs())
+        self.scheduler.start()
+        if self.run_worker:
+            self.worker = WorkerLoop(self.db, s, self.pipeline.process, self.worker_id)
+            self.worker.start()
+        if self.run_web:
+            from .web import WebServer
+
+            self.web = WebServer(s, self.db)
+            self.web.start()
+        log.info(
+            "node up: DICOM %s@%s:%s%s%s",
+            s.dicom.ae_title,
+            s.dicom.bind,
+            self.listener.port,
+            f", HL7 {s.hl7.bind}:{self.hl7.port}" if self.hl7 else "",
+            f", web http://{s.web.bind}:{self.web.port}" if self.web else "",
+        )
+        return self
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for name, comp in (("scheduler", self.scheduler), ("worker", self.worker), ("listener", self.listener), ("hl7", self.hl7), ("web", self.web)):
+            if comp is None:
+                continue
+            try:
+                if name == "scheduler":
+                    comp.shutdown(wait=True)
+                else:
+                    comp.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("error stopping %s", name)
+        self.db.dispose()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,358 @@
+"""The one place that sequences the stages for a claimed study.
+
+``RUNNING``: series by role → report + findings → volumes on the reference grid → PG-SAM → mask
+→ SEG (+ optional SR / overlay) → validate → files renamed into ``outputs/`` → outbox rows and the
+``ENCODED → SENDING`` transition committed together. The outbox job delivers; :func:`finish_sent`
+moves fully delivered studies to ``DONE``.
+
+Idempotency: a run is keyed by (StudyInstanceUID, input SOP instance UIDs, report hash, model
+version); output UIDs are derived from the same key, so a run repeated after a crash writes the same
+SEG (same SOP Instance UID) and the PACS ends up with one object per study version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from .config import Settings
+from .db import Database, Instance, OutboxItem, OutboxState, Run, Series, Study, StudyState, utcnow
+from .errors import GeometryError, InferenceError, NodeError, PipelineError
+from .findings import Findings
+from .logsetup import uid_hash
+from .progress import selected_series
+from .state import transition
+from .worker import Claim, Heartbeat, release
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyInputs:
+    """What a run reads, gathered in one short DB transaction."""
+
+    study_id: int
+    study_uid: str
+    version: int
+    paths_by_role: dict[str, list[Path]]
+    input_uids: list[str]
+    report_text: str | None
+    report_hash: str | None
+    findings: Findings | None
+
+
+@dataclass
+class RunResult:
+    state: str
+    reason: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    output_paths: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def idempotency_key(study_uid: str, input_uids: list[str], report_hash: str | None, model_version: str) -> str:
+    h = hashlib.sha256()
+    for part in (study_uid, *sorted(input_uids), report_hash or "-", model_version):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _report_text(settings: Settings, db: Database, study: Study) -> str | None:
+    """The matched report's text (embedded table by id, else the RIS again)."""
+    from .db import Report
+
+    if not study.report_ref:
+        return None
+    if study.report_ref.startswith("embedded:"):
+        with db.session() as s:
+            rep = s.get(Report, int(study.report_ref.split(":", 1)[1]))
+            return rep.report_text if rep else None
+    from .ris import StudyKey, find_report
+
+    match = find_report(
+        StudyKey(study.accession_number, study.study_uid, study.patient_id, study.study_date), settings, db
+    )
+    return match.text if match else None
+
+
+def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInputs:
+    from .report import parse_report
+
+    with db.session() as s:
+        study = s.get(Study, study_id)
+        chosen = selected_series(study)
+        if not chosen:
+            raise PipelineError("no T1, T2 or post-contrast T1 series selected", reason="no_sequences")
+        paths_by_role: dict[str, list[Path]] = {}
+        input_uids: list[str] = []
+        for role, se in chosen.items():
+            insts = s.scalars(select(Instance).where(Instance.series_id == se.id)).all()
+            paths_by_role[role] = [settings.storage_root / i.path for i in insts]
+            input_uids += [i.sop_instance_uid for i in insts]
+        text = _report_text(settings, db, study)
+        return StudyInputs(
+            study_id=study.id,
+            study_uid=study.study_uid,
+            version=study.version,
+            paths_by_role=paths_by_role,
+            input_uids=input_uids,
+            report_text=text,
+            report_hash=study.report_hash,
+            findings=parse_report(text) if text else None,
+        )
+
+
+def _atomic_write(ds, path: Path, fsync: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".part")
+    ds.save_as(tmp, enforce_file_format=True)
+    if fsync:
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+class Pipeline:
+    """Runs claimed studies; keeps the predictor loaded between studies.
+
+    Parameters
+    ----------
+    predictor_factory
+        Called once, lazily, to load the model (a seam for tests that need no model).
+    """
+
+    def __init__(self, db: Database, settings: Settings, predictor_factory: Callable[[], object] | None = None):
+        self.db, self.settings = db, settings
+        self._predictor = None
+        self._factory = predictor_factory
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            if self._factory is not None:
+                self._predictor = self._factory()
+            else:
+                from .infer import Predictor
+
+                m = self.settings.model
+                self._predictor = Predictor.from_dir(m.path, device=m.device, batch_size=m.batch_size)
+        return self._predictor
+
+    # ---------------------------------------------------------------- worker entry point
+    def process(self, claim: Claim, heartbeat: Heartbeat | None = None) -> RunResult:
+        t_start = time.monotonic()
+        deadline = t_start + self.settings.worker.study_timeout_seconds
+        try:
+            result = self._run(claim, heartbeat, deadline)
+        except NodeError as exc:
+            reason = getattr(exc, "reason", type(exc).__name__)
+            self._fail(claim, f"{reason}: {exc}")
+            return RunResult(StudyState.FAILED.value, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an unexpected error fails this study, not the worker
+            log.exception("study %s: unexpected error", uid_hash(claim.study_uid))
+            self._fail(claim, f"internal error: {type(exc).__name__}: {exc}")
+            return RunResult(StudyState.FAILED.value, str(exc))
+        return result
+
+    def _check(self, claim: Claim, heartbeat: Heartbeat | None, deadline: float) -> None:
+        if heartbeat is not None and heartbeat.lost.is_set():
+            raise _LeaseLost()
+        if time.monotonic() > deadline:
+            raise PipelineError(f"study exceeded worker.study_timeout_seconds={self.settings.worker.study_timeout_seconds}", reason="timeout")
+
+    def _fail(self, claim: Claim, reason: str) -> None:
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            if study is None or study.lease_owner != claim.worker_id or study.state != StudyState.RUNNING.value:
+                return  # lease lost: another worker owns the study now
+            release(s, study)
+            transition(s, study, StudyState.FAILED, reason, actor=claim.worker_id)
+            run = s.scalars(select(Run).where(Run.study_id == study.id, Run.version == study.version).order_by(Run.id.desc())).first()
+            if run is not None and run.status == "RUNNING":
+                run.status, run.error, run.finished_at = "FAILED", reason, utcnow()
+
+    def _run(self, claim: Claim, heartbeat: Heartbeat | None, deadline: float) -> RunResult:
+        from .encode import AlgorithmInfo, build_outputs, validate_seg
+        from .geometry.study import build_study_volumes
+        from .outbox import enqueue
+
+        st = self.settings
+        timings: dict[str, float] = {}
+        t = time.monotonic()
+        inputs = gather_inputs(self.db, st, claim.study_id)
+        timings["gather"] = time.monotonic() - t
+        predictor = self.predictor
+        model_version = predictor.model_version
+        key = idempotency_key(inputs.study_uid, inputs.input_uids, inputs.report_hash, model_version)
+        with self.db.transaction() as s:
+            run = s.scalars(select(Run).where(Run.idempotency_key == key)).first()
+            if run is None:
+                run = Run(study_id=claim.study_id, version=inputs.version, idempotency_key=key)
+                s.add(run)
+            run.input_uids = sorted(inputs.input_uids)
+            run.report_hash = inputs.report_hash
+            run.model_version = model_version
+            run.worker = claim.worker_id
+            run.status, run.error, run.started_at, run.finished_at = "RUNNING", None, utcnow(), None
+            s.flush()
+            run_id = run.id
+        self._check(claim, heartbeat, deadline)
+
+        t = time.monotonic()
+        try:
+            vols = build_study_volumes(inputs.paths_by_role, st.geometry)
+        except GeometryError as exc:
+            raise PipelineError(str(exc), reason=f"geometry:{exc.reason}") from exc
+        timings["geometry"] = time.monotonic() - t
+        self._check(claim, heartbeat, deadline)
+
+        t = time.monotonic()
+        try:
+            result = predictor.predict(
+                vols.channels, vols.valid, inputs.findings, inputs.report_text, vols.reference.affine
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise InferenceError(f"inference failed: {exc}") from exc
+        timings["inference"] = time.monotonic() - t
+        self._check(claim, heartbeat, deadline)
+
+        ref = vols.reference
+        voxel_ml = float(abs(ref.spacing[0] * ref.spacing[1] * ref.spacing[2])) / 1000.0
+        n_vox = int(result.mask.sum())
+        metrics = {"lesion_voxels": n_vox, "lesion_ml": round(n_vox * voxel_ml, 3), "reference_role": vols.reference_role}
+        notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]
+
+        if n_vox == 0 and st.seg.empty_result == "no_seg":
+            with self.db.transaction() as s:
+                study = s.get(Study, claim.study_id)
+                self._own(study, claim)
+                run = s.get(Run, run_id)
+                run.status, run.finished_at, run.stage_seconds, run.metrics = "NO_FINDING", utcnow(), timings, metrics
+                study.notes = list(study.notes or []) + notes
+                release(s, study)
+                transition(s, study, StudyState.NO_FINDING, "model found no lesion; no SEG sent (seg.empty_result=no_seg)", actor=claim.worker_id)
+            return RunResult(StudyState.NO_FINDING.value, "no lesion", timings, [], metrics)
+
+        t = time.monotonic()
+        algorithm = AlgorithmInfo(name="PG-SAM", version=model_version)
+        datasets = build_outputs(
+            mask=result.mask,
+            prob=getattr(result, "prob", None),
+            source_paths=ref.paths,
+            frame_numbers=ref.frame_numbers,
+            findings=inputs.findings,
+            settings=st,
+            algorithm=algorithm,
+            run_version=inputs.version,
+            codes=getattr(predictor, "segment_codes", None),
+        )
+        validate_seg(datasets[0], result.mask, ref.paths)
+        timings["encode"] = time.monotonic() - t
+        self._check(claim, heartbeat, deadline)
+
+        out_dir = st.outputs_dir / inputs.study_uid / f"v{inputs.version}"
+        rel_paths: list[str] = []
+        for ds in datasets:
+            p = out_dir / f"{ds.SOPInstanceUID}.dcm"
+            _atomic_write(ds, p, st.storage.fsync)
+            rel_paths.append(str(p.relative_to(st.storage_root)))
+
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            self._own(study, claim)
+            run = s.get(Run, run_id)
+            run.status, run.finished_at = "ENCODED", utcnow()
+            run.stage_seconds, run.metrics = timings, metrics
+            run.output_uids = [str(ds.SOPInstanceUID) for ds in datasets]
+            run.output_paths = rel_paths
+            study.notes = list(study.notes or []) + notes
+            release(s, study)
+            transition(s, study, StudyState.ENCODED, f"{len(datasets)} object(s) encoded", actor=claim.worker_id)
+            if st.destinations:
+                for ds, rel in zip(datasets, rel_paths):
+                    enqueue(s, study.id, run.id, rel, ds, st.destinations)
+                transition(s, study, StudyState.SENDING, f"queued for {', '.join(d.name for d in st.destinations)}", actor=claim.worker_id)
+            else:
+                transition(s, study, StudyState.DONE, "no destinations configured; outputs kept locally", actor=claim.worker_id)
+        log.info("study %s encoded (%d voxels)", uid_hash(inputs.study_uid), n_vox, extra={"study": uid_hash(inputs.study_uid)})
+        return RunResult(StudyState.SENDING.value if st.destinations else StudyState.DONE.value, "encoded", timings, rel_paths, metrics)
+
+    @staticmethod
+    def _own(study: Study, claim: Claim) -> None:
+        if study is None or study.lease_owner != claim.worker_id or study.state != StudyState.RUNNING.value:
+            raise _LeaseLost()
+
+
+class _LeaseLost(PipelineError):
+    def __init__(self) -> None:
+        super().__init__("lease lost to another worker; result discarded", reason="lease_lost")
+
+
+def finish_sent(db: Database, now: dt.datetime | None = None) -> list[str]:
+    """SENDING studies whose current outputs are all SENT become DONE; any DEAD item → FAILED."""
+    done: list[str] = []
+    with db.transaction() as s:
+        for study in s.scalars(select(Study).where(Study.state == StudyState.SENDING.value)).all():
+            run = s.scalars(
+                select(Run).where(Run.study_id == study.id, Run.status == "ENCODED").order_by(Run.id.desc())
+            ).first()
+            if run is None:
+                continue
+            items = s.scalars(select(OutboxItem).where(OutboxItem.run_id == run.id)).all()
+            if not items:
+                continue
+            states = {i.state for i in items}
+            if states == {OutboxState.SENT.value}:
+                run.status = "SENT"
+                transition(s, study, StudyState.DONE, f"{len(items)} object(s) delivered")
+                done.append(study.study_uid)
+            elif OutboxState.DEAD.value in states:
+                dead = [i for i in items if i.state == OutboxState.DEAD.value]
+                transition(s, study, StudyState.FAILED, f"delivery failed permanently to {dead[0].destination}: {dead[0].last_error}")
+    return done
+
+
+def study_summary(db: Database, study_uid: str) -> dict:
+    """States timeline, stage timings and run metrics of a study (for the demo and the CLI)."""
+    with db.session() as s:
+        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+        if study is None:
+            raise PipelineError("unknown study", reason="unknown_study")
+        runs = s.scalars(select(Run).where(Run.study_id == study.id).order_by(Run.id)).all()
+        series = s.scalars(select(Series).where(Series.study_id == study.id)).all()
+        return {
+            "state": study.state,
+            "reason": study.state_reason,
+            "timeline": [
+                {"at": e.at.isoformat(timespec="milliseconds"), "from": e.from_state, "to": e.to_state, "reason": e.reason}
+                for e in study.events
+            ],
+            "series": [
+                {"description": se.description, "role": se.role, "selected": se.role_selected, "reason": se.role_reason, "instances": se.instance_count}
+                for se in series
+            ],
+            "runs": [
+                {"version": r.version, "status": r.status, "model": r.model_version, "stage_seconds": r.stage_seconds, "metrics": r.metrics, "outputs": r.output_paths}
+                for r in runs
+            ],
+        }
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

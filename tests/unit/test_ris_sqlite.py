@@ -1,0 +1,75 @@
+"""Report lookup against a site RIS in an SQLite file and against the embedded table."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgsam_node.config import load_settings
+from pgsam_node.db import Database
+from pgsam_node.errors import RisError
+from pgsam_node.ris import StudyKey, dispose_engines, find_report
+
+from ..ris_checks import check_matching
+from ..ris_scenario import CUSTOM_COLUMNS, create_site_ris, fill_embedded
+
+
+@pytest.fixture(autouse=True)
+def _engines():
+    yield
+    dispose_engines()
+
+
+def _ris_settings(tmp_path, url, **ris):
+    return load_settings(
+        None,
+        storage={"root": str(tmp_path / "storage"), "min_free_bytes": 0},
+        ris={"url": url, "table": "ris_reports", "columns": dict(CUSTOM_COLUMNS), **ris},
+    )
+
+
+def test_external_sqlite_ris_custom_columns(tmp_path):
+    path = tmp_path / "ris.sqlite3"
+    create_site_ris(f"sqlite:///{path}")
+    before = path.read_bytes()
+    settings = _ris_settings(tmp_path, f"sqlite:///{path}")
+    check_matching(settings, None)
+    assert path.read_bytes() == before  # opened read-only, never written
+
+
+def test_embedded_table(settings):
+    db = Database(settings.database_url)
+    try:
+        fill_embedded(db)
+        check_matching(settings, db)
+    finally:
+        db.dispose()
+
+
+def test_without_version_column_newest_report_time_wins(tmp_path):
+    path = tmp_path / "ris.sqlite3"
+    create_site_ris(f"sqlite:///{path}", version_column=False)
+    cols = dict(CUSTOM_COLUMNS, version=None)
+    settings = load_settings(None, ris={"url": f"sqlite:///{path}", "table": "ris_reports", "columns": cols})
+    m = find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+    assert m.version is None and m.text.startswith("Amended")
+    assert find_report(StudyKey("A3", None, "P3", "20261120"), settings, None).text == "Final v2 re-signed."
+
+
+def test_missing_required_column_is_named(tmp_path):
+    path = tmp_path / "ris.sqlite3"
+    create_site_ris(f"sqlite:///{path}")
+    settings = _ris_settings(tmp_path, f"sqlite:///{path}")
+    settings.ris.columns.report_text = "report_body"
+    with pytest.raises(RisError, match=r"ris\.columns\.report_text = 'report_body'"):
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+
+
+def test_missing_table_and_missing_file(tmp_path):
+    path = tmp_path / "ris.sqlite3"
+    create_site_ris(f"sqlite:///{path}")
+    settings = _ris_settings(tmp_path, f"sqlite:///{path}", table="no_such_table")
+    with pytest.raises(RisError, match="no_such_table"):
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+    settings = _ris_settings(tmp_path, f"sqlite:///{tmp_path / 'absent' / 'ris.sqlite3'}")
+    with pytest.raises(RisError, match="RIS unavailable"):
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
