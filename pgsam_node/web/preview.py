@@ -19,12 +19,12 @@ from sqlalchemy import select
 
 from ..db.models import Instance, Run, Study
 from ..logsetup import uid_hash
+from ..preview import overlay_rgb
 
 log = logging.getLogger(__name__)
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-#: Overlay colour (RGB) and opacity.
-COLOUR = np.array([230, 40, 40], dtype=np.float32)
-ALPHA = 0.45
+#: Overlay colour (RGB).
+COLOUR = (230, 40, 40)
 
 
 class PreviewUnavailable(Exception):
@@ -58,33 +58,17 @@ def _seg_of_study(db, settings, study_id: int) -> tuple[hd.seg.Segmentation, Pat
     raise PreviewUnavailable("segmentation files deleted" if missing == len(candidates) else "no DICOM SEG among the outputs")
 
 
-def _to_gray(pixels: np.ndarray) -> np.ndarray:
-    """Window an MR slice to 0..255 between its 1st and 99.5th percentiles."""
-    px = pixels.astype(np.float32)
-    lo, hi = np.percentile(px, [1.0, 99.5])
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((px - lo) / (hi - lo) * 255.0, 0, 255)
-
-
-def compose(gray: np.ndarray, mask: np.ndarray, max_side: int = 512) -> bytes:
-    """PNG of ``gray`` (rows × cols, 0..255) with ``mask`` (rows × cols, bool) in red.
-
-    Small images are enlarged (nearest neighbour) to about ``max_side`` pixels.
-    """
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    m = mask.astype(bool)
-    rgb[m] = (1 - ALPHA) * rgb[m] + ALPHA * COLOUR
-    # Outline: mask pixels with a non-mask 4-neighbour, fully opaque, so the edge stays visible.
-    pad = np.pad(m, 1)
-    edge = m & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
-    rgb[edge] = COLOUR
-    img = Image.fromarray(rgb.astype(np.uint8), "RGB")
+def compose(image: np.ndarray, mask: np.ndarray, max_side: int = 512) -> bytes:
+    """PNG of an MR slice ``image`` (rows × cols, raw values) with ``mask`` (rows × cols, bool)
+    filled and outlined in red (:func:`pgsam_node.preview.overlay_rgb`); small images are
+    enlarged (nearest neighbour) to about ``max_side`` pixels."""
+    rgb = overlay_rgb(image, fills=[(mask, COLOUR)], outlines=[(mask, COLOUR)])
+    img = Image.fromarray(rgb, "RGB")
     scale = max(1, max_side // max(img.size))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, "PNG", optimize=False)
+    img.save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -141,4 +125,4 @@ def render_preview(db, settings, study_id: int) -> bytes:
         raise PreviewUnavailable(f"SEG frame {best_mask.shape} does not match the source image {pixels.shape}")
     log.debug("preview of study %s: %d voxels on the chosen slice", uid_hash(study_uid), best_area,
               extra={"study": uid_hash(study_uid)})
-    return compose(_to_gray(pixels), best_mask)
+    return compose(pixels, best_mask)

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from pgsam_node import tokens
 from pgsam_node.db import Database
-from pgsam_node.db.models import ApiToken, AuditLog, OutboxItem, Study
+from pgsam_node.db.models import ApiToken, AuditLog, OutboxItem, Run, Study
 from pgsam_node.web import create_app
 
 from ..opsdata import FINDINGS, REPORT_TEXT, seed_study
@@ -142,6 +142,24 @@ def test_actions_via_api_need_scope_and_are_audited(env):
         it = s.scalar(select(OutboxItem).where(OutboxItem.study_id == dead))
         assert (it.state, it.attempts, it.last_error) == ("PENDING", 0, None)
     assert c.post(f"/api/v1/studies/{dead}/frobnicate", headers=bearer(env["operator"])).status_code == 404
+
+
+def test_findings_from_report_parser_and_action_hook(settings):
+    db = Database(settings.database_url)
+    seeded = seed_study(db, settings.storage_root, "FAILED")
+    with db.transaction() as s:
+        for run in s.scalars(select(Run)).all():
+            run.metrics = {}  # what the pipeline records: no findings in the run
+        t = tokens.create_token(s, "op", ["actions"])
+    seen = []
+    c = TestClient(create_app(settings, db, on_action=seen.append))
+    h = bearer(t)
+    r = c.get(f"/api/v1/studies/{seeded.study_id}/report", headers=h).json()
+    assert r["findings_source"] == "report parser"
+    assert (r["findings"]["side"], r["findings"]["lobe"], r["findings"]["size_mm"]) == ("right", "superficial", 23.0)
+    assert c.post(f"/api/v1/studies/{seeded.study_id}/retry", headers=h).status_code == 200
+    assert [(x.action, x.to_state) for x in seen] == [("retry", "READY")]
+    db.dispose()
 
 
 def _login(c, token: str) -> str:
