@@ -178,11 +178,11 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
             s.add(run)
             s.flush()
             if state == "FAILED":
-                run.status, run.error = "FAILED", "InferenceError: CUDA out of memory"
+                run.status, run.error = "FAILED", "InferenceError: CUDA out of memory"  # as the pipeline records
                 run.finished_at = utcnow()
                 transition(s, st, S.FAILED, "inference_failed: CUDA out of memory")
             elif state == "NO_FINDING":
-                run.status = "DONE"
+                run.status = "NO_FINDING"
                 run.finished_at = utcnow()
                 transition(s, st, S.NO_FINDING, "empty mask")
             else:
@@ -195,7 +195,7 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
                     out_paths = [seg_rel]
                     run.output_paths = out_paths
                     run.output_uids = [seg.SOPInstanceUID]
-                run.status = "DONE"
+                run.status = "ENCODED"  # pipeline: ENCODED until delivered, then SENT
                 run.finished_at = utcnow()
                 transition(s, st, S.ENCODED, "SEG written")
                 transition(s, st, S.SENDING, "queued for PACS")
@@ -206,6 +206,7 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
                                      last_error=None if outbox_state == "SENT" else "association rejected by PACS",
                                      sent_at=utcnow() if outbox_state == "SENT" else None))
                 if state == "DONE":
+                    run.status = "SENT"
                     transition(s, st, S.DONE, "all results delivered")
         if age_days:
             old = utcnow() - dt.timedelta(days=age_days)
