@@ -96,6 +96,19 @@ def mr_series(study_uid: str, series_uid: str, n: int = 6, size: int = 48, serie
     return out
 
 
+def segment_description() -> hd.seg.SegmentDescription:
+    """Segment 1 "Lesion" (SNOMED CT neoplasm), automatic, PG-SAM."""
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Lesion",
+        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+        segmented_property_type=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="PG-SAM", version="test", family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence")),
+    )
+
+
 def make_seg(sources: list[FileDataset], areas: list[int]) -> tuple[hd.seg.Segmentation, int]:
     """A BINARY SEG over ``sources`` with a square of about ``areas[k]`` pixels on slice k."""
     n, rows, cols = len(sources), sources[0].Rows, sources[0].Columns
@@ -104,14 +117,7 @@ def make_seg(sources: list[FileDataset], areas: list[int]) -> tuple[hd.seg.Segme
         side = int(round(a ** 0.5))
         if side:
             mask[k, 10 : 10 + side, 12 : 12 + side] = True
-    desc = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Lesion",
-        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
-        segmented_property_type=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm"),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(name="PG-SAM", version="test", family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence")),
-    )
+    desc = segment_description()
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[desc], series_instance_uid=generate_uid(), series_number=9001,

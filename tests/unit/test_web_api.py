@@ -247,7 +247,16 @@ def test_preview_png(env):
 
     from pgsam_node.web.preview import largest_slice
 
-    uid, area, mask = largest_slice(hd.seg.segread(env["settings"].storage_root / env["done"].seg_path))
-    assert (uid, area, mask.shape) == (env["done"].best_uid, 100, (48, 48))
+    uid, frame, area, mask = largest_slice(hd.seg.segread(env["settings"].storage_root / env["done"].seg_path))
+    assert (uid, frame, area, mask.shape) == (env["done"].best_uid, None, 100, (48, 48))
     assert c.get(f"/studies/{env['failed'].study_id}/preview.png", headers=h).status_code == 404
     assert c.get(f"/studies/{env['done'].study_id}/preview.png").status_code == 401
+
+
+@pytest.mark.parametrize("nxt,expected", [("/studies/2?x=1", "/studies/2?x=1"), ("//evil.example/x", "/"),
+                                           ("https://evil.example/", "/"), ("/\\evil.example", "/")])
+def test_signin_redirects_only_to_local_paths(env, nxt, expected):
+    c = env["client"]
+    nonce = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+    r = c.post("/login", data={"token": env["reader"], "csrf": nonce, "next": nxt}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == expected
