@@ -10,7 +10,7 @@ import logging
 import threading
 
 from .config import Settings
-from .db import Database, open_database
+from .db import Database, open_database, utcnow
 from .worker import WorkerLoop, make_worker_id, requeue_expired
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Node:
         from .progress import advance_stable
         from .report_wait import check_amendments, check_waiting
         from .retention import retention_job
+        from .scheduler import Job
 
         s, db = self.settings, self.db
 
@@ -63,8 +64,9 @@ class Node:
                 self.worker.wake()
 
         def reports() -> None:
-            check_waiting(db, s)
-            check_amendments(db, s)
+            now = utcnow()
+            check_waiting(db, s, now)
+            check_amendments(db, s, now)
             if self.worker:
                 self.worker.wake()
 
@@ -76,24 +78,29 @@ class Node:
             requeue_expired(db, s)
 
         return [
-            ("assembly", assemble_and_advance, s.assembly.check_interval_seconds),
-            ("reports", reports, s.ris.recheck_interval_seconds),
-            ("outbox", outbox, s.send.check_interval_seconds),
-            ("leases", leases, max(1.0, s.worker.heartbeat_seconds)),
-            ("retention", lambda: retention_job(s, db), s.retention.check_interval_seconds),
+            # The scheduler's own assembly job marks studies stable; this one also advances them.
+            Job("advance", assemble_and_advance, s.assembly.check_interval_seconds),
+            Job("reports", reports, s.ris.recheck_interval_seconds),
+            Job("outbox", outbox, s.send.check_interval_seconds),
+            Job("leases", leases, max(1.0, s.worker.heartbeat_seconds)),
+            Job("retention", retention_job, s.retention.check_interval_seconds, (s, db)),
         ]
 
     # --------------------------------------------------------------------------- lifecycle
     def start(self) -> Node:
-        from .outbox import recover_in_flight
+        from .outbox import recover_stuck
         from .receive import Listener
         from .scheduler import build_scheduler
 
+        from .spool import clean_tmp
+
         s = self.settings
+        # Temporary files are from transfers a crash interrupted: none was acknowledged.
+        clean_tmp(s)
         if self.run_worker and self.db.is_sqlite:
             # SQLite = one worker: a lease left in the database is from a process that died.
             requeue_expired(self.db, s, owner_prefix="")
-        recover_in_flight(self.db)
+        recover_stuck(self.db)
         self.listener = Listener(s, self.db)
         self.listener.start()
         if s.hl7.port:

@@ -16,7 +16,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +58,15 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
 
 
+def model_segment_codes(cfg) -> dict | None:
+    """The model folder's segment description as ``{"segment_codes": {category, type, anatomy}}``."""
+    labels = getattr(cfg, "labels", None) or []
+    if not labels:
+        return None
+    first = labels[0]
+    return {"segment_codes": {k: first[k] for k in ("category", "type", "anatomy") if k in first}}
+
+
 def idempotency_key(study_uid: str, input_uids: list[str], report_hash: str | None, model_version: str) -> str:
     h = hashlib.sha256()
     for part in (study_uid, *sorted(input_uids), report_hash or "-", model_version):
@@ -73,7 +81,7 @@ def _report_text(settings: Settings, db: Database, study: Study) -> str | None:
 
     if not study.report_ref:
         return None
-    if study.report_ref.startswith("embedded:"):
+    if study.report_ref.startswith("reports:"):
         with db.session() as s:
             rep = s.get(Report, int(study.report_ref.split(":", 1)[1]))
             return rep.report_text if rep else None
@@ -110,22 +118,6 @@ def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInput
             report_hash=study.report_hash,
             findings=parse_report(text) if text else None,
         )
-
-
-def _atomic_write(ds, path: Path, fsync: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".part")
-    ds.save_as(tmp, enforce_file_format=True)
-    if fsync:
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    if fsync:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 class Pipeline:
@@ -188,9 +180,9 @@ class Pipeline:
                 run.status, run.error, run.finished_at = "FAILED", reason, utcnow()
 
     def _run(self, claim: Claim, heartbeat: Heartbeat | None, deadline: float) -> RunResult:
-        from .encode import AlgorithmInfo, build_outputs, validate_seg
+        from .encode import algorithm_info, build_outputs, segment_codes_for
         from .geometry.study import build_study_volumes
-        from .outbox import enqueue
+        from .outbox import enqueue, write_output
 
         st = self.settings
         timings: dict[str, float] = {}
@@ -239,39 +231,28 @@ class Pipeline:
         notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]
 
         if n_vox == 0 and st.seg.empty_result == "no_seg":
-            with self.db.transaction() as s:
-                study = s.get(Study, claim.study_id)
-                self._own(study, claim)
-                run = s.get(Run, run_id)
-                run.status, run.finished_at, run.stage_seconds, run.metrics = "NO_FINDING", utcnow(), timings, metrics
-                study.notes = list(study.notes or []) + notes
-                release(s, study)
-                transition(s, study, StudyState.NO_FINDING, "model found no lesion; no SEG sent (seg.empty_result=no_seg)", actor=claim.worker_id)
-            return RunResult(StudyState.NO_FINDING.value, "no lesion", timings, [], metrics)
+            return self._no_finding(claim, run_id, timings, metrics, notes)
 
         t = time.monotonic()
-        algorithm = AlgorithmInfo(name="PG-SAM", version=model_version)
+        cfg = getattr(predictor, "cfg", None)
+        algorithm = algorithm_info(getattr(cfg, "weights_sha256", None))
         datasets = build_outputs(
             mask=result.mask,
-            prob=getattr(result, "prob", None),
+            prob=result.prob,
             source_paths=ref.paths,
             frame_numbers=ref.frame_numbers,
             findings=inputs.findings,
             settings=st,
             algorithm=algorithm,
             run_version=inputs.version,
-            codes=getattr(predictor, "segment_codes", None),
+            codes=segment_codes_for(st, model_segment_codes(cfg)),
         )
-        validate_seg(datasets[0], result.mask, ref.paths)
         timings["encode"] = time.monotonic() - t
         self._check(claim, heartbeat, deadline)
+        if not datasets:  # empty mask under seg.empty_result=no_seg
+            return self._no_finding(claim, run_id, timings, metrics, notes)
 
-        out_dir = st.outputs_dir / inputs.study_uid / f"v{inputs.version}"
-        rel_paths: list[str] = []
-        for ds in datasets:
-            p = out_dir / f"{ds.SOPInstanceUID}.dcm"
-            _atomic_write(ds, p, st.storage.fsync)
-            rel_paths.append(str(p.relative_to(st.storage_root)))
+        rel_paths = [write_output(st, ds, inputs.study_uid) for ds in datasets]
 
         with self.db.transaction() as s:
             study = s.get(Study, claim.study_id)
@@ -292,6 +273,17 @@ class Pipeline:
                 transition(s, study, StudyState.DONE, "no destinations configured; outputs kept locally", actor=claim.worker_id)
         log.info("study %s encoded (%d voxels)", uid_hash(inputs.study_uid), n_vox, extra={"study": uid_hash(inputs.study_uid)})
         return RunResult(StudyState.SENDING.value if st.destinations else StudyState.DONE.value, "encoded", timings, rel_paths, metrics)
+
+    def _no_finding(self, claim: Claim, run_id: int, timings: dict, metrics: dict, notes: list) -> RunResult:
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            self._own(study, claim)
+            run = s.get(Run, run_id)
+            run.status, run.finished_at, run.stage_seconds, run.metrics = "NO_FINDING", utcnow(), timings, metrics
+            study.notes = list(study.notes or []) + notes
+            release(s, study)
+            transition(s, study, StudyState.NO_FINDING, "model found no lesion; no SEG sent (seg.empty_result=no_seg)", actor=claim.worker_id)
+        return RunResult(StudyState.NO_FINDING.value, "no lesion", timings, [], metrics)
 
     @staticmethod
     def _own(study: Study, claim: Claim) -> None:

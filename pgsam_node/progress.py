@@ -29,10 +29,10 @@ def selected_series(study: Study) -> dict[str, Series]:
     return out
 
 
-def _choose_roles(study: Study) -> dict[str, Series]:
-    from .assemble import select_roles
+def _choose_roles(study: Study, settings: Settings) -> dict[str, Series]:
+    from .assemble import apply_roles
 
-    select_roles(list(study.series))
+    apply_roles(study, settings)
     return selected_series(study)
 
 
@@ -40,7 +40,7 @@ def advance_study(session, study: Study, settings: Settings, db: Database, now: 
     """One decision for a STABLE or WAITING_SEQUENCES study; returns the new state."""
     from .report_wait import attach_report_or_wait
 
-    chosen = _choose_roles(study)
+    chosen = _choose_roles(study, settings)
     missing = [r for r in settings.assembly.required_roles if r not in chosen]
     if missing:
         if study.state != StudyState.WAITING_SEQUENCES.value:

@@ -80,7 +80,8 @@ def run(args) -> int:
     from ..model.synthetic_dicom import write_study
     from ..node import Node
     from ..pipeline import study_summary
-    from ..ris import import_csv
+    from .ris_cmd import import_csv
+    from .synth_cmd import report_row, write_reports_csv
     from ..preview import write_overlay_png
     from ..segread import read_seg_mask
 
@@ -104,16 +105,17 @@ def run(args) -> int:
     )
     _say(f"[demo] workdir {work}")
     _say(f"[demo] generating synthetic study (seed {args.seed}, report in {args.language}) ...")
-    study = write_study(args.seed, work / "study", language=args.language)
+    study = write_study(args.seed, work / "study", report_language=args.language)
+    reference_paths = study.paths_by_role["T1C"]  # the truth mask lives on the T1C grid
     n_files = sum(len(v) for v in study.paths_by_role.values())
     _say(f"[demo]   {n_files} MR instances in {len(study.paths_by_role)} series: "
          + ", ".join(f"{r}={len(p)}" for r, p in sorted(study.paths_by_role.items())))
     csv_path = work / "reports.csv"
-    study.write_reports_csv(csv_path)
+    write_reports_csv(csv_path, [report_row(study, args.seed)])
 
     node = Node(settings, web=False).start()
     try:
-        n_rep = import_csv(node.db, csv_path)
+        n_rep = import_csv(csv_path, settings, node.db).inserted
         _say(f"[demo] node up: {settings.dicom.ae_title}@127.0.0.1:{node.listener.port}; {n_rep} report(s) in the embedded RIS")
         _say("[demo] loading the model ...")
         _ = node.pipeline.predictor  # load before timing the study
@@ -141,10 +143,10 @@ def run(args) -> int:
         pacs.stop()
 
     seg_path = got[0]
-    pred, ref_uids = read_seg_mask(seg_path, study.reference_paths)
+    pred, ref_uids = read_seg_mask(seg_path, reference_paths)
     d = dice(pred, study.mask)
     png = work / "overlay.png"
-    write_overlay_png(study.reference_paths, study.mask, pred, png)
+    write_overlay_png(reference_paths, study.mask, pred, png)
     run_info = summary["runs"][-1] if summary["runs"] else {}
     _say("")
     _say("================ PG-SAM Node demo summary ================")

@@ -67,6 +67,21 @@ def write_reports_csv(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def report_row(study, seed: int) -> dict:
+    """The RIS row (REPORT_COLUMNS) of a written synthetic study: a final report signed later."""
+    when = dt.datetime.strptime(study.study_date + study.study_time, "%Y%m%d%H%M%S")
+    signed = when + dt.timedelta(hours=2 + seed % 20)
+    return {
+        "accession_number": study.accession_number,
+        "study_instance_uid": study.study_uid,
+        "patient_id": study.patient_id,
+        "status": "F",
+        "report_time": signed.strftime("%Y-%m-%d %H:%M:%S"),
+        "report_text": study.report_text,
+        "study_date": study.study_date,
+    }
+
+
 def run(args) -> int:
     load(args)
     from ..model.synthetic_dicom import write_study
@@ -79,17 +94,7 @@ def run(args) -> int:
         seed = args.seed + i
         study = write_study(seed, out / f"case_{seed:06d}", report_language=args.language, vendor=args.vendor,
                             distractor=distractor)
-        when = dt.datetime.strptime(study.study_date + study.study_time, "%Y%m%d%H%M%S")
-        signed = when + dt.timedelta(hours=2 + seed % 20)
-        rows.append({
-            "accession_number": study.accession_number,
-            "study_instance_uid": study.study_uid,
-            "patient_id": study.patient_id,
-            "status": "F",
-            "report_time": signed.strftime("%Y-%m-%d %H:%M:%S"),
-            "report_text": study.report_text,
-            "study_date": study.study_date,
-        })
+        rows.append(report_row(study, seed))
         manifest.append({
             "seed": seed,
             "dir": str(study.out_dir.relative_to(out)),

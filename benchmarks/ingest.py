@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Ingest throughput: DCMTK storescu -> DCMTK storescp (anchor) vs -> the node (fsync on).
+
+Generates N MR instances (256x256, 16-bit, one series) with pydicom in a temporary folder, sends
+them with ``storescu`` over one association to each receiver in turn, and prints instances/s
+for both and the ratio node/storescp. storescp writes files without fsync and indexes nothing;
+the node fsyncs each file and its directory and commits an index row before acknowledging.
+
+Usage: python benchmarks/ingest.py [-n 500] [--rounds 1] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def make_instances(folder: Path, n: int, size: int = 256) -> list[Path]:
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        p = folder / f"mr{i:05d}.dcm"
+        ds = FileDataset(str(p), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientID, ds.PatientName, ds.Modality = "BENCH", "Bench^Ingest", "MR"
+        ds.SeriesDescription, ds.ProtocolName, ds.SeriesNumber, ds.InstanceNumber = "t2_tse_tra", "t2_tse_tra", 3, i + 1
+        ds.RepetitionTime, ds.EchoTime, ds.ScanningSequence, ds.SequenceVariant = 4000, 95, "SE", "SK"
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, i * 1.0], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.9, 0.9], 1.0
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+    return paths
+
+
+#: This DCMTK build leaves Nagle's algorithm on unless TCP_NODELAY=1 is set (DCMTK's documented
+#: environment switch); without it every C-STORE waits ~40 ms for a delayed ACK and the anchor is
+#: artificially slow. The switch is set for every DCMTK process here so the anchor is fair.
+DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
+
+
+def send(port: int, folder: Path, aet: str) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(["storescu", "-aec", aet, "-aet", "BENCH", "+sd", "127.0.0.1", str(port), str(folder)],
+                       capture_output=True, text=True, env=DCMTK_ENV)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"storescu failed: {r.stderr[-2000:]}")
+    return dt
+
+
+def run_storescp(folder: Path, out: Path, n: int) -> float:
+    port = free_port()
+    out.mkdir()
+    proc = subprocess.Popen(["storescp", "-od", str(out), "-aet", "STORESCP", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)
+    try:
+        wait_port(port)
+        dt = send(port, folder, "STORESCP")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    got = sum(1 for _ in out.rglob("*") if _.is_file())
+    if got != n:
+        raise RuntimeError(f"storescp stored {got} of {n}")
+    return dt
+
+
+def run_node(folder: Path, root: Path, n: int, db_url: str | None) -> float:
+    port = free_port()
+    root.mkdir()
+    cfg = root / "node.yaml"
+    db = f"\ndatabase: {{url: '{db_url}'}}" if db_url else ""
+    cfg.write_text(
+        f"dicom: {{port: {port}, refuse_below_free_bytes: 0}}\n"
+        f"storage: {{root: '{root / 'storage'}', min_free_bytes: 0, fsync: true}}\n"
+        f"assembly: {{stable_seconds: 3600}}\nlogging: {{level: WARNING}}{db}\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "pgsam_node", "serve", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port)
+        dt = send(port, folder, "PGSAM")
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    got = sum(1 for _ in (root / "storage" / "spool").rglob("*.dcm"))
+    if got != n:
+        raise RuntimeError(f"node stored {got} of {n}: {err[-2000:] if err else ''}")
+    return dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=500, help="instances (default 500)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternate rounds; best of each is reported")
+    ap.add_argument("--database-url", default=None, help="node database (default: SQLite in the temp root)")
+    args = ap.parse_args()
+    for tool in ("storescu", "storescp"):
+        if not shutil.which(tool):
+            print(f"{tool} (DCMTK) not found", file=sys.stderr)
+            return 2
+    with tempfile.TemporaryDirectory(prefix="pgsam-bench-") as tmp:
+        tmp = Path(tmp)
+        src = tmp / "src"
+        src.mkdir()
+        make_instances(src, args.n)
+        mb = sum(p.stat().st_size for p in src.iterdir()) / 1e6
+        anchor, node = [], []
+        for r in range(args.rounds):
+            anchor.append(run_storescp(src, tmp / f"scp{r}", args.n))
+            node.append(run_node(src, tmp / f"node{r}", args.n, args.database_url))
+        a, b = min(anchor), min(node)
+        print(f"instances: {args.n} ({mb:.1f} MB, 256x256 16-bit MR, one association)")
+        print(f"storescp (DCMTK, no fsync):   {args.n / a:8.1f} instances/s  ({a:.2f} s)")
+        print(f"pgsam-node serve (fsync on):  {args.n / b:8.1f} instances/s  ({b:.2f} s)")
+        print(f"ratio node/storescp: {a / b:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""``pgsam-node serve``: the whole node (DICOM listener, HL7 listener when configured, scheduler
+jobs, the embedded worker, web dashboard/API) until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from ..cli import add_config_arg
+from . import load
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the node: DICOM listener, jobs, worker, web")
+    add_config_arg(p)
+    p.add_argument("--no-worker", action="store_true", help="no embedded worker (GPU workers run `pgsam-node worker`)")
+    p.add_argument("--no-web", action="store_true", help="no web dashboard/API")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..node import Node
+
+    settings = load(args)
+    stop = threading.Event()
+
+    def _on_signal(signum, _frame):
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    node = Node(settings, worker=False if args.no_worker else None, web=False if args.no_web else None)
+    try:
+        node.start()
+        log.info("node serving: DICOM %s@%s:%d, storage %s", settings.dicom.ae_title, settings.dicom.bind,
+                 node.listener.port, settings.storage_root)
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+        log.info("node stopped")
+    return 0

@@ -1,0 +1,88 @@
+"""``pgsam-node status [--json]``: studies, their series, roles and states."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from ..cli import add_config_arg
+from . import load
+
+
+def register(sub) -> None:
+    p = sub.add_parser("status", help="show received studies, series roles and states")
+    add_config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=50, help="most recent studies to show (default 50)")
+    p.set_defaults(func=run)
+
+
+def collect(db, limit: int = 50) -> list[dict[str, Any]]:
+    """Most recent studies (by last instance) with their series, as plain dicts."""
+    from ..db.models import Study
+
+    out = []
+    with db.session() as s:
+        studies = s.scalars(
+            select(Study).options(selectinload(Study.series)).order_by(Study.last_instance_at.desc()).limit(limit)
+        ).all()
+        for st in studies:
+            series = sorted(st.series, key=lambda x: (x.series_number is None, x.series_number or 0, x.series_uid))
+            out.append({
+                "study_uid": st.study_uid,
+                "accession_number": st.accession_number,
+                "state": st.state,
+                "state_reason": st.state_reason,
+                "first_instance_at": st.first_instance_at.isoformat() if st.first_instance_at else None,
+                "last_instance_at": st.last_instance_at.isoformat() if st.last_instance_at else None,
+                "series": [
+                    {
+                        "series_uid": se.series_uid,
+                        "series_number": se.series_number,
+                        "description": se.description,
+                        "modality": se.modality,
+                        "sop_class_uid": se.sop_class_uid,
+                        "role": se.role,
+                        "selected": bool(se.role_selected),
+                        "reason": se.role_reason,
+                        "instances": se.instance_count,
+                    }
+                    for se in series
+                ],
+            })
+    return out
+
+
+def format_table(studies: list[dict[str, Any]]) -> str:
+    """Human-readable table of :func:`collect` output."""
+    if not studies:
+        return "no studies received"
+    lines = []
+    for st in studies:
+        lines.append(f"study {st['study_uid']}  state {st['state']}  accession {st['accession_number'] or '-'}"
+                     f"  last instance {st['last_instance_at']}")
+        lines.append(f"  {'#':>6}  {'role':<5} {'sel':<3} {'inst':>5}  {'description':<28} reason")
+        for se in st["series"]:
+            sn = "" if se["series_number"] is None else str(se["series_number"])
+            lines.append(f"  {sn:>6}  {se['role'] or '-':<5} {'*' if se['selected'] else '':<3} {se['instances']:>5}"
+                         f"  {(se['description'] or '')[:28]:<28} {se['reason'] or ''}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from ..db import open_database
+
+    settings = load(args)
+    db = open_database(settings)
+    try:
+        studies = collect(db, args.limit)
+    finally:
+        db.dispose()
+    if args.json:
+        print(json.dumps({"studies": studies}, indent=2))
+    else:
+        print(format_table(studies))
+    return 0

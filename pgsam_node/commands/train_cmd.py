@@ -1,0 +1,99 @@
+"""``pgsam-node train``: train a PG-SAM model folder on synthetic studies or DICOM folders."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from ..cli import add_config_arg
+from ..errors import ModelError
+from . import load
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a PG-SAM model (synthetic studies or DICOM folders with masks)")
+    add_config_arg(p)
+    p.add_argument("--preset", default="tiny", help="architecture preset (tiny, vit_b, vit_l, vit_h)")
+    p.add_argument("--out", required=True, type=Path, help="model folder to write (weights.safetensors + config.json)")
+    p.add_argument("--steps", type=int, default=1200, help="optimisation steps (ignored with --epochs)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the training slices (overrides --steps)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--no-text", action="store_true", help="ablation: no report text/findings (learned default prompts)")
+    p.add_argument("--single-sequence", nargs="?", const="T1", default=None, metavar="ROLE", help="ablation: one sequence only (default T1)")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of DICOM studies with masks")
+    p.add_argument("--reports", type=Path, default=None, help="CSV of report texts for --data DIR (study,report)")
+    p.add_argument("--cases", type=int, default=200, help="number of synthetic training studies")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="prepared synthetic studies cache")
+    p.add_argument("--task", default=None, help="task name recorded in the model (default parotid-lesion, or brain-tumour for DICOM data)")
+    p.add_argument("--context-slices", type=int, choices=[1, 3], default=3, help="slices per sequence (3 = 2.5-D)")
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..geometry.normalize import NormParams
+    from ..model import sources
+    from ..model.presets import BRAIN_TUMOUR_LABELS, PAROTID_LABELS
+    from ..model.train import TrainOptions, synthetic_train_set, train
+
+    settings = load(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sequences = [args.single_sequence] if args.single_sequence else ["T1", "T2", "T1C"]
+    command = "pgsam-node " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0] else ""
+    from ..model.presets import get_preset
+
+    arch = get_preset(args.preset)
+    norm = NormParams()
+    if args.data == "synthetic":
+        seeds = [sources.TRAIN_SEED_BASE + i for i in range(args.cases)]
+        ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress)
+        data_desc = f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.model.synthetic.generate_case, 128 px, 24 slices)"
+        task, labels = args.task or "parotid-lesion", PAROTID_LABELS
+    else:
+        from ..model.dicom_data import load_dicom_studies
+
+        from ..model.train import build_train_set
+
+        studies = load_dicom_studies(Path(args.data), args.reports, settings)
+        if not studies:
+            raise ModelError(f"no study with a mask found under {args.data}")
+        ts = build_train_set(studies, sequences, arch.img_size, norm, progress=not args.no_progress)
+        data_desc = f"DICOM studies under {args.data}: {len(studies)}"
+        task, labels = args.task or "brain-tumour", BRAIN_TUMOUR_LABELS
+    opts = TrainOptions(
+        out=args.out,
+        preset=args.preset,
+        steps=args.steps,
+        epochs=args.epochs,
+        seed=args.seed,
+        resume=args.resume,
+        use_text=not args.no_text,
+        sequences=sequences,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        context_slices=args.context_slices,
+        checkpoint_every=args.checkpoint_every,
+        device=settings.model.device,
+        sam_checkpoint=settings.model.sam_checkpoint,
+        text_encoder=settings.model.text_encoder,
+        task=task,
+        labels=list(labels),
+        command=command,
+        data_description=data_desc,
+        progress=not args.no_progress,
+    )
+    cfg = train(opts, ts)
+    print(f"model written to {args.out} (version {cfg.version})")
+    return 0

@@ -1,0 +1,168 @@
+"""PG-SAM: shared SAM image encoder per sequence -> cross-sequence attention -> report prompts
+-> SAM mask decoder."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, PromptEncoder, TwoWayTransformer
+from torch import nn
+from torch.nn import functional as F
+
+from .decoder import BatchedMaskDecoder
+from .detail import DetailEncoder
+from .fusion import CrossSequenceAttention
+from .presets import ModelConfig
+from .prompt_generator import ReportPromptGenerator
+
+# SAM's pixel normalisation (0-255 RGB statistics); inputs in [0, 1] are scaled to it so the
+# official encoder weights see the range they were trained on.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+#: Submodules whose parameter names follow the official SAM checkpoint layout.
+SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
+
+
+class PGSAM(nn.Module):
+    """Report-guided multi-sequence Segment Anything.
+
+    Parameters
+    ----------
+    cfg
+        Model configuration (architecture preset, sequences, use_text, 2.5-D context...).
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        a = cfg.arch
+        self.cfg = cfg
+        self.num_sequences = len(cfg.sequences)
+        self.context_slices = cfg.context_slices
+        self.image_encoder = ImageEncoderViT(
+            img_size=a.img_size,
+            patch_size=a.patch_size,
+            in_chans=3,
+            embed_dim=a.embed_dim,
+            depth=a.depth,
+            num_heads=a.num_heads,
+            mlp_ratio=a.mlp_ratio,
+            out_chans=a.prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            act_layer=nn.GELU,
+            use_abs_pos=True,
+            use_rel_pos=a.use_rel_pos,
+            rel_pos_zero_init=True,
+            window_size=a.window_size,
+            global_attn_indexes=a.global_attn_indexes,
+        )
+        e = a.embed_size
+        self.prompt_encoder = PromptEncoder(
+            embed_dim=a.prompt_dim,
+            image_embedding_size=(e, e),
+            input_image_size=(a.img_size, a.img_size),
+            mask_in_chans=16,
+        )
+        self.mask_decoder = BatchedMaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=a.decoder_depth, embedding_dim=a.prompt_dim, mlp_dim=a.decoder_mlp_dim, num_heads=a.decoder_heads),
+            transformer_dim=a.prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=a.iou_head_hidden_dim,
+        )
+        self.fusion = CrossSequenceAttention(a.prompt_dim, self.num_sequences, a.fusion_heads)
+        self.prompt_generator = ReportPromptGenerator(
+            a.prompt_dim, text_dim=cfg.text_dim, num_tokens=a.num_sparse_tokens, hidden=a.context_hidden, use_text=cfg.use_text
+        )
+        self.detail = DetailEncoder(self.num_sequences, a.detail_channels, a.prompt_dim // 8) if a.detail_channels else None
+        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) / 255.0, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1) / 255.0, persistent=False)
+
+    @property
+    def img_size(self) -> int:
+        return self.cfg.arch.img_size
+
+    def encode(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Encode the present sequences with the shared encoder.
+
+        Parameters
+        ----------
+        images
+            (B, S, K, H, W) in [0, 1]; K = context slices (1 or 3), H = W = img_size.
+        valid
+            (B, S) bool.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, S, C, h, w); zeros for missing sequences (they are never encoded).
+        """
+        b, s, k, h, w = images.shape
+        if k == 1:
+            images = images.expand(b, s, 3, h, w)
+        elif k != 3:
+            raise ValueError(f"expected 1 or 3 context slices per sequence, got {k}")
+        valid = valid.to(torch.bool)
+        sel = images[valid]  # (P, 3, H, W), P = present sequences
+        x = (sel - self.pixel_mean.to(sel.dtype)) / self.pixel_std.to(sel.dtype)
+        emb = self.image_encoder(x)
+        out = emb.new_zeros((b, s) + tuple(emb.shape[1:]))
+        out[valid] = emb
+        return out
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        valid: torch.Tensor,
+        coords: torch.Tensor,
+        text_emb: torch.Tensor | None = None,
+        text_valid: torch.Tensor | None = None,
+        findings: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Segment a batch of slices.
+
+        Parameters
+        ----------
+        images
+            (B, S, K, H, W) normalised slices in [0, 1] for the S configured sequences.
+        valid
+            (B, S) bool: which sequences exist (a missing one does not affect the output).
+        coords
+            (B, 2, H, W) patient coordinate map (:func:`.coords.patient_coordinate_map`).
+        text_emb
+            (B, T) sentence embeddings of the reports (ignored without text).
+        text_valid
+            (B,) bool: whether a report text exists for the sample.
+        findings
+            (B, FINDINGS_DIM) findings vectors.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, 1, H, W) mask logits.
+        """
+        if images.shape[1] != self.num_sequences:
+            raise ValueError(f"expected {self.num_sequences} sequences, got {images.shape[1]}")
+        emb = self.encode(images, valid)
+        fused = self.fusion(emb, valid)
+        hw = tuple(fused.shape[-2:])
+        sparse, dense = self.prompt_generator(coords, hw, text_emb, text_valid, findings)
+        # Start from SAM's "no mask prompt" embedding so an official decoder sees familiar input.
+        dense = dense + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dense.dtype)
+        pe = self.prompt_encoder.get_dense_pe().to(fused.dtype)
+        detail = None
+        if self.detail is not None:
+            centre = images[:, :, images.shape[2] // 2]  # (B, S, H, W) centre slice of each sequence
+            detail = self.detail(centre, valid.to(torch.bool))
+        masks, _ = self.mask_decoder.predict_masks(fused, pe, sparse.to(fused.dtype), dense.to(fused.dtype), detail=detail)
+        masks = masks[:, :1]  # single-mask output (SAM's first mask token)
+        if tuple(masks.shape[-2:]) != tuple(images.shape[-2:]):
+            masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return masks
+
+
+def build_model(cfg: ModelConfig) -> PGSAM:
+    """Build an (untrained) PG-SAM from a configuration."""
+    return PGSAM(cfg)

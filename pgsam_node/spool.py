@@ -1,0 +1,268 @@
+"""Durable spool of received instances: ``<spool>/<study>/<series>/<sop>.dcm``.
+
+Every instance is written as a DICOM Part-10 file (PS3.10 7.1: 128-byte preamble, ``DICM``,
+File Meta Information in Explicit VR Little Endian, then the data set exactly as received in the
+accepted transfer syntax). Nothing is decoded or re-encoded: the bytes the peer sent are the bytes
+we keep, which is both fastest and the only way to keep lossy-compressed pixel data bit-exact.
+
+Durability protocol (persist before acknowledge): write to a unique temporary file in
+``settings.tmp_dir`` (same file system as the spool), ``fsync`` it, ``rename`` it over the final
+name (atomic on POSIX, so a re-sent instance replaces the old file without a window where neither
+exists), then ``fsync`` the directory so the rename itself survives a power loss. A crash at any
+point leaves either the old complete file, the new complete file, or a stray temporary file that
+:func:`clean_tmp` removes at start-up - never a half file in the spool.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import shutil
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
+
+from .errors import ReceiveError, StorageFullError
+
+log = logging.getLogger(__name__)
+
+#: PS3.5 9.1: a UID is digits and dots, at most 64 characters. Only such strings become path
+#: components verbatim; anything else is hashed (a hostile "UID" must not escape the spool).
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+IMPLEMENTATION_CLASS_UID = PYNETDICOM_IMPLEMENTATION_UID
+IMPLEMENTATION_VERSION_NAME = "PGSAM_NODE_01"
+TMP_SUFFIX = ".part"
+
+_dir_lock = threading.Lock()
+_known_dirs: set[Path] = set()
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file durably placed in the spool.
+
+    Attributes
+    ----------
+    path : Path
+        Absolute path of the file.
+    rel_path : str
+        Path relative to the storage root (what the index stores).
+    size : int
+        File size in bytes (preamble and meta included).
+    """
+
+    path: Path
+    rel_path: str
+    size: int
+
+
+def path_component(uid: str) -> str:
+    """File-system-safe name for a UID: the UID itself when valid, else a hash (``x<sha256>``)."""
+    uid = uid.strip().rstrip("\x00")
+    if len(uid) <= 64 and _UID_RE.match(uid):
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def spool_relpath(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """Spool path of an instance relative to the storage root (POSIX separators)."""
+    return f"spool/{path_component(study_uid)}/{path_component(series_uid)}/{path_component(sop_uid)}.dcm"
+
+
+# ---- PS3.10 File Meta Information ------------------------------------------------------------
+def _elem(tag_group: int, tag_elem: int, vr: bytes, value: bytes) -> bytes:
+    # Explicit VR Little Endian (PS3.5 7.1.2); OB uses the 4-byte length form.
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+        return struct.pack("<HH2sHI", tag_group, tag_elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", tag_group, tag_elem, vr, len(value)) + value
+
+
+def _ui(value: str) -> bytes:
+    b = value.encode("ascii")
+    return b + b"\x00" if len(b) % 2 else b  # UI pads with NUL (PS3.5 6.2)
+
+
+def _sh(value: str) -> bytes:
+    b = value.encode("ascii", "replace")[:16]
+    return b + b" " if len(b) % 2 else b
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_aet: str | None = None) -> bytes:
+    """Encode the preamble, ``DICM`` prefix and File Meta Information group (PS3.10 7.1).
+
+    Parameters
+    ----------
+    sop_class_uid, sop_instance_uid
+        Media Storage SOP Class / Instance UID (0002,0002)/(0002,0003).
+    transfer_syntax_uid
+        The transfer syntax the data set is encoded in: the one accepted for the presentation
+        context it arrived on (0002,0010).
+    source_aet
+        Calling AE title, recorded as Source Application Entity Title (0002,0016).
+    """
+    body = b"".join(
+        (
+            _elem(0x0002, 0x0001, b"OB", b"\x00\x01"),
+            _elem(0x0002, 0x0002, b"UI", _ui(sop_class_uid)),
+            _elem(0x0002, 0x0003, b"UI", _ui(sop_instance_uid)),
+            _elem(0x0002, 0x0010, b"UI", _ui(transfer_syntax_uid)),
+            _elem(0x0002, 0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)),
+            _elem(0x0002, 0x0013, b"SH", _sh(IMPLEMENTATION_VERSION_NAME)),
+            _elem(0x0002, 0x0016, b"AE", _sh(source_aet.strip())) if source_aet and source_aet.strip() else b"",
+        )
+    )
+    group_length = _elem(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+# ---- free space ----------------------------------------------------------------------------
+def free_bytes(path: Path) -> int:
+    """Free bytes available to this process on the file system holding ``path``."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_free(settings, needed: int) -> None:
+    """Refuse (``StorageFullError``) when writing ``needed`` bytes would cross the reserve.
+
+    ``storage.min_free_bytes`` is kept free so that the database, logs and outputs can still be
+    written after the spool stops taking instances.
+    """
+    free = free_bytes(settings.storage_root)
+    if free - needed < settings.storage.min_free_bytes:
+        raise StorageFullError(
+            f"storage below its reserve: {free} bytes free, instance needs {needed}, "
+            f"reserve storage.min_free_bytes={settings.storage.min_free_bytes}"
+        )
+
+
+# ---- writing --------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(path: Path, root: Path, fsync: bool) -> None:
+    """Create ``path`` (and parents up to ``root``), fsyncing each parent of a new directory."""
+    if path in _known_dirs:
+        return
+    with _dir_lock:
+        if path in _known_dirs:
+            return
+        missing = []
+        p = path
+        while not p.is_dir():
+            missing.append(p)
+            if p == root or p.parent == p:
+                break
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                pass
+            if fsync:
+                _fsync_dir(d.parent)
+        _known_dirs.add(path)
+
+
+def forget_dir_cache() -> None:
+    """Forget which spool directories are known to exist (after retention deletes some)."""
+    with _dir_lock:
+        _known_dirs.clear()
+
+
+def write_instance(settings, rel_path: str, chunks: tuple[bytes, ...] | list[bytes]) -> StoredFile:
+    """Durably write ``chunks`` (meta + data set) to ``storage_root / rel_path``.
+
+    Parameters
+    ----------
+    settings
+        Node settings (``storage.fsync``, ``storage.min_free_bytes``, storage paths).
+    rel_path
+        Destination relative to the storage root (from :func:`spool_relpath`).
+    chunks
+        Byte strings written in order (no concatenation copy).
+
+    Returns
+    -------
+    StoredFile
+
+    Raises
+    ------
+    StorageFullError
+        Below the reserve or the disk filled up while writing (nothing is left behind).
+    ReceiveError
+        Any other I/O error.
+    """
+    size = sum(len(c) for c in chunks)
+    check_free(settings, size)
+    root = settings.storage_root
+    dest = root / rel_path
+    tmp_dir = settings.tmp_dir
+    fsync = settings.storage.fsync
+    _ensure_dir(tmp_dir, root, fsync)
+    _ensure_dir(dest.parent, root, fsync)
+    tmp = tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{dest.name}{TMP_SUFFIX}"
+    fd = None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        for c in chunks:
+            view = memoryview(c)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        if fsync:
+            # fdatasync flushes the data and the size (all a reader needs), skipping mtime.
+            os.fdatasync(fd)
+        os.close(fd)
+        fd = None
+        try:
+            os.rename(tmp, dest)
+        except FileNotFoundError:
+            # The series directory was removed (retention) since we cached it: recreate once.
+            forget_dir_cache()
+            _ensure_dir(dest.parent, root, fsync)
+            os.rename(tmp, dest)
+        if fsync:
+            _fsync_dir(dest.parent)
+    except OSError as exc:
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFullError(f"disk full while writing an instance: {exc.strerror}") from exc
+        raise ReceiveError(f"cannot write instance to the spool: {exc.strerror}") from exc
+    return StoredFile(path=dest, rel_path=rel_path, size=size)
+
+
+def clean_tmp(settings) -> int:
+    """Remove temporary files left by a crash (none of them was acknowledged). Returns the count."""
+    n = 0
+    tmp_dir = settings.tmp_dir
+    if not tmp_dir.is_dir():
+        return 0
+    for p in tmp_dir.iterdir():
+        if p.is_file() and p.name.endswith(TMP_SUFFIX):
+            try:
+                p.unlink()
+                n += 1
+            except OSError as exc:
+                log.warning("cannot remove stale temporary file %s: %s", p.name, exc.strerror)
+    if n:
+        log.info("removed %d temporary file(s) left by an interrupted transfer", n)
+    return n

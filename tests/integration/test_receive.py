@@ -1,0 +1,215 @@
+"""Listener with real pynetdicom associations on localhost (in-process, SQLite)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from io import BytesIO
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+from pynetdicom.sop_class import MRImageStorage
+from sqlalchemy import func, select
+
+from pgsam_node.assemble import mark_stable
+from pgsam_node.config import load_settings
+from pgsam_node.db import Instance, Series, Study, StudyEvent, utcnow
+
+from ..dicomgen import make_mr
+from ..helpers import free_port, wait_for
+from .ingest_fixtures import running_listener, scu
+
+
+def _store(port, datasets, aet="TESTSCU"):
+    ae = scu(aet)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PGSAM")
+    assert assoc.is_established, "association not accepted"
+    try:
+        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def _counts(db):
+    with db.session() as s:
+        return (s.scalar(select(func.count()).select_from(Study)), s.scalar(select(func.count()).select_from(Series)),
+                s.scalar(select(func.count()).select_from(Instance)))
+
+
+def test_echo_and_store_persist_before_ack(settings):
+    study, series = generate_uid(), generate_uid()
+    dsets = [make_mr(study, series, i) for i in range(5)]
+    with running_listener(settings) as (listener, db):
+        ae = scu()
+        assoc = ae.associate("127.0.0.1", listener.port, ae_title="PGSAM")
+        assert assoc.is_established
+        assert int(assoc.send_c_echo().Status) == 0
+        statuses = []
+        for ds in dsets:
+            st = int(assoc.send_c_store(ds).Status)
+            statuses.append(st)
+            # Acknowledged means: file renamed into the spool AND row committed, right now.
+            with db.session() as s:
+                inst = s.scalars(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)).one()
+            assert not inst.path.startswith("/") and inst.path.startswith("spool/")
+            assert (settings.storage_root / inst.path).is_file()
+        assoc.release()
+        assert statuses == [0] * 5
+        assert _counts(db) == (1, 1, 5)
+        with db.session() as s:
+            ser = s.scalars(select(Series)).one()
+            assert ser.instance_count == 5 and ser.role == "T2" and "t2" in ser.role_reason
+            assert ser.headers["RepetitionTime"] == 4000
+            st = s.scalars(select(Study)).one()
+            assert st.state == "RECEIVING" and st.accession_number == "ACC001"
+            paths = {i.sop_instance_uid: i.path for i in s.scalars(select(Instance))}
+    for ds in dsets:
+        back = pydicom.dcmread(settings.storage_root / paths[ds.SOPInstanceUID])
+        assert back.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2")
+        assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert back.file_meta.SourceApplicationEntityTitle.strip() == "TESTSCU"
+        assert (back.pixel_array == ds.pixel_array).all()
+    assert not any(settings.tmp_dir.iterdir())
+
+
+def test_resend_is_idempotent(settings):
+    study, series = generate_uid(), generate_uid()
+    dsets = [make_mr(study, series, i) for i in range(3)]
+    with running_listener(settings) as (listener, db):
+        assert _store(listener.port, dsets) == [0, 0, 0]
+        changed = make_mr(study, series, 0, seed=99, sop_uid=dsets[0].SOPInstanceUID)
+        assert _store(listener.port, dsets + [changed]) == [0, 0, 0, 0]
+        assert _counts(db) == (1, 1, 3)
+        with db.session() as s:
+            assert s.scalars(select(Series)).one().instance_count == 3
+            path = s.scalars(select(Instance).where(Instance.sop_instance_uid == changed.SOPInstanceUID)).one().path
+    assert (pydicom.dcmread(settings.storage_root / path).pixel_array == changed.pixel_array).all()
+
+
+def _assoc_result(port, aet):
+    assoc = scu(aet).associate("127.0.0.1", port, ae_title="PGSAM")
+    try:
+        if assoc.is_established:
+            return "accepted"
+        if assoc.is_rejected:
+            p = assoc.acceptor.primitive
+            return (p.result, p.result_source, p.diagnostic)
+        return "aborted"
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def test_allow_list_rejects_unknown_calling_ae_at_association(tmp_path):
+    settings = load_settings(None, storage={"root": str(tmp_path / "s"), "min_free_bytes": 0},
+                             dicom={"port": free_port(), "refuse_below_free_bytes": 0,
+                                    "allowed_calling_aets": ["PACS", "ROUTER@127.0.0.1", "FAR@10.255.0.1"]})
+    with running_listener(settings) as (listener, db):
+        assert _assoc_result(listener.port, "INTRUDER") == (0x01, 0x01, 0x03)
+        assert _assoc_result(listener.port, "FAR") == (0x01, 0x01, 0x03)
+        assert _assoc_result(listener.port, "PACS") == "accepted"
+        assert _assoc_result(listener.port, "ROUTER") == "accepted"
+        assert listener.counters["rejected"] == 2
+        # the listener still stores for an allowed caller
+        assert _store(listener.port, [make_mr(generate_uid(), generate_uid())], aet="PACS") == [0]
+
+
+def test_free_disk_watermark_rejects_transiently(tmp_path):
+    settings = load_settings(None, storage={"root": str(tmp_path / "s"), "min_free_bytes": 0},
+                             dicom={"port": free_port(), "refuse_below_free_bytes": 1 << 62})
+    with running_listener(settings) as (listener, db):
+        assert _assoc_result(listener.port, "PACS") == (0x02, 0x03, 0x01)
+        settings.dicom.refuse_below_free_bytes = 0
+        assert _assoc_result(listener.port, "PACS") == "accepted"
+
+
+def test_reserve_gives_out_of_resources_and_keeps_serving(settings):
+    ds = make_mr(generate_uid(), generate_uid())
+    with running_listener(settings) as (listener, db):
+        settings.storage.min_free_bytes = 1 << 62
+        assert _store(listener.port, [ds]) == [0xA700]
+        assert _counts(db) == (0, 0, 0)
+        assert not list(settings.spool_dir.rglob("*.dcm")) and not any(settings.tmp_dir.iterdir())
+        settings.storage.min_free_bytes = 0
+        assert _store(listener.port, [ds]) == [0]
+        assert _counts(db) == (1, 1, 1)
+
+
+def test_unparseable_and_uidless_datasets_get_c210(settings, tmp_path):
+    no_study = make_mr(generate_uid(), generate_uid())
+    del no_study.StudyInstanceUID
+    # A Part-10 file whose data set is garbage: pynetdicom sends a file path as raw bytes.
+    garbage = tmp_path / "garbage.dcm"
+    good = make_mr(generate_uid(), generate_uid())
+    good.save_as(garbage, enforce_file_format=True)
+    raw = garbage.read_bytes()
+    meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
+    ui = lambda e, v: b"\x08\x00" + e + b"UI" + len(v).to_bytes(2, "little") + v  # noqa: E731
+    body = ui(b"\x16\x00", str(good.SOPClassUID).encode() + b"\x00") + ui(b"\x18\x00", b"1.2.3.4")
+    # then an element claiming 2 GB of value in a 300-byte stream: not a data set anyone can read
+    body += b"\x10\x00\x10\x00OB\x00\x00" + (0x7FFFFFF0).to_bytes(4, "little") + b"\x13" * 300
+    garbage.write_bytes(raw[:meta_end] + body)
+    with running_listener(settings) as (listener, db):
+        ae = scu()
+        assoc = ae.associate("127.0.0.1", listener.port, ae_title="PGSAM")
+        assert assoc.is_established
+        assert int(assoc.send_c_store(no_study).Status) == 0xC210
+        assert int(assoc.send_c_store(garbage).Status) == 0xC210
+        assert int(assoc.send_c_store(good).Status) == 0  # same association keeps working
+        assoc.release()
+        assert _counts(db) == (1, 1, 1)
+        assert listener.counters["failed"] == 2
+
+
+def test_max_associations(tmp_path):
+    settings = load_settings(None, storage={"root": str(tmp_path / "s"), "min_free_bytes": 0},
+                             dicom={"port": free_port(), "refuse_below_free_bytes": 0, "max_associations": 1})
+    with running_listener(settings) as (listener, db):
+        first = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM")
+        assert first.is_established
+        try:
+            assert _assoc_result(listener.port, "SECOND") == (0x02, 0x03, 0x02)
+        finally:
+            first.release()
+        wait_for(lambda: _assoc_result(listener.port, "THIRD") == "accepted", 10, what="slot freed")
+
+
+def test_late_instance_reopens_stable_study(settings):
+    study, series = generate_uid(), generate_uid()
+    with running_listener(settings) as (listener, db):
+        assert _store(listener.port, [make_mr(study, series, 0)]) == [0]
+        later = utcnow() + dt.timedelta(seconds=settings.assembly.stable_seconds + 1)
+        assert mark_stable(db, settings, now=later) == [study]
+        assert _store(listener.port, [make_mr(study, series, 1)]) == [0]
+        with db.session() as s:
+            st = s.scalars(select(Study)).one()
+            assert st.state == "RECEIVING"
+            events = [(e.from_state, e.to_state, e.reason) for e in s.scalars(select(StudyEvent).order_by(StudyEvent.id))]
+        assert events[0] == (None, "RECEIVING", "first instance")
+        assert events[1][1] == "STABLE"
+        assert events[2] == ("STABLE", "RECEIVING", "late instance")
+
+
+def test_concurrent_associations_same_study(settings):
+    study = generate_uid()
+    series = [generate_uid() for _ in range(3)]
+    errors, results = [], []
+
+    def send(k):
+        try:
+            results.extend(_store(listener.port, [make_mr(study, series[k], i, description=f"s{k} t1_se", tr=500, te=10)
+                                                  for i in range(6)], aet=f"SCU{k}"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    with running_listener(settings) as (listener, db):
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and results == [0] * 18
+        assert _counts(db) == (1, 3, 18)
+        with db.session() as s:
+            assert sorted(x.instance_count for x in s.scalars(select(Series))) == [6, 6, 6]

@@ -1,0 +1,112 @@
+"""`python -m pgsam_node serve` as a subprocess, driven by DCMTK echoscu/storescu and pynetdicom."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydicom.uid import generate_uid
+
+from ..dicomgen import write_series
+from ..helpers import PROJECT_ROOT, free_port, wait_for, wait_port
+
+pytestmark = pytest.mark.skipif(not shutil.which("storescu"), reason="DCMTK storescu/echoscu not installed")
+ENV = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), TCP_NODELAY="1")
+
+
+class Node:
+    """A serve subprocess with its own config; stopped by handle."""
+
+    def __init__(self, tmp: Path, **sections):
+        self.port = free_port()
+        self.root = tmp / "storage"
+        cfg = {
+            "dicom": {"port": self.port, "refuse_below_free_bytes": 0},
+            "storage": {"root": str(self.root), "min_free_bytes": 0},
+            "assembly": {"stable_seconds": 1, "check_interval_seconds": 0.2},
+        }
+        for k, v in sections.items():
+            cfg.setdefault(k, {}).update(v)
+        self.config = tmp / "node.yaml"
+        self.config.write_text(yaml.safe_dump(cfg))
+        self.log = tmp / "serve.log"
+        self.proc = None
+
+    def start(self):
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "pgsam_node", "serve", "--config", str(self.config)],
+                                     env=ENV, stdout=self._logf, stderr=subprocess.STDOUT)
+        wait_port(self.port, timeout=60)
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._logf.close()
+        return self.proc.returncode
+
+    def status(self):
+        r = subprocess.run([sys.executable, "-m", "pgsam_node", "status", "--json", "--config", str(self.config)],
+                           env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["studies"]
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = Node(tmp_path).start()
+    yield n
+    n.stop()
+
+
+def test_echoscu_storescu_status_and_clean_shutdown(node, tmp_path):
+    r = subprocess.run(["echoscu", "-aec", "PGSAM", "127.0.0.1", str(node.port)], env=ENV, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    study = generate_uid()
+    write_series(tmp_path / "t1", 4, study, description="t1_se_tra", tr=500, te=10, series_number=1)
+    write_series(tmp_path / "t1c", 4, study, description="t1_se_tra", tr=500, te=10, agent="Dotarem", series_number=2)
+    write_series(tmp_path / "t2", 5, study, description="t2_tse_tra", series_number=3)
+    r = subprocess.run(["storescu", "-aec", "PGSAM", "-aet", "PACS", "+sd", "+r", "127.0.0.1", str(node.port),
+                        str(tmp_path / "t1"), str(tmp_path / "t1c"), str(tmp_path / "t2")],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    studies = wait_for(lambda: [s for s in node.status() if s["state"] == "STABLE"], 60, 0.3, what="study STABLE")
+    assert len(studies) == 1 and studies[0]["study_uid"] == study
+    series = {s["series_number"]: s for s in studies[0]["series"]}
+    assert {k: (v["role"], v["instances"], v["selected"]) for k, v in series.items()} == {
+        1: ("T1", 4, True), 2: ("T1C", 4, True), 3: ("T2", 5, True)}
+    assert "ContrastBolusAgent" in series[2]["reason"]
+    table = subprocess.run([sys.executable, "-m", "pgsam_node", "status", "--config", str(node.config)],
+                           env=ENV, capture_output=True, text=True, timeout=120)
+    assert study in table.stdout and "T1C" in table.stdout
+    assert node.stop() == 0
+    log = node.log.read_text()
+    assert "DICOM listener PGSAM on 127.0.0.1" in log and "node stopped" in log
+    assert study not in log  # UIDs are hashed in logs
+
+
+def test_real_studies_classified_by_the_running_node(node, shared_data):
+    r = subprocess.run(["storescu", "-aec", "PGSAM", "+sd", "+r", "127.0.0.1", str(node.port), str(shared_data)],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    studies = wait_for(lambda: (lambda s: s if len(s) == 2 and all(x["state"] == "STABLE" for x in s) else None)(node.status()),
+                       90, 0.5, what="both studies STABLE")
+    expected = {"T1pre_reg": "T1", "T1post": "T1C", "T2_reg": "T2", "Mask_Tumor": "OTHER"}
+    for st in studies:
+        got = {s["description"]: s["role"] for s in st["series"]}
+        assert got == expected
+        mask = next(s for s in st["series"] if s["description"] == "Mask_Tumor")
+        assert "Secondary Capture" in mask["reason"] and not mask["selected"]
+        assert all(s["instances"] > 20 for s in st["series"])

@@ -1,0 +1,111 @@
+"""Spool file format and safety, stability and role selection (no sockets)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from io import BytesIO
+from types import SimpleNamespace
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from pgsam_node import spool
+from pgsam_node.assemble import mark_stable, select_roles
+from pgsam_node.db import Database, Series, Study, utcnow
+from pgsam_node.errors import StorageFullError, UnparseableDatasetError
+from pgsam_node.index import index_instance, parse_header
+
+from ..dicomgen import make_mr
+
+
+def _encode(ds) -> bytes:
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    raw = buf.getvalue()
+    meta_len = int.from_bytes(raw[140:144], "little")
+    return raw[144 + meta_len:]  # the data set alone, as it arrives in a C-STORE
+
+
+def test_part10_written_from_raw_bytes_reads_back_identical(settings):
+    ds = make_mr(generate_uid(), generate_uid())
+    data = _encode(ds)
+    meta = spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "PACS")
+    rel = spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    stored = spool.write_instance(settings, rel, (meta, data))
+    assert stored.path.read_bytes()[-len(data):] == data  # bytes kept as received
+    back = pydicom.dcmread(stored.path)
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert back.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert back.file_meta.SourceApplicationEntityTitle == "PACS"
+    assert (back.pixel_array == ds.pixel_array).all()
+    assert not any(settings.tmp_dir.iterdir())
+
+
+def test_hostile_uid_cannot_escape_the_spool():
+    rel = spool.spool_relpath("../../etc", "1.2.3", "a/b")
+    assert ".." not in rel and rel.count("/") == 3 and rel.startswith("spool/x")
+    assert spool.path_component("1.2.840.10008") == "1.2.840.10008"
+
+
+def test_reserve_refuses_and_leaves_nothing(settings):
+    settings.storage.min_free_bytes = 1 << 62
+    with pytest.raises(StorageFullError):
+        spool.write_instance(settings, "spool/1/2/3.dcm", (b"x" * 10,))
+    assert not (settings.storage_root / "spool/1/2/3.dcm").exists()
+
+
+def test_clean_tmp_removes_only_partial_files(settings):
+    settings.tmp_dir.mkdir(parents=True)
+    (settings.tmp_dir / "1-2-x.dcm.part").write_bytes(b"half")
+    (settings.tmp_dir / "keep.txt").write_text("other")
+    assert spool.clean_tmp(settings) == 1
+    assert [p.name for p in settings.tmp_dir.iterdir()] == ["keep.txt"]
+
+
+def test_parse_header_rejects_garbage():
+    with pytest.raises(UnparseableDatasetError):
+        parse_header(b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\x10\x00\x00\x00" + b"\xff" * 40)
+
+
+def _series(uid, role, n, sn):
+    return SimpleNamespace(series_uid=uid, role=role, instance_count=n, series_number=sn)
+
+
+def test_select_roles_tie_break_is_deterministic():
+    cands = [_series("1.9", "T1C", 30, 5), _series("1.2", "T1C", 30, 9), _series("1.3", "T1C", 12, 20),
+             _series("1.4", "T2", 25, None), _series("1.5", "T2", 25, 4), _series("1.6", "OTHER", 99, 1),
+             _series("1.8", "T1", 20, 3), _series("1.7", "T1", 20, 3)]
+    for order in (cands, list(reversed(cands))):
+        ch = select_roles(order)
+        assert ch["T1C"].series_uid == "1.2" and "later series number" in ch["T1C"].reason
+        assert ch["T2"].series_uid == "1.5"
+        assert ch["T1"].series_uid == "1.7" and "lowest SeriesInstanceUID" in ch["T1"].reason
+        assert "OTHER" not in ch
+    assert "most instances" in select_roles([_series("a", "T2", 3, 1), _series("b", "T2", 9, 1)])["T2"].reason
+
+
+def test_mark_stable_is_time_based_and_selects_roles(settings):
+    db = Database(settings.database_url)
+    try:
+        study = generate_uid()
+        t0 = utcnow()
+        for k, (desc, agent) in enumerate((("t1_se_tra", None), ("t1_se_tra", "Gadovist"), ("t2_tse_tra", None))):
+            series = generate_uid()
+            for i in range(3 + k):
+                ds = make_mr(study, series, i, description=desc, agent=agent, series_number=k + 1,
+                             tr=500 if "t1" in desc else 4000, te=10 if "t1" in desc else 95)
+                h = parse_header(spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1") + _encode(ds))
+                index_instance(db, settings, h, "spool/x", 1, "1.2.840.10008.1.2.1", now=t0)
+        stable = settings.assembly.stable_seconds
+        assert mark_stable(db, settings, now=t0 + dt.timedelta(seconds=stable - 1)) == []
+        assert mark_stable(db, settings, now=t0 + dt.timedelta(seconds=stable + 1)) == [study]
+        assert mark_stable(db, settings, now=t0 + dt.timedelta(seconds=stable + 9)) == []
+        with db.session() as s:
+            st = s.query(Study).one()
+            assert st.state == "STABLE" and "T1=yes, T2=yes, T1C=yes" in st.state_reason
+            roles = {x.role: x for x in s.query(Series)}
+            assert set(roles) == {"T1", "T1C", "T2"} and all(x.role_selected for x in roles.values())
+            assert "selected for T1C" in roles["T1C"].role_reason
+    finally:
+        db.dispose()
