@@ -172,7 +172,7 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
                          study_date="20261123", status="F", report_text=REPORT_TEXT, version=1, source="csv")
             s.add(rep)
             s.flush()
-            st.report_ref, st.report_hash = str(rep.id), "ab" * 32
+            st.report_ref, st.report_hash = f"reports:{rep.id}", "ab" * 32
         transition(s, st, S.STABLE, "no instance for 30 s")
         transition(s, st, S.READY, "T1C, T2 present; report found")
         seg_rel, best, out_paths = "", 0, []
