@@ -193,6 +193,13 @@ def test_dashboard_session_csrf_and_report_text(env):
     assert r.status_code == 200 and "FAILED → READY" in r.text
     with env["db"].session() as s:
         assert s.get(Study, sid).state == "READY"
+    # errors and outbox pages list the DEAD item and its study
+    errors_page = c.get("/errors").text
+    assert "association rejected by PACS" in errors_page and f'href="/studies/{env["dead"].study_id}"' in errors_page
+    assert "retry by admin" not in errors_page  # the retried study left the failed list
+    outbox_page = c.get("/outbox?state=DEAD").text
+    assert "DEAD" in outbox_page and "association rejected by PACS" in outbox_page
+    assert "association rejected" not in c.get("/outbox?state=SENT").text
     # admin session sees the report text on the page; a reader session does not
     done = env["done"].study_id
     assert REPORT_TEXT in c.get(f"/studies/{done}").text
