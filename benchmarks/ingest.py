@@ -105,6 +105,60 @@ def run_storescp(folder: Path, out: Path, n: int) -> float:
     return dt
 
 
+NULL_SCP = """
+import sys
+from pynetdicom import AE, AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES, evt
+ae = AE(ae_title="NULLSCP")
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+ae.maximum_pdu_size = 0
+ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True, evt_handlers=[(evt.EVT_C_STORE, lambda e: 0x0000)])
+"""
+
+
+def run_null_scp(folder: Path) -> float:
+    """pynetdicom SCP that acknowledges without storing: the floor of any pynetdicom-based node."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", NULL_SCP, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        return send(port, folder, "NULLSCP")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def durable_write_floor(folder: Path, root: Path) -> float:
+    """Seconds to write every file the way the node must (tmp file, fdatasync, rename, directory
+    fsync) with no network, parsing or database: the floor of any durable receiver here."""
+    tmp, dst = root / "tmp", root / "spool"
+    tmp.mkdir(parents=True)
+    dst.mkdir()
+    blobs = [p.read_bytes() for p in sorted(folder.iterdir())]
+    t0 = time.perf_counter()
+    for i, b in enumerate(blobs):
+        t = tmp / f"{i}.part"
+        fd = os.open(t, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        os.write(fd, b)
+        os.fdatasync(fd)
+        os.close(fd)
+        os.rename(t, dst / f"{i}.dcm")
+        dfd = os.open(dst, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    return time.perf_counter() - t0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of a process (Linux /proc), 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def run_node(folder: Path, root: Path, n: int, db_url: str | None) -> float:
     port = free_port()
     root.mkdir()
@@ -120,7 +174,10 @@ def run_node(folder: Path, root: Path, n: int, db_url: str | None) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_port(port)
+        cpu0 = _cpu_seconds(proc.pid)
         dt = send(port, folder, "PGSAM")
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        print(f"node CPU time: {cpu:.2f} s for {n} instances ({cpu / n * 1000:.2f} ms/instance, wall {dt / n * 1000:.2f} ms)")
     finally:
         proc.terminate()
         try:
@@ -150,14 +207,21 @@ def main() -> int:
         src.mkdir()
         make_instances(src, args.n)
         mb = sum(p.stat().st_size for p in src.iterdir()) / 1e6
-        anchor, node = [], []
+        anchor, null, floor, node = [], [], [], []
         for r in range(args.rounds):
             anchor.append(run_storescp(src, tmp / f"scp{r}", args.n))
+            null.append(run_null_scp(src))
+            floor.append(durable_write_floor(src, tmp / f"floor{r}"))
             node.append(run_node(src, tmp / f"node{r}", args.n, args.database_url))
-        a, b = min(anchor), min(node)
-        print(f"instances: {args.n} ({mb:.1f} MB, 256x256 16-bit MR, one association)")
-        print(f"storescp (DCMTK, no fsync):   {args.n / a:8.1f} instances/s  ({a:.2f} s)")
-        print(f"pgsam-node serve (fsync on):  {args.n / b:8.1f} instances/s  ({b:.2f} s)")
+        a, z, f, b = min(anchor), min(null), min(floor), min(node)
+        print(f"instances: {args.n} ({mb:.1f} MB, 256x256 16-bit MR, one association); load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"storescp (DCMTK, no fsync):          {args.n / a:8.1f} instances/s  ({a:.2f} s)")
+        print(f"pynetdicom null SCP (stores nothing): {args.n / z:8.1f} instances/s  ({z:.2f} s)")
+        print(f"durable write alone (2 fsyncs, no net): {args.n / f:6.1f} instances/s  ({f:.2f} s)")
+        print(f"pgsam-node serve (fsync on):          {args.n / b:8.1f} instances/s  ({b:.2f} s)")
+        print(f"ratio null-pynetdicom/storescp: {a / z:.2f}")
+        print(f"ratio durable-write-floor/storescp: {a / f:.2f}")
         print(f"ratio node/storescp: {a / b:.2f}")
     return 0
 

@@ -4,6 +4,8 @@ Framing (MLLP, HL7 v2 Implementation Guide, "Minimal Lower Layer Protocol" relea
 ``<VT 0x0B> message <FS 0x1C><CR 0x0D>``; a message may arrive in several TCP packets and a
 connection may carry several messages, each answered by one ACK in order.
 
+Each OBR and the OBX segments after it (an ORDER_OBSERVATION group) is one report.
+
 Field mapping (defaults; docs/reports.md):
 
 ======================  =============================================================
@@ -217,19 +219,25 @@ def decode_bytes(data: bytes) -> str:
 
 @dataclass
 class OruReport:
-    """What an ORU^R01 says; ``incoming`` is ready for :func:`store_report`."""
+    """What an ORU^R01 says: one report per OBR (order) group, ready for :func:`store_report`."""
 
-    incoming: IncomingReport
+    reports: list[IncomingReport]
     control_id: str
+
+    @property
+    def incoming(self) -> IncomingReport:
+        """The first (usually the only) report."""
+        return self.reports[0]
 
 
 def parse_oru(msg: Message, accession_fields: list[str]) -> OruReport:
-    """Read one ORU^R01 into an :class:`IncomingReport`.
+    """Read one ORU^R01: each OBR with the OBX segments after it is one report.
 
     Raises
     ------
     Hl7Reject
-        AR for another message type; AE for missing required fields.
+        AR for another message type; AE for missing required fields (the whole message is
+        refused: nothing of it is stored).
     """
     msh = msg.first("MSH")
     mtype = msg.field(msh, 9)
@@ -247,18 +255,39 @@ def parse_oru(msg: Message, accession_fields: list[str]) -> OruReport:
     patient_id = msg.component(msg.field(pid, 3))
     if not patient_id:
         raise Hl7Reject("PID-3 patient ID is missing", "AE", "101^Required field missing", "PID-3")
-    obr = msg.first("OBR")
-    if obr is None:
+    zds = msg.first("ZDS")
+    zds_uid = msg.component(msg.field(zds, 1)) if zds is not None else ""
+
+    # ORDER_OBSERVATION groups (HL7 v2.5 7.3.1): an OBR and the OBX segments that follow it.
+    groups: list[tuple[list[str], list[list[str]]]] = []
+    for name, fields in msg.segments:
+        if name == "OBR":
+            groups.append((fields, []))
+        elif name == "OBX" and groups:
+            groups[-1][1].append(fields)
+    if not groups:
         raise Hl7Reject("OBR segment is missing", "AE", "100^Segment sequence error", "OBR")
+    reports = [_group_report(msg, obr, obxs, patient_id, zds_uid, accession_fields) for obr, obxs in groups]
+    return OruReport(reports, control)
+
+
+def _group_report(
+    msg: Message, obr: list[str], obxs: list[list[str]], patient_id: str, zds_uid: str, accession_fields: list[str]
+) -> IncomingReport:
     placer = msg.component(msg.field(obr, 2))
     filler = msg.component(msg.field(obr, 3))
-    accession = next((v for v in (msg.get(f) for f in accession_fields) if v), "")
-
+    accession = ""
+    for path in accession_fields:
+        name, _, num = path.partition("-")
+        seg = obr if name == "OBR" else msg.first(name)
+        accession = msg.component(msg.field(seg, int(num)))
+        if accession:
+            break
     # Text and StudyInstanceUID from OBX; OBX-11 as the status when OBR-25 is empty.
     lines: list[str] = []
     study_uid = ""
     obx_status = ""
-    for obx in msg.all("OBX"):
+    for obx in obxs:
         vtype = msg.component(msg.field(obx, 2)).upper()
         ident = msg.field(obx, 3)
         code = msg.component(ident, 1)
@@ -270,9 +299,7 @@ def parse_oru(msg: Message, accession_fields: list[str]) -> OruReport:
             continue
         lines.extend(msg.text_lines(value))
         obx_status = obx_status or msg.component(msg.field(obx, 11))
-    zds = msg.first("ZDS")
-    if not study_uid and zds is not None:
-        study_uid = msg.component(msg.field(zds, 1))
+    study_uid = study_uid or zds_uid
     if study_uid and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", study_uid):
         raise Hl7Reject("StudyInstanceUID (OBX 113014 / ZDS-1) is not a valid UID", "AE", "102^Data type error", "OBX-5")
     text = "\n".join(lines).strip("\n")
@@ -284,23 +311,20 @@ def parse_oru(msg: Message, accession_fields: list[str]) -> OruReport:
     if not (accession or filler or placer or study_uid):
         raise Hl7Reject("no accession number, order number or StudyInstanceUID", "AE", "101^Required field missing", "OBR-3")
     rtime = None
-    for raw in (msg.field(obr, 22), msg.field(obr, 7), msg.field(msh, 7)):
+    for raw in (msg.field(obr, 22), msg.field(obr, 7), msg.field(msg.first("MSH"), 7)):
         rtime = parse_datetime(msg.component(raw))
         if rtime:
             break
     sdate = parse_date(msg.component(msg.field(obr, 7)))
-    return OruReport(
-        IncomingReport(
-            status=status,
-            report_text=text,
-            accession_number=accession or None,
-            study_instance_uid=study_uid or None,
-            patient_id=patient_id,
-            study_date=sdate.strftime("%Y%m%d") if sdate else None,
-            report_time=rtime,
-            order_number=filler or placer or None,
-        ),
-        control,
+    return IncomingReport(
+        status=status,
+        report_text=text,
+        accession_number=accession or None,
+        study_instance_uid=study_uid or None,
+        patient_id=patient_id,
+        study_date=sdate.strftime("%Y%m%d") if sdate else None,
+        report_time=rtime,
+        order_number=filler or placer or None,
     )
 
 
@@ -350,29 +374,34 @@ def handle_message(data: bytes, settings: Settings, db: Database, on_report: Cal
         oru = parse_oru(msg, settings.hl7.accession_fields)
         try:
             with db.transaction() as s:
-                result = store_report(s, oru.incoming, source="hl7")
+                results = [store_report(s, rep, source="hl7") for rep in oru.reports]
         except ReportError as exc:
             raise Hl7Reject(str(exc), "AE", "207^Application internal error", "OBX-5") from None
         except Exception as exc:  # noqa: BLE001 - database trouble: AE so the sender retries
             log.error("HL7 report could not be stored: %s", type(exc).__name__)
             raise Hl7Reject("report could not be stored; retry later", "AE", "207^Application internal error") from None
-        log.info(
-            "HL7 ORU^R01 %s: report %s version %d (%s)",
-            uid_hash(oru.control_id),
-            result.action,
-            result.version,
-            oru.incoming.status,
-            extra={"study": uid_hash(oru.incoming.study_instance_uid)},
-        )
-        if on_report is not None and result.action != "duplicate":
-            try:
-                on_report(result)
-            except Exception:  # noqa: BLE001 - a hook must not turn a stored report into a NAK
-                log.exception("on_report hook failed")
+        for rep, result in zip(oru.reports, results):
+            log.info(
+                "HL7 ORU^R01 %s: report %s version %d (%s)",
+                uid_hash(oru.control_id),
+                result.action,
+                result.version,
+                rep.status,
+                extra={"study": uid_hash(rep.study_instance_uid)},
+            )
+            if on_report is not None and result.action != "duplicate":
+                try:
+                    on_report(result)
+                except Exception:  # noqa: BLE001 - a hook must not turn a stored report into a NAK
+                    log.exception("on_report hook failed")
         return build_ack(msg, "AA", app)
     except Hl7Reject as exc:
         log.warning("HL7 message rejected (%s): %s", exc.code, exc)
         return build_ack(msg, exc.code, app, str(exc), exc.err, exc.location)
+    except Exception as exc:  # noqa: BLE001 - never leave a sender without an answer
+        # Only the type: the message (and so the exception text) may hold patient data.
+        log.error("HL7 message could not be processed: %s", type(exc).__name__)
+        return build_ack(msg, "AE", app, "internal error processing the message", "207^Application internal error")
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -405,6 +434,8 @@ class Hl7Listener:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._slots = threading.BoundedSemaphore(settings.hl7.max_connections)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -430,11 +461,21 @@ class Hl7Listener:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, close the socket and wait for the serving thread."""
+        """Stop accepting, close open connections and the socket, wait for the serving thread.
+
+        A message being stored when ``stop`` is called is either committed and acknowledged or
+        not acknowledged at all (the sender resends it): nothing acknowledged is lost.
+        """
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._open_lock:
+            for sock in list(self._open):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
@@ -460,6 +501,8 @@ class Hl7Listener:
             log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", peer[0])
             sock.close()
             return
+        with self._open_lock:
+            self._open.add(sock)
         try:
             sock.settimeout(self.settings.hl7.timeout_seconds)
             buf = bytearray()
@@ -496,6 +539,8 @@ class Hl7Listener:
                 buf += chunk
         finally:
             self._slots.release()
+            with self._open_lock:
+                self._open.discard(sock)
             try:
                 sock.close()
             except OSError:
@@ -509,15 +554,23 @@ def mllp_frame(message: str | bytes) -> bytes:
 
 
 def read_frame(sock: socket.socket, timeout: float = 10.0) -> bytes:
-    """Read one MLLP frame's payload from ``sock`` (for senders and tests)."""
+    """Read one MLLP frame's payload from ``sock`` (for senders and tests).
+
+    Consumes exactly one frame: bytes of a following frame stay in the socket (peek first), so
+    consecutive calls read consecutive ACKs even when they arrive in one TCP segment.
+    """
     sock.settimeout(timeout)
     buf = bytearray()
     while True:
-        end = buf.find(FS + CR)
-        if end >= 0:
-            start = buf.find(VT)
-            return bytes(buf[start + 1 : end])
-        chunk = sock.recv(65536)
-        if not chunk:
+        peek = sock.recv(65536, socket.MSG_PEEK)
+        if not peek:
             raise Hl7Error("connection closed before a complete MLLP frame")
-        buf += chunk
+        # The FS of the frame end may be the last byte already read: search from there.
+        carried = bytes(buf[-1:])
+        end = (carried + peek).find(FS + CR)
+        if end >= 0:
+            buf += sock.recv(end - len(carried) + 2)  # consume through the CR, no further
+            start = buf.find(VT)
+            stop = buf.rfind(FS + CR)
+            return bytes(buf[start + 1 : stop])
+        buf += sock.recv(len(peek))

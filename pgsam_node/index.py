@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select, update
+from sqlalchemy import DateTime, bindparam, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import state
@@ -55,6 +56,8 @@ class InstanceHeader:
     study_date: str | None = None
     study_description: str | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    #: From the file meta when parsed from a Part-10 stream.
+    transfer_syntax_uid: str | None = None
 
 
 def _s(ds, kw: str, maxlen: int = 64) -> str | None:
@@ -128,7 +131,53 @@ def parse_header(part10: bytes | BytesIO, sop_class_uid: str | None = None) -> I
         ds = dcmread(stream, stop_before_pixels=True, specific_tags=PARSE_KEYWORDS)
     except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - pydicom raises many types
         raise UnparseableDatasetError(f"cannot parse the dataset: {type(exc).__name__}: {exc}") from exc
-    return header_from_dataset(ds, sop_class_uid)
+    h = header_from_dataset(ds, sop_class_uid)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        h.transfer_syntax_uid = str(meta.TransferSyntaxUID)
+    return h
+
+
+def reindex_spool(db, settings) -> int:
+    """Index spool files that have no row; run at start-up before the listener.
+
+    A file reaches the spool (fsynced) before its row is committed, so a crash in between, or a
+    power loss that rolls back the last SQLite commits (``synchronous=NORMAL``), leaves files
+    without rows. The spool is the source of truth: such files are parsed and indexed here. A
+    file that cannot be parsed is left in place and logged (it was never acknowledged).
+
+    Returns
+    -------
+    int
+        Number of files indexed.
+    """
+    spool_dir = settings.spool_dir
+    if not spool_dir.is_dir():
+        return 0
+    with db.session() as s:
+        known = set(s.scalars(select(Instance.path)))
+    n = 0
+    for study_dir in sorted(os.scandir(spool_dir), key=lambda e: e.name):
+        if not study_dir.is_dir():
+            continue
+        for series_dir in os.scandir(study_dir.path):
+            if not series_dir.is_dir():
+                continue
+            for f in os.scandir(series_dir.path):
+                rel = f"spool/{study_dir.name}/{series_dir.name}/{f.name}"
+                if rel in known or not f.name.endswith(".dcm"):
+                    continue
+                try:
+                    with open(f.path, "rb") as fh:
+                        h = parse_header(BytesIO(fh.read()))
+                    index_instance(db, settings, h, rel, f.stat().st_size, h.transfer_syntax_uid, None)
+                    n += 1
+                except (UnparseableDatasetError, OSError) as exc:
+                    log.error("spool file %s/%s/%s cannot be indexed: %s", uid_hash(study_dir.name),
+                              uid_hash(series_dir.name), uid_hash(f.name), exc)
+    if n:
+        log.warning("re-indexed %d spool file(s) that had no database row", n)
+    return n
 
 
 @dataclass
@@ -141,6 +190,8 @@ class IndexResult:
     new_series: bool
     replaced: bool
     reopened: bool
+    #: Spool path the re-sent instance had before, when it differs (its file was removed).
+    old_path: str | None = None
 
 
 #: SQLite has one writer: serialise our writes in-process rather than spin on busy errors.
@@ -191,45 +242,67 @@ def index_instance(
     raise AssertionError("unreachable")
 
 
-def _insert_instance_stmt(dialect: str, values: dict[str, Any]):
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return (dialect_insert(Instance).values(**values)
-            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid]).returning(Instance.id))
+# The fast path is plain SQL prepared once (valid for SQLite >= 3.35 and PostgreSQL): building
+# ORM statements per instance cost more than the statements themselves.
+_SQL_TOUCH_STUDY = text(
+    "UPDATE studies SET last_instance_at = :now, updated_at = :now "
+    "WHERE study_uid = :study_uid AND state = 'RECEIVING' RETURNING id"
+).bindparams(bindparam("now", type_=DateTime()))
+_SQL_SERIES_ID = text("SELECT id FROM series WHERE series_uid = :series_uid AND study_id = :study_id")
+_SQL_INSERT_INSTANCE = text(
+    "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number, "
+    "path, size_bytes, calling_aet, received_at) VALUES (:series_id, :sop_uid, :sop_class_uid, :ts_uid, "
+    ":instance_number, :path, :size, :calling_aet, :now) ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id"
+).bindparams(bindparam("now", type_=DateTime()))
+_SQL_COUNT_SERIES = text(
+    "UPDATE series SET instance_count = instance_count + 1, last_instance_at = :now WHERE id = :series_id"
+).bindparams(bindparam("now", type_=DateTime()))
 
 
-def _fast_path(s, dialect: str, h: InstanceHeader, rel_path, size, ts_uid, calling_aet, now) -> IndexResult | None:
-    """The common case in three short statements: a new instance of a known series of a study
-    still RECEIVING. Returns None (nothing changed but timestamps) when the slow path is needed."""
-    study_id = s.execute(
-        update(Study).where(Study.study_uid == h.study_uid, Study.state == StudyState.RECEIVING.value)
-        .values(last_instance_at=now, updated_at=now).returning(Study.id)
-    ).scalar()
-    if study_id is None:
-        return None
-    series_id = s.execute(select(Series.id).where(Series.series_uid == h.series_uid, Series.study_id == study_id)).scalar()
-    if series_id is None:
-        return None
-    inst_id = s.execute(_insert_instance_stmt(dialect, dict(
-        series_id=series_id, sop_instance_uid=h.sop_uid, sop_class_uid=h.sop_class_uid, transfer_syntax_uid=ts_uid,
-        instance_number=h.instance_number, path=rel_path, size_bytes=size, calling_aet=calling_aet, received_at=now,
-    ))).scalar()
-    if inst_id is None:
-        return None  # re-sent instance: the slow path updates it
-    s.execute(update(Series).where(Series.id == series_id)
-              .values(instance_count=Series.instance_count + 1, last_instance_at=now))
+def _fast_path(db, h: InstanceHeader, rel_path, size, ts_uid, calling_aet, now) -> IndexResult | None:
+    """The common case in four short statements and one commit: a new instance of a known series
+    of a study still RECEIVING. Returns None (after touching nothing but timestamps) when the
+    slow path is needed: new study or series, re-sent instance, or a study to re-open."""
+    with db.engine.begin() as conn:
+        study_id = conn.execute(_SQL_TOUCH_STUDY, {"now": now, "study_uid": h.study_uid}).scalar()
+        if study_id is None:
+            return None
+        series_id = conn.execute(_SQL_SERIES_ID, {"series_uid": h.series_uid, "study_id": study_id}).scalar()
+        if series_id is None:
+            return None
+        inst_id = conn.execute(_SQL_INSERT_INSTANCE, {
+            "series_id": series_id, "sop_uid": h.sop_uid, "sop_class_uid": h.sop_class_uid, "ts_uid": ts_uid,
+            "instance_number": h.instance_number, "path": rel_path, "size": size, "calling_aet": calling_aet,
+            "now": now,
+        }).scalar()
+        if inst_id is None:
+            return None
+        conn.execute(_SQL_COUNT_SERIES, {"now": now, "series_id": series_id})
     return IndexResult(study_id, series_id, False, False, False, False)
 
 
 def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> IndexResult:
     now = now or utcnow()
+    fast = _fast_path(db, h, rel_path, size, ts_uid, calling_aet, now)
+    if fast is not None:
+        return fast
+    result = _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now)
+    if result.old_path:
+        # The instance moved (re-sent with another Study/Series UID): drop the stale file only
+        # now that the row points at the new one.
+        try:
+            (settings.storage_root / result.old_path).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove the previous file of instance %s: %s", uid_hash(h.sop_uid), exc.strerror)
+    return result
+
+
+def _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> IndexResult:
     new_study = new_series = replaced = reopened = False
+    old_path = None
     with db.transaction() as s:
-        fast = _fast_path(s, db.engine.dialect.name, h, rel_path, size, ts_uid, calling_aet, now)
-        if fast is not None:
-            return fast
         study = s.scalars(select(Study).where(Study.study_uid == h.study_uid).with_for_update()).first()
         if study is None:
             study = Study(
@@ -284,6 +357,8 @@ def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> In
                     old.instance_count = max(0, (old.instance_count or 1) - 1)
                 series.instance_count = (series.instance_count or 0) + 1
                 inst.series_id = series.id
+            if inst.path != rel_path:
+                old_path = inst.path
             inst.sop_class_uid = h.sop_class_uid
             inst.transfer_syntax_uid = ts_uid
             inst.instance_number = h.instance_number
@@ -291,4 +366,4 @@ def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> In
             inst.size_bytes = size
             inst.calling_aet = calling_aet
             inst.received_at = now
-        return IndexResult(study.id, series.id, new_study, new_series, replaced, reopened)
+        return IndexResult(study.id, series.id, new_study, new_series, replaced, reopened, old_path)

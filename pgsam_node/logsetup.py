@@ -60,4 +60,6 @@ def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
     root.setLevel(level)
     # pynetdicom is chatty at INFO and logs dataset contents at DEBUG: keep it at WARNING.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -86,17 +86,27 @@ class Node:
             Job("retention", retention_job, s.retention.check_interval_seconds, (s, db)),
         ]
 
+    def _trigger(self, job_id: str) -> None:
+        """Run a scheduler job as soon as possible (e.g. a report just arrived over HL7)."""
+        from .scheduler import trigger_now
+
+        if self.scheduler is not None:
+            trigger_now(self.scheduler, job_id)
+
     # --------------------------------------------------------------------------- lifecycle
     def start(self) -> Node:
         from .outbox import recover_stuck
         from .receive import Listener
         from .scheduler import build_scheduler
 
+        from .index import reindex_spool
         from .spool import clean_tmp
 
         s = self.settings
         # Temporary files are from transfers a crash interrupted: none was acknowledged.
         clean_tmp(s)
+        # Spool files without a row (crash between rename and commit) are indexed again.
+        reindex_spool(self.db, s)
         if self.run_worker and self.db.is_sqlite:
             # SQLite = one worker: a lease left in the database is from a process that died.
             requeue_expired(self.db, s, owner_prefix="")
@@ -106,7 +116,7 @@ class Node:
         if s.hl7.port:
             from .hl7 import Hl7Listener
 
-            self.hl7 = Hl7Listener(s, self.db)
+            self.hl7 = Hl7Listener(s, self.db, on_report=lambda _result: self._trigger("reports"))
             self.hl7.start()
         self.scheduler = build_scheduler(s, self.db, extra_jobs=self._jobs())
         self.scheduler.start()

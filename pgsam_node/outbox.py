@@ -99,6 +99,29 @@ def enqueue(
     return items
 
 
+def queue_outputs(
+    session: Session,
+    settings: Settings,
+    study_id: int | None,
+    study_uid: str,
+    run_id: int | None,
+    datasets: Sequence[Dataset],
+    now: dt.datetime | None = None,
+) -> list[OutboxItem]:
+    """Write each output (atomically, under ``outputs/``) and queue it for every configured
+    destination. Returns the outbox rows (empty when no destination is configured: nothing to
+    deliver, logged at WARNING). The caller commits; writing before the commit means a crash
+    leaves at most an orphan file, never a row without its file.
+    """
+    if not settings.destinations:
+        log.warning("no destinations configured: %d output(s) written but not queued", len(datasets))
+    items: list[OutboxItem] = []
+    for ds in datasets:
+        rel = write_output(settings, ds, study_uid)
+        items.extend(enqueue(session, study_id, run_id, rel, ds, settings.destinations, now=now))
+    return items
+
+
 def recover_stuck(db: Database, now: dt.datetime | None = None) -> int:
     """Items left in SENDING by a crashed process go back to PENDING (call once at start, before
     the outbox job runs). Returns how many were recovered."""
@@ -238,6 +261,14 @@ def all_sent_for_study(session: Session, study_id: int) -> bool:
         select(OutboxItem.state, func.count()).where(OutboxItem.study_id == study_id).group_by(OutboxItem.state)
     ).all())
     return bool(counts) and set(counts) == {SENT}
+
+
+def delivery_summary(session: Session, study_id: int) -> dict[str, int]:
+    """Outbox items of one study per state; a DEAD count > 0 means delivery needs an operator."""
+    counts = dict(session.execute(
+        select(OutboxItem.state, func.count()).where(OutboxItem.study_id == study_id).group_by(OutboxItem.state)
+    ).all())
+    return {st: int(counts.get(st, 0)) for st in (PENDING, SENDING, SENT, DEAD)}
 
 
 def outbox_counts(session: Session) -> dict[str, int]:

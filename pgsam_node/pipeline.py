@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from .config import Settings
 from .db import Database, Instance, OutboxItem, OutboxState, Run, Series, Study, StudyState, utcnow
-from .errors import GeometryError, InferenceError, NodeError, PipelineError
+from .errors import GeometryError, InferenceError, NodeError, PipelineError, RisError
 from .findings import Findings
 from .logsetup import uid_hash
 from .progress import selected_series
@@ -152,6 +152,10 @@ class Pipeline:
         deadline = t_start + self.settings.worker.study_timeout_seconds
         try:
             result = self._run(claim, heartbeat, deadline)
+        except RisError as exc:
+            # A RIS that is down delays a study, never fails it: back to READY; the attempt counts.
+            self._requeue(claim, f"RIS unavailable while reading the report: {exc}")
+            return RunResult(StudyState.READY.value, str(exc))
         except NodeError as exc:
             reason = getattr(exc, "reason", type(exc).__name__)
             self._fail(claim, f"{reason}: {exc}")
@@ -167,6 +171,17 @@ class Pipeline:
             raise _LeaseLost()
         if time.monotonic() > deadline:
             raise PipelineError(f"study exceeded worker.study_timeout_seconds={self.settings.worker.study_timeout_seconds}", reason="timeout")
+
+    def _requeue(self, claim: Claim, reason: str) -> None:
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            if study is None or study.lease_owner != claim.worker_id or study.state != StudyState.RUNNING.value:
+                return
+            release(s, study)
+            if (study.attempts or 0) >= self.settings.worker.max_attempts:
+                transition(s, study, StudyState.FAILED, f"gave up after {study.attempts} attempts: {reason}", actor=claim.worker_id)
+            else:
+                transition(s, study, StudyState.READY, reason, actor=claim.worker_id)
 
     def _fail(self, claim: Claim, reason: str) -> None:
         with self.db.transaction() as s:
@@ -206,6 +221,7 @@ class Pipeline:
             run_id = run.id
         self._check(claim, heartbeat, deadline)
 
+        self._mark_stage(run_id, "geometry")
         t = time.monotonic()
         try:
             vols = build_study_volumes(inputs.paths_by_role, st.geometry)
@@ -214,6 +230,7 @@ class Pipeline:
         timings["geometry"] = time.monotonic() - t
         self._check(claim, heartbeat, deadline)
 
+        self._mark_stage(run_id, "inference")
         t = time.monotonic()
         try:
             result = predictor.predict(
@@ -227,7 +244,7 @@ class Pipeline:
         ref = vols.reference
         voxel_ml = float(abs(ref.spacing[0] * ref.spacing[1] * ref.spacing[2])) / 1000.0
         n_vox = int(result.mask.sum())
-        metrics = {"lesion_voxels": n_vox, "lesion_ml": round(n_vox * voxel_ml, 3), "reference_role": vols.reference_role}
+        metrics = {"stage": "done", "lesion_voxels": n_vox, "lesion_ml": round(n_vox * voxel_ml, 3), "reference_role": vols.reference_role}
         # The findings the model was given, for the dashboard/API (the report text stays in the RIS).
         metrics["findings"] = asdict(inputs.findings) if inputs.findings is not None else None
         notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]
@@ -235,6 +252,7 @@ class Pipeline:
         if n_vox == 0 and st.seg.empty_result == "no_seg":
             return self._no_finding(claim, run_id, timings, metrics, notes)
 
+        self._mark_stage(run_id, "encode")
         t = time.monotonic()
         cfg = getattr(predictor, "cfg", None)
         algorithm = algorithm_info(getattr(cfg, "weights_sha256", None))
@@ -275,6 +293,12 @@ class Pipeline:
                 transition(s, study, StudyState.DONE, "no destinations configured; outputs kept locally", actor=claim.worker_id)
         log.info("study %s encoded (%d voxels)", uid_hash(inputs.study_uid), n_vox, extra={"study": uid_hash(inputs.study_uid)})
         return RunResult(StudyState.SENDING.value if st.destinations else StudyState.DONE.value, "encoded", timings, rel_paths, metrics)
+
+    def _mark_stage(self, run_id: int, stage: str) -> None:
+        """Record the stage in progress on the run (dashboard; crash tests wait for it)."""
+        with self.db.transaction() as s:
+            run = s.get(Run, run_id)
+            run.metrics = {**(run.metrics or {}), "stage": stage}
 
     def _no_finding(self, claim: Claim, run_id: int, timings: dict, metrics: dict, notes: list) -> RunResult:
         with self.db.transaction() as s:

@@ -168,6 +168,28 @@ class Listener:
                             calling, host, free)
                 self._reject(assoc, 0x02, 0x03, 0x01)  # transient, presentation, temporary congestion
                 return
+        self._prefer_requestor_order(assoc)
+
+    @staticmethod
+    def _prefer_requestor_order(assoc) -> None:
+        """Accept, per presentation context, the first transfer syntax the *peer* lists that we
+        support (PS3.8 7.1.1.13 leaves the choice to the acceptor; pynetdicom would take ours).
+
+        So a JPEG file offered as [JPEG, Explicit VR LE] is received and kept compressed, byte
+        for byte, instead of making the sender decompress it; and an uncompressed file offered
+        as [Explicit VR LE, JPEG lossy] is never pushed into lossy compression.
+        """
+        wanted: dict[str, list[str]] = {}
+        for cx in assoc.requestor.primitive.presentation_context_definition_list:
+            order = wanted.setdefault(str(cx.abstract_syntax), [])
+            order.extend(str(t) for t in cx.transfer_syntax if str(t) not in order)
+        contexts = assoc.acceptor.supported_contexts
+        for cx in contexts:
+            order = wanted.get(str(cx.abstract_syntax))
+            if order:
+                rank = {t: i for i, t in enumerate(order)}
+                cx.transfer_syntax = sorted(cx.transfer_syntax, key=lambda t: rank.get(str(t), len(rank)))
+        assoc.acceptor.supported_contexts = contexts
 
     def _reject(self, assoc, result: int, source: int, diagnostic: int) -> None:
         with self._lock:

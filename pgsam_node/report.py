@@ -7,6 +7,7 @@ signal, the stated diagnosis (canonical code), negation and hedging.
 How it works (rule based, deterministic, no model):
 
 1. The text is normalised (Unicode NFKC: full-width digits, letters and punctuation become ASCII;
+   traditional Chinese characters of the vocabularies become simplified;
    ``×``, ``*``, ``by`` and ``乘`` separate dimensions; ``左右`` meaning "about" is removed).
 2. It is split into sentences, then clauses (commas, semicolons, colons, "but", "whereas"...).
 3. Each clause is classified: *negative* (a negation cue governs a lesion word, or the clause
@@ -54,7 +55,7 @@ _NEG_EN = re.compile(
     rf"|\b{_LESION_EN}\b(?:\s+[\w/-]+){{0,6}}?\s+(?:is|are|was|were|has|have)\s+(?:not|no\s+longer|not\s+been)\s+"
     r"(?:seen|identified|demonstrated|visuali[sz]ed|present|evident|detected|shown)"
     r"|\b(?:unremarkable|within\s+normal\s+limits|normal\s+in\s+(?:size|appearance|signal)|(?:is|are|appears?|looks?)\s+normal)\b"
-    r"|\bno\s+(?:significant\s+)?(?:abnormalit(?:y|ies)|change|interval\s+change)\b",
+    r"|\bno\s+(?:significant\s+)?abnormalit(?:y|ies)\b",
     re.I,
 )
 _NEG_ZH = re.compile(
@@ -62,7 +63,7 @@ _NEG_ZH = re.compile(
     r"|(?:形态|大小|信号|密度)?[^,;:。]{0,6}正常|无异常"
 )
 #: A cue right before a term negates that term ("does not involve the deep lobe", "未累及深叶").
-_NEG_BEFORE = re.compile(r"(?:\b(?:no|not|without|nor|never)\b|未|无|不|非)[^,;.。]{0,24}$", re.I)
+_NEG_BEFORE = re.compile(r"(?:\b(?:no|not|without|nor|never)\b|未|无|没有|不(?!规则|均匀|整|除外|能除外|能排除)|非)[^,;.。]{0,24}$", re.I)
 
 _HISTORY = re.compile(
     r"\b(?:history\s+of|status\s+post|s/p|post[- ]?operative|postoperative|previously\s+resected|"
@@ -152,7 +153,6 @@ _DX_NEG_AFTER = re.compile(
     r"^[^,;.]{0,20}?(?:\b(?:is|are|seems?)?\s*(?:less\s+likely|unlikely|excluded|ruled\s+out|not\s+favou?red|not\s+suspected)\b|可能性小|可能性不大|不支持)",
     re.I,
 )
-_CANT_EXCLUDE_ZH = re.compile(r"不能排除$|不除外$")
 
 _IMPRESSION = re.compile(
     r"\b(?:impression|conclusions?|diagnosis|opinion|summary)\s*:|诊断意见|影像诊断|影像学诊断|印象|结论|意见\s*:|诊断\s*:",
@@ -163,7 +163,10 @@ _IMPRESSION = re.compile(
 _NUM = r"\d+(?:\.\d+)?"
 _UNIT = r"(?:mm|cm|毫米|厘米|公分)"
 _SEP = r"\s*(?:x|×|\*|by|乘)\s*"
-_DIM = rf"{_NUM}\s*(?:{_UNIT}(?![a-z]))?"
+# Orientation labels may follow each diameter: "5.2 cm AP x 4.8 cm TV x 4.5 cm CC".
+_AXIS = r"(?:\s*\(?(?:AP|TV|TR|CC|LR|RL|SI|ML|trans(?:verse)?|cranio-?caudal|antero-?posterior)\b\)?)?"
+# "mm2/s" (ADC), "mm^2" are not lengths.
+_DIM = rf"{_NUM}\s*(?:{_UNIT}(?![a-z0-9/^]){_AXIS})?"
 _SIZE = re.compile(rf"(?<![A-Za-z0-9.]){_DIM}(?:{_SEP}{_DIM}){{0,2}}", re.I)
 _SIZE_PART = re.compile(rf"({_NUM})\s*({_UNIT})?", re.I)
 _TECHNIQUE = re.compile(r"slice|section|thickness|gap|spacing|层厚|层距|间距", re.I)
@@ -201,7 +204,7 @@ _SIG_TOKEN = re.compile(
 )
 _ENHANCEMENT = [
     ("none", re.compile(r"\bno(?:\s+\w+)?\s+enhancement\b|\bnon-?enhancing\b|\bdoes\s+not\s+enhance\b|\bwithout\s+(?:\w+\s+)?enhancement\b|\bunenhanced\s+lesion\b|未见(?:明显)?强化|无(?:明显)?强化|不强化", re.I)),
-    ("rim", re.compile(r"\b(?:rim|ring|peripheral)(?:[- ]like)?[- ]enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:rim|ring|periphery)\b|环形强化|环状强化|边缘强化|周边强化", re.I)),
+    ("rim", re.compile(r"\b(?:rim|ring|peripheral)(?:[- ]like)?[- ]enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:rim|ring|periphery)\b|环形强化|环状强化|环样强化|花环样?强化|边缘强化|周边强化", re.I)),
     ("heterogeneous", re.compile(r"\b(?:heterogeneous(?:ly)?|inhomogeneous(?:ly)?|patchy)\b[^.;]{0,20}enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:heterogeneously|inhomogeneously)\b|不均匀强化|不均匀[^,;。]{0,4}强化", re.I)),
     ("homogeneous", re.compile(r"\b(?:homogeneous(?:ly)?|uniform(?:ly)?)\b[^.;]{0,20}enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:homogeneously|uniformly)\b|均匀强化|均匀[^,;。]{0,4}强化", re.I)),
     ("present", re.compile(r"\benhanc(?:ing|es|ement|ed)\b|强化", re.I)),
@@ -225,8 +228,17 @@ _SENTENCE_SPLIT = re.compile(r"(?<!\d)\.(?!\d)|[\n!?。！？]+|(?<=\d)\.(?=\s|$
 _CLAUSE_SPLIT = re.compile(r"(?<!\d),|,(?!\d)|[;:]|\b(?:but|whereas|while|however|although)\b", re.I)
 
 
+#: Traditional → simplified for the characters the vocabularies use (Taiwan / Hong Kong reports).
+_TRAD = str.maketrans(
+    "側雙兩邊見結節腫塊葉淺強號訊異無顯診斷慮腦額顳頂頜約釐轉膠質樣發現濾實變廣門"
+    "狀內較輕積環緣輪廓複與對稱緻範圍擴張鄰勻徑區術後復徵彌縮規則體",
+    "侧双两边见结节肿块叶浅强号讯异无显诊断虑脑额颞顶颌约厘转胶质样发现滤实变广门"
+    "状内较轻积环缘轮廓复与对称致范围扩张邻匀径区术后复征弥缩规则体",
+)
+
+
 def _normalise(text: str) -> str:
-    t = unicodedata.normalize("NFKC", text)
+    t = unicodedata.normalize("NFKC", text).translate(_TRAD).replace("讯号", "信号")
     t = t.replace("\u3000", " ").replace("；", ";").replace("：", ":")
     # "约2cm左右" = "about 2 cm": 左右 here is not a side.
     t = t.replace("左右", "")
@@ -423,7 +435,9 @@ def _count(clauses: list[_Clause]) -> int | None:
     for c in clauses:
         if not c.lesion:
             continue
-        m = _COUNT_EN.search(c.text)
+        # Sizes are not counts ("25 x 20 x 18 mm lesion").
+        text = _SIZE.sub(lambda m: " size " if re.search(_UNIT, m.group(0), re.I) else m.group(0), c.text)
+        m = _COUNT_EN.search(text)
         if m:
             word = m.group(1).lower()
             n = int(word) if word.isdigit() else _COUNT_WORDS[word]
@@ -431,13 +445,13 @@ def _count(clauses: list[_Clause]) -> int | None:
                 n = 2
             if 0 < n < 50:
                 return n
-        m = _COUNT_ZH.search(c.text)
+        m = _COUNT_ZH.search(text)
         if m:
             w = m.group(1)
             if w in ("多发", "多个", "数个"):
                 return 2
             return int(w) if w.isdigit() else _CN_DIGITS[w]
-        m = re.search(r"\b(lesions|masses|nodules|tumou?rs|foci|cysts)\b", c.text, re.I)
+        m = re.search(r"\b(lesions|masses|nodules|tumou?rs|foci|cysts)\b", text, re.I)
         if m:
             return 2
     return None
@@ -467,7 +481,7 @@ def parse_report(text: str) -> Findings:
     Parameters
     ----------
     text
-        Free report text, English or Chinese (simplified), any mix of findings and impression.
+        Free report text, English or Chinese (simplified or traditional), findings and impression.
 
     Returns
     -------
@@ -486,8 +500,15 @@ def parse_report(text: str) -> Findings:
     t = _normalise(text)
     f.language = "zh" if _is_chinese(t) else "en"
     clauses = _split(t)
+    node_sentence: set[int] = set()
     for c in clauses:
         _classify(c)
+        # "左侧腮腺内见多个小淋巴结，短径均小于5mm": a size right after a lymph node in the same
+        # sentence describes the node, not a lesion.
+        if _NODE.search(c.text):
+            node_sentence.add(c.sentence)
+        elif c.lesion and c.sentence in node_sentence and not _LESION.search(c.text):
+            c.lesion = False
 
     # Side context: the last side named earlier in the same sentence.
     lesion_sides: set[str] = set()
@@ -563,10 +584,20 @@ def parse_report(text: str) -> Findings:
 
     # Margins and signal describe the lesion (ignored when the report describes none).
     if f.present:
-        body = " ".join(c.text for c in clauses if not (c.negative and not c.lesion))
-        if _MARGINS_ILL.search(body):
+        described = [c.text for c in clauses if not (c.negative and not c.lesion)]
+
+        def stated(pat: re.Pattern[str]) -> bool:
+            # "No invasion of the surrounding structures" / "未见浸润" is not an ill-defined margin;
+            # the negation must be in the same clause.
+            return any(
+                not _negated_before(t, m.start()) or m.group(0).lower().startswith("not")
+                for t in described
+                for m in pat.finditer(t)
+            )
+
+        if stated(_MARGINS_ILL):
             f.margins = "ill_defined"
-        elif _MARGINS_WELL.search(body):
+        elif stated(_MARGINS_WELL):
             f.margins = "well_defined"
         f.signal = _signal(clauses)
 
@@ -574,7 +605,12 @@ def parse_report(text: str) -> Findings:
     if f.present:
         if dx_offset is not None and f.diagnosis:
             sentence = next((c.sentence for c in clauses if c.start <= dx_offset < c.start + len(c.text)), None)
-            scope = [c.text for c in clauses if c.sentence == sentence]
+            sents = {sentence}
+            if dx_history:
+                # "Status post resection of glioblastoma. … concerning for progression": the
+                # hedge is on the current lesion.
+                sents |= {c.sentence for c in lesion_clauses}
+            scope = [c.text for c in clauses if c.sentence in sents]
         else:
             sents = {c.sentence for c in lesion_clauses}
             scope = [c.text for c in clauses if c.sentence in sents]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .db.models import Report, utcnow
@@ -96,7 +96,3 @@ def store_report(session: Session, rep: IncomingReport, source: str) -> StoreRes
     session.add(rec)
     session.flush()
     return StoreResult("inserted" if not existing else "new_version", rec.id, version, key)
-
-
-def count_reports(session: Session) -> int:
-    return int(session.scalar(select(func.count(Report.id))) or 0)

@@ -140,7 +140,9 @@ def check_waiting(db: Database, settings: Settings, now: dt.datetime) -> WaitSum
     deadline_after = dt.timedelta(seconds=settings.ris.wait_seconds)
     for sid in ids:
         with db.transaction() as s:
-            study = s.get(Study, sid)
+            # Row lock on PostgreSQL (no-op on SQLite): two nodes checking at once cannot both
+            # move the study.
+            study = s.get(Study, sid, with_for_update=True)
             if study is None or study.state != StudyState.WAITING_REPORT.value:
                 continue  # another worker moved it meanwhile
             if study.waiting_since is None:
@@ -189,7 +191,7 @@ def check_amendments(db: Database, settings: Settings, now: dt.datetime) -> Wait
         ).all()
     for sid in ids:
         with db.transaction() as s:
-            study = s.get(Study, sid)
+            study = s.get(Study, sid, with_for_update=True)
             if study is None or study.state not in (StudyState.DONE.value, StudyState.NO_FINDING.value):
                 continue
             try:

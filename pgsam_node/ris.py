@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -150,8 +151,6 @@ def parse_datetime(v: Any) -> dt.datetime | None:
         try:
             d = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
         except ValueError:
-            import re
-
             m = re.fullmatch(r"(\d{8})(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?", s)
             if m:
                 base = m.group(1) + (m.group(2) or "00") + (m.group(3) or "00") + (m.group(4) or "00")
@@ -343,7 +342,7 @@ class _ExternalSource:
         except SQLAlchemyError as exc:
             raise RisError(f"RIS unavailable: {_safe_exc(exc)}") from None
         out = []
-        for r in result:
+        for i, r in enumerate(result):
             acc = _clean(r[cm["accession_number"]])
             suid = _clean(r[cm["study_instance_uid"]])
             version = _to_int(r[cm["version"]]) if cm["version"] else None
@@ -353,7 +352,7 @@ class _ExternalSource:
             out.append(
                 _Row(
                     ref=f"ris:{self.ris.table}:{ident}@{version if version is not None else (rtime.isoformat() if rtime else '-')}"[:128],
-                    group=f"acc:{acc}" if acc else (f"uid:{suid}" if suid else f"row:{id(r)}"),
+                    group=f"acc:{acc}" if acc else (f"uid:{suid}" if suid else f"row:{field_name}:{i}"),
                     accession_number=acc,
                     study_instance_uid=suid,
                     patient_id=_clean(r[cm["patient_id"]]),
@@ -405,12 +404,18 @@ def _match(rows: list[_Row], matched_by: str, ris: RisSettings, notes: list[str]
             else:
                 notes.append(f"report found by {matched_by} has no usable status or text")
         return None
-    groups = {r.group for r, _ in cands}
+    groups: dict[str, list[tuple[_Row, str]]] = {}
+    for rc in cands:
+        groups.setdefault(rc[0].group, []).append(rc)
     if len(groups) > 1:
-        # Several reports (not versions of one) for one accession/UID: still one examination,
-        # so the newest final one is the report of record.
+        # Several reports (not versions of one) for one accession/UID (e.g. one from a CSV, one
+        # over HL7): still one examination. Versions of different records are not comparable, so
+        # the newest of each record competes by status class and report time.
         notes.append(f"{len(groups)} report records found by {matched_by}; the newest final one is used")
-    row, cls = _newest(cands)
+        heads = [_newest(g) for g in groups.values()]
+        row, cls = max(heads, key=lambda rc: (rc[1] != "preliminary", rc[0].report_time or dt.datetime.min))
+    else:
+        row, cls = _newest(cands)
     version_for_hash: Any = row.version if row.version is not None else (row.report_time.isoformat() if row.report_time else None)
     return ReportMatch(
         text=row.text,

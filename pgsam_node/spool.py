@@ -125,9 +125,13 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
 def free_bytes(path: Path) -> int:
     """Free bytes available to this process on the file system holding ``path``."""
     p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
+    while True:
+        try:
+            return shutil.disk_usage(p).free
+        except FileNotFoundError:
+            if p == p.parent:
+                raise
+            p = p.parent  # not created yet: ask the file system that will hold it
 
 
 def check_free(settings, needed: int) -> None:

@@ -51,13 +51,16 @@ class OrthancServer:
         from AE titles not in ``modalities`` are rejected.
     extra
         More configuration keys (e.g. ``AcceptedTransferSyntaxes``).
+    dicom_port
+        Fixed DICOM port (default: a free one).
     """
 
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict[str, tuple[str, str, int]] | None = None,
-                 always_allow_store: bool = True, extra: dict[str, Any] | None = None):
+                 always_allow_store: bool = True, extra: dict[str, Any] | None = None,
+                 dicom_port: int | None = None):
         self.workdir = Path(workdir)
         self.aet = aet
-        self.dicom_port = free_port()
+        self.dicom_port = dicom_port or free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
         self.always_allow_store = always_allow_store

@@ -8,6 +8,7 @@ nothing (rows equal to a stored version are duplicates); a changed row becomes a
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import sys
@@ -63,11 +64,10 @@ def _rows(path: Path, encoding: str) -> tuple[list[str], list[tuple[int, dict[st
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
         raise ReportError(f"{path} is not valid {encoding} (byte {exc.start}); pass --encoding") from None
-    try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.reader(io.StringIO(text, newline=""), dialect)
+    # Delimiter from the header line only (report text is full of commas and semicolons).
+    first = text.split("\n", 1)[0]
+    delimiter = max(",;\t", key=first.count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
@@ -166,6 +166,9 @@ def import_csv(path: Path, settings: Settings, db, encoding: str = "utf-8-sig") 
             summary.errors.append(f"line {line}: {exc}")
     if summary.errors:
         raise ReportError(_errors_message(path, summary.errors))
+    # Without a version column, versions follow report time (then file order), so a file listing
+    # the final report before the preliminary one still makes the final one the newer version.
+    parsed.sort(key=lambda li: (li[1].report_time is None, li[1].report_time or dt.datetime.min, li[0]))
     with db.transaction() as s:
         for line, inc in parsed:
             try:

@@ -22,6 +22,8 @@ from ..errors import EncodeError
 from ..logsetup import uid_hash
 
 log = logging.getLogger(__name__)
+# highdicom logs SOP Instance UIDs of the source images at INFO; UIDs reach our logs only hashed.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 #: Laterality modifiers (PS3.16 CID 244 "Laterality").
 LATERALITY_CODES = {

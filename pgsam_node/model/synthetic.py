@@ -122,7 +122,7 @@ _MALIGNANT = {"mucoepidermoid_carcinoma", "adenoid_cystic_carcinoma", "acinic_ce
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Grid:
     """A voxel grid in patient (LPS) space.
 
@@ -147,6 +147,14 @@ class Grid:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(s) for s in self.origin)
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return (self.shape == other.shape and self.spacing == other.spacing and self.origin == other.origin
+                and np.array_equal(self.direction, other.direction))
+
+    __hash__ = None  # mutable
 
     def index_matrix(self) -> np.ndarray:
         """3×3 matrix mapping index (i, j, k) to an LPS offset in mm (columns scaled by spacing)."""
@@ -221,7 +229,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Ellipsoid:
     """An (optionally lobulated, optionally clipped by a half-space) ellipsoid in LPS mm.
 
@@ -282,9 +290,10 @@ class Ellipsoid:
             if not finite[m]:
                 v.append(None)
                 continue
-            inv_a = 1.0 / self.semi[m]
-            u = (lin[m, 0] * inv_a) * is_ + (lin[m, 1] * inv_a) * js + ((lin[m, 2] * inv_a) * ks + off[m] * inv_a)
-            v.append(u.astype(np.float32, copy=False))
+            inv_a = 1.0 / float(self.semi[m])
+            # Python floats (weak scalars) keep the arithmetic in float32 (NEP 50).
+            u = float(lin[m, 0] * inv_a) * is_ + float(lin[m, 1] * inv_a) * js + (float(lin[m, 2] * inv_a) * ks + float(off[m] * inv_a))
+            v.append(u)
         used = [m for m in range(3) if v[m] is not None]
         rho2 = v[used[0]] ** 2
         for m in used[1:]:
@@ -325,12 +334,12 @@ class Ellipsoid:
             normal, offset = self.clip
             g = np.asarray(normal, float) @ m_idx  # index-space gradient of the plane
             gn = float(np.linalg.norm(g)) + 1e-9
-            dist = (float(np.asarray(normal) @ np.asarray(grid.origin)) - offset) + g[0] * is_ + g[1] * js + g[2] * ks
+            dist = (float(np.asarray(normal) @ np.asarray(grid.origin)) - offset) + float(g[0]) * is_ + float(g[1]) * js + float(g[2]) * ks
             frac = frac * np.clip(np.float32(0.5) + dist / np.float32(gn), 0.0, 1.0)
         return frac.astype(np.float32, copy=False)
 
 
-@dataclass
+@dataclass(eq=False)
 class Layer:
     """A shape painted with a tissue's signal (later layers cover earlier ones).
 
@@ -346,7 +355,7 @@ class Layer:
     within: int | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class Lesion:
     """A parotid lesion: its shape, side, lobe, diagnosis and diameters (mm, largest first)."""
 
@@ -369,7 +378,7 @@ def _side_sign(side: str) -> float:
     return 1.0 if side == "left" else -1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Phantom:
     """Analytic head-and-neck phantom at parotid level (LPS mm).
 
@@ -516,10 +525,12 @@ class Phantom:
         dx = fov / size
         gz = np.mean([self.glands[s]["center"][2] for s in ("left", "right")])
         cz = gz + rng.uniform(-4, 4)
-        # Keep the target lesion inside the slab with a slice of margin.
+        # Keep the whole target lesion inside the slab with one slice of margin; a slab thinner
+        # than the lesion is centred on it.
         half = dz * (n_slices - 1) / 2 - dz
         tz = float(self.target.shape.center[2])
-        cz = float(np.clip(cz, tz - half + d / 2 if half > d / 2 else tz, tz + half - d / 2 if half > d / 2 else tz))
+        slack = half - max(self.target.diameters_mm) / 2
+        cz = tz if slack <= 0 else float(np.clip(cz, tz - slack, tz + slack))
         center = (self.head_center[0] + rng.uniform(-5, 5), self.head_center[1] + rng.uniform(-8, 8), cz)
         return Grid.from_center(center, (n_slices, size, size), (dz, dx, dx), AXIAL)
 
@@ -576,6 +587,20 @@ def _texture_fields(texture: list, grid: Grid, box: tuple, roles: list[str]) -> 
 
 def _bias_field(coef: np.ndarray, grid: Grid, center: np.ndarray) -> np.ndarray:
     """Smooth multiplicative field exp(quadratic polynomial in (p - centre)/100 mm), (Z, Y, X)."""
+    m = grid.index_matrix()
+    if np.allclose(m, np.diag(np.diag(m))):
+        # Axis-aligned grid: x, y, z each depend on one index, so the polynomial is a sum of
+        # 1-D terms plus one 2-D (x·y) term — a few broadcasts instead of full-volume algebra.
+        nz, ny, nx = grid.shape
+        x = ((grid.origin[0] + m[0, 0] * np.arange(nx)) - center[0]) / 100
+        y = ((grid.origin[1] + m[1, 1] * np.arange(ny)) - center[1]) / 100
+        z = ((grid.origin[2] + m[2, 2] * np.arange(nz)) - center[2]) / 100
+        c = coef
+        ex = (c[0] * x + c[3] * x * x).astype(np.float32)
+        ey = (c[1] * y + c[4] * y * y).astype(np.float32)
+        ez = (c[2] * z + c[5] * z * z).astype(np.float32)
+        exy = np.exp(ey[:, None] + ex[None, :] + (c[6] * np.outer(y, x)).astype(np.float32))
+        return np.exp(ez)[:, None, None] * exy[None, :, :]
     x, y, z = _box_world(grid, tuple(slice(0, n) for n in grid.shape))
     x = (x - np.float32(center[0])) / 100
     y = (y - np.float32(center[1])) / 100
@@ -607,7 +632,7 @@ def _lesion_layers(
     if foci and r_les >= 4:
         n = int(rng.integers(1, 4))
         for _ in range(n):
-            rr = rng.uniform(0.15, 0.3) * r_les * 2 / 2 + 1.0
+            rr = rng.uniform(0.15, 0.3) * r_les + 1.0
             off = rng.standard_normal(3)
             off = off / np.linalg.norm(off) * rng.uniform(0, max(0.0, r_les - rr - 1.0))
             c = lesion.shape.center + off
@@ -689,24 +714,26 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
     Parameters
     ----------
     seed : any non-negative int.
-    distractor : "random" (~40 % of cases get one: 20 % lymph nodes, 20 % a contralateral
-        lesion), None (no distractor), "lymph_node" or "contralateral_lesion".
+    distractor : "random" (~40 % of cases get one: 20 % lymph nodes, ~20 % a contralateral
+        lesion, more often for Warthin tumours), None (no distractor), "lymph_node" or
+        "contralateral_lesion".
     diagnosis : force the target diagnosis (a key of :data:`LESION_APPEARANCE`); random if None.
     """
     rng = np.random.default_rng([int(seed), 0x5A11])
-    if distractor == "random":
-        u = rng.uniform()
-        distractor = None if u < 0.6 else ("lymph_node" if u < 0.8 else "contralateral_lesion")
-    else:
-        rng.uniform()  # keep the stream aligned whatever the caller chose
-    if distractor not in (None, *DISTRACTORS):
-        raise ValueError(f"unknown distractor {distractor!r}; expected one of {DISTRACTORS}, None or 'random'")
+    u = rng.uniform()  # drawn whatever the caller chose, so the rest of the stream stays aligned
     names = list(DIAGNOSIS_WEIGHTS)
     p = np.array(list(DIAGNOSIS_WEIGHTS.values()))
     drawn = names[int(rng.choice(len(names), p=p / p.sum()))]
     diagnosis = diagnosis or drawn
     if diagnosis not in LESION_APPEARANCE:
         raise ValueError(f"unknown diagnosis {diagnosis!r}; expected one of {tuple(LESION_APPEARANCE)}")
+    if distractor == "random":
+        # ~40 % of cases: lymph nodes 20 %, a contralateral lesion ~20 % (Warthin tumours are
+        # often bilateral, so they get one more often).
+        p_contra = 0.35 if diagnosis == "warthin_tumour" else 0.18
+        distractor = "contralateral_lesion" if u < p_contra else ("lymph_node" if u < p_contra + 0.2 else None)
+    if distractor not in (None, *DISTRACTORS):
+        raise ValueError(f"unknown distractor {distractor!r}; expected one of {DISTRACTORS}, None or 'random'")
 
     tissue = {k: _jitter(v, rng, 0.04) for k, v in TISSUE_SIGNAL.items()}
     tissue["air"] = dict(TISSUE_SIGNAL["air"])
@@ -749,7 +776,9 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         ramus = np.array([s * (xf + 1.5), yg - 24, zp - 5])
         add(f"ramus_cortex_{side}", Ellipsoid(ramus, np.array([4.0, 11.0, 38.0]), rotation(0, 0, s * -0.1)), tissue["cortex"])
         add(f"ramus_marrow_{side}", Ellipsoid(ramus, np.array([2.2, 8.5, 35.0]), rotation(0, 0, s * -0.1)), tissue["marrow"])
-        gl_tex = [({"T1": 0.04, "T2": 0.05, "T1C": 0.05}, rng.standard_normal(3) * 0.6, rng.uniform(0, 6.3))]
+        # Faint parenchymal texture (fat / ducts): three smooth waves of random direction.
+        gl_tex = [({"T1": 0.02, "T2": 0.025, "T1C": 0.025}, rng.standard_normal(3) * rng.uniform(0.4, 0.9), rng.uniform(0, 6.3))
+                  for _ in range(3)]
         add(f"parotid_deep_{side}", g["deep"], tissue["parotid"], gl_tex)
         add(f"parotid_superficial_{side}", g["superficial"], tissue["parotid"], gl_tex)
         # Retromandibular vein (in the gland, at the facial-nerve plane), ICA and IJV.
@@ -773,7 +802,8 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
     other = "right" if side == "left" else "left"
     if distractor == "contralateral_lesion":
         # Same diagnosis (Warthin is often bilateral) or another benign look-alike.
-        d2 = diagnosis if rng.uniform() < 0.6 else str(rng.choice(["pleomorphic_adenoma", "warthin_tumour", "basal_cell_adenoma"]))
+        p_same = 0.85 if diagnosis == "warthin_tumour" else 0.6
+        d2 = diagnosis if rng.uniform() < p_same else str(rng.choice(["pleomorphic_adenoma", "warthin_tumour", "basal_cell_adenoma"]))
         lobe2 = "superficial" if rng.uniform() < 0.75 else "deep"
         dd = _sample_diameters(rng, 8.0, 30.0)
         distractor_lesions.append(_place_lesion(glands[other], lobe2, dd, d2, LESION_APPEARANCE[d2]["margins"], rng))
@@ -813,6 +843,18 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         s = _side_sign(other)
         c = np.array([s * 30.0, glands[other]["superficial"].center[1] + 16, zp - 14])
         nodes.append(add("node", Ellipsoid(c, np.array([5.0, 3.5, 4.0]), _random_rotation(rng)), tissue["node"]))
+
+    # Small normal level II nodes (< 7 mm, fatty hilum) are present in most necks; they are not
+    # distractors of the "lymph_node" kind and no report describes them as lesions.
+    for _ in range(int(rng.integers(0, 3))):
+        nside = "left" if rng.uniform() < 0.5 else "right"
+        s = _side_sign(nside)
+        c = np.array([s * rng.uniform(22, 34), sup_y(glands[nside]) + rng.uniform(10, 24), zp + rng.uniform(-35, -15)])
+        semi = np.array([rng.uniform(2.0, 3.5), rng.uniform(1.5, 2.5), rng.uniform(2.0, 3.0)])
+        if far_enough(c, semi.max()):
+            rot = _random_rotation(rng)
+            li = add("node_small", Ellipsoid(c, semi, rot), tissue["node"])
+            add("node_hilum", Ellipsoid(c, semi * 0.35, rot), tissue["fat"], within=li)
 
     for les in distractor_lesions:
         lls = _lesion_layers(les, rng)
@@ -1032,7 +1074,7 @@ def report_text(findings: Findings, rng: np.random.Generator, language: str = "e
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class SyntheticCase:
     """One training case: three sequences on one axial grid, the target mask and its report.
 

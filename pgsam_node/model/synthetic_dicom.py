@@ -7,7 +7,7 @@ StudyInstanceUID and FrameOfReferenceUID (PS3.3 C.7.4.1: one patient coordinate 
 frame of reference), so the node's geometry stage can resample them onto one grid.
 
 Files are Part-10, Explicit VR Little Endian, MR Image Storage (PS3.4 B.5,
-1.2.840.10008.5.1.4.1.1.4). All UIDs are derived deterministically from the seed.
+1.2.840.10008.5.1.4.1.1.4). All UIDs are derived deterministically from the seed (name-based UUIDs under 2.25).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID
 from pydicom.valuerep import format_number_as_ds
 
 from ..findings import Findings
@@ -122,9 +123,18 @@ class SyntheticStudy:
     plans: dict[str, SeriesPlan] = field(default_factory=dict)
 
 
+#: Namespace of the name-based UUIDs behind synthetic UIDs.
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:pgsam-node:synthetic")
+
+
 def _uid(seed: int, *parts) -> str:
-    # Deterministic "2.25.<uuid-int>" UIDs (PS3.5 B.2) from the seed and a role/slice label.
-    return generate_uid(prefix=None, entropy_srcs=["pgsam-node-synthetic", str(seed), *[str(p) for p in parts]])
+    """Deterministic UID from the seed and a label: "2.25." + a name-based UUID (PS3.5 B.2).
+
+    pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy sources and
+    returns a random UUID, so the name-based UUID (RFC 4122 version 5) is formed here.
+    """
+    name = "/".join(["synthetic", str(int(seed)), *[str(p) for p in parts]])
+    return UID(f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}")
 
 
 def _ds(v: float) -> str:
@@ -187,7 +197,7 @@ def plan_series(ph: Phantom, rng: np.random.Generator, vendor: str) -> dict[str,
     sp = st + float(rng.choice([0.0, 0.3, 0.5]))
     if u < 0.35:
         # Coronal slices cover the glands front to back; rows run head (top) to feet.
-        n = int(rng.integers(20, 27))
+        n = int(rng.integers(24, 33))  # ~85-130 mm front to back: masseter to mastoid
         gy = float(np.mean([ph.glands[s]["center"][1] for s in ("left", "right")]))
         cy = gy + rng.uniform(-5, 5)
         half = sp * (n - 1) / 2 - 2

@@ -135,3 +135,32 @@ def test_binds_only_configured_address(settings):
             probe.settimeout(1)
             assert probe.connect_ex(("127.0.0.2", lst.port)) != 0
     db.dispose()
+
+
+def test_stop_closes_open_connections(settings):
+    settings.hl7.port = free_port()
+    db = Database(settings.database_url)
+    lst = Hl7Listener(settings, db).start()
+    s = _connect(lst.port)
+    s.sendall(mllp_frame(oru(control="S1")))
+    assert segments(read_frame(s))["MSA"][1] == "AA"
+    lst.stop()
+    s.settimeout(5)
+    assert s.recv(1) == b""  # the listener closed the idle connection on stop
+    s.close()
+    db.dispose()
+
+
+def test_connection_limit(settings):
+    settings.hl7.port = free_port()
+    settings.hl7.max_connections = 1
+    db = Database(settings.database_url)
+    with Hl7Listener(settings, db) as lst, _connect(lst.port) as first:
+        first.sendall(mllp_frame(oru(control="L1")))
+        assert segments(read_frame(first))["MSA"][1] == "AA"  # the first connection is being served
+        with _connect(lst.port) as second:
+            second.settimeout(5)
+            assert second.recv(1) == b""  # over the limit: closed at once
+        first.sendall(mllp_frame(oru(control="L2")))
+        assert segments(read_frame(first))["MSA"][2] == "L2"
+    db.dispose()

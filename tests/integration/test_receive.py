@@ -213,3 +213,109 @@ def test_concurrent_associations_same_study(settings):
         assert _counts(db) == (1, 3, 18)
         with db.session() as s:
             assert sorted(x.instance_count for x in s.scalars(select(Series))) == [6, 6, 6]
+
+
+@pytest.mark.postgres
+def test_postgres_index_concurrent_and_stable(settings, pg_url):
+    study = generate_uid()
+    series = [generate_uid() for _ in range(2)]
+    results, errors = [], []
+    dsets = [[make_mr(study, series[k], i, description="t1_se_tra" if k else "t2_tse_tra", tr=500 if k else 4000,
+                      te=10 if k else 95) for i in range(5)] for k in range(2)]
+
+    def send(k):
+        try:
+            results.extend(_store(listener.port, dsets[k], aet=f"PG{k}"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    with running_listener(settings, db_url=pg_url) as (listener, db):
+        assert db.engine.dialect.name == "postgresql"
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and results == [0] * 10
+        assert _store(listener.port, [dsets[0][0]]) == [0]  # re-send: no new row
+        assert _counts(db) == (1, 2, 10)
+        later = utcnow() + dt.timedelta(seconds=settings.assembly.stable_seconds + 1)
+        assert mark_stable(db, settings, now=later) == [study]
+        with db.session() as s:
+            roles = sorted((x.role, x.instance_count, x.role_selected) for x in s.scalars(select(Series)))
+        assert roles == [("T1", 5, True), ("T2", 5, True)]
+        assert _store(listener.port, [make_mr(study, series[1], 7, description="t1_se_tra", tr=500, te=10)]) == [0]
+        with db.session() as s:
+            assert s.scalars(select(Study)).one().state == "RECEIVING"
+
+
+def test_tls_listener(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI not installed")
+    cert, key = tmp_path / "node.pem", tmp_path / "node.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+    settings = load_settings(None, storage={"root": str(tmp_path / "s"), "min_free_bytes": 0},
+                             dicom={"port": free_port(), "refuse_below_free_bytes": 0, "network_timeout": 5,
+                                    "tls": {"enabled": True, "cert_file": str(cert), "key_file": str(key)}})
+    with running_listener(settings) as (listener, db):
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+        ctx.check_hostname = False
+        assoc = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM", tls_args=(ctx, None))
+        assert assoc.is_established
+        assert int(assoc.send_c_store(make_mr(generate_uid(), generate_uid())).Status) == 0
+        assoc.release()
+        plain = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM")
+        assert not plain.is_established  # no clear-text DICOM on a TLS port
+        assert _counts(db) == (1, 1, 1)
+
+
+def test_resend_into_another_series_moves_the_instance(settings):
+    study = generate_uid()
+    first = make_mr(study, generate_uid(), 0)
+    moved = make_mr(study, generate_uid(), 0, sop_uid=first.SOPInstanceUID)
+    with running_listener(settings) as (listener, db):
+        assert _store(listener.port, [first, moved]) == [0, 0]
+        assert _counts(db) == (1, 2, 1)
+        with db.session() as s:
+            counts = {x.series_uid: x.instance_count for x in s.scalars(select(Series))}
+            path = s.scalars(select(Instance)).one().path
+    assert counts == {first.SeriesInstanceUID: 0, moved.SeriesInstanceUID: 1}
+    assert moved.SeriesInstanceUID in path
+    assert [p.parent.name for p in settings.spool_dir.rglob("*.dcm")] == [moved.SeriesInstanceUID]
+
+
+def test_truncated_transfer_stores_nothing_and_listener_keeps_serving(settings, tmp_path):
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    import numpy as np
+
+    if not shutil.which("storescu"):
+        pytest.skip("DCMTK storescu not installed")
+    big = make_mr(generate_uid(), generate_uid(), 0, size=2048)
+    big.NumberOfFrames = 6  # ~50 MB: the sender is still streaming when it is killed
+    big.PixelData = np.zeros((6, 2048, 2048), dtype=np.uint16).tobytes()
+    path = tmp_path / "big.dcm"
+    big.save_as(path, enforce_file_format=True)
+    with running_listener(settings) as (listener, db):
+        proc = subprocess.Popen(["storescu", "-aec", "PGSAM", "--max-send-pdu", "16384", "127.0.0.1",
+                                 str(listener.port), str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, TCP_NODELAY="1"))
+        try:
+            wait_for(lambda: any(a.is_established for a in listener._ae.active_associations), 30, 0.005,
+                     what="association established (the data set is streaming)")
+            proc.send_signal(signal.SIGKILL)  # the TCP stream ends in the middle of the data set
+        finally:
+            proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL
+        wait_for(lambda: not listener._ae.active_associations, 30, what="association gone")
+        assert _counts(db) == (0, 0, 0)
+        assert not list(settings.spool_dir.rglob("*.dcm")) and not any(settings.tmp_dir.iterdir())
+        assert _store(listener.port, [make_mr(generate_uid(), generate_uid())]) == [0]

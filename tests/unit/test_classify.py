@@ -94,6 +94,8 @@ CASES = [
     ("philips_stir", h("STIR_cor", manu="Philips Medical Systems", ss="SE\\IR", tr=3800, te=60, ti=180), "OTHER"),
     ("philips_dwi_bvalue", h("DWI_SSh", manu="Philips Medical Systems", ss="SE", tr=3000, te=70, DiffusionBValue=800.0), "OTHER"),
     ("philips_t1_tfe_3d", h("3D T1 TFE", manu="Philips Medical Systems", ss="GR", tr=8.1, te=3.7), "T1"),
+    ("philips_sense_prefix_t2", h("sT2W_TSE", manu="Philips Medical Systems", seq="TSE", ss="SE"), "T2"),
+    ("philips_sense_prefix_t1_gd", h("sT1W_3D_TFE_Gd", manu="Philips Medical Systems", ss="GR"), "T1C"),
     # --- Canon / Toshiba ---
     ("canon_t1wi_se", h("T1WI SE AX", manu="TOSHIBA", ss="SE", tr=480, te=10), "T1"),
     ("canon_t2wi_fse", h("T2WI FSE AX", manu="TOSHIBA", ss="SE", tr=4200, te=96), "T2"),

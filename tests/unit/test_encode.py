@@ -158,7 +158,27 @@ def test_all_outputs_pass_dciodvfy(series, tmp_path):
     for i, o in enumerate(outs):
         warnings = assert_dciodvfy_clean(_save(o, tmp_path, f"out{i}"))
         assert all("Error" not in w for w in warnings)
+    for z, o in enumerate(overlays):
+        rgb = o.pixel_array.astype(int)
+        inside = mask[z] > 0
+        assert np.all(rgb[~inside][:, 0] == rgb[~inside][:, 1])  # grey outside the lesion
+        if inside.any():
+            assert np.all(rgb[inside][:, 0] != rgb[inside][:, 1]) or np.any(rgb[inside][:, 0] > rgb[inside][:, 1])
     sr = outs[2]
+    numeric = {}
+
+    def walk(seq):
+        for item in seq:
+            if item.get("ValueType") == "NUM":
+                numeric[item.ConceptNameCodeSequence[0].CodeValue] = float(item.MeasuredValueSequence[0].NumericValue)
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(sr.ContentSequence)
+    m = lesion_measurements(mask, load_sources(paths))
+    assert numeric["118565006"] == pytest.approx(m.volume_mm3, abs=1e-3)
+    assert numeric["81827009"] == pytest.approx(m.largest_diameter_mm, abs=1e-3)
+    assert m.volume_mm3 == pytest.approx(mask.sum() * 0.9 * 0.8 * 3.0)
     assert sr.SeriesNumber == s.seg.series_number_base + 200 + 3
     # the SR references the SEG's segment 1
     text = str(sr)
@@ -252,3 +272,10 @@ def test_multiframe_enhanced_source(tmp_path, settings):
     with pytest.raises(EncodeError):
         validate_seg(seg, mask[::-1].copy(), load_sources([p] * 5, frame_numbers))
     assert_dciodvfy_clean(_save(seg, tmp_path, "mf"))
+    # the overlay series works from the multi-frame source's frames too
+    from pgsam_node.encode import build_overlay
+
+    overlay = build_overlay(mask, load_sources([p] * 5, frame_numbers, pixels=True), settings, ALG, 1)
+    assert len(overlay) == 5
+    assert overlay[0].Rows == 32 and overlay[0].SamplesPerPixel == 3
+    assert_dciodvfy_clean(_save(overlay[0], tmp_path, "mf_overlay"))

@@ -171,3 +171,104 @@ def test_gantry_tilt_is_noted_and_resampled_exactly(tmp_path):
     truth = smooth_field(world_points(ref.affine, ref.shape))
     assert valid.mean() > 0.5
     assert np.abs(values - truth)[valid].max() < 2.0
+
+
+def test_multiframe_without_functional_groups(tmp_path):
+    def multi(k, ds):
+        ds.NumberOfFrames = 2
+        ds.PixelData = ds.PixelData * 2
+
+    paths = write_series(tmp_path / "s", _vals()[:2], AFF, modify=multi)
+    assert _reason(paths) == "missing_geometry"
+
+
+def test_enhanced_frame_without_position(tmp_path):
+    import pydicom
+
+    from ..geometry_phantoms import write_enhanced
+
+    path, _ = write_enhanced(tmp_path / "e.dcm", _vals(), AFF)
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
+    ds.save_as(path)
+    assert _reason([path]) == "missing_geometry"
+
+
+def test_enhanced_localizer_frame_type(tmp_path):
+    import pydicom
+
+    from ..geometry_phantoms import write_enhanced
+
+    path, order = write_enhanced(tmp_path / "e.dcm", _vals(), AFF)  # frame 1 = top slice
+    ds = pydicom.dcmread(path)
+    ds.PerFrameFunctionalGroupsSequence[0].MRImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
+    ds.save_as(path)
+    vol = load_series([path])
+    assert _codes(vol) == ["localizer_removed"] and vol.shape[0] == SHAPE[0] - 1
+    assert 1 not in vol.frame_numbers
+
+
+def test_invalid_orientation_and_spacing(tmp_path):
+    def skew(k, ds):
+        ds.ImageOrientationPatient = [1, 0, 0, 0.3, 0.95, 0]
+
+    assert _reason(write_series(tmp_path / "a", _vals(), AFF, modify=skew)) == "invalid_orientation"
+
+    def zero(k, ds):
+        ds.PixelSpacing = [0, 1.25]
+
+    assert _reason(write_series(tmp_path / "b", _vals(), AFF, modify=zero)) == "invalid_spacing"
+
+
+def test_secondary_capture_with_plane_attributes_is_noted(tmp_path):
+    def sc(k, ds):
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+
+    vol = load_series(write_series(tmp_path / "s", _vals(), AFF, modify=sc))
+    assert _codes(vol) == ["secondary_capture"]
+    np.testing.assert_allclose(vol.affine, AFF, atol=1e-5)
+
+
+def test_two_echoes_in_one_series_name_the_varying_attribute(tmp_path):
+    series, for_uid = generate_uid(), generate_uid()
+
+    def echo(te):
+        def f(k, ds):
+            ds.EchoTime = te
+
+        return f
+
+    paths = write_series(tmp_path / "e1", _vals(), AFF, series_uid=series, for_uid=for_uid, modify=echo(12))
+    paths += write_series(tmp_path / "e2", _vals(), AFF, series_uid=series, for_uid=for_uid, modify=echo(90), seed=3)
+    with pytest.raises(GeometryError) as ei:
+        load_series(paths)
+    assert ei.value.reason == "duplicate_positions"
+    assert "EchoTime" in str(ei.value) and f"{SHAPE[0]} of {SHAPE[0]} positions" in str(ei.value)
+
+
+def test_enhanced_stack_ids_are_separate_stacks(tmp_path):
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from ..geometry_phantoms import write_enhanced
+
+    # one slab of 8 slices and, further up, a second slab of 3 slices with the same matrix
+    aff2 = AFF.copy()
+    aff2[:3, 3] += [0, 0, 60.0]
+    vals = np.concatenate([_vals(), _vals(aff2, (3,) + SHAPE[1:])])
+    positions = np.concatenate([_positions(), _positions(aff2, 3)])
+    step_aff = AFF.copy()
+    path, order = write_enhanced(tmp_path / "e.dcm", vals, step_aff, frame_order=list(range(11)))
+    ds = pydicom.dcmread(path)
+    for n, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        fg.PlanePositionSequence[0].ImagePositionPatient = [f"{v:.6f}" for v in positions[n]]
+        fc = Dataset()
+        fc.StackID = "1" if n < 8 else "2"
+        fc.InStackPositionNumber = (n if n < 8 else n - 8) + 1
+        fg.FrameContentSequence = Sequence([fc])
+    ds.save_as(path)
+    vol = load_series([path])
+    assert _codes(vol) == ["multiple_stacks"] and vol.shape == SHAPE
+    assert vol.frame_numbers == list(range(1, 9))
+    np.testing.assert_allclose(vol.affine, AFF, atol=1e-5)

@@ -119,3 +119,33 @@ def test_handle_message_stores_and_versions(settings, caplog):
         db.dispose()
     # Neither report text nor the patient ID reaches the log.
     assert "pleomorphic" not in caplog.text and "Warthin" not in caplog.text and "PAT123" not in caplog.text
+
+
+def test_two_orders_in_one_message_are_two_reports():
+    one = oru(control="M", accession="ACC1", placer="PL1", filler="FL1", lines=("Left parotid mass.",), study_uid="1.2.3.1")
+    two = oru(accession="ACC2", placer="PL2", filler="FL2", lines=("Right parotid normal.",), study_uid="1.2.3.2")
+    # The second message's OBR group appended to the first message.
+    msg = one + "\r".join(s for s in two.split("\r") if s.startswith(("OBR", "OBX"))) + "\r"
+    reps = parse_oru(Message(msg), FIELDS).reports
+    assert [(r.accession_number, r.study_instance_uid, r.report_text) for r in reps] == [
+        ("ACC1", "1.2.3.1", "Left parotid mass."),
+        ("ACC2", "1.2.3.2", "Right parotid normal."),
+    ]
+    assert {r.patient_id for r in reps} == {"PAT123"}
+
+
+def test_read_frame_consumes_one_frame_at_a_time():
+    """Two ACKs in one TCP segment, and a frame end split across reads, are read in order."""
+    import socket
+    import threading
+
+    from pgsam_node.hl7 import mllp_frame, read_frame
+
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(b"\r\n" + mllp_frame("ONE") + mllp_frame("TWO") + mllp_frame("THREE")[:-1])
+        assert read_frame(a) == b"ONE" and read_frame(a) == b"TWO"
+        t = threading.Timer(0.1, lambda: b.sendall(b"\r"))
+        t.start()
+        assert read_frame(a) == b"THREE"
+        t.join()

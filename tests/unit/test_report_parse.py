@@ -438,6 +438,136 @@ CASES: list[tuple[str, str, dict]] = [
              signal={"T1": "hypo", "T2": "hyper", "enhancement": "heterogeneous"}, diagnosis=None, hedged=True,
              negated_sides=["right"]),
     ),
+    (
+        "en_three_dims_mm_not_a_count",
+        "Clinical history: palpable lump left cheek. Findings: There is a 25 x 20 x 18 mm lobulated lesion arising "
+        "from the left parotid gland superficial lobe. It returns low T1 and very high T2 signal. No perineural "
+        "spread. No cervical lymphadenopathy. Conclusion: Left parotid lesion with imaging features typical of a "
+        "pleomorphic adenoma.",
+        dict(present=True, side="left", lobe="superficial", size_mm=25.0, dimensions_mm=[25.0, 20.0, 18.0], count=1,
+             signal={"T1": "hypo", "T2": "hyper"}, diagnosis="pleomorphic_adenoma", hedged=False),
+    ),
+    (
+        "en_no_invasion_is_not_ill_defined",
+        "Left parotid mass measuring 2 cm. No invasion of the surrounding structures. No deep lobe extension.",
+        dict(present=True, side="left", size_mm=20.0, margins=None, lobe=None, diagnosis=None),
+    ),
+    (
+        "zh_both_lobes_dumbbell",
+        "右侧腮腺浅叶及深叶见不规则团块影，跨越面神经平面，大小约4.2×3.5cm，边界不清，考虑恶性肿瘤，腺样囊性癌不除外。",
+        dict(present=True, side="right", lobe=None, size_mm=42.0, margins="ill_defined", diagnosis="adenoid_cystic_carcinoma",
+             hedged=True),
+    ),
+    (
+        "zh_garland_enhancement",
+        "右侧颞叶见团块状长T1长T2信号影，大小约5.2cm×4.1cm，周围水肿明显，增强扫描呈花环样强化，中线结构左移。考虑胶质母细胞瘤。",
+        dict(present=True, side="right", gland="brain", size_mm=52.0, signal={"T1": "hypo", "T2": "hyper", "enhancement": "rim"},
+             diagnosis="glioma", hedged=True),
+    ),
+    (
+        "zh_postop_no_recurrence_other_side_normal",
+        "左侧腮腺多形性腺瘤术后复查：术区未见明确复发征象，右侧腮腺未见异常。",
+        dict(present=False, diagnosis=None, side=None),
+    ),
+    (
+        "zh_irregular_but_well_defined",
+        "左侧颌下腺见不规则结节，边界清楚，大小约16mm。",
+        dict(present=True, side="left", gland="submandibular", margins="well_defined", size_mm=16.0),
+    ),
+    (
+        "en_stable_known_lesion",
+        "No significant interval change in the known right parotid Warthin tumour, 2.1 cm.",
+        dict(present=True, side="right", size_mm=21.0, diagnosis="warthin_tumour", hedged=False),
+    ),
+    (
+        "en_lesion_no_longer_seen",
+        "The previously described left parotid lesion is no longer seen.",
+        dict(present=False, side=None, negated_sides=["left"]),
+    ),
+    (
+        "zh_question_mark_hedge",
+        "双侧腮腺形态对称，左侧腮腺内未见明确占位。右侧腮腺下极见一类圆形长T1长T2信号结节，直径约12mm，边界清晰，增强后明显强化。"
+        "诊断：右侧腮腺下极结节，考虑良性肿瘤（沃辛瘤？）。",
+        dict(present=True, side="right", size_mm=12.0, margins="well_defined", diagnosis="warthin_tumour", hedged=True,
+             negated_sides=["left"], signal={"T1": "hypo", "T2": "hyper", "enhancement": "present"}),
+    ),
+    (
+        "en_gbm_progression_after_resection",
+        "Status post resection of right temporal glioblastoma. Nodular enhancement along the posterior margin of the "
+        "resection cavity measuring 1.8 x 1.2 cm, increased from prior, concerning for tumor progression.",
+        dict(present=True, side="right", gland="brain", size_mm=18.0, dimensions_mm=[18.0, 12.0], diagnosis="glioma",
+             hedged=True),
+    ),
+    (
+        "en_brain_no_residual",
+        "Stable post-surgical changes in the right parietal lobe. No evidence of recurrent or residual enhancing tumor.",
+        dict(present=False, gland="brain", diagnosis=None, size_mm=None),
+    ),
+    (
+        "en_thalamic_differential",
+        "Heterogeneously enhancing mass centered in the left thalamus, 3.6 x 3.1 x 2.9 cm, with surrounding T2 "
+        "hyperintense signal abnormality. Differential considerations include high-grade glioma and lymphoma.",
+        dict(present=True, side="left", gland="brain", size_mm=36.0, dimensions_mm=[36.0, 31.0, 29.0], diagnosis="glioma",
+             hedged=True, signal={"T2": "hyper", "enhancement": "heterogeneous"}),
+    ),
+    (
+        "en_axis_labels",
+        "FINDINGS: Large heterogeneously enhancing mass in the right frontal lobe (5.2 cm AP x 4.8 cm TV x 4.5 cm CC) "
+        "with central necrosis, crossing the genu of the corpus callosum. IMPRESSION: Butterfly glioblastoma.",
+        dict(present=True, side="right", gland="brain", size_mm=52.0, dimensions_mm=[52.0, 48.0, 45.0], diagnosis="glioma",
+             hedged=False),
+    ),
+    (
+        "zh_gbm_recurrence",
+        "右侧额叶胶质母细胞瘤术后，术区边缘见结节状强化，大小约1.5cm×1.2cm，较前增大，考虑肿瘤复发。",
+        dict(present=True, side="right", gland="brain", size_mm=15.0, dimensions_mm=[15.0, 12.0], diagnosis="glioma",
+             hedged=True),
+    ),
+    (
+        "zh_low_grade_slightly_long",
+        "左侧额颞叶见大片状稍长T1稍长T2信号，增强扫描未见明显强化，考虑低级别胶质瘤。",
+        dict(present=True, side="left", gland="brain", signal={"T1": "hypo", "T2": "hyper", "enhancement": "none"},
+             diagnosis="glioma", hedged=True),
+    ),
+    (
+        "zh_node_size_next_clause",
+        "左侧腮腺内见多个小淋巴结，短径均小于5mm。右侧腮腺浅叶见一结节，约1.1cm。",
+        dict(present=True, side="right", lobe="superficial", size_mm=11.0, count=1),
+    ),
+    (
+        "en_colon_sections",
+        "Left parotid: unremarkable. Right parotid: 2 cm mass.",
+        dict(present=True, side="right", size_mm=20.0, negated_sides=["left"]),
+    ),
+    (
+        "en_however",
+        "The right parotid gland is normal; however, the left parotid gland contains a 1.5 cm nodule.",
+        dict(present=True, side="left", size_mm=15.0, negated_sides=["right"], count=1),
+    ),
+    (
+        "en_favored_cannot_exclude",
+        "Impression: Findings are nonspecific. A benign neoplasm such as pleomorphic adenoma is favored, although a "
+        "low-grade malignancy cannot be excluded.",
+        dict(present=True, diagnosis="pleomorphic_adenoma", hedged=True),
+    ),
+    (
+        "zh_traditional_characters",
+        "右側腮腺淺葉可見一結節，大小約2.1×1.6公分，邊界清楚，T2WI呈高訊號，增強後呈均勻強化。左側腮腺未見異常。"
+        "診斷：右側腮腺多形性腺瘤可能。",
+        dict(present=True, side="right", lobe="superficial", size_mm=21.0, dimensions_mm=[21.0, 16.0], margins="well_defined",
+             signal={"T2": "hyper", "enhancement": "homogeneous"}, diagnosis="pleomorphic_adenoma", hedged=True,
+             negated_sides=["left"], language="zh"),
+    ),
+    (
+        "zh_traditional_postop",
+        "左側腮腺術後，術區未見復發。",
+        dict(present=False, side=None, diagnosis=None),
+    ),
+    (
+        "en_adc_units_are_not_sizes",
+        "Left parotid nodule with restricted diffusion, ADC 0.7 x 10-3 mm2/s, measuring 17 mm, suggestive of Warthin tumour.",
+        dict(present=True, side="left", size_mm=17.0, dimensions_mm=[17.0], diagnosis="warthin_tumour", hedged=True),
+    ),
     # ---------------------------------------------------------------- mixed / edge cases
     (
         "edge_empty",

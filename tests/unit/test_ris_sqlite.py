@@ -73,3 +73,37 @@ def test_missing_table_and_missing_file(tmp_path):
     settings = _ris_settings(tmp_path, f"sqlite:///{tmp_path / 'absent' / 'ris.sqlite3'}")
     with pytest.raises(RisError, match="RIS unavailable"):
         find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+
+
+def test_no_report_text_or_identifiers_in_logs(tmp_path, caplog):
+    from ..ris_scenario import ROWS
+
+    caplog.set_level("DEBUG")
+    path = tmp_path / "ris.sqlite3"
+    create_site_ris(f"sqlite:///{path}")
+    check_matching(_ris_settings(tmp_path, f"sqlite:///{path}"), None)
+    assert caplog.records  # the lookups did log (ambiguity, notes)
+    for acc, suid, mrn, body, *_ in ROWS:
+        assert body not in caplog.text
+        assert mrn not in caplog.text
+        assert suid not in caplog.text
+
+
+def test_two_records_for_one_accession_newest_by_time(settings):
+    import datetime as dt
+
+    from pgsam_node.report_store import IncomingReport, store_report
+
+    db = Database(settings.database_url)
+    try:
+        with db.transaction() as s:
+            # A CSV record (3 versions) and a later HL7 record of the same study keyed by order.
+            for v, hour in ((1, 8), (2, 9), (3, 10)):
+                store_report(s, IncomingReport("F", f"csv v{v}", accession_number="A1", study_instance_uid="1.2.3",
+                                               patient_id="P1", report_time=dt.datetime(2026, 11, 20, hour)), "csv")
+            store_report(s, IncomingReport("C", "hl7 corrected", study_instance_uid="1.2.3", patient_id="P1",
+                                           order_number="ORD9", report_time=dt.datetime(2026, 11, 21, 7)), "hl7")
+        m = find_report(StudyKey("NOPE", "1.2.3", "P1", "20261120"), settings, db)
+        assert m.text == "hl7 corrected" and "2 report records" in m.note
+    finally:
+        db.dispose()

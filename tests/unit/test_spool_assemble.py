@@ -109,3 +109,29 @@ def test_mark_stable_is_time_based_and_selects_roles(settings):
             assert "selected for T1C" in roles["T1C"].role_reason
     finally:
         db.dispose()
+
+
+def test_reindex_spool_indexes_files_without_rows(settings):
+    from pgsam_node.index import reindex_spool
+
+    ds = make_mr(generate_uid(), generate_uid(), description="t1_se_tra", tr=500, te=10)
+    rel = spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    spool.write_instance(settings, rel, (spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1"),
+                                         _encode(ds)))
+    bad = settings.spool_dir / "1.2" / "3.4" / "5.6.dcm"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not dicom")
+    db = Database(settings.database_url)
+    try:
+        assert reindex_spool(db, settings) == 1
+        assert reindex_spool(db, settings) == 0  # idempotent
+        with db.session() as s:
+            ser = s.query(Series).one()
+            assert ser.instance_count == 1 and ser.role == "T1"
+            from pgsam_node.db import Instance
+
+            inst = s.query(Instance).one()
+            assert inst.path == rel and inst.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+        assert bad.exists()  # never acknowledged, left for an operator, not deleted
+    finally:
+        db.dispose()

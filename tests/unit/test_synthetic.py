@@ -83,6 +83,7 @@ def test_reference_grid_covers_both_glands_and_lesion_on_several_slices():
         assert 3.0 <= g.spacing[0] <= 5.0
         slices_with_lesion = int((case.mask.sum(axis=(1, 2)) > 0).sum())
         assert slices_with_lesion >= 2, (seed, slices_with_lesion)
+        assert case.mask[0].sum() == 0 and case.mask[-1].sum() == 0, "lesion cut by the slab"
         # The glands' centres project inside the grid.
         ph = make_phantom(seed)
         for side in ("left", "right"):
@@ -334,3 +335,21 @@ def test_render_on_oblique_grid_matches_mask():
     # Inside the mask the image shows the lesion's signal (not the surroundings').
     table = LESION_APPEARANCE[ph.target.diagnosis]["signal"]["T2"] * ph.gains["T2"]
     assert abs(np.median(t2[mask]) - table) / table < 0.35
+
+
+def test_reports_parse_back_to_the_truth_with_the_report_parser():
+    """Cross-check with the node's own parser (pgsam_node.report, from the reports work)."""
+    report = pytest.importorskip("pgsam_node.report", reason="pgsam_node.report (report parser) not merged yet")
+    for seed in range(150):
+        ph = make_phantom(seed)
+        text, f, lang = case_report(ph, seed)
+        parsed = report.parse_report(text)
+        assert (parsed.side, parsed.gland, parsed.lobe, parsed.diagnosis) == (f.side, f.gland, f.lobe, f.diagnosis), text
+        assert parsed.size_mm is not None and abs(parsed.size_mm - f.size_mm) < 0.51, text
+
+
+def test_grid_equality():
+    a = Grid((2, 3, 4), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), AXIAL)
+    assert a == Grid((2, 3, 4), (1, 1, 1), (0, 0, 0), np.eye(3))
+    assert a != Grid((2, 3, 4), (1, 1, 1), (0, 0, 0), CORONAL)
+    assert generate_case(2, size=16, n_slices=4).grid == generate_case(2, size=16, n_slices=4).grid

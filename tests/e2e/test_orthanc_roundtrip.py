@@ -1,0 +1,147 @@
+"""A real Orthanc as the PACS: it pushes a study to the node, the report comes from the RIS table,
+the node sends the SEG back, and the test reads it from Orthanc and compares it with the truth."""
+
+from __future__ import annotations
+
+import csv
+import glob
+
+import httpx
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from pgsam_node.commands.ris_cmd import import_csv
+from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
+from pgsam_node.db import Run, Study
+from pgsam_node.model.synthetic_dicom import write_study
+from pgsam_node.node import Node
+from pgsam_node.segread import read_seg_mask
+
+from ..helpers import wait_for
+from ..orthanc import OrthancServer, require_orthanc
+
+
+def _dice(a, b) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def _push_and_wait(orthanc: OrthancServer, node: Node, files, study_uid: str, timeout: float = 150.0):
+    for f in files:
+        orthanc.upload(f)
+    orth_study = [s for s in orthanc.get("/studies") if orthanc.get(f"/studies/{s}")["MainDicomTags"]["StudyInstanceUID"] == study_uid][0]
+    # Orthanc pushes the study to the node (C-STORE SCU), as an auto-routing rule would.
+    r = httpx.post(f"{orthanc.url}/modalities/pgsam/store", json={"Resources": [orth_study], "Synchronous": True}, timeout=120)
+    r.raise_for_status()
+
+    def done():
+        with node.db.session() as s:
+            st = s.query(Study).filter_by(study_uid=study_uid).one_or_none()
+            if st is not None and st.state in ("FAILED", "NO_FINDING"):
+                raise AssertionError(f"study ended {st.state}: {st.state_reason}")
+            return st is not None and st.state == "DONE"
+
+    wait_for(done, timeout, interval=0.3, what="study DONE")
+    with node.db.session() as s:
+        st = s.query(Study).filter_by(study_uid=study_uid).one()
+        runs = s.query(Run).filter_by(study_id=st.id).all()
+        assert len(runs) == 1
+        return runs[0].output_uids, st
+
+
+def _fetch_from_orthanc(orthanc: OrthancServer, sop_uid: str, tmp_path):
+    ids = orthanc.find_instance(sop_uid)
+    assert len(ids) == 1, "the SEG is not stored exactly once in Orthanc"
+    data = httpx.get(f"{orthanc.url}/instances/{ids[0]}/file", timeout=30).content
+    path = tmp_path / "seg-from-orthanc.dcm"
+    path.write_bytes(data)
+    return path
+
+
+def test_synthetic_study_round_trip_through_orthanc(tmp_path, node_settings):
+    require_orthanc()
+    study = write_study(4242, tmp_path / "study", report_language="en")
+    settings = node_settings(dicom={"allowed_calling_aets": ["ORTHANC"]})
+    node = Node(settings, web=False)
+    orthanc = OrthancServer(tmp_path / "orthanc", modalities={"pgsam": (settings.dicom.ae_title, "127.0.0.1", settings.dicom.port)})
+    with orthanc:
+        settings.destinations = [
+            {"name": "orthanc", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        ]
+        csv_path = tmp_path / "reports.csv"
+        write_reports_csv(csv_path, [report_row(study, 4242)])
+        with node:
+            assert import_csv(csv_path, settings, node.db).inserted == 1
+            files = [p for paths in study.paths_by_role.values() for p in paths]
+            out_uids, st = _push_and_wait(orthanc, node, files, study.study_uid)
+        seg_path = _fetch_from_orthanc(orthanc, out_uids[0], tmp_path)
+        seg = dcmread(seg_path)
+        assert seg.Modality == "SEG"
+        ref_series = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+        assert ref_series == study.series_uids["T1C"], "SEG must reference the T1C (reference) series"
+        pred, _ = read_seg_mask(seg_path, study.paths_by_role["T1C"])
+        assert pred.shape == study.mask.shape
+        d = _dice(pred, study.mask)
+        assert d > 0.5, f"Dice {d:.3f} of the SEG read back from Orthanc against the synthetic truth"
+
+
+def _tcia_report(study_dir) -> tuple[str, str]:
+    """A report written for the test from where the expert mask lies (patient left = +x LPS)."""
+    files = sorted(glob.glob(str(study_dir / "MaskTumor" / "*.dcm")))
+    xs = []
+    for f in files:
+        ds = dcmread(f)
+        m = ds.pixel_array > 0
+        if m.any():
+            rows, cols = np.nonzero(m)
+            ipp = np.array(ds.ImagePositionPatient, float)
+            iop = np.array(ds.ImageOrientationPatient, float)
+            sp = np.array(ds.PixelSpacing, float)
+            pts = ipp + np.outer(cols * sp[1], iop[:3]) + np.outer(rows * sp[0], iop[3:])
+            xs.append(pts[:, 0])
+    side = "left" if np.concatenate(xs).mean() > 0 else "right"
+    return side, (f"MRI brain with and without contrast. There is a heterogeneously enhancing mass in the {side} "
+                  f"cerebral hemisphere with surrounding T2 hyperintense signal, consistent with recurrent "
+                  f"glioblastoma. The contralateral hemisphere is unremarkable.")
+
+
+def test_tcia_study_round_trip_through_orthanc(tmp_path, node_settings, shared_data):
+    require_orthanc()
+    from pgsam_node.model.checkpoint import read_config  # noqa: F401 - model package importable
+    from pgsam_node.infer import BUNDLED_MODEL_DIR
+
+    study_dir = sorted(shared_data.glob("PGBM-001*"))[0]
+    brain = BUNDLED_MODEL_DIR.parent / "brain-tumour-tiny"
+    model_cfg = {"path": str(brain)} if (brain / "config.json").exists() else {}
+    settings = node_settings(model=model_cfg)
+    node = Node(settings, web=False)
+    orthanc = OrthancServer(tmp_path / "orthanc", modalities={"pgsam": (settings.dicom.ae_title, "127.0.0.1", settings.dicom.port)})
+    first = dcmread(next((study_dir / "T1post").glob("*.dcm")), stop_before_pixels=True)
+    side, text = _tcia_report(study_dir)
+    csv_path = tmp_path / "reports.csv"
+    with csv_path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["accession_number", "study_instance_uid", "patient_id", "status", "report_time", "report_text", "study_date"])
+        w.writerow([first.get("AccessionNumber", ""), first.StudyInstanceUID, first.PatientID, "F", "1991-11-20 10:00:00", text, first.StudyDate])
+    with orthanc:
+        settings.destinations = [{"name": "orthanc", "ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}]
+        files = [p for sub in ("T1prereg", "T1post", "T2reg", "MaskTumor") for p in sorted((study_dir / sub).glob("*.dcm"))]
+        with node:
+            import_csv(csv_path, settings, node.db)
+            out_uids, st = _push_and_wait(orthanc, node, files, str(first.StudyInstanceUID))
+            with node.db.session() as s:
+                roles = {se.description: (se.role, se.role_selected) for se in s.query(Study).filter_by(id=st.id).one().series}
+        assert roles["T1post"] == ("T1C", True) and roles["T1pre_reg"] == ("T1", True) and roles["T2_reg"] == ("T2", True)
+        assert roles["Mask_Tumor"][0] == "OTHER"
+        seg_path = _fetch_from_orthanc(orthanc, out_uids[0], tmp_path)
+        seg = dcmread(seg_path)
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+        ref_paths = sorted((study_dir / "T1post").glob("*.dcm"), key=lambda p: float(dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+        pred, _ = read_seg_mask(seg_path, ref_paths)
+        mask_paths = sorted((study_dir / "MaskTumor").glob("*.dcm"), key=lambda p: float(dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
+        truth = np.stack([dcmread(p).pixel_array > 0 for p in mask_paths])
+        assert pred.shape == truth.shape
+        if model_cfg:
+            d = _dice(pred, truth)
+            assert d > 0.3, f"brain-tumour model Dice {d:.3f} on PGBM-001 through the whole node"
