@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db.models import AuditLog, OutboxItem, OutboxState, Study, StudyState, utcnow
+from .db.models import AuditLog, OutboxItem, OutboxState, Run, Study, StudyState, utcnow
 from .errors import WebError
 from .logsetup import uid_hash
 from .state import transition
@@ -69,7 +69,9 @@ def _latest_items(session: Session, study: Study) -> list[OutboxItem]:
     return list(items)
 
 
-def _requeue(items: list[OutboxItem]) -> int:
+def _requeue(session: Session, items: list[OutboxItem]) -> int:
+    """Items back to PENDING, due now, attempts 0; their run back to ``ENCODED`` (= awaiting
+    delivery) so the outbox job moves the study to DONE once they are all SENT again."""
     now = utcnow()
     n = 0
     for it in items:
@@ -82,27 +84,49 @@ def _requeue(items: list[OutboxItem]) -> int:
         it.last_status = None
         it.permanent_failure = False
         it.sent_at = None
+        it.commitment_requested = False
+        it.committed = None
         n += 1
+    for run_id in {it.run_id for it in items if it.run_id is not None}:
+        run = session.get(Run, run_id)
+        if run is not None and run.status != "ENCODED":
+            run.status = "ENCODED"
     return n
 
 
-def retry(session: Session, study: Study, actor: str, remote_addr: str | None = None) -> ActionResult:
-    """Retry a failed or stuck study.
+def _failed_in_delivery(session: Session, study: Study, items: list[OutboxItem]) -> bool:
+    """The study failed because its newest run's results could not be delivered (DEAD items),
+    not because the run itself failed: retrying means sending again, not running again."""
+    if not any(i.state == OutboxState.DEAD.value for i in items):
+        return False
+    newest = session.scalars(select(Run).where(Run.study_id == study.id).order_by(Run.id.desc())).first()
+    return newest is not None and newest.id in {i.run_id for i in items} and newest.status in ("ENCODED", "SENT")
 
-    ``FAILED`` → ``READY``; ``RUNNING`` (stuck worker) → ``READY`` with its lease released;
-    ``ENCODED``/``SENDING`` re-run the send stage (re-queue the outbox). Other states are queued
-    already or finished (use reprocess).
+
+def retry(session: Session, study: Study, actor: str, remote_addr: str | None = None) -> ActionResult:
+    """Retry a failed or stuck study: re-run the stage where it stopped.
+
+    ``FAILED`` in delivery (its newest run has ``DEAD`` outbox items) → the items are queued again
+    and the study goes to ``SENDING``; ``FAILED`` otherwise → ``READY`` (runs again);
+    ``RUNNING`` (stuck worker) → ``READY`` with its lease released (the old worker loses the lease
+    and discards its result); ``ENCODED``/``SENDING`` → the outbox items are queued again. Other
+    states are queued already or finished (use reprocess).
     """
     frm = study.state
     if is_purged(study):
         raise ActionError("the study's files were deleted by retention; it cannot run again")
-    if frm in (S.FAILED.value, S.RUNNING.value):
+    items = _latest_items(session, study) if frm in (S.FAILED.value, S.ENCODED.value, S.SENDING.value) else []
+    if frm == S.FAILED.value and _failed_in_delivery(session, study, items):
+        n = _requeue(session, items)
+        transition(session, study, S.SENDING, f"retry (delivery) by {actor}", actor=actor, force=True)
+        res = ActionResult("retry", study.id, frm, study.state, f"delivery retried: {n} outbox item(s) queued", n)
+    elif frm in (S.FAILED.value, S.RUNNING.value):
         _release_lease(study)
         study.attempts = 0
         transition(session, study, S.READY, f"retry by {actor}", actor=actor, force=True)
         res = ActionResult("retry", study.id, frm, study.state, "queued for processing")
     elif frm in (S.ENCODED.value, S.SENDING.value):
-        n = _requeue(_latest_items(session, study))
+        n = _requeue(session, items)
         if n == 0:
             raise ActionError("no outbox item to send again")
         if frm != S.SENDING.value:
@@ -134,7 +158,8 @@ def reprocess(session: Session, study: Study, actor: str, remote_addr: str | Non
 def resend(session: Session, study: Study, actor: str, remote_addr: str | None = None) -> ActionResult:
     """Send the study's newest results again: its outbox items go back to ``PENDING``, due now,
     attempts 0 (also ``SENT`` and ``DEAD`` ones; an item being sent right now is left alone).
-    The study goes to ``SENDING`` (the outbox moves it to ``DONE`` when all items are sent).
+    The study goes to ``SENDING`` and the run back to ``ENCODED``, so the outbox job moves the
+    study to ``DONE`` when all items are sent again.
     """
     frm = study.state
     if is_purged(study):
@@ -142,7 +167,7 @@ def resend(session: Session, study: Study, actor: str, remote_addr: str | None =
     items = _latest_items(session, study)
     if not items:
         raise ActionError("the study has no outbox item (nothing was produced to send)")
-    n = _requeue(items)
+    n = _requeue(session, items)
     if n == 0:
         raise ActionError("every outbox item is being sent right now")
     if frm != S.SENDING.value:

@@ -10,7 +10,8 @@ import json
 import logging
 import sys
 
-_STD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# uvicorn adds "color_message" (the message with ANSI colours) to its records: not a field.
+_STD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
 
 def uid_hash(uid: str | None) -> str:

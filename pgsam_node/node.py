@@ -126,7 +126,8 @@ class Node:
         if self.run_web:
             from .web import WebServer
 
-            self.web = WebServer(s, self.db)
+            # An operator's retry/reprocess makes a study READY: wake the embedded worker.
+            self.web = WebServer(s, self.db, on_action=lambda _res: self.worker.wake() if self.worker else None)
             self.web.start()
         log.info(
             "node up: DICOM %s@%s:%s%s%s",

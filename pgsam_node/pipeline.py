@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
@@ -245,6 +245,8 @@ class Pipeline:
         voxel_ml = float(abs(ref.spacing[0] * ref.spacing[1] * ref.spacing[2])) / 1000.0
         n_vox = int(result.mask.sum())
         metrics = {"stage": "done", "lesion_voxels": n_vox, "lesion_ml": round(n_vox * voxel_ml, 3), "reference_role": vols.reference_role}
+        # The findings the model was given, for the dashboard/API (the report text stays in the RIS).
+        metrics["findings"] = asdict(inputs.findings) if inputs.findings is not None else None
         notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]
 
         if n_vox == 0 and st.seg.empty_result == "no_seg":

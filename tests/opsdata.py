@@ -96,6 +96,19 @@ def mr_series(study_uid: str, series_uid: str, n: int = 6, size: int = 48, serie
     return out
 
 
+def segment_description() -> hd.seg.SegmentDescription:
+    """Segment 1 "Lesion" (SNOMED CT neoplasm), automatic, PG-SAM."""
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="Lesion",
+        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
+        segmented_property_type=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="PG-SAM", version="test", family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence")),
+    )
+
+
 def make_seg(sources: list[FileDataset], areas: list[int]) -> tuple[hd.seg.Segmentation, int]:
     """A BINARY SEG over ``sources`` with a square of about ``areas[k]`` pixels on slice k."""
     n, rows, cols = len(sources), sources[0].Rows, sources[0].Columns
@@ -104,14 +117,7 @@ def make_seg(sources: list[FileDataset], areas: list[int]) -> tuple[hd.seg.Segme
         side = int(round(a ** 0.5))
         if side:
             mask[k, 10 : 10 + side, 12 : 12 + side] = True
-    desc = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Lesion",
-        segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morphologically Altered Structure"),
-        segmented_property_type=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm"),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(name="PG-SAM", version="test", family=hd.sr.CodedConcept("123109", "DCM", "Artificial Intelligence")),
-    )
+    desc = segment_description()
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[desc], series_instance_uid=generate_uid(), series_number=9001,
@@ -166,7 +172,7 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
                          study_date="20261123", status="F", report_text=REPORT_TEXT, version=1, source="csv")
             s.add(rep)
             s.flush()
-            st.report_ref, st.report_hash = str(rep.id), "ab" * 32
+            st.report_ref, st.report_hash = f"reports:{rep.id}", "ab" * 32
         transition(s, st, S.STABLE, "no instance for 30 s")
         transition(s, st, S.READY, "T1C, T2 present; report found")
         seg_rel, best, out_paths = "", 0, []
@@ -178,11 +184,11 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
             s.add(run)
             s.flush()
             if state == "FAILED":
-                run.status, run.error = "FAILED", "InferenceError: CUDA out of memory"
+                run.status, run.error = "FAILED", "InferenceError: CUDA out of memory"  # as the pipeline records
                 run.finished_at = utcnow()
                 transition(s, st, S.FAILED, "inference_failed: CUDA out of memory")
             elif state == "NO_FINDING":
-                run.status = "DONE"
+                run.status = "NO_FINDING"
                 run.finished_at = utcnow()
                 transition(s, st, S.NO_FINDING, "empty mask")
             else:
@@ -195,7 +201,7 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
                     out_paths = [seg_rel]
                     run.output_paths = out_paths
                     run.output_uids = [seg.SOPInstanceUID]
-                run.status = "DONE"
+                run.status = "ENCODED"  # pipeline: ENCODED until delivered, then SENT
                 run.finished_at = utcnow()
                 transition(s, st, S.ENCODED, "SEG written")
                 transition(s, st, S.SENDING, "queued for PACS")
@@ -206,6 +212,7 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
                                      last_error=None if outbox_state == "SENT" else "association rejected by PACS",
                                      sent_at=utcnow() if outbox_state == "SENT" else None))
                 if state == "DONE":
+                    run.status = "SENT"
                     transition(s, st, S.DONE, "all results delivered")
         if age_days:
             old = utcnow() - dt.timedelta(days=age_days)

@@ -162,6 +162,11 @@ def run_action(request: Request, a: Auth, study_id: int, name: str):
             uid = st.study_uid
     except ActionError as exc:
         raise HTTPException(409, str(exc)) from None
+    if c.on_action is not None:
+        try:
+            c.on_action(res)
+        except Exception:  # noqa: BLE001 - the action is committed; a failed hook is only logged
+            log.exception("on_action hook failed after %s", name)
     log.info("action %s by %s", name, a.principal.name, extra={"study": uid_hash(uid), "action": name})
     return res
 

@@ -122,7 +122,7 @@ def client_addr(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def create_app(settings, db, actions: Any = None, findings_from_text=None) -> FastAPI:
+def create_app(settings, db, actions: Any = None, findings_from_text=None, on_action=None) -> FastAPI:
     """Build the web application.
 
     Parameters
@@ -136,11 +136,18 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None) -> Fa
         ``(session, study, actor, remote_addr=None) -> ActionResult``; default
         :mod:`pgsam_node.actions` (the integrator may wrap them, e.g. to wake a worker).
     findings_from_text
-        Optional report parser ``text -> Findings`` used when no run recorded its findings.
+        Report parser ``text -> Findings`` for the findings shown with the matched report when
+        the newest run did not record them (``Run.metrics["findings"]``); default
+        :func:`pgsam_node.report.parse_report`.
+    on_action
+        Called with the :class:`~pgsam_node.actions.ActionResult` after an action committed
+        (the node passes one that wakes its embedded worker).
     """
     from .api import router as api_router
     from .dashboard import router as dash_router
 
+    if findings_from_text is None:
+        from ..report import parse_report as findings_from_text
     app = FastAPI(title="PG-SAM Node", version="1", docs_url=None, redoc_url=None, openapi_url="/api/v1/openapi.json")
     secret = load_or_create_secret(settings.storage_root)
     signer = SessionSigner(secret, settings.web.session_hours * 3600.0)
@@ -151,6 +158,7 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None) -> Fa
         db=db,
         actions=actions or default_actions,
         findings_from_text=findings_from_text,
+        on_action=on_action,
         signer=signer,
         auth=Authenticator(db, signer),
         limiter=LoginLimiter(),

@@ -11,7 +11,7 @@ Metrics
 ``pgsam_stage_seconds{stage}``              summary (count/sum) of ``Run.stage_seconds``
 ``pgsam_inference_seconds``                 summary of the inference stage (``infer``/``inference``)
 ``pgsam_runs_total{status}``                model runs per status
-``pgsam_send_failures_total``               failed delivery attempts (see :func:`_send_failures`)
+``pgsam_send_failures_total``               failed delivery attempts (outbox counters, else :func:`_send_failures`)
 ``pgsam_outbox_items{state}``               outbox items per state (``DEAD`` = gave up)
 ``pgsam_queue_ready_studies``               studies waiting for a worker (READY)
 ``pgsam_queue_outbox_pending``              outbox items waiting to be sent (PENDING)
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: ``Run.stage_seconds`` keys counted as model inference.
 INFERENCE_KEYS = ("infer", "inference")
+#: Counters the outbox persists for each failed attempt (``pgsam_node.outbox``).
+FAILED_ATTEMPT_COUNTERS = ("outbox_retry_total", "outbox_dead_total")
 
 
 def _send_failures(rows) -> int:
@@ -121,8 +123,15 @@ class DatabaseCollector(Collector):
             rc.add_metric([status], runs_by_status[status])
         yield rc
 
+        # Exact when the outbox's persisted counters exist (they survive re-queues); else
+        # estimated from the items' attempts and errors.
+        counter_map = dict(counters)
+        if any(k in counter_map for k in FAILED_ATTEMPT_COUNTERS):
+            failures = sum(counter_map.get(k, 0.0) for k in FAILED_ATTEMPT_COUNTERS)
+        else:
+            failures = _send_failures(out_rows)
         sf = CounterMetricFamily("pgsam_send_failures", "Failed delivery attempts (C-STORE errors, timeouts, refusals)")
-        sf.add_metric([], _send_failures(out_rows))
+        sf.add_metric([], failures)
         yield sf
         ob = GaugeMetricFamily("pgsam_outbox_items", "Outbox items per state", labels=["state"])
         out_by_state: dict[str, int] = defaultdict(int)

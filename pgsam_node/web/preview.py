@@ -19,12 +19,12 @@ from sqlalchemy import select
 
 from ..db.models import Instance, Run, Study
 from ..logsetup import uid_hash
+from ..preview import overlay_rgb
 
 log = logging.getLogger(__name__)
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-#: Overlay colour (RGB) and opacity.
-COLOUR = np.array([230, 40, 40], dtype=np.float32)
-ALPHA = 0.45
+#: Overlay colour (RGB).
+COLOUR = (230, 40, 40)
 
 
 class PreviewUnavailable(Exception):
@@ -58,61 +58,75 @@ def _seg_of_study(db, settings, study_id: int) -> tuple[hd.seg.Segmentation, Pat
     raise PreviewUnavailable("segmentation files deleted" if missing == len(candidates) else "no DICOM SEG among the outputs")
 
 
-def _to_gray(pixels: np.ndarray) -> np.ndarray:
-    """Window an MR slice to 0..255 between its 1st and 99.5th percentiles."""
-    px = pixels.astype(np.float32)
-    lo, hi = np.percentile(px, [1.0, 99.5])
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((px - lo) / (hi - lo) * 255.0, 0, 255)
-
-
-def compose(gray: np.ndarray, mask: np.ndarray, max_side: int = 512) -> bytes:
-    """PNG of ``gray`` (rows × cols, 0..255) with ``mask`` (rows × cols, bool) in red.
-
-    Small images are enlarged (nearest neighbour) to about ``max_side`` pixels.
-    """
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    m = mask.astype(bool)
-    rgb[m] = (1 - ALPHA) * rgb[m] + ALPHA * COLOUR
-    # Outline: mask pixels with a non-mask 4-neighbour, fully opaque, so the edge stays visible.
-    pad = np.pad(m, 1)
-    edge = m & ~(pad[:-2, 1:-1] & pad[2:, 1:-1] & pad[1:-1, :-2] & pad[1:-1, 2:])
-    rgb[edge] = COLOUR
-    img = Image.fromarray(rgb.astype(np.uint8), "RGB")
+def compose(image: np.ndarray, mask: np.ndarray, max_side: int = 512) -> bytes:
+    """PNG of an MR slice ``image`` (rows × cols, raw values) with ``mask`` (rows × cols, bool)
+    filled and outlined in red (:func:`pgsam_node.preview.overlay_rgb`); small images are
+    enlarged (nearest neighbour) to about ``max_side`` pixels."""
+    rgb = overlay_rgb(image, fills=[(mask, COLOUR)], outlines=[(mask, COLOUR)])
+    img = Image.fromarray(rgb, "RGB")
     scale = max(1, max_side // max(img.size))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, "PNG", optimize=False)
+    img.save(buf, "PNG")
     return buf.getvalue()
 
 
-def largest_slice(seg: hd.seg.Segmentation) -> tuple[str, int, np.ndarray]:
-    """The source SOP Instance UID whose SEG frame has the most segmented pixels.
+def _frame_refs(seg) -> dict[str, set[int]]:
+    """Source SOP Instance UID → referenced frame numbers (empty for single-frame sources), from
+    each SEG frame's Derivation Image Sequence (PS3.3 C.7.6.16.2.6)."""
+    refs: dict[str, set[int]] = {}
+    for fg in seg.get("PerFrameFunctionalGroupsSequence", []):
+        for der in fg.get("DerivationImageSequence", []):
+            for src in der.get("SourceImageSequence", []):
+                frames = refs.setdefault(str(src.ReferencedSOPInstanceUID), set())
+                f = src.get("ReferencedFrameNumber")
+                if f is not None:
+                    frames.update(int(x) for x in (f if isinstance(f, (list, tuple, pydicom.multival.MultiValue)) else [f]))
+    return refs
+
+
+def largest_slice(seg: hd.seg.Segmentation) -> tuple[str, int | None, int, np.ndarray]:
+    """The source image (and frame, for a multi-frame source) whose SEG frame has the most
+    segmented pixels.
 
     Returns
     -------
-    (uid, area, mask)
+    (uid, frame, area, mask)
+        ``frame`` is the 1-based source frame number, or None for a single-frame source;
         ``mask`` is rows × cols bool (all segments combined).
     """
-    sources = [sop for (_st, _se, sop) in seg.get_source_image_uids()]
-    if not sources:
+    refs = _frame_refs(seg)
+    if not refs:
+        refs = {sop: set() for (_st, _se, sop) in seg.get_source_image_uids()}
+    if not refs:
         raise PreviewUnavailable("the SEG references no source image")
-    best_uid, best_area, best_mask = None, -1, None
-    for i in range(0, len(sources), 32):
-        chunk = sources[i : i + 32]
-        try:
-            arr = seg.get_pixels_by_source_instance(
-                chunk, combine_segments=True, relabel=True, assert_missing_frames_are_empty=True, skip_overlap_checks=True
-            )
-        except (ValueError, RuntimeError, KeyError) as exc:
-            raise PreviewUnavailable(f"cannot index the SEG by source image: {exc}") from None
-        areas = (arr > 0).reshape(len(chunk), -1).sum(axis=1)
-        j = int(np.argmax(areas))
-        if int(areas[j]) > best_area:
-            best_uid, best_area, best_mask = chunk[j], int(areas[j]), arr[j] > 0
-    return best_uid, best_area, best_mask
+    best: tuple[str, int | None, int, np.ndarray] | None = None
+    opts = dict(combine_segments=True, relabel=True, assert_missing_frames_are_empty=True, skip_overlap_checks=True)
+
+    def consider(uid: str, frame: int | None, plane: np.ndarray) -> None:
+        nonlocal best
+        area = int((plane > 0).sum())
+        if best is None or area > best[2]:
+            best = (uid, frame, area, plane > 0)
+
+    try:
+        single = [u for u, f in refs.items() if not f]
+        for i in range(0, len(single), 32):
+            chunk = single[i : i + 32]
+            arr = seg.get_pixels_by_source_instance(chunk, **opts)
+            for uid, plane in zip(chunk, arr):
+                consider(uid, None, plane)
+        for uid, frames in refs.items():
+            if frames:
+                nums = sorted(frames)
+                arr = seg.get_pixels_by_source_frame(uid, nums, **opts)
+                for num, plane in zip(nums, arr):
+                    consider(uid, num, plane)
+    except (ValueError, RuntimeError, KeyError, IndexError) as exc:
+        raise PreviewUnavailable(f"cannot index the SEG by source image: {exc}") from None
+    assert best is not None
+    return best
 
 
 def render_preview(db, settings, study_id: int) -> bytes:
@@ -124,7 +138,7 @@ def render_preview(db, settings, study_id: int) -> bytes:
         No SEG yet, its files are gone, or the source image is missing.
     """
     seg, _path, study_uid = _seg_of_study(db, settings, study_id)
-    best_uid, best_area, best_mask = largest_slice(seg)
+    best_uid, best_frame, best_area, best_mask = largest_slice(seg)
     with db.session() as s:
         inst = s.scalar(select(Instance).where(Instance.sop_instance_uid == best_uid))
         rel = inst.path if inst is not None else None
@@ -135,10 +149,12 @@ def render_preview(db, settings, study_id: int) -> bytes:
         raise PreviewUnavailable("the source image file is gone")
     ds = pydicom.dcmread(src)
     pixels = ds.pixel_array
+    if best_frame is not None and int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[best_frame - 1]
     if pixels.ndim != 2:
-        raise PreviewUnavailable("multi-frame or colour source images are not previewed")
+        raise PreviewUnavailable("colour source images are not previewed")
     if pixels.shape != best_mask.shape:
         raise PreviewUnavailable(f"SEG frame {best_mask.shape} does not match the source image {pixels.shape}")
     log.debug("preview of study %s: %d voxels on the chosen slice", uid_hash(study_uid), best_area,
               extra={"study": uid_hash(study_uid)})
-    return compose(_to_gray(pixels), best_mask)
+    return compose(pixels, best_mask)

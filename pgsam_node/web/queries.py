@@ -10,11 +10,11 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..actions import is_purged
-from ..db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Series, Study, StudyEvent, StudyState, utcnow
+from ..db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Series, Study, StudyState, utcnow
 
 FindingsFn = Callable[[str], Any]
 
@@ -193,18 +193,18 @@ def errors(s: Session, limit: int = 200) -> dict:
 
 
 def matched_report(s: Session, st: Study) -> Report | None:
-    """The report row matched to the study in the embedded reports table (``Study.report_ref`` is
-    its id); for an external RIS the row is absent and only the reference is known."""
-    if st.report_ref and st.report_ref.isdigit():
-        r = s.get(Report, int(st.report_ref))
-        if r is not None:
-            return r
-    if st.report_ref is None:
+    """The report row matched to the study in the embedded reports table.
+
+    ``Study.report_ref`` is ``reports:<id>`` for the embedded table (a bare id is accepted too);
+    a report from an external RIS (``ris:<table>:<key>@<version>``) has no row here, so no text.
+    """
+    ref = st.report_ref
+    if not ref:
         return None
-    conds = [Report.study_instance_uid == st.study_uid]
-    if st.accession_number:
-        conds.append(Report.accession_number == st.accession_number)
-    return s.scalars(select(Report).where(or_(*conds)).order_by(Report.version.desc(), Report.id.desc()).limit(1)).first()
+    key = ref.split(":", 1)[1] if ref.startswith("reports:") else ref
+    if key.isdigit():
+        return s.get(Report, int(key))
+    return None
 
 
 def _findings_dict(f: Any) -> dict | None:

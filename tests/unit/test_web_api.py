@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from pgsam_node import tokens
 from pgsam_node.db import Database
-from pgsam_node.db.models import ApiToken, AuditLog, OutboxItem, Study
+from pgsam_node.db.models import ApiToken, AuditLog, OutboxItem, Run, Study
 from pgsam_node.web import create_app
 
 from ..opsdata import FINDINGS, REPORT_TEXT, seed_study
@@ -144,6 +144,24 @@ def test_actions_via_api_need_scope_and_are_audited(env):
     assert c.post(f"/api/v1/studies/{dead}/frobnicate", headers=bearer(env["operator"])).status_code == 404
 
 
+def test_findings_from_report_parser_and_action_hook(settings):
+    db = Database(settings.database_url)
+    seeded = seed_study(db, settings.storage_root, "FAILED")
+    with db.transaction() as s:
+        for run in s.scalars(select(Run)).all():
+            run.metrics = {}  # what the pipeline records: no findings in the run
+        t = tokens.create_token(s, "op", ["actions"])
+    seen = []
+    c = TestClient(create_app(settings, db, on_action=seen.append))
+    h = bearer(t)
+    r = c.get(f"/api/v1/studies/{seeded.study_id}/report", headers=h).json()
+    assert r["findings_source"] == "report parser"
+    assert (r["findings"]["side"], r["findings"]["lobe"], r["findings"]["size_mm"]) == ("right", "superficial", 23.0)
+    assert c.post(f"/api/v1/studies/{seeded.study_id}/retry", headers=h).status_code == 200
+    assert [(x.action, x.to_state) for x in seen] == [("retry", "READY")]
+    db.dispose()
+
+
 def _login(c, token: str) -> str:
     page = c.get("/login").text
     nonce = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
@@ -175,6 +193,13 @@ def test_dashboard_session_csrf_and_report_text(env):
     assert r.status_code == 200 and "FAILED → READY" in r.text
     with env["db"].session() as s:
         assert s.get(Study, sid).state == "READY"
+    # errors and outbox pages list the DEAD item and its study
+    errors_page = c.get("/errors").text
+    assert "association rejected by PACS" in errors_page and f'href="/studies/{env["dead"].study_id}"' in errors_page
+    assert "retry by admin" not in errors_page  # the retried study left the failed list
+    outbox_page = c.get("/outbox?state=DEAD").text
+    assert "DEAD" in outbox_page and "association rejected by PACS" in outbox_page
+    assert "association rejected" not in c.get("/outbox?state=SENT").text
     # admin session sees the report text on the page; a reader session does not
     done = env["done"].study_id
     assert REPORT_TEXT in c.get(f"/studies/{done}").text
@@ -229,7 +254,16 @@ def test_preview_png(env):
 
     from pgsam_node.web.preview import largest_slice
 
-    uid, area, mask = largest_slice(hd.seg.segread(env["settings"].storage_root / env["done"].seg_path))
-    assert (uid, area, mask.shape) == (env["done"].best_uid, 100, (48, 48))
+    uid, frame, area, mask = largest_slice(hd.seg.segread(env["settings"].storage_root / env["done"].seg_path))
+    assert (uid, frame, area, mask.shape) == (env["done"].best_uid, None, 100, (48, 48))
     assert c.get(f"/studies/{env['failed'].study_id}/preview.png", headers=h).status_code == 404
     assert c.get(f"/studies/{env['done'].study_id}/preview.png").status_code == 401
+
+
+@pytest.mark.parametrize("nxt,expected", [("/studies/2?x=1", "/studies/2?x=1"), ("//evil.example/x", "/"),
+                                           ("https://evil.example/", "/"), ("/\\evil.example", "/")])
+def test_signin_redirects_only_to_local_paths(env, nxt, expected):
+    c = env["client"]
+    nonce = re.search(r'name="csrf" value="([^"]+)"', c.get("/login").text).group(1)
+    r = c.post("/login", data={"token": env["reader"], "csrf": nonce, "next": nxt}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == expected

@@ -52,7 +52,8 @@ def test_metrics_match_database(settings):
     assert m[("pgsam_stage_seconds_sum", (("stage", "load"),))] == pytest.approx(1.5)
     assert m[("pgsam_inference_seconds_count", ())] == 3
     assert m[("pgsam_inference_seconds_sum", ())] == pytest.approx(6.75)
-    assert m[("pgsam_runs_total", (("status", "DONE"),))] == 2
+    assert m[("pgsam_runs_total", (("status", "SENT"),))] == 1
+    assert m[("pgsam_runs_total", (("status", "ENCODED"),))] == 1
     assert m[("pgsam_runs_total", (("status", "FAILED"),))] == 1
     # DEAD item: 3 failed attempts; extra PENDING item: 2; SENT item after 1 attempt: 0
     assert m[("pgsam_send_failures_total", ())] == 5
@@ -61,6 +62,11 @@ def test_metrics_match_database(settings):
     assert m[("pgsam_queue_outbox_pending", ())] == 1
     assert m[("pgsam_node_counter", (("name", "hl7_messages"),))] == 7
     assert m[("pgsam_storage_free_bytes", ())] > 0
+    # once the outbox persists its counters, they are the exact count
+    with db.transaction() as s:
+        s.add(Metric(name="outbox_retry_total", value=11))
+        s.add(Metric(name="outbox_dead_total", value=2))
+    assert scrape(TestClient(create_app(settings, db)))[("pgsam_send_failures_total", ())] == 13
 
 
 def test_metrics_access_policy(tmp_path):
