@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .db.models import AuditLog, OutboxItem, OutboxState, Run, Study, StudyState, utcnow
+from .db.models import AuditLog, OutboxItem, OutboxState, Run, Study, StudyState
 from .errors import WebError
 from .logsetup import uid_hash
 from .state import transition
@@ -70,28 +70,10 @@ def _latest_items(session: Session, study: Study) -> list[OutboxItem]:
 
 
 def _requeue(session: Session, items: list[OutboxItem]) -> int:
-    """Items back to PENDING, due now, attempts 0; their run back to ``ENCODED`` (= awaiting
-    delivery) so the outbox job moves the study to DONE once they are all SENT again."""
-    now = utcnow()
-    n = 0
-    for it in items:
-        if it.state == OutboxState.SENDING.value:
-            continue  # in flight: the sender owns it; it will finish or fail on its own
-        it.state = OutboxState.PENDING.value
-        it.next_attempt_at = now
-        it.attempts = 0
-        it.last_error = None
-        it.last_status = None
-        it.permanent_failure = False
-        it.sent_at = None
-        it.commitment_requested = False
-        it.committed = None
-        n += 1
-    for run_id in {it.run_id for it in items if it.run_id is not None}:
-        run = session.get(Run, run_id)
-        if run is not None and run.status != "ENCODED":
-            run.status = "ENCODED"
-    return n
+    """Items back to PENDING and their run back to ENCODED (see :func:`outbox.reset_items`)."""
+    from .outbox import reset_items
+
+    return reset_items(session, items)
 
 
 def _failed_in_delivery(session: Session, study: Study, items: list[OutboxItem]) -> bool:

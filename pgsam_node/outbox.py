@@ -277,6 +277,29 @@ def outbox_counts(session: Session) -> dict[str, int]:
     return {st: int(counts.get(st, 0)) for st in (PENDING, SENDING, SENT, DEAD)}
 
 
+def reset_items(session: Session, items: Sequence[OutboxItem], now: dt.datetime | None = None) -> int:
+    """Items back to PENDING, due now, attempts 0; their runs back to ``ENCODED`` (= awaiting
+    delivery) so the outbox job closes the study to DONE once they are all SENT again. Items being
+    sent right now are left alone. Returns how many were reset. The caller commits."""
+    from .db.models import Run
+
+    now = now or utcnow()
+    n = 0
+    for it in items:
+        if it.state == SENDING:
+            continue  # in flight: the sender owns it; it will finish or fail on its own
+        it.state, it.next_attempt_at, it.attempts = PENDING, now, 0
+        it.last_error = it.last_status = None
+        it.permanent_failure, it.sent_at = False, None
+        it.commitment_requested, it.committed = False, None
+        n += 1
+    for run_id in {it.run_id for it in items if it.run_id is not None}:
+        run = session.get(Run, run_id)
+        if run is not None and run.status != "ENCODED":
+            run.status = "ENCODED"
+    return n
+
+
 def requeue(
     session: Session,
     *,
@@ -289,12 +312,13 @@ def requeue(
     """Put items back to PENDING with attempts reset (operator action, audited).
 
     ``item_id``: that item; ``study_uid``: every item of that study not in flight; ``dead``: every
-    DEAD item. Returns the number re-queued. The caller commits.
+    DEAD item. Studies of re-queued items that had ended (DONE, FAILED) go back to SENDING, so the
+    outbox job closes them again. Returns the number re-queued. The caller commits.
     """
-    from .db.models import Study
+    from .db.models import Study, StudyState
+    from .state import transition
 
-    now = now or utcnow()
-    q = update(OutboxItem).where(OutboxItem.state != SENDING)
+    q = select(OutboxItem)
     if item_id is not None:
         q = q.where(OutboxItem.id == item_id)
     elif study_uid is not None:
@@ -306,9 +330,12 @@ def requeue(
         q = q.where(OutboxItem.state == DEAD)
     else:
         raise ValueError("requeue needs study_uid, item_id or dead=True")
-    res = session.execute(q.values(state=PENDING, attempts=0, next_attempt_at=now, permanent_failure=False,
-                                   sent_at=None, commitment_requested=False, committed=None))
-    n = int(res.rowcount or 0)
+    items = list(session.scalars(q).all())
+    n = reset_items(session, items, now)
+    for sid in {it.study_id for it in items if it.study_id is not None and it.state == PENDING}:
+        study = session.get(Study, sid)
+        if study is not None and study.state in (StudyState.DONE.value, StudyState.FAILED.value):
+            transition(session, study, StudyState.SENDING, f"resend by {actor}", actor=actor, force=True)
     detail: dict[str, Any] = {"count": n}
     target = f"item:{item_id}" if item_id is not None else (f"study:{uid_hash(study_uid)}" if study_uid else "dead")
     session.add(AuditLog(actor=actor, action="outbox.requeue", target=target, detail=detail))

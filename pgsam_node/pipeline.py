@@ -58,6 +58,15 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
 
 
+def _merge_notes(old: list | None, new: list) -> list:
+    """Study notes without repeats (a re-run records the same geometry notes again)."""
+    out = list(old or [])
+    for n in new:
+        if n not in out:
+            out.append(n)
+    return out
+
+
 def model_segment_codes(cfg) -> dict | None:
     """The model folder's segment description as ``{"segment_codes": {category, type, anatomy}}``."""
     labels = getattr(cfg, "labels", None) or []
@@ -282,7 +291,7 @@ class Pipeline:
             run.stage_seconds, run.metrics = timings, metrics
             run.output_uids = [str(ds.SOPInstanceUID) for ds in datasets]
             run.output_paths = rel_paths
-            study.notes = list(study.notes or []) + notes
+            study.notes = _merge_notes(study.notes, notes)
             release(s, study)
             transition(s, study, StudyState.ENCODED, f"{len(datasets)} object(s) encoded", actor=claim.worker_id)
             if st.destinations:
@@ -306,7 +315,7 @@ class Pipeline:
             self._own(study, claim)
             run = s.get(Run, run_id)
             run.status, run.finished_at, run.stage_seconds, run.metrics = "NO_FINDING", utcnow(), timings, metrics
-            study.notes = list(study.notes or []) + notes
+            study.notes = _merge_notes(study.notes, notes)
             release(s, study)
             transition(s, study, StudyState.NO_FINDING, "model found no lesion; no SEG sent (seg.empty_result=no_seg)", actor=claim.worker_id)
         return RunResult(StudyState.NO_FINDING.value, "no lesion", timings, [], metrics)

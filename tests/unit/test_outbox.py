@@ -115,6 +115,8 @@ def test_requeue_and_resend_command(settings, tmp_path):
     with db.session() as s:
         it = s.get(OutboxItem, ids[0])
         assert (it.state, it.attempts, it.permanent_failure) == ("PENDING", 0, False)
+        # the study that had failed in delivery is sending again, so the outbox job can close it
+        assert s.get(Study, it.study_id).state == "SENDING"
         assert s.scalars(select(AuditLog).where(AuditLog.action == "outbox.requeue")).first() is not None
     with pytest.raises(ValueError):
         with db.transaction() as s:
