@@ -122,7 +122,7 @@ _MALIGNANT = {"mucoepidermoid_carcinoma", "adenoid_cystic_carcinoma", "acinic_ce
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Grid:
     """A voxel grid in patient (LPS) space.
 
@@ -147,6 +147,14 @@ class Grid:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(s) for s in self.origin)
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Grid):
+            return NotImplemented
+        return (self.shape == other.shape and self.spacing == other.spacing and self.origin == other.origin
+                and np.array_equal(self.direction, other.direction))
+
+    __hash__ = None  # mutable
 
     def index_matrix(self) -> np.ndarray:
         """3×3 matrix mapping index (i, j, k) to an LPS offset in mm (columns scaled by spacing)."""
@@ -221,7 +229,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Ellipsoid:
     """An (optionally lobulated, optionally clipped by a half-space) ellipsoid in LPS mm.
 
@@ -282,9 +290,10 @@ class Ellipsoid:
             if not finite[m]:
                 v.append(None)
                 continue
-            inv_a = 1.0 / self.semi[m]
-            u = (lin[m, 0] * inv_a) * is_ + (lin[m, 1] * inv_a) * js + ((lin[m, 2] * inv_a) * ks + off[m] * inv_a)
-            v.append(u.astype(np.float32, copy=False))
+            inv_a = 1.0 / float(self.semi[m])
+            # Python floats (weak scalars) keep the arithmetic in float32 (NEP 50).
+            u = float(lin[m, 0] * inv_a) * is_ + float(lin[m, 1] * inv_a) * js + (float(lin[m, 2] * inv_a) * ks + float(off[m] * inv_a))
+            v.append(u)
         used = [m for m in range(3) if v[m] is not None]
         rho2 = v[used[0]] ** 2
         for m in used[1:]:
@@ -325,12 +334,12 @@ class Ellipsoid:
             normal, offset = self.clip
             g = np.asarray(normal, float) @ m_idx  # index-space gradient of the plane
             gn = float(np.linalg.norm(g)) + 1e-9
-            dist = (float(np.asarray(normal) @ np.asarray(grid.origin)) - offset) + g[0] * is_ + g[1] * js + g[2] * ks
+            dist = (float(np.asarray(normal) @ np.asarray(grid.origin)) - offset) + float(g[0]) * is_ + float(g[1]) * js + float(g[2]) * ks
             frac = frac * np.clip(np.float32(0.5) + dist / np.float32(gn), 0.0, 1.0)
         return frac.astype(np.float32, copy=False)
 
 
-@dataclass
+@dataclass(eq=False)
 class Layer:
     """A shape painted with a tissue's signal (later layers cover earlier ones).
 
@@ -346,7 +355,7 @@ class Layer:
     within: int | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class Lesion:
     """A parotid lesion: its shape, side, lobe, diagnosis and diameters (mm, largest first)."""
 
@@ -369,7 +378,7 @@ def _side_sign(side: str) -> float:
     return 1.0 if side == "left" else -1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class Phantom:
     """Analytic head-and-neck phantom at parotid level (LPS mm).
 
@@ -516,10 +525,12 @@ class Phantom:
         dx = fov / size
         gz = np.mean([self.glands[s]["center"][2] for s in ("left", "right")])
         cz = gz + rng.uniform(-4, 4)
-        # Keep the target lesion inside the slab with a slice of margin.
+        # Keep the whole target lesion inside the slab with one slice of margin; a slab thinner
+        # than the lesion is centred on it.
         half = dz * (n_slices - 1) / 2 - dz
         tz = float(self.target.shape.center[2])
-        cz = float(np.clip(cz, tz - half + d / 2 if half > d / 2 else tz, tz + half - d / 2 if half > d / 2 else tz))
+        slack = half - max(self.target.diameters_mm) / 2
+        cz = tz if slack <= 0 else float(np.clip(cz, tz - slack, tz + slack))
         center = (self.head_center[0] + rng.uniform(-5, 5), self.head_center[1] + rng.uniform(-8, 8), cz)
         return Grid.from_center(center, (n_slices, size, size), (dz, dx, dx), AXIAL)
 
@@ -576,6 +587,20 @@ def _texture_fields(texture: list, grid: Grid, box: tuple, roles: list[str]) -> 
 
 def _bias_field(coef: np.ndarray, grid: Grid, center: np.ndarray) -> np.ndarray:
     """Smooth multiplicative field exp(quadratic polynomial in (p - centre)/100 mm), (Z, Y, X)."""
+    m = grid.index_matrix()
+    if np.allclose(m, np.diag(np.diag(m))):
+        # Axis-aligned grid: x, y, z each depend on one index, so the polynomial is a sum of
+        # 1-D terms plus one 2-D (x·y) term — a few broadcasts instead of full-volume algebra.
+        nz, ny, nx = grid.shape
+        x = ((grid.origin[0] + m[0, 0] * np.arange(nx)) - center[0]) / 100
+        y = ((grid.origin[1] + m[1, 1] * np.arange(ny)) - center[1]) / 100
+        z = ((grid.origin[2] + m[2, 2] * np.arange(nz)) - center[2]) / 100
+        c = coef
+        ex = (c[0] * x + c[3] * x * x).astype(np.float32)
+        ey = (c[1] * y + c[4] * y * y).astype(np.float32)
+        ez = (c[2] * z + c[5] * z * z).astype(np.float32)
+        exy = np.exp(ey[:, None] + ex[None, :] + (c[6] * np.outer(y, x)).astype(np.float32))
+        return np.exp(ez)[:, None, None] * exy[None, :, :]
     x, y, z = _box_world(grid, tuple(slice(0, n) for n in grid.shape))
     x = (x - np.float32(center[0])) / 100
     y = (y - np.float32(center[1])) / 100
@@ -607,7 +632,7 @@ def _lesion_layers(
     if foci and r_les >= 4:
         n = int(rng.integers(1, 4))
         for _ in range(n):
-            rr = rng.uniform(0.15, 0.3) * r_les * 2 / 2 + 1.0
+            rr = rng.uniform(0.15, 0.3) * r_les + 1.0
             off = rng.standard_normal(3)
             off = off / np.linalg.norm(off) * rng.uniform(0, max(0.0, r_les - rr - 1.0))
             c = lesion.shape.center + off
@@ -689,31 +714,33 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
     Parameters
     ----------
     seed : any non-negative int.
-    distractor : "random" (~40 % of cases get one: 20 % lymph nodes, 20 % a contralateral
-        lesion), None (no distractor), "lymph_node" or "contralateral_lesion".
+    distractor : "random" (~40 % of cases get one: 20 % lymph nodes, ~20 % a contralateral
+        lesion, more often for Warthin tumours), None (no distractor), "lymph_node" or
+        "contralateral_lesion".
     diagnosis : force the target diagnosis (a key of :data:`LESION_APPEARANCE`); random if None.
     """
     rng = np.random.default_rng([int(seed), 0x5A11])
-    if distractor == "random":
-        u = rng.uniform()
-        distractor = None if u < 0.6 else ("lymph_node" if u < 0.8 else "contralateral_lesion")
-    else:
-        rng.uniform()  # keep the stream aligned whatever the caller chose
-    if distractor not in (None, *DISTRACTORS):
-        raise ValueError(f"unknown distractor {distractor!r}; expected one of {DISTRACTORS}, None or 'random'")
+    u = rng.uniform()  # drawn whatever the caller chose, so the rest of the stream stays aligned
     names = list(DIAGNOSIS_WEIGHTS)
     p = np.array(list(DIAGNOSIS_WEIGHTS.values()))
     drawn = names[int(rng.choice(len(names), p=p / p.sum()))]
     diagnosis = diagnosis or drawn
     if diagnosis not in LESION_APPEARANCE:
         raise ValueError(f"unknown diagnosis {diagnosis!r}; expected one of {tuple(LESION_APPEARANCE)}")
+    if distractor == "random":
+        # ~40 % of cases: lymph nodes 20 %, a contralateral lesion ~20 % (Warthin tumours are
+        # often bilateral, so they get one more often).
+        p_contra = 0.35 if diagnosis == "warthin_tumour" else 0.18
+        distractor = "contralateral_lesion" if u < p_contra else ("lymph_node" if u < p_contra + 0.2 else None)
+    if distractor not in (None, *DISTRACTORS):
+        raise ValueError(f"unknown distractor {distractor!r}; expected one of {DISTRACTORS}, None or 'random'")
 
     tissue = {k: _jitter(v, rng, 0.04) for k, v in TISSUE_SIGNAL.items()}
     tissue["air"] = dict(TISSUE_SIGNAL["air"])
     hc = np.array([rng.uniform(-3, 3), rng.uniform(0, 8), rng.uniform(-5, 5)])
     yp = hc[1] + rng.uniform(-2, 4)
     zp = hc[2] + rng.uniform(-3, 3)
-    head_semi = np.array([rng.uniform(70, 80), rng.uniform(86, 96), np.inf])
+    head_semi = np.array([rng.uniform(70, 80), rng.uniform(86, 96), rng.uniform(150, 170)])
     head_rot = rotation(0.0, 0.0, rng.uniform(-0.05, 0.05))
     layers: list[Layer] = []
 
@@ -721,19 +748,21 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         layers.append(Layer(name, shape, sig, texture or [], within))
         return len(layers) - 1
 
-    add("skin", Ellipsoid(hc.copy(), head_semi, head_rot), tissue["skin"])
-    add("fat", Ellipsoid(hc.copy(), head_semi - np.array([2.5, 2.5, 0]), head_rot), tissue["fat"])
+    # The head/neck is a tall ellipsoid centred above the parotids, so the neck narrows caudally.
+    head_c = hc + [0, 0, 30]
+    add("skin", Ellipsoid(head_c, head_semi, head_rot), tissue["skin"])
+    add("fat", Ellipsoid(head_c, head_semi - np.array([2.5, 2.5, 2.5]), head_rot), tissue["fat"])
     # Midline structures.
-    add("tongue", Ellipsoid(hc + [0, -40, 0], np.array([32.0, 34.0, np.inf]) * rng.uniform(0.9, 1.1, 3)), tissue["muscle"])
-    add("paraspinal", Ellipsoid(hc + [0, 58, 0], np.array([42.0, 24.0, np.inf]) * rng.uniform(0.9, 1.1, 3)), tissue["muscle"])
-    add("prevertebral", Ellipsoid(hc + [0, 18, 0], np.array([20.0, 7.0, np.inf])), tissue["muscle"])
-    add("mucosa", Ellipsoid(hc + [0, 2, 0], np.array([17.0, 11.0, np.inf])), tissue["mucosa"])
-    add("airway", Ellipsoid(hc + [0, 2, 0], np.array([rng.uniform(9, 13), rng.uniform(5, 8), np.inf])), tissue["air"])
+    add("tongue", Ellipsoid(hc + [0, -40, -20], np.array([32.0, 34.0, 45.0]) * rng.uniform(0.9, 1.1, 3)), tissue["muscle"])
+    add("paraspinal", Ellipsoid(hc + [0, 58, -10], np.array([42.0, 24.0, 140.0]) * rng.uniform(0.9, 1.1, 3)), tissue["muscle"])
+    add("prevertebral", Ellipsoid(hc + [0, 18, 0], np.array([20.0, 7.0, 120.0])), tissue["muscle"])
+    add("mucosa", Ellipsoid(hc + [0, 2, 0], np.array([17.0, 11.0, 90.0])), tissue["mucosa"])
+    add("airway", Ellipsoid(hc + [0, 2, 0], np.array([rng.uniform(9, 13), rng.uniform(5, 8), 100.0])), tissue["air"])
     vb = hc + [0, 32, 0]
-    add("vertebra_cortex", Ellipsoid(vb, np.array([13.0, 11.0, np.inf])), tissue["cortex"])
-    add("vertebra_marrow", Ellipsoid(vb, np.array([11.0, 9.0, np.inf])), tissue["marrow"])
-    add("canal", Ellipsoid(hc + [0, 50, 0], np.array([9.0, 7.5, np.inf])), tissue["csf"])
-    add("cord", Ellipsoid(hc + [0, 50, 0], np.array([5.0, 4.0, np.inf])), tissue["cord"])
+    add("vertebra_cortex", Ellipsoid(vb, np.array([13.0, 11.0, 300.0])), tissue["cortex"])
+    add("vertebra_marrow", Ellipsoid(vb, np.array([11.0, 9.0, 300.0])), tissue["marrow"])
+    add("canal", Ellipsoid(hc + [0, 50, 0], np.array([9.0, 7.5, 300.0])), tissue["csf"])
+    add("cord", Ellipsoid(hc + [0, 50, 0], np.array([5.0, 4.0, 300.0])), tissue["cord"])
 
     glands = {s: _gland(s, rng, yp, zp) for s in ("left", "right")}
     for side in ("left", "right"):
@@ -741,19 +770,21 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         g = glands[side]
         xf = g["x_fn"]
         yg = g["superficial"].center[1]
-        add(f"scm_{side}", Ellipsoid(np.array([s * (xf + 6), yg + 30, zp]), np.array([9.0, 14.0, np.inf]), rotation(0, 0, s * 0.5)), tissue["muscle"])
-        add(f"masseter_{side}", Ellipsoid(np.array([s * (xf + 11), yg - 27, zp]), np.array([7.0, 15.0, np.inf]), rotation(0, 0, s * -0.15)), tissue["muscle"])
-        add(f"pterygoid_{side}", Ellipsoid(np.array([s * (xf - 12), yg - 24, zp]), np.array([6.0, 13.0, np.inf]), rotation(0, 0, s * 0.35)), tissue["muscle"])
-        ramus = np.array([s * (xf + 1.5), yg - 24, zp])
-        add(f"ramus_cortex_{side}", Ellipsoid(ramus, np.array([4.0, 11.0, np.inf]), rotation(0, 0, s * -0.1)), tissue["cortex"])
-        add(f"ramus_marrow_{side}", Ellipsoid(ramus, np.array([2.2, 8.5, np.inf]), rotation(0, 0, s * -0.1)), tissue["marrow"])
-        gl_tex = [({"T1": 0.04, "T2": 0.05, "T1C": 0.05}, rng.standard_normal(3) * 0.6, rng.uniform(0, 6.3))]
+        add(f"scm_{side}", Ellipsoid(np.array([s * (xf + 6), yg + 30, zp - 40]), np.array([9.0, 14.0, 90.0]), rotation(s * 0.15, 0, s * 0.5)), tissue["muscle"])
+        add(f"masseter_{side}", Ellipsoid(np.array([s * (xf + 11), yg - 27, zp - 5]), np.array([7.0, 15.0, 38.0]), rotation(0, 0, s * -0.15)), tissue["muscle"])
+        add(f"pterygoid_{side}", Ellipsoid(np.array([s * (xf - 12), yg - 24, zp - 5]), np.array([6.0, 13.0, 30.0]), rotation(0, 0, s * 0.35)), tissue["muscle"])
+        ramus = np.array([s * (xf + 1.5), yg - 24, zp - 5])
+        add(f"ramus_cortex_{side}", Ellipsoid(ramus, np.array([4.0, 11.0, 38.0]), rotation(0, 0, s * -0.1)), tissue["cortex"])
+        add(f"ramus_marrow_{side}", Ellipsoid(ramus, np.array([2.2, 8.5, 35.0]), rotation(0, 0, s * -0.1)), tissue["marrow"])
+        # Faint parenchymal texture (fat / ducts): three smooth waves of random direction.
+        gl_tex = [({"T1": 0.02, "T2": 0.025, "T1C": 0.025}, rng.standard_normal(3) * rng.uniform(0.4, 0.9), rng.uniform(0, 6.3))
+                  for _ in range(3)]
         add(f"parotid_deep_{side}", g["deep"], tissue["parotid"], gl_tex)
         add(f"parotid_superficial_{side}", g["superficial"], tissue["parotid"], gl_tex)
         # Retromandibular vein (in the gland, at the facial-nerve plane), ICA and IJV.
-        add(f"rmv_{side}", Ellipsoid(np.array([s * (xf + 0.5), yg + 2, zp]), np.array([2.5, 2.5, np.inf])), tissue["vein"])
-        add(f"ica_{side}", Ellipsoid(np.array([s * 24, yg + 14, zp]), np.array([3.5, 3.5, np.inf])), tissue["artery"])
-        add(f"ijv_{side}", Ellipsoid(np.array([s * 30, yg + 21, zp]), np.array([5.5, 4.5, np.inf])), tissue["vein"])
+        add(f"rmv_{side}", Ellipsoid(np.array([s * (xf + 0.5), yg + 2, zp]), np.array([2.5, 2.5, 60.0])), tissue["vein"])
+        add(f"ica_{side}", Ellipsoid(np.array([s * 24, yg + 14, zp]), np.array([3.5, 3.5, 300.0])), tissue["artery"])
+        add(f"ijv_{side}", Ellipsoid(np.array([s * 30, yg + 21, zp]), np.array([5.5, 4.5, 300.0])), tissue["vein"])
         if rng.uniform() < 0.7:
             add(f"submandibular_{side}", Ellipsoid(np.array([s * 30, yg - 30, zp - 45]), np.array([11.0, 15.0, 11.0])), tissue["submandibular"])
 
@@ -771,7 +802,8 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
     other = "right" if side == "left" else "left"
     if distractor == "contralateral_lesion":
         # Same diagnosis (Warthin is often bilateral) or another benign look-alike.
-        d2 = diagnosis if rng.uniform() < 0.6 else str(rng.choice(["pleomorphic_adenoma", "warthin_tumour", "basal_cell_adenoma"]))
+        p_same = 0.85 if diagnosis == "warthin_tumour" else 0.6
+        d2 = diagnosis if rng.uniform() < p_same else str(rng.choice(["pleomorphic_adenoma", "warthin_tumour", "basal_cell_adenoma"]))
         lobe2 = "superficial" if rng.uniform() < 0.75 else "deep"
         dd = _sample_diameters(rng, 8.0, 30.0)
         distractor_lesions.append(_place_lesion(glands[other], lobe2, dd, d2, LESION_APPEARANCE[d2]["margins"], rng))
@@ -811,6 +843,18 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         s = _side_sign(other)
         c = np.array([s * 30.0, glands[other]["superficial"].center[1] + 16, zp - 14])
         nodes.append(add("node", Ellipsoid(c, np.array([5.0, 3.5, 4.0]), _random_rotation(rng)), tissue["node"]))
+
+    # Small normal level II nodes (< 7 mm, fatty hilum) are present in most necks; they are not
+    # distractors of the "lymph_node" kind and no report describes them as lesions.
+    for _ in range(int(rng.integers(0, 3))):
+        nside = "left" if rng.uniform() < 0.5 else "right"
+        s = _side_sign(nside)
+        c = np.array([s * rng.uniform(22, 34), sup_y(glands[nside]) + rng.uniform(10, 24), zp + rng.uniform(-35, -15)])
+        semi = np.array([rng.uniform(2.0, 3.5), rng.uniform(1.5, 2.5), rng.uniform(2.0, 3.0)])
+        if far_enough(c, semi.max()):
+            rot = _random_rotation(rng)
+            li = add("node_small", Ellipsoid(c, semi, rot), tissue["node"])
+            add("node_hilum", Ellipsoid(c, semi * 0.35, rot), tissue["fat"], within=li)
 
     for les in distractor_lesions:
         lls = _lesion_layers(les, rng)
@@ -938,7 +982,7 @@ def _en_report(f: Findings, rng: np.random.Generator, meta: dict, extra: dict) -
     hedge = rng.uniform() < 0.4
     meta["hedged"] = bool(hedge)
     if hedge:
-        imp = str(rng.choice([f"Findings are most consistent with {dx}.", f"Likely {dx}.",
+        imp = str(rng.choice([f"Findings are suggestive of {dx}.", f"Likely {dx}.",
                               f"Suspicious for {dx}.", f"Appearance favours {dx}."]))
         if rng.uniform() < 0.5:
             imp = f"{side.capitalize()} parotid {lobe} lobe {kind}. " + imp
@@ -1030,7 +1074,7 @@ def report_text(findings: Findings, rng: np.random.Generator, language: str = "e
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class SyntheticCase:
     """One training case: three sequences on one axial grid, the target mask and its report.
 
