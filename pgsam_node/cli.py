@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "pgsam_node.commands.train_cmd",
     "pgsam_node.commands.evaluate_cmd",
     "pgsam_node.commands.synth_cmd",
+    "pgsam_node.commands.geometry_cmd",
 ]
 
 log = logging.getLogger("pgsam_node.cli")

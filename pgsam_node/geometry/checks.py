@@ -10,6 +10,8 @@ code                     fatal   meaning
 ``no_frames``            yes     nothing to load
 ``missing_geometry``     yes     a frame lacks ImagePositionPatient / ImageOrientationPatient
                                  / PixelSpacing
+``invalid_orientation``  yes     ImageOrientationPatient is not two orthogonal unit vectors
+``invalid_spacing``      yes     PixelSpacing not positive
 ``mixed_series``         yes     the files belong to more than one SeriesInstanceUID
 ``localizer``            yes     every frame is a localiser (ImageType/FrameType LOCALIZER)
 ``localizer_removed``    no      localiser frames were dropped from the series
@@ -17,8 +19,9 @@ code                     fatal   meaning
                                  (a fan, not a set of distinct stacks)
 ``mixed_orientation``    no/yes  distinct orientations (>= 10 degrees apart); the largest
                                  stack is kept (note), refused when there is no unique largest
-``multiple_stacks``      no/yes  same orientation but different matrix / pixel spacing; the
-                                 largest stack is kept (note), refused when not unique
+``multiple_stacks``      no/yes  same orientation but different matrix / pixel spacing /
+                                 Enhanced StackID; the largest stack is kept (note),
+                                 refused when not unique
 ``frame_of_reference_mixed`` yes  the stack mixes FrameOfReferenceUIDs
 ``no_frame_of_reference`` no     the stack has no FrameOfReferenceUID
 ``single_slice``         yes     one slice is not a volume
@@ -44,6 +47,8 @@ from .volume import GeometryNote
 
 log = logging.getLogger(__name__)
 
+#: |cos| of the angle between IOP's row and column vectors above which the header is invalid.
+ORTHOGONALITY_TOL = 1e-3
 #: Two orientations are "the same" when both direction cosines agree within this angle (rad).
 #: Generous enough for 6-decimal rounded headers (~1e-6 rad), far below any real tilt.
 ORIENTATION_TOL_RAD = 1e-3
@@ -80,6 +85,12 @@ class FrameGeometry:
     slice_thickness: float | None = None
     image_type: tuple[str, ...] = ()
     sop_class_uid: str | None = None
+    #: StackID of an Enhanced object's Frame Content (C.7.6.16.2.2); frames of different stacks
+    #: are never mixed into one volume.
+    stack_id: str | None = None
+    #: Attributes that tell repeated acquisitions apart (echo time, temporal position,
+    #: acquisition number, b-value); only used to explain ``duplicate_positions``.
+    discriminators: dict[str, Any] = field(default_factory=dict)
     source: Any = field(default=None, repr=False)
 
 
@@ -121,6 +132,18 @@ def is_localizer(image_type: tuple[str, ...]) -> bool:
     return any(t.strip().upper() in ("LOCALIZER", "SCOUT") for t in image_type)
 
 
+def _duplicate_message(frames: list[FrameGeometry], d: np.ndarray, tol: float) -> str:
+    """Explain duplicate positions: how often each position repeats and which attribute varies."""
+    groups = np.concatenate([[0], np.cumsum(np.diff(d) > tol)])
+    counts = np.bincount(groups)
+    keys = {k for f in frames for k in f.discriminators}
+    varying = sorted(k for k in keys if len({f.discriminators.get(k) for f in frames}) > 1)
+    msg = f"{int((counts > 1).sum())} of {len(counts)} positions hold more than one slice (up to {int(counts.max())})"
+    if varying:
+        msg += f"; frames differ in {', '.join(varying)} (several echoes/phases/acquisitions in one series)"
+    return msg + "; which one is meant is not a geometry decision"
+
+
 def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -> Stack:
     """Check a series' frames and return one stack of parallel, evenly spaced slices.
 
@@ -145,6 +168,14 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
     if not frames:
         raise GeometryError("no frames to load", reason="no_frames")
 
+    # --- localisers (first: a localiser's own geometry does not matter)
+    loc = [f for f in frames if is_localizer(f.image_type)]
+    if loc:
+        if len(loc) == len(frames):
+            raise GeometryError(f"all {len(frames)} frames are localisers (ImageType LOCALIZER)", reason="localizer")
+        frames = [f for f in frames if not is_localizer(f.image_type)]
+        notes.append(GeometryNote("localizer_removed", f"{len(loc)} localiser frame(s) ignored"))
+
     missing = [f for f in frames if f.position is None or f.orientation is None or f.pixel_spacing is None]
     if missing:
         raise GeometryError(
@@ -153,17 +184,21 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
             reason="missing_geometry",
         )
 
+    for f in frames:
+        o = np.asarray(f.orientation, dtype=np.float64)
+        nr, nc = np.linalg.norm(o[:3]), np.linalg.norm(o[3:])
+        if min(nr, nc) < 0.5 or abs(float(o[:3] @ o[3:]) / (nr * nc)) > ORTHOGONALITY_TOL:
+            raise GeometryError(
+                f"ImageOrientationPatient {list(np.round(o, 6))} is not two orthogonal unit vectors "
+                "(PS3.3 C.7.6.2.1.1)",
+                reason="invalid_orientation",
+            )
+        if min(f.pixel_spacing) <= 0:
+            raise GeometryError(f"PixelSpacing {list(f.pixel_spacing)} is not positive", reason="invalid_spacing")
+
     series = {f.series_uid for f in frames}
     if len(series) > 1:
         raise GeometryError(f"files of {len(series)} different series were given as one series", reason="mixed_series")
-
-    # --- localisers
-    loc = [f for f in frames if is_localizer(f.image_type)]
-    if loc:
-        if len(loc) == len(frames):
-            raise GeometryError(f"all {len(frames)} frames are localisers (ImageType LOCALIZER)", reason="localizer")
-        frames = [f for f in frames if not is_localizer(f.image_type)]
-        notes.append(GeometryNote("localizer_removed", f"{len(loc)} localiser frame(s) ignored"))
 
     # --- orientation clusters
     clusters: list[tuple[np.ndarray, list[FrameGeometry]]] = []
@@ -183,7 +218,8 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
         angles = [min(a, 180.0 - a) for a in angles]
         if min(angles) < NON_PARALLEL_MAX_DEG:
             raise GeometryError(
-                f"slices are not parallel: {len(clusters)} orientations, the closest {min(angles):.3f} deg apart",
+                f"slices are not parallel (or rotated in plane): {len(clusters)} orientations, normals of the "
+                f"closest {min(angles):.3f} deg apart",
                 reason="non_parallel",
             )
         if len(best) < 2 or len(best) == len(clusters[1][1]):
@@ -205,21 +241,21 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
     # --- matrix / pixel spacing groups (same orientation, different acquisitions)
     groups: dict[tuple, list[FrameGeometry]] = {}
     for f in frames:
-        key = (f.rows, f.columns, round(float(f.pixel_spacing[0]), 4), round(float(f.pixel_spacing[1]), 4))
+        key = (f.rows, f.columns, round(float(f.pixel_spacing[0]), 4), round(float(f.pixel_spacing[1]), 4), f.stack_id)
         groups.setdefault(key, []).append(f)
     if len(groups) > 1:
         ordered = sorted(groups.values(), key=len, reverse=True)
         sizes = [len(g) for g in ordered]
         if sizes[0] == sizes[1]:
             raise GeometryError(
-                f"series holds {len(groups)} stacks with different matrix/pixel spacing and no single largest "
+                f"series holds {len(groups)} stacks (different matrix/pixel spacing/StackID) and no single largest "
                 f"(sizes {sizes})",
                 reason="multiple_stacks",
             )
         notes.append(
             GeometryNote(
                 "multiple_stacks",
-                f"series holds {len(groups)} stacks with different matrix/pixel spacing (sizes {sizes}); "
+                f"series holds {len(groups)} stacks (different matrix/pixel spacing/StackID; sizes {sizes}); "
                 f"kept the largest of {sizes[0]} slices",
             )
         )
@@ -252,11 +288,7 @@ def select_stack(frames: list[FrameGeometry], spacing_tolerance: float = 0.05) -
     dup_tol = max(1e-3, 0.05 * ref_step)
     dups = int(np.sum(diffs <= dup_tol))
     if dups:
-        raise GeometryError(
-            f"{dups} slice(s) share a position along the normal with another slice "
-            "(repeated acquisition, several echoes or phases in one series?)",
-            reason="duplicate_positions",
-        )
+        raise GeometryError(_duplicate_message(frames, d, dup_tol), reason="duplicate_positions")
     step = float(np.median(diffs))
     ratio = diffs / step
     off = np.abs(ratio - 1.0) > spacing_tolerance

@@ -23,6 +23,9 @@ from .volume import GeometryNote, Volume, affine_from_dicom
 
 log = logging.getLogger(__name__)
 
+#: Secondary Capture Image Storage and its multi-frame variants (1.2.840.10008.5.1.4.1.1.7[.n]).
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+
 
 def _floats(value, n: int) -> np.ndarray | None:
     if value is None:
@@ -73,6 +76,31 @@ def _image_type(ds: Dataset) -> tuple[str, ...]:
     return _cs_values(ds.get("ImageType"))
 
 
+def _discriminators(ds: Dataset) -> dict:
+    """Attributes that tell repeated single-frame acquisitions at one position apart."""
+    out = {}
+    for kw in ("EchoTime", "EchoNumbers", "TemporalPositionIdentifier", "AcquisitionNumber", "TriggerTime", "DiffusionBValue"):
+        v = ds.get(kw)
+        if v is not None and v != "":
+            out[kw] = str(v)
+    return out
+
+
+def _frame_discriminators(content: Dataset | None, echo: Dataset | None, diffusion: Dataset | None) -> dict:
+    """The same for one frame of an Enhanced object (Frame Content, MR Echo, MR Diffusion)."""
+    out = {}
+    for item, kws in (
+        (content, ("TemporalPositionIndex", "StackID", "FrameAcquisitionNumber")),
+        (echo, ("EffectiveEchoTime",)),
+        (diffusion, ("DiffusionBValue",)),
+    ):
+        for kw in kws:
+            v = None if item is None else item.get(kw)
+            if v is not None and v != "":
+                out[kw] = str(v)
+    return out
+
+
 def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
     """Geometry records of every frame in one dataset (single-frame or Enhanced multi-frame).
 
@@ -86,6 +114,13 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
     cols = int(ds.get("Columns", 0) or 0)
     per_frame_seq = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame_seq is None:
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            # a multi-frame image without functional groups has one position for many frames
+            raise GeometryError(
+                f"{path.name}: {ds.NumberOfFrames} frames but no PerFrameFunctionalGroupsSequence "
+                "(PS3.3 C.7.6.16) - frame positions unknown",
+                reason="missing_geometry",
+            )
         spacing = _floats(ds.get("PixelSpacing"), 2)
         return [
             FrameGeometry(
@@ -104,6 +139,7 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
                 slice_thickness=_float(ds.get("SliceThickness"), None),
                 image_type=_image_type(ds),
                 sop_class_uid=sop_class,
+                discriminators=_discriminators(ds),
                 source=(ds, None),
             )
         ]
@@ -115,10 +151,15 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
         ori_item = _group_item(ds, pf, "PlaneOrientationSequence")
         meas_item = _group_item(ds, pf, "PixelMeasuresSequence")
         pvt_item = _group_item(ds, pf, "PixelValueTransformationSequence")
-        # Frame type: MR Image Frame Type (C.8.13.5.1) or the generic Frame Type of legacy
-        # converted objects; falls back to the object's ImageType.
-        ftype_item = _group_item(ds, pf, "MRImageFrameTypeSequence") or _group_item(ds, pf, "FrameTypeSequence")
+        # Frame type: MR Image Frame Type (C.8.13.5.1) or its CT/PET counterparts; Legacy
+        # Converted Enhanced objects have none, their frames inherit the object's ImageType.
+        ftype_item = None
+        for kw in ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence", "PETFrameTypeSequence"):
+            ftype_item = _group_item(ds, pf, kw)
+            if ftype_item is not None:
+                break
         ftype = () if ftype_item is None else _cs_values(ftype_item.get("FrameType"))
+        content = _group_item(ds, pf, "FrameContentSequence")
         spacing = _floats(meas_item.get("PixelSpacing") if meas_item is not None else None, 2)
         out.append(
             FrameGeometry(
@@ -137,6 +178,8 @@ def frames_of_dataset(ds: Dataset, path: Path) -> list[FrameGeometry]:
                 slice_thickness=_float(meas_item.get("SliceThickness") if meas_item is not None else None, None),
                 image_type=ftype or _image_type(ds),
                 sop_class_uid=sop_class,
+                stack_id=None if content is None or content.get("StackID") is None else str(content.StackID),
+                discriminators=_frame_discriminators(content, _group_item(ds, pf, "MREchoSequence"), _group_item(ds, pf, "MRDiffusionSequence")),
                 source=(ds, idx),
             )
         )
@@ -221,16 +264,29 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
     mono1 = False
     for k, f in enumerate(stack.frames):
         ds, idx = f.source
-        key = id(ds)
-        if key not in decoded:
-            decoded[key] = _decode(ds)
-            mono1 |= str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-        px = decoded[key][0 if idx is None else idx]
+        mono1 |= str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        if idx is None:  # single-frame: decode and drop, so only the float32 volume stays in memory
+            px = _decode(ds)[0]
+        else:  # multi-frame: decode each object once, keep it while its frames are copied
+            key = id(ds)
+            if key not in decoded:
+                decoded[key] = _decode(ds)
+            px = decoded[key][idx]
         if px.shape != (rows, cols):
             raise GeometryError(f"frame has matrix {px.shape}, header says {(rows, cols)}", reason="pixel_data")
         # Modality LUT: stored value * slope + intercept (PS3.3 C.11.1.1.2); computed in float64
         # so 32-bit stored values do not lose precision before the float32 store.
         out[k] = (px.astype(np.float64) * f.slope + f.intercept).astype(np.float32)
+    sop_class = str(first.sop_class_uid or "")
+    if sop_class == SECONDARY_CAPTURE_PREFIX or sop_class.startswith(SECONDARY_CAPTURE_PREFIX + "."):
+        # the Secondary Capture IODs do not include the Image Plane module (PS3.3 A.8): the
+        # attributes are present (e.g. TCIA tumour masks) but no standard vouches for them
+        notes.append(
+            GeometryNote(
+                "secondary_capture",
+                "Secondary Capture image with Image Plane attributes; geometry taken as written",
+            )
+        )
     if mono1:
         notes.append(GeometryNote("monochrome1", "MONOCHROME1 pixels kept as stored values (not inverted)"))
     affine = affine_from_dicom(stack.orientation, first.position, stack.pixel_spacing, stack.slice_step)

@@ -184,6 +184,41 @@ class Volume:
         d = np.linalg.norm(self.index_to_lps(corners) - other.index_to_lps(corners), axis=1).max()
         return bool(d <= tol_voxels * min(self.spacing))
 
+    def with_array(self, array: np.ndarray) -> Volume:
+        """A volume on the same grid with other voxels (e.g. a predicted mask).
+
+        ``array`` must be ``(Z, Y, X)`` = ``self.shape``; geometry, UIDs, per-slice references
+        and notes are shared (copied lists), so the result can be encoded against the same
+        source frames.
+        """
+        array = np.asarray(array)
+        if array.shape != self.shape:
+            raise ValueError(f"array shape {array.shape} differs from the grid {self.shape}")
+        return Volume(
+            array=array,
+            affine=self.affine.copy(),
+            spacing=self.spacing,
+            series_uid=self.series_uid,
+            frame_of_reference_uid=self.frame_of_reference_uid,
+            sop_uids=list(self.sop_uids),
+            frame_numbers=list(self.frame_numbers),
+            paths=list(self.paths),
+            warnings=list(self.warnings),
+            slice_thickness=self.slice_thickness,
+            sop_class_uid=self.sop_class_uid,
+        )
+
+    def geometry_summary(self) -> dict:
+        """JSON-ready description of the grid (no UIDs, no patient data) for run records/logs."""
+        return {
+            "shape_zyx": list(self.shape),
+            "spacing_zyx_mm": [round(s, 6) for s in self.spacing],
+            "image_orientation": [round(v, 8) for v in self.image_orientation],
+            "origin_lps_mm": [round(float(v), 4) for v in self.affine[:3, 3]],
+            "slice_step_mm": [round(float(v), 6) for v in self.affine[:3, 2]],
+            "notes": [n.code for n in self.warnings],
+        }
+
     def __repr__(self) -> str:  # arrays are large: keep repr short
         return (
             f"Volume(shape={self.shape}, spacing={tuple(round(s, 4) for s in self.spacing)}, "

@@ -42,13 +42,14 @@ def test_sequences_and_mask_land_on_t1post_grid(shared_data):
             # the resampled T1/T2 are the native pixels, voxel for voxel (same positions)
             assert native.same_grid(sv.reference)
             np.testing.assert_array_equal(sv.channels[role], native.array)
-        assert not [n for n in sv.notes if n.code != "localizer_removed"], sv.notes
+        assert sv.notes == [], sv.notes
 
         # the expert mask: Secondary Capture, Modality MR, with Image Plane attributes
         mask_paths = sorted((study / "MaskTumor").glob("*.dcm"))
         first = pydicom.dcmread(mask_paths[0], stop_before_pixels=True)
         assert first.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and first.Modality == "MR"
         mask = load_series(mask_paths)
+        assert [n.code for n in mask.warnings] == ["secondary_capture"]
         assert mask.frame_of_reference_uid == sv.reference.frame_of_reference_uid
         # rounded (6-decimal) header values: same voxel centres within 1/100 of a voxel
         corners = np.array([[0, 0, 0], [mask.shape[2] - 1, mask.shape[1] - 1, mask.shape[0] - 1]], float)

@@ -91,8 +91,8 @@ def test_loaded_affine_matches_written_grid(tmp_path, name):
 
 # Maximum absolute / RMS error of trilinear resampling of smooth_field (range ~40..160) at
 # reference voxels whose position lies strictly inside the source's sample lattice.
-MAX_ERR = 1.0
-RMS_ERR = 0.3
+MAX_ERR = 0.6
+RMS_ERR = 0.2
 
 
 @pytest.mark.parametrize(
@@ -145,7 +145,7 @@ def test_sphere_keeps_centre_and_volume(tmp_path, src, ref):
     labels, lvalid = mask_to_reference(labels_src, ref_vol)
     assert set(np.unique(labels)) <= {0.0, 1.0}
     centre_n, volume_n = _centroid_and_volume(ref_vol.affine, ref_vol.shape, labels > 0.5)
-    assert abs(volume_n - true_volume) / true_volume < 0.05
+    assert abs(volume_n - true_volume) / true_volume < 0.03
     assert np.all(np.abs(ref_vol.lps_to_index(centre_n) - ref_vol.lps_to_index(SPHERE_CENTRE)) < 0.5)
 
 
@@ -236,3 +236,34 @@ def test_unusable_role_is_dropped_with_its_reason(tmp_path):
     with pytest.raises(GeometryError) as ei:
         build_study_volumes({}, GeometrySettings())
     assert ei.value.reason == "no_sequences"
+
+
+def test_volume_helpers(tmp_path):
+    paths, aff = _write(tmp_path, "oblique30", smooth_field)
+    vol = load_series(paths)
+    mask = (vol.array > 100).astype(np.uint8)
+    mv = vol.with_array(mask)
+    assert mv.array.dtype == np.uint8 and mv.sop_uids == vol.sop_uids and mv.same_grid(vol)
+    mv.sop_uids.append("x")
+    assert len(vol.sop_uids) == vol.shape[0]  # lists are copies
+    with pytest.raises(ValueError):
+        vol.with_array(mask[1:])
+    s = vol.geometry_summary()
+    assert s["shape_zyx"] == list(GRIDS["oblique30"][3])
+    np.testing.assert_allclose(s["spacing_zyx_mm"], GRIDS["oblique30"][2], atol=1e-5)
+    np.testing.assert_allclose(vol.normal, np.cross(vol.row_direction, vol.column_direction))
+    np.testing.assert_allclose(vol.slice_position(3), aff[:3, 3] + 3 * aff[:3, 2], atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_resampling_matches_cpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA not available")
+    src = load_series(_write(tmp_path, "coronal", smooth_field)[0])
+    ref = load_series(_write(tmp_path, "oblique30", smooth_field)[0])
+    cpu, cvalid = resample_to(src, ref)
+    gpu, gvalid = resample_to(src, ref, device="cuda")
+    assert (cvalid != gvalid).mean() < 1e-4  # float32 rounding at the footprint edge only
+    both = cvalid & gvalid
+    assert np.abs(cpu - gpu)[both].max() < 1e-3
