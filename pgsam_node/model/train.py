@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,7 +98,8 @@ class TrainSet:
         return np.array(pos, dtype=np.int64).reshape(-1, 2), np.array(neg, dtype=np.int64).reshape(-1, 2)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
+        # A per-process temporary name: concurrent runs may build the same cache.
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez(
             tmp,
             n=len(self.images),
