@@ -161,6 +161,13 @@ class Predictor:
         log.info("loaded model %s on %s", cfg.version, dev)
         return cls(model, cfg, dev, batch_size=batch_size, text_encoder=text_encoder, threshold=threshold)
 
+    @classmethod
+    def from_settings(cls, settings) -> Predictor:
+        """Load the model the node configuration names (``model.path``, ``device``, ``batch_size``,
+        ``text_encoder``, ``threshold``)."""
+        m = settings.model
+        return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder, threshold=m.threshold)
+
     @property
     def model_version(self) -> str:
         """Model name and the first 12 hex digits of the weights' SHA-256."""

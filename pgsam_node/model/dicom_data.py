@@ -132,13 +132,25 @@ def load_dicom_study(folder: Path, report: str | None = None, settings=None) -> 
     )
 
 
-def load_dicom_studies(root: Path, reports_csv: Path | None = None, settings=None, require_mask: bool = True) -> list[StudyArrays]:
-    """Every study folder under ``root`` (sorted by name) that has sequences (and a mask)."""
+def load_dicom_studies(
+    root: Path, reports_csv: Path | None = None, settings=None, require_mask: bool = True, include: list[str] | None = None, exclude: list[str] | None = None
+) -> list[StudyArrays]:
+    """Every study folder under ``root`` (sorted by name) that has sequences (and a mask).
+
+    ``include`` / ``exclude`` select study folders by name (e.g. leave-one-out folds).
+    """
     if not root.is_dir():
         raise ModelError(f"data folder {root} does not exist")
     reports = read_reports_csv(reports_csv)
     out = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    names = {f.name for f in folders}
+    for name in (include or []) + (exclude or []):
+        if name not in names:
+            raise ModelError(f"study folder {name!r} not found under {root}")
+    for folder in folders:
+        if (include and folder.name not in include) or (exclude and folder.name in exclude):
+            continue
         try:
             st = load_dicom_study(folder, reports.get(folder.name), settings)
         except (GeometryError, ModelError) as exc:
