@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import expit
 
 from .errors import InferenceError, ModelError
 from .findings import Findings, findings_vector
@@ -271,8 +272,7 @@ class Predictor:
                         logits[k] = -20.0
         t2 = time.perf_counter()
         y, x = prep.shape_yx
-        prob = 1.0 / (1.0 + np.exp(-resize_slices(logits, (y, x))))
-        prob = prob.astype(np.float32)
+        prob = expit(resize_slices(logits, (y, x))).astype(np.float32)
         mask = prob >= self.threshold
         notes: list[str] = []
         if postprocess:
