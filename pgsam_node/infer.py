@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from scipy.special import expit
 
 from .errors import InferenceError, ModelError
 from .findings import Findings, findings_vector
@@ -161,6 +162,13 @@ class Predictor:
         log.info("loaded model %s on %s", cfg.version, dev)
         return cls(model, cfg, dev, batch_size=batch_size, text_encoder=text_encoder, threshold=threshold)
 
+    @classmethod
+    def from_settings(cls, settings) -> Predictor:
+        """Load the model the node configuration names (``model.path``, ``device``, ``batch_size``,
+        ``text_encoder``, ``threshold``)."""
+        m = settings.model
+        return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder, threshold=m.threshold)
+
     @property
     def model_version(self) -> str:
         """Model name and the first 12 hex digits of the weights' SHA-256."""
@@ -264,8 +272,7 @@ class Predictor:
                         logits[k] = -20.0
         t2 = time.perf_counter()
         y, x = prep.shape_yx
-        prob = 1.0 / (1.0 + np.exp(-resize_slices(logits, (y, x))))
-        prob = prob.astype(np.float32)
+        prob = expit(resize_slices(logits, (y, x))).astype(np.float32)
         mask = prob >= self.threshold
         notes: list[str] = []
         if postprocess:

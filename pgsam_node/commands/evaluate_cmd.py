@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--seed-base", type=int, default=None, help="first held-out seed (default: the evaluation range, disjoint from training)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of DICOM studies with masks")
     p.add_argument("--reports", type=Path, default=None, help="CSV of report texts for --data DIR")
+    p.add_argument("--studies", default=None, help="comma-separated study folder names to use from --data DIR (default all)")
     p.add_argument("--no-text", action="store_true", help="give the model no report text or findings")
     p.add_argument("--no-postprocess", action="store_true", help="skip the report-side / small-component filter")
     p.add_argument("--batch-size", type=int, default=None)
@@ -49,7 +50,8 @@ def run(args) -> int:
     else:
         from ..model.dicom_data import load_dicom_studies
 
-        studies = load_dicom_studies(Path(args.data), args.reports, settings)
+        include = [v.strip() for v in args.studies.split(",") if v.strip()] if args.studies else None
+        studies = load_dicom_studies(Path(args.data), args.reports, settings, include=include)
         if not studies:
             raise ModelError(f"no study with a mask found under {args.data}")
     result = evaluate_studies(pred, studies, use_text=use_text, postprocess=not args.no_postprocess, progress=not args.quiet)

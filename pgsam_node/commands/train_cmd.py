@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--single-sequence", nargs="?", const="T1", default=None, metavar="ROLE", help="ablation: one sequence only (default T1)")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of DICOM studies with masks")
     p.add_argument("--reports", type=Path, default=None, help="CSV of report texts for --data DIR (study,report)")
+    p.add_argument("--studies", default=None, help="comma-separated study folder names to use from --data DIR (default all)")
+    p.add_argument("--exclude-studies", default=None, help="comma-separated study folder names to leave out (e.g. the held-out fold)")
+    p.add_argument("--init", type=Path, default=None, help="start from the weights of this model folder (fine-tuning; matching tensors only)")
     p.add_argument("--cases", type=int, default=200, help="number of synthetic training studies")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=6e-4)
@@ -37,6 +40,10 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def run(args) -> int:
@@ -66,11 +73,11 @@ def run(args) -> int:
 
         from ..model.train import build_train_set
 
-        studies = load_dicom_studies(Path(args.data), args.reports, settings)
+        studies = load_dicom_studies(Path(args.data), args.reports, settings, include=_names(args.studies), exclude=_names(args.exclude_studies))
         if not studies:
             raise ModelError(f"no study with a mask found under {args.data}")
         ts = build_train_set(studies, sequences, arch.img_size, norm, progress=not args.no_progress)
-        data_desc = f"DICOM studies under {args.data}: {len(studies)}"
+        data_desc = f"DICOM studies under {args.data}: {', '.join(st.case_id for st in studies)}"
         task, labels = args.task or "brain-tumour", BRAIN_TUMOUR_LABELS
     opts = TrainOptions(
         out=args.out,
@@ -92,6 +99,7 @@ def run(args) -> int:
         labels=list(labels),
         command=command,
         data_description=data_desc,
+        init=args.init,
         progress=not args.no_progress,
     )
     cfg = train(opts, ts)

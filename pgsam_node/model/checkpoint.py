@@ -55,6 +55,8 @@ def save_model_dir(model: PGSAM, cfg: ModelConfig, path: str | Path, half: bool 
     cfg.version = f"{cfg.name}-{digest[:12]}"
     tmp_c = path / (CONFIG_FILE + ".tmp")
     tmp_c.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=False) + "\n")
+    for tmp in (tmp_w, tmp_c):
+        tmp.chmod(0o644)  # model files are meant to be shared and read by the node's user
     tmp_w.replace(path / WEIGHTS_FILE)
     tmp_c.replace(path / CONFIG_FILE)
     return cfg

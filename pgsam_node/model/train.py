@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -62,6 +63,8 @@ class TrainOptions:
     labels: list[dict] = field(default_factory=lambda: list(PAROTID_LABELS))
     command: str = ""
     data_description: str = ""
+    #: Model folder whose weights initialise the run (fine-tuning); tensors of other shapes are skipped.
+    init: Path | None = None
     # augmentation / regularisation
     p_flip: float = 0.5
     p_seq_drop: float = 0.2
@@ -97,7 +100,8 @@ class TrainSet:
         return np.array(pos, dtype=np.int64).reshape(-1, 2), np.array(neg, dtype=np.int64).reshape(-1, 2)
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
+        # A per-process temporary name: concurrent runs may build the same cache.
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
         np.savez(
             tmp,
             n=len(self.images),
@@ -305,7 +309,9 @@ def train(opts: TrainOptions, train_set: TrainSet, on_step: Callable[[int, dict]
         texts = [t or "" for t in train_set.texts]
         text_emb = enc.encode(texts)
     model = build_model(cfg)
-    if opts.sam_checkpoint:
+    if opts.init:
+        _init_from(model, Path(opts.init))
+    elif opts.sam_checkpoint:
         load_sam_checkpoint(model, opts.sam_checkpoint)
     elif arch.official_sam:
         log.warning("training preset %s without an official SAM checkpoint: image encoder starts random", arch.name)
@@ -340,6 +346,7 @@ def train(opts: TrainOptions, train_set: TrainSet, on_step: Callable[[int, dict]
         "train_slices": n_slices,
         "loss": "bce + soft dice",
         "optimizer": "AdamW",
+        "init": str(opts.init) if opts.init else None,
     }
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -373,6 +380,18 @@ def train(opts: TrainOptions, train_set: TrainSet, on_step: Callable[[int, dict]
             model.train()
     model.eval()
     return cfg
+
+
+def _init_from(model, folder: Path) -> None:
+    """Copy every tensor of the model folder whose name and shape match (fine-tuning start)."""
+    src, _ = load_model_dir(folder)
+    theirs = src.state_dict()
+    ours = model.state_dict()
+    same = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
+    if not same:
+        raise ModelError(f"--init {folder}: no tensor fits this architecture")
+    model.load_state_dict(same, strict=False)
+    log.info("initialised %d of %d tensors from %s", len(same), len(ours), folder)
 
 
 def _checkpoint(model, opt, cfg: ModelConfig, out: Path, step: int, rng: np.random.Generator) -> None:
