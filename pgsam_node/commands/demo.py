@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--language", choices=["en", "zh"], default="en", help="report language")
     p.add_argument("--timeout", type=float, default=110.0, help="seconds to wait for the SEG")
     p.add_argument("--json", type=Path, default=None, help="also write the summary as JSON")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the node's log lines")
     p.set_defaults(func=run)
 
 
@@ -87,6 +88,10 @@ def run(args) -> int:
 
     t0 = time.monotonic()
     base = load(args)
+    if not args.verbose:
+        import logging
+
+        logging.getLogger().setLevel(logging.WARNING)
     work = (args.workdir or base.storage_root / "demo").resolve()
     if work.exists():
         shutil.rmtree(work)
