@@ -48,7 +48,7 @@ def test_few_steps_reduce_loss_on_fixed_batch(tmp_path, ts):
     first = None
     for _ in range(12):
         loss, _ = dice_bce_loss(forward_batch(model, batch, dev), batch["mask"])
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
         opt.step()
