@@ -1,6 +1,6 @@
 # PG-SAM Node — the two set-up commands of the README are `make demo` and `make test`.
 # Both install what they need first (Python venv in .venv; Debian packages for the tests).
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -29,9 +29,7 @@ test-unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
 bench: setup sysdeps
-	$(BIN)/python benchmarks/ingest.py
-	$(BIN)/python benchmarks/inference.py
-	$(BIN)/python benchmarks/e2e.py
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
