@@ -28,6 +28,8 @@ from ..helpers import PROJECT_ROOT, free_port, wait_for, wait_port
 
 def _config(tmp_path, pacs: MiniPacs, db_url: str | None = None) -> tuple:
     cfg = {
+        # An empty result still sends a SEG, so every study ends DONE with exactly one object.
+        "seg": {"empty_result": "empty_segment"},
         "dicom": {"port": free_port(), "refuse_below_free_bytes": 0},
         "storage": {"root": str(tmp_path / "node"), "min_free_bytes": 0},
         "assembly": {"stable_seconds": 1.0, "check_interval_seconds": 0.3},
