@@ -115,9 +115,11 @@ def main() -> int:
             print(f"(TCIA study skipped: {TCIA} not present)")
         shutil.rmtree(tmp, ignore_errors=True)
     keys = ["instances", "send_seconds", "stable_seconds", "stable_wait", "report+queue", "gather", "geometry", "inference", "encode", "deliver+bookkeeping", "total"]
-    print(f"\n{'study':<18}" + "".join(f"{k:>14}" for k in keys))
+    width = {k: max(10, len(k) + 2) for k in keys}
+    print(f"\n{'study':<18}" + "".join(f"{k:>{width[k]}}" for k in keys))
     for r in rows:
-        print(f"{r['name']:<18}" + "".join(f"{r.get(k, 0):>14.2f}" if isinstance(r.get(k, 0), float) else f"{r.get(k, 0):>14}" for k in keys))
+        print(f"{r['name']:<18}" + "".join(
+            f"{r.get(k, 0):>{width[k]}.2f}" if isinstance(r.get(k, 0), float) else f"{r.get(k, 0):>{width[k]}}" for k in keys))
     for r in rows:
         work = r["total"] - r["stable_wait"]
         print(f"{r['name']}: last ack -> SEG acknowledged {r['total']:.2f} s; node work {work:.2f} s = "
