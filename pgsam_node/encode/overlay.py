@@ -11,23 +11,15 @@ from scipy import ndimage
 
 from ..config import Settings
 from ..errors import EncodeError
+from ..preview import window
 from .common import SERIES_OFFSETS, AlgorithmInfo, SourceSet, log_built, output_uids, quiet_highdicom
 
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS - PG-SAM overlay"
 
 
-def _window(img: np.ndarray) -> np.ndarray:
-    """Scale an MR plane to 0-255 with the 1st-99th percentile (robust to outliers)."""
-    img = img.astype(np.float32)
-    lo, hi = np.percentile(img, [1, 99]) if img.size else (0.0, 1.0)
-    if hi <= lo:
-        hi = lo + 1.0
-    return (np.clip((img - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
-
-
 def render_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> np.ndarray:
     """(Y, X) grey image + (Y, X) mask → (Y, X, 3) uint8 RGB with the mask outline and a 30 % tint."""
-    grey = _window(image)
+    grey = window(image)
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     m = mask > 0
     if m.any():
