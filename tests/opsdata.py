@@ -14,8 +14,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import FileDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from pgsam_node.db.models import (
@@ -29,6 +28,8 @@ from pgsam_node.db.models import (
     utcnow,
 )
 from pgsam_node.state import transition
+
+from .dicomgen import make_mr
 
 S = StudyState
 REPORT_TEXT = "MRI parotid: 23 mm well-circumscribed lesion in the right superficial lobe, likely pleomorphic adenoma."
@@ -49,48 +50,25 @@ class Seeded:
 
 def mr_series(study_uid: str, series_uid: str, n: int = 6, size: int = 48, series_number: int = 5,
               description: str = "T1 POST GD") -> list[FileDataset]:
-    """A small axial MR series (n slices of size × size, 1 mm pixels, 3 mm slices)."""
+    """A small axial MR series (n slices of size × size, 1 mm pixels, 3 mm slices) with a smooth
+    bright blob, built on the shared :func:`tests.dicomgen.make_mr` header."""
     rng = np.random.default_rng(7)
     frame_uid = generate_uid()
+    yy, xx = np.mgrid[:size, :size]
+    blob = 400 + 300 * np.exp(-(((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (size * 4)))
     out = []
     for k in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
+        base = make_mr(study_uid, series_uid, k, description=description, size=size, series_number=series_number)
+        ds = FileDataset(None, base, file_meta=base.file_meta, preamble=b"\0" * 128)
         ds.FrameOfReferenceUID = frame_uid
-        ds.Modality = "MR"
-        ds.PatientID = "OPS-TEST-0001"
-        ds.PatientName = "Test^Ops"
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "O"
-        ds.StudyDate = "20261123"
-        ds.StudyTime = "101500"
-        ds.AccessionNumber = "ACC-OPS-1"
-        ds.StudyID = "1"
-        ds.ReferringPhysicianName = ""
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = description
-        ds.InstanceNumber = k + 1
+        ds.PatientID, ds.PatientName = "OPS-TEST-0001", "Test^Ops"
+        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID = "20261123", "101500", "1"
+        ds.AccessionNumber, ds.ReferringPhysicianName = "ACC-OPS-1", ""
         ds.Manufacturer = "Synthetic"
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.ImagePositionPatient = [0.0, 0.0, 3.0 * k]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 3.0
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        yy, xx = np.mgrid[:size, :size]
-        img = 400 + 300 * np.exp(-(((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (size * 4))) + rng.normal(0, 20, (size, size))
+        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 3.0
+        img = blob + rng.normal(0, 20, (size, size))
         ds.PixelData = np.clip(img, 0, 4095).astype(np.uint16).tobytes()
         out.append(ds)
     return out
@@ -139,7 +117,6 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
     for ds in sources:
         ds.AccessionNumber = accession
     t2 = mr_series(study_uid, t2_uid, n=3, series_number=3, description="T2 TSE AX")
-    spool = Path(storage_root) / "spool" / study_uid
     inst_paths: list[str] = []
     with db.transaction() as s:
         st = Study(study_uid=study_uid, patient_id="OPS-TEST-0001", accession_number=accession, study_date="20261123",
