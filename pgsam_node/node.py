@@ -47,7 +47,6 @@ class Node:
 
     # ------------------------------------------------------------------------------- jobs
     def _jobs(self):
-        from .assemble import mark_stable
         from .outbox import process_due
         from .pipeline import finish_sent
         from .progress import advance_stable
@@ -57,8 +56,7 @@ class Node:
 
         s, db = self.settings, self.db
 
-        def assemble_and_advance() -> None:
-            mark_stable(db, s)
+        def advance() -> None:
             advanced = advance_stable(db, s)
             if self.worker and any(v == "READY" for v in advanced.values()):
                 self.worker.wake()
@@ -78,8 +76,8 @@ class Node:
             requeue_expired(db, s)
 
         return [
-            # The scheduler's own assembly job marks studies stable; this one also advances them.
-            Job("advance", assemble_and_advance, s.assembly.check_interval_seconds),
+            # The scheduler's own assembly job marks studies stable; this one advances them.
+            Job("advance", advance, s.assembly.check_interval_seconds),
             Job("reports", reports, s.ris.recheck_interval_seconds),
             Job("outbox", outbox, s.send.check_interval_seconds),
             Job("leases", leases, max(1.0, s.worker.heartbeat_seconds)),

@@ -29,18 +29,13 @@ def selected_series(study: Study) -> dict[str, Series]:
     return out
 
 
-def _choose_roles(study: Study, settings: Settings) -> dict[str, Series]:
-    from .assemble import apply_roles
-
-    apply_roles(study, settings)
-    return selected_series(study)
-
-
 def advance_study(session, study: Study, settings: Settings, db: Database, now: dt.datetime) -> str:
     """One decision for a STABLE or WAITING_SEQUENCES study; returns the new state."""
     from .report_wait import attach_report_or_wait
 
-    chosen = _choose_roles(study, settings)
+    # Roles were classified and selected when the study became STABLE (assemble.mark_stable);
+    # any new series re-opens the study, so the selection is current here.
+    chosen = selected_series(study)
     missing = [r for r in settings.assembly.required_roles if r not in chosen]
     if missing:
         if study.state != StudyState.WAITING_SEQUENCES.value:
