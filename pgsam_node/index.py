@@ -12,9 +12,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -112,7 +113,38 @@ def header_from_dataset(ds, sop_class_uid: str | None = None) -> InstanceHeader:
     )
 
 
-def parse_header(part10: bytes | BytesIO, sop_class_uid: str | None = None) -> InstanceHeader:
+def quick_header(values: dict[int, str], sop_class_uid: str | None = None) -> InstanceHeader:
+    """An :class:`InstanceHeader` with only the identifying values, from
+    :func:`pgsam_node.headscan.scan_identity` (normalised exactly as :func:`header_from_dataset`).
+
+    Raises
+    ------
+    UnparseableDatasetError
+        A UID is missing.
+    """
+    from . import headscan
+
+    def text(tag: int) -> str | None:
+        v = values.get(tag)
+        return (v.strip()[:64] or None) if v else None
+
+    study, series, sop = (text(headscan.STUDY_INSTANCE_UID), text(headscan.SERIES_INSTANCE_UID),
+                          text(headscan.SOP_INSTANCE_UID))
+    sop_class = text(headscan.SOP_CLASS_UID) or sop_class_uid
+    missing = [n for n, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop),
+                              ("SOPClassUID", sop_class)) if not v]
+    if missing:
+        raise UnparseableDatasetError(f"dataset lacks {', '.join(missing)}")
+    try:
+        raw = values.get(headscan.INSTANCE_NUMBER, "").strip()
+        number = int(raw) if raw.lstrip("+-").isdigit() else int(float(raw)) if float(raw).is_integer() else None
+    except ValueError:
+        number = None
+    return InstanceHeader(study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid=sop_class,
+                          instance_number=number)
+
+
+def parse_header(part10: bytes | BytesIO | BinaryIO, sop_class_uid: str | None = None) -> InstanceHeader:
     """Parse the header of a Part-10 byte stream without reading pixel data.
 
     Parameters
@@ -126,7 +158,7 @@ def parse_header(part10: bytes | BytesIO, sop_class_uid: str | None = None) -> I
     ------
     UnparseableDatasetError
     """
-    stream = part10 if isinstance(part10, BytesIO) else BytesIO(part10)
+    stream = BytesIO(part10) if isinstance(part10, (bytes, bytearray)) else part10
     try:
         ds = dcmread(stream, stop_before_pixels=True, specific_tags=PARSE_KEYWORDS)
     except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - pydicom raises many types
@@ -208,6 +240,7 @@ def index_instance(
     calling_aet: str | None = None,
     now: dt.datetime | None = None,
     attempts: int = 5,
+    full_header: Callable[[], InstanceHeader] | None = None,
 ) -> IndexResult:
     """Record one stored instance (upsert) in one transaction; retried on a lost race.
 
@@ -221,6 +254,10 @@ def index_instance(
         Parsed header.
     rel_path, size
         Spool file relative to the storage root, and its size.
+    full_header
+        When ``h`` holds only the identifying values (:func:`quick_header`): a callable returning
+        the complete header, called only if the instance opens a new study or series or re-opens
+        one (classification evidence is needed then, and only then).
 
     Returns
     -------
@@ -230,8 +267,9 @@ def index_instance(
         try:
             if db.is_sqlite:
                 with _sqlite_write_lock:
-                    return _index_once(db, settings, h, rel_path, size, transfer_syntax_uid, calling_aet, now)
-            return _index_once(db, settings, h, rel_path, size, transfer_syntax_uid, calling_aet, now)
+                    return _index_once(db, settings, h, rel_path, size, transfer_syntax_uid, calling_aet, now,
+                                       full_header)
+            return _index_once(db, settings, h, rel_path, size, transfer_syntax_uid, calling_aet, now, full_header)
         except (IntegrityError, OperationalError) as exc:
             # Two associations created the same study/series at once (unique constraint), or
             # the database was busy: the transaction rolled back; try again.
@@ -281,11 +319,111 @@ def _fast_path(db, h: InstanceHeader, rel_path, size, ts_uid, calling_aet, now) 
     return IndexResult(study_id, series_id, False, False, False, False)
 
 
-def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> IndexResult:
+class FastIndexSession:
+    """The index fast path (see :func:`_fast_path`) on one DB-API connection held for the life of
+    an association: the same statements, without SQLAlchemy's per-statement and per-checkout
+    overhead (which was most of the index cost per instance).
+
+    :meth:`record` returns None whenever the slow path is needed (new study or series, re-sent
+    instance, study to re-open, or any database error), after rolling back; the caller then uses
+    :func:`index_instance`, which owns retries and error reporting. Call :meth:`close` when the
+    association ends.
+    """
+
+    def __init__(self, db):
+        self.db = db
+        self.conn = None
+        self._series: dict[str, tuple[str, int]] = {}
+        if db.is_sqlite:
+            p = lambda name: f":{name}"  # noqa: E731 - sqlite3 named style
+            self._fmt_now = lambda t: t.strftime("%Y-%m-%d %H:%M:%S.%f")  # SQLAlchemy's SQLite DateTime
+        else:
+            p = lambda name: f"%({name})s"  # noqa: E731 - psycopg pyformat
+            self._fmt_now = lambda t: t
+        self._touch_study = (f"UPDATE studies SET last_instance_at = {p('now')}, updated_at = {p('now')} "
+                             f"WHERE study_uid = {p('study_uid')} AND state = 'RECEIVING' RETURNING id")
+        self._series_id = f"SELECT id FROM series WHERE series_uid = {p('series_uid')} AND study_id = {p('study_id')}"
+        self._insert = (
+            "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number, "
+            f"path, size_bytes, calling_aet, received_at) VALUES ({p('series_id')}, {p('sop_uid')}, "
+            f"{p('sop_class_uid')}, {p('ts_uid')}, {p('instance_number')}, {p('path')}, {p('size')}, "
+            f"{p('calling_aet')}, {p('now')}) ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id")
+        self._count = (f"UPDATE series SET instance_count = instance_count + 1, last_instance_at = {p('now')} "
+                       f"WHERE id = {p('series_id')}")
+
+    def record(self, h: InstanceHeader, rel_path: str, size: int, ts_uid: str | None, calling_aet: str | None,
+               now: dt.datetime | None = None) -> IndexResult | None:
+        """Index a new instance of a known series of a study still RECEIVING, or return None."""
+        if self.db.is_sqlite:
+            with _sqlite_write_lock:
+                return self._record(h, rel_path, size, ts_uid, calling_aet, now)
+        return self._record(h, rel_path, size, ts_uid, calling_aet, now)
+
+    def _record(self, h, rel_path, size, ts_uid, calling_aet, now) -> IndexResult | None:
+        now = self._fmt_now(now or utcnow())
+        try:
+            if self.conn is None:
+                self.conn = self.db.engine.raw_connection()
+            cur = self.conn.cursor()
+            try:
+                cur.execute(self._touch_study, {"now": now, "study_uid": h.study_uid})
+                row = cur.fetchone()
+                if row is None:
+                    return self._give_up()
+                study_id = row[0]
+                cached = self._series.get(h.series_uid)
+                if cached is not None and cached[0] == h.study_uid:
+                    series_id = cached[1]
+                else:
+                    cur.execute(self._series_id, {"series_uid": h.series_uid, "study_id": study_id})
+                    row = cur.fetchone()
+                    if row is None:
+                        return self._give_up()
+                    series_id = row[0]
+                cur.execute(self._insert, {
+                    "series_id": series_id, "sop_uid": h.sop_uid, "sop_class_uid": h.sop_class_uid, "ts_uid": ts_uid,
+                    "instance_number": h.instance_number, "path": rel_path, "size": size, "calling_aet": calling_aet,
+                    "now": now,
+                })
+                if cur.fetchone() is None:
+                    return self._give_up()
+                cur.execute(self._count, {"now": now, "series_id": series_id})
+            finally:
+                cur.close()
+            self.conn.commit()
+        except Exception as exc:  # noqa: BLE001 - the slow path retries and reports
+            log.info("index fast path fell back for instance %s: %s", uid_hash(h.sop_uid), type(exc).__name__)
+            self._series.clear()
+            self.close()
+            return None
+        self._series[h.series_uid] = (h.study_uid, series_id)
+        return IndexResult(study_id, series_id, False, False, False, False)
+
+    def _give_up(self) -> None:
+        self.conn.rollback()
+        return None
+
+    def close(self) -> None:
+        """Return the connection (rolled back) to the pool."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection: drop it
+                pass
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now, full_header=None) -> IndexResult:
     now = now or utcnow()
     fast = _fast_path(db, h, rel_path, size, ts_uid, calling_aet, now)
     if fast is not None:
         return fast
+    if full_header is not None:
+        h = full_header()
     result = _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now)
     if result.old_path:
         # The instance moved (re-sent with another Study/Series UID): drop the stale file only

@@ -1,4 +1,5 @@
-"""DICOM listener: Verification and Storage SCP (PS3.4 Annex A and B) on pynetdicom.
+"""DICOM listener: Verification and Storage SCP (PS3.4 Annex A and B), and the Storage Commitment
+report receiver (PS3.4 J.3.3), on the node's own acceptor (:mod:`pgsam_node.dicomnet`).
 
 Association policy (checked when the A-ASSOCIATE-RQ arrives, PS3.8 7.1.1.9):
 
@@ -6,29 +7,34 @@ Association policy (checked when the A-ASSOCIATE-RQ arrives, PS3.8 7.1.1.9):
   everyone) -> A-ASSOCIATE-RJ permanent, service-user, "calling AE title not recognised";
 * free disk below ``dicom.refuse_below_free_bytes`` -> A-ASSOCIATE-RJ transient,
   service-provider (presentation), "temporary congestion", so the PACS retries later;
-* more than ``dicom.max_associations`` at once -> transient "local limit exceeded" (pynetdicom).
+* more than ``dicom.max_associations`` at once -> transient "local limit exceeded".
 
-C-STORE (PS3.4 B.2.3): the received bytes are parsed for their header only, written to the spool
-as a Part-10 file in the accepted transfer syntax, fsynced, renamed into place and indexed; only
-then does the success status go back (persist before acknowledge). Failures become statuses:
-0xA700 out of resources (disk below the reserve or full, database unavailable), 0xC210 cannot
-understand (unparseable, no UIDs). The listener keeps serving after any of them.
+C-STORE (PS3.4 B.2.3): the data set is streamed, fragment by fragment as it arrives, into a
+temporary Part-10 file in the accepted transfer syntax (byte for byte, nothing decoded); its
+identifying UIDs are scanned from the first bytes (:mod:`pgsam_node.headscan`; pydicom reads the
+full header only for the first instance of a series, which is when classification needs it); the
+file is fsynced, renamed into the spool and indexed; only then does the success status go back
+(persist before acknowledge). Failures become statuses with an Error Comment: 0xA700 out of
+resources (disk below the reserve or full, database unavailable), 0xC210 cannot understand
+(unparseable, no UIDs). The listener keeps serving after any of them.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from io import BytesIO
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pydicom import dcmread
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-from . import spool
+from . import headscan, spool
+from .dicomnet import dimse
+from .dicomnet.acceptor import Acceptor, Association, Rejection
 from .errors import ReceiveError, StorageFullError, UnparseableDatasetError
-from .index import index_instance, parse_header
+from .index import FastIndexSession, InstanceHeader, index_instance, parse_header, quick_header
 from .logsetup import uid_hash
 from .tls import server_context
 
@@ -83,33 +89,30 @@ class Listener:
         self.settings = settings
         self.db = db
         self.on_release = on_release
-        self._server = None
+        self._server: Acceptor | None = None
         self._lock = threading.Lock()
         #: Counters since start (for status/metrics): stored, failed, rejected associations.
         self.counters = {"stored": 0, "failed": 0, "rejected": 0}
-        self._assoc_studies: dict[int, set[str]] = {}
+        #: Series with an indexed instance: later instances need only the identity scan.
+        self._known_series: set[str] = set()
+        self._commitment = any(dest.storage_commitment for dest in settings.destinations)
 
     # ---- lifecycle ---------------------------------------------------------------------------
-    def _build_ae(self) -> AE:
-        d = self.settings.dicom
-        ae = AE(ae_title=d.ae_title)
+    def _supported(self) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
         # Every standard storage SOP class (MR, Enhanced MR, SC, SEG, SR, RT ...) in every transfer
         # syntax pydicom knows, incl. deflate, JPEG baseline/lossless, JPEG-LS, JPEG 2000 and RLE:
         # the bytes are stored as received, so no codec is needed to accept them.
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:4])
-        if any(dest.storage_commitment for dest in self.settings.destinations):
-            # PS3.4 J.3.3: the PACS reports storage commitment on an association it opens.
-            from .commitment import add_commitment_context
+        every = frozenset(str(t) for t in ALL_TRANSFER_SYNTAXES)
+        supported = {str(cx.abstract_syntax): every for cx in AllStoragePresentationContexts}
+        supported[str(Verification)] = frozenset(str(t) for t in ALL_TRANSFER_SYNTAXES[:4])
+        roles: frozenset[str] = frozenset()
+        if self._commitment:
+            # PS3.4 J.3.3: the PACS reports storage commitment on an association it opens, as SCP.
+            from .commitment import COMMITMENT_SOP_CLASS
 
-            add_commitment_context(ae)
-        ae.maximum_associations = d.max_associations
-        ae.network_timeout = d.network_timeout
-        ae.acse_timeout = d.network_timeout
-        ae.dimse_timeout = d.network_timeout
-        ae.maximum_pdu_size = 0  # unlimited receive PDU: fewer, larger P-DATA reads
-        return ae
+            supported[COMMITMENT_SOP_CLASS] = frozenset(str(t) for t in ALL_TRANSFER_SYNTAXES[:4])
+            roles = frozenset({COMMITMENT_SOP_CLASS})
+        return supported, roles
 
     def start(self) -> None:
         """Bind and serve in background threads (returns immediately)."""
@@ -118,22 +121,14 @@ class Listener:
         d = self.settings.dicom
         self.settings.spool_dir.mkdir(parents=True, exist_ok=True)
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-        ae = self._build_ae()
-        handlers = [
-            (evt.EVT_CONN_OPEN, self._on_conn_open),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_RELEASED, self._on_end),
-            (evt.EVT_ABORTED, self._on_end),
-        ]
-        if any(dest.storage_commitment for dest in self.settings.destinations):
-            from .commitment import commitment_report_handler
-
-            handlers.append((evt.EVT_N_EVENT_REPORT, commitment_report_handler(self.db, self.settings)))
+        supported, roles = self._supported()
         ssl_ctx = server_context(d.tls)
-        self._ae = ae
-        self._server = ae.start_server((d.bind, d.port), block=False, evt_handlers=handlers, ssl_context=ssl_ctx)
+        self._server = Acceptor(
+            self, d.bind, d.port, supported, roles, max_associations=d.max_associations, timeout=d.network_timeout,
+            ssl_context=ssl_ctx, implementation_class_uid=spool.IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=spool.IMPLEMENTATION_VERSION_NAME,
+        )
+        self._server.start()
         log.info("DICOM listener %s on %s:%d%s", d.ae_title, d.bind, self.port, " (TLS)" if ssl_ctx else "")
 
     def stop(self) -> None:
@@ -151,113 +146,161 @@ class Listener:
             return self.settings.dicom.port
         return self._server.server_address[1]
 
-    # ---- association policy ------------------------------------------------------------------
-    def _on_conn_open(self, event) -> None:
-        # Small C-STORE-RSP PDUs must not wait for Nagle's algorithm (a delayed ACK costs ~40 ms
-        # per instance on Linux).
-        try:
-            sock = event.assoc.dul.socket.socket
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (AttributeError, OSError):
-            pass
+    @property
+    def active_associations(self) -> list[Association]:
+        """Associations open now."""
+        return self._server.active_associations if self._server is not None else []
 
-    def _on_requested(self, event) -> None:
-        assoc = event.assoc
+    # ---- association policy ------------------------------------------------------------------
+    def check_association(self, rq, assoc: Association) -> Rejection | None:
         d = self.settings.dicom
-        calling = (assoc.requestor.primitive.calling_ae_title or "").strip()
-        host = assoc.requestor.address
+        calling, host = rq.calling_ae, assoc.peer_host
+        rejection = None
         if not calling_ae_allowed(d.allowed_calling_aets, calling, host):
             log.warning("association from %s@%s rejected: calling AE title not allowed", calling, host)
-            self._reject(assoc, 0x01, 0x01, 0x03)  # permanent, service-user, calling AE not recognised
-            return
-        if d.refuse_below_free_bytes:
+            rejection = Rejection(1, 1, 3, "calling AE title not recognised")
+        elif d.refuse_below_free_bytes:
             free = spool.free_bytes(self.settings.storage_root)
             if free < d.refuse_below_free_bytes:
                 log.warning("association from %s@%s rejected: %d bytes free, below dicom.refuse_below_free_bytes",
                             calling, host, free)
-                self._reject(assoc, 0x02, 0x03, 0x01)  # transient, presentation, temporary congestion
-                return
-        self._prefer_requestor_order(assoc)
-
-    @staticmethod
-    def _prefer_requestor_order(assoc) -> None:
-        """Accept, per presentation context, the first transfer syntax the *peer* lists that we
-        support (PS3.8 7.1.1.13 leaves the choice to the acceptor; pynetdicom would take ours).
-
-        So a JPEG file offered as [JPEG, Explicit VR LE] is received and kept compressed, byte
-        for byte, instead of making the sender decompress it; and an uncompressed file offered
-        as [Explicit VR LE, JPEG lossy] is never pushed into lossy compression.
-        """
-        wanted: dict[str, list[str]] = {}
-        for cx in assoc.requestor.primitive.presentation_context_definition_list:
-            order = wanted.setdefault(str(cx.abstract_syntax), [])
-            order.extend(str(t) for t in cx.transfer_syntax if str(t) not in order)
-        contexts = assoc.acceptor.supported_contexts
-        for cx in contexts:
-            order = wanted.get(str(cx.abstract_syntax))
-            if order:
-                rank = {t: i for i, t in enumerate(order)}
-                cx.transfer_syntax = sorted(cx.transfer_syntax, key=lambda t: rank.get(str(t), len(rank)))
-        assoc.acceptor.supported_contexts = contexts
-
-    def _reject(self, assoc, result: int, source: int, diagnostic: int) -> None:
-        with self._lock:
-            self.counters["rejected"] += 1
-        assoc.acse.send_reject(result, source, diagnostic)
-        # As pynetdicom's own ACSE rejection does: wait until the A-ASSOCIATE-RJ is out and the
-        # state machine is idle (Sta1) before the server closes the socket.
-        assoc.kill()
+                rejection = Rejection(2, 3, 1, "temporary congestion")
+        if rejection is not None:
+            with self._lock:
+                self.counters["rejected"] += 1
+        return rejection
 
     # ---- services ------------------------------------------------------------------------------
-    def _on_echo(self, event) -> int:
+    def echo(self, assoc: Association) -> int:
         return STATUS_SUCCESS
 
-    def _on_store(self, event) -> int:
-        """Persist, index, then acknowledge one instance (PS3.4 B.2.3 statuses)."""
-        req = event.request
-        sop_hash = uid_hash(str(req.AffectedSOPInstanceUID or ""))
-        calling = (event.assoc.requestor.ae_title or "").strip() or None
+    def begin_store(self, assoc: Association, transfer_syntax: str, command: dict) -> "_StoreInstance":
+        return _StoreInstance(self, assoc, transfer_syntax, command)
+
+    def event_report(self, assoc: Association, transfer_syntax: str, command: dict, dataset: bytes) -> int:
+        from pydicom.filereader import read_dataset
+        from pydicom.uid import UID
+
+        from .commitment import record_commitment_report
+
+        ts = UID(transfer_syntax)
         try:
-            ts_uid = str(event.context.transfer_syntax)
-            data: bytes = req.DataSet.getvalue()
-            sop_class = str(req.AffectedSOPClassUID or "")
-            # Header first, from meta + dataset bytes: fails fast on garbage, no pixel decoding.
-            meta_guess = spool.file_meta_bytes(sop_class, str(req.AffectedSOPInstanceUID or "1"), ts_uid)
-            stream = BytesIO(meta_guess + data)
-            h = parse_header(stream, sop_class)
-            meta = spool.file_meta_bytes(h.sop_class_uid, h.sop_uid, ts_uid, calling)
-            rel = spool.spool_relpath(h.study_uid, h.series_uid, h.sop_uid)
-            stored = spool.write_instance(self.settings, rel, (meta, data))
-            res = index_instance(self.db, self.settings, h, rel, stored.size, ts_uid, calling)
-        except StorageFullError as exc:
-            log.error("instance %s refused (0xA700): %s", sop_hash, exc)
-            return self._fail(STATUS_OUT_OF_RESOURCES)
-        except UnparseableDatasetError as exc:
-            log.error("instance %s refused (0xC210): %s", sop_hash, exc)
-            return self._fail(STATUS_CANNOT_UNDERSTAND)
-        except ReceiveError as exc:
-            log.error("instance %s refused (0xA700): %s", sop_hash, exc)
-            return self._fail(STATUS_OUT_OF_RESOURCES)
-        except Exception as exc:  # noqa: BLE001 - e.g. the database is down: tell the peer to retry
-            log.exception("instance %s refused (0xA700): %s: %s", sop_hash, type(exc).__name__, exc)
-            return self._fail(STATUS_OUT_OF_RESOURCES)
-        with self._lock:
-            self.counters["stored"] += 1
-            self._assoc_studies.setdefault(id(event.assoc), set()).add(h.study_uid)
-        log.debug("stored instance %s (series %s, study %s)%s", sop_hash, uid_hash(h.series_uid),
-                  uid_hash(h.study_uid), " replaced" if res.replaced else "")
-        return STATUS_SUCCESS
+            info = read_dataset(BytesIO(dataset), ts.is_implicit_VR, ts.is_little_endian)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types
+            log.error("N-EVENT-REPORT from %s cannot be parsed: %s", assoc.calling_ae, exc)
+            return 0x0110
+        sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS_UID, ""))
+        return record_commitment_report(self.db, self.settings, assoc.calling_ae, sop_class, info)
 
-    def _fail(self, status: int) -> int:
-        with self._lock:
-            self.counters["failed"] += 1
-        return status
-
-    def _on_end(self, event) -> None:
-        with self._lock:
-            studies = self._assoc_studies.pop(id(event.assoc), None)
+    def association_ended(self, assoc: Association, released: bool) -> None:
+        fast = assoc.data.pop("index", None)
+        if fast is not None:
+            fast.close()
+        studies = assoc.data.get("studies")
         if studies and self.on_release is not None:
             try:
-                self.on_release(studies)
+                self.on_release(set(studies))
             except Exception:  # noqa: BLE001 - a hint must never break the listener
                 log.exception("association-release hook failed")
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.counters[key] += 1
+
+
+#: Bytes of a data set kept in memory for the identity scan (the UIDs sit in the first few hundred).
+_HEAD_BYTES = 64 * 1024
+
+
+class _StoreInstance:
+    """One C-STORE: stream to a temporary file, then identify, commit, index (PS3.4 B.2.3)."""
+
+    def __init__(self, listener: Listener, assoc: Association, ts: str, command: dict):
+        self.listener = listener
+        self.assoc = assoc
+        self.ts = ts
+        self.sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS_UID, ""))
+        self.sop_uid = str(command.get(dimse.AFFECTED_SOP_INSTANCE_UID, ""))
+        self.calling = assoc.calling_ae or None
+        self.head = bytearray()
+        self.error: tuple[int, str] | None = None
+        self.file: spool.IncomingFile | None = None
+        try:
+            self.meta = spool.file_meta_bytes(self.sop_class or "1", self.sop_uid or "1", ts, self.calling)
+            self.file = spool.IncomingFile(listener.settings, self.meta)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status at the end of the data set
+            self.error = self._status_for(exc)
+
+    def write(self, fragment: memoryview) -> None:
+        if self.error is not None:
+            return  # already failed: the rest of the data set is read and dropped
+        if len(self.head) < _HEAD_BYTES:
+            self.head += fragment[:_HEAD_BYTES - len(self.head)]
+        try:
+            self.file.write(fragment)
+        except Exception as exc:  # noqa: BLE001
+            self.error = self._status_for(exc)
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.discard()
+
+    def finish(self) -> tuple[int, str | None]:
+        lst = self.listener
+        if self.error is None:
+            try:
+                return self._commit()
+            except Exception as exc:  # noqa: BLE001 - e.g. the database is down: tell the peer to retry
+                self.discard()
+                self.error = self._status_for(exc)
+        status, why = self.error
+        lst._count("failed")
+        log.error("instance %s refused (0x%04X): %s", uid_hash(self.sop_uid), status, why)
+        return status, why
+
+    def _status_for(self, exc: Exception) -> tuple[int, str]:
+        if isinstance(exc, UnparseableDatasetError):
+            return STATUS_CANNOT_UNDERSTAND, str(exc)
+        if isinstance(exc, ReceiveError):  # incl. StorageFullError
+            return STATUS_OUT_OF_RESOURCES, str(exc)
+        log.exception("unexpected error storing an instance")
+        return STATUS_OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}"
+
+    def _full_header(self) -> InstanceHeader:
+        """pydicom's reading of the whole header (all the classification evidence)."""
+        stored = getattr(self, "stored", None)
+        with open(self.file.tmp if stored is None else stored.path, "rb") as fh:
+            return parse_header(fh, self.sop_class)
+
+    def _commit(self) -> tuple[int, str | None]:
+        lst, settings = self.listener, self.listener.settings
+        values = headscan.scan_identity(self.head, self.ts, complete=self.file.size - self.file.meta_len <= len(self.head))
+        h = quick_header(values, self.sop_class) if values is not None else None
+        if h is None or h.series_uid not in lst._known_series:
+            # Not Little Endian, not scannable with certainty, or the first instance of a series
+            # this process sees (classification needs its full header): pydicom reads it, before
+            # anything reaches the spool (0xC210 if it cannot).
+            h = self._full_header()
+        if h.sop_uid != self.sop_uid or h.sop_class_uid != self.sop_class:
+            # The request and the data set disagree (PS3.4 B.2.3 says they must not): the file's
+            # meta must describe the data set it holds.
+            self.file.replace_meta(spool.file_meta_bytes(h.sop_class_uid, h.sop_uid, self.ts, self.calling))
+        rel = spool.spool_relpath(h.study_uid, h.series_uid, h.sop_uid)
+        self.stored = self.file.commit(rel)
+        fast = self.assoc.data.get("index")
+        if fast is None:
+            fast = self.assoc.data["index"] = FastIndexSession(lst.db)
+        res = fast.record(h, rel, self.stored.size, self.ts, self.calling)
+        if res is None:
+            full = (lambda: h) if h.headers else self._full_header
+            res = index_instance(lst.db, settings, h, rel, self.stored.size, self.ts, self.calling, full_header=full)
+        with lst._lock:
+            if len(lst._known_series) > 100_000:
+                lst._known_series.clear()
+            lst._known_series.add(h.series_uid)
+            lst.counters["stored"] += 1
+            self.assoc.data.setdefault("studies", set()).add(h.study_uid)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("stored instance %s (series %s, study %s)%s", uid_hash(h.sop_uid), uid_hash(h.series_uid),
+                      uid_hash(h.study_uid), " replaced" if res.replaced else "")
+        return STATUS_SUCCESS, None

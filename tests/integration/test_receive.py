@@ -309,13 +309,13 @@ def test_truncated_transfer_stores_nothing_and_listener_keeps_serving(settings, 
                                  str(listener.port), str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env=dict(os.environ, TCP_NODELAY="1"))
         try:
-            wait_for(lambda: any(a.is_established for a in listener._ae.active_associations), 30, 0.005,
+            wait_for(lambda: any(a.is_established for a in listener.active_associations), 30, 0.005,
                      what="association established (the data set is streaming)")
             proc.send_signal(signal.SIGKILL)  # the TCP stream ends in the middle of the data set
         finally:
             proc.wait(30)
         assert proc.returncode == -signal.SIGKILL
-        wait_for(lambda: not listener._ae.active_associations, 30, what="association gone")
+        wait_for(lambda: not listener.active_associations, 30, what="association gone")
         assert _counts(db) == (0, 0, 0)
         assert not list(settings.spool_dir.rglob("*.dcm")) and not any(settings.tmp_dir.iterdir())
         assert _store(listener.port, [make_mr(generate_uid(), generate_uid())]) == [0]
