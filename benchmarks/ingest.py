@@ -3,10 +3,16 @@
 
 Generates N MR instances (256x256, 16-bit, one series) with pydicom in a temporary folder, sends
 them with ``storescu`` over one association to each receiver in turn, and prints instances/s
-for both and the ratio node/storescp. storescp writes files without fsync and indexes nothing;
-the node fsyncs each file and its directory and commits an index row before acknowledging.
+for both and the ratio node/storescp (the headline number). storescp writes files without fsync
+and indexes nothing; the node fsyncs each file and its directory and commits an index row before
+acknowledging. Also printed, to show where the time goes: a pynetdicom SCP that stores nothing,
+the durable write alone (no network), and the node's CPU time per instance.
 
-Usage: python benchmarks/ingest.py [-n 500] [--rounds 1] [--database-url URL]
+``--senders K`` (K > 1) adds a second measurement: K storescu processes send N/K instances each
+at once, as a PACS routing with several associations does, to ``storescp --fork`` (one process
+per association) and to the node (one thread per association).
+
+Usage: python benchmarks/ingest.py [-n 500] [--rounds 1] [--senders 4] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -78,20 +84,36 @@ def make_instances(folder: Path, n: int, size: int = 256) -> list[Path]:
 DCMTK_ENV = dict(os.environ, TCP_NODELAY="1")
 
 
-def send(port: int, folder: Path, aet: str) -> float:
+def send(port: int, folder: Path | list[Path], aet: str) -> float:
+    """Send with storescu (one association per folder, all folders at once); seconds until all end."""
+    folders = folder if isinstance(folder, list) else [folder]
     t0 = time.perf_counter()
-    r = subprocess.run(["storescu", "-aec", aet, "-aet", "BENCH", "+sd", "127.0.0.1", str(port), str(folder)],
-                       capture_output=True, text=True, env=DCMTK_ENV)
+    procs = [subprocess.Popen(["storescu", "-aec", aet, "-aet", "BENCH", "+sd", "127.0.0.1", str(port), str(f)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=DCMTK_ENV)
+             for f in folders]
+    errors = [p.communicate()[1] for p in procs]
     dt = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(f"storescu failed: {r.stderr[-2000:]}")
+    for p, err in zip(procs, errors):
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err[-2000:]}")
     return dt
 
 
-def run_storescp(folder: Path, out: Path, n: int) -> float:
+def split(folder: Path, k: int) -> list[Path]:
+    """Hard-link the instances of ``folder`` into ``k`` sub-folders (round robin)."""
+    parts = [folder.parent / f"{folder.name}-part{i}" for i in range(k)]
+    for p in parts:
+        p.mkdir(exist_ok=True)
+    for i, f in enumerate(sorted(folder.iterdir())):
+        os.link(f, parts[i % k] / f.name)
+    return parts
+
+
+def run_storescp(folder: Path | list[Path], out: Path, n: int) -> float:
     port = free_port()
     out.mkdir()
-    proc = subprocess.Popen(["storescp", "-od", str(out), "-aet", "STORESCP", str(port)],
+    fork = ["--fork"] if isinstance(folder, list) else []
+    proc = subprocess.Popen(["storescp", *fork, "-od", str(out), "-aet", "STORESCP", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=DCMTK_ENV)
     try:
         wait_port(port)
@@ -159,7 +181,7 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def run_node(folder: Path, root: Path, n: int, db_url: str | None) -> float:
+def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None) -> float:
     port = free_port()
     root.mkdir()
     cfg = root / "node.yaml"
@@ -196,6 +218,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=500, help="instances (default 500)")
     ap.add_argument("--rounds", type=int, default=1, help="alternate rounds; best of each is reported")
     ap.add_argument("--database-url", default=None, help="node database (default: SQLite in the temp root)")
+    ap.add_argument("--senders", type=int, default=1, help="also measure K parallel associations (K > 1)")
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if not shutil.which(tool):
@@ -223,6 +246,17 @@ def main() -> int:
         print(f"ratio null-pynetdicom/storescp: {a / z:.2f}")
         print(f"ratio durable-write-floor/storescp: {a / f:.2f}")
         print(f"ratio node/storescp: {a / b:.2f}")
+        if args.senders > 1:
+            parts = split(src, args.senders)
+            pa, pb = [], []
+            for r in range(args.rounds):
+                pa.append(run_storescp(parts, tmp / f"pscp{r}", args.n))
+                pb.append(run_node(parts, tmp / f"pnode{r}", args.n, args.database_url))
+            a2, b2 = min(pa), min(pb)
+            print(f"{args.senders} parallel associations:")
+            print(f"storescp --fork (DCMTK, no fsync):   {args.n / a2:8.1f} instances/s  ({a2:.2f} s)")
+            print(f"pgsam-node serve (fsync on):          {args.n / b2:8.1f} instances/s  ({b2:.2f} s)")
+            print(f"ratio node/storescp with {args.senders} associations: {a2 / b2:.2f}")
     return 0
 
 
