@@ -151,6 +151,57 @@ def run_null_scp(folder: Path) -> float:
         proc.wait(10)
 
 
+DURABLE_RECEIVER = """
+import sys
+from types import SimpleNamespace
+from pathlib import Path
+from pynetdicom import AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
+from pgsam_node import spool
+from pgsam_node.dicomnet import dimse
+from pgsam_node.dicomnet.acceptor import Acceptor
+root = Path(sys.argv[2])
+settings = SimpleNamespace(storage_root=root, tmp_dir=root / "tmp",
+                           storage=SimpleNamespace(root=root, fsync=True, min_free_bytes=0))
+class Sink:
+    def __init__(self, cmd, ts):
+        self.uid = cmd[dimse.AFFECTED_SOP_INSTANCE_UID]
+        self.f = spool.IncomingFile(settings, spool.file_meta_bytes(cmd[dimse.AFFECTED_SOP_CLASS_UID], self.uid, ts))
+    def write(self, data):
+        self.f.write(data)
+    def finish(self):
+        self.f.commit(f"spool/{self.uid}.dcm")
+        return 0, None
+    def discard(self):
+        self.f.discard()
+class Service:
+    def check_association(self, rq, assoc): return None
+    def echo(self, assoc): return 0
+    def begin_store(self, assoc, ts, cmd): return Sink(cmd, ts)
+    def event_report(self, *a): return 0x0110
+    def association_ended(self, *a): pass
+every = frozenset(str(t) for t in ALL_TRANSFER_SYNTAXES)
+acc = Acceptor(Service(), "127.0.0.1", int(sys.argv[1]), {str(c.abstract_syntax): every for c in AllStoragePresentationContexts})
+acc.start()
+acc._thread.join()
+"""
+
+
+def run_durable_receiver(folder: Path, root: Path) -> float:
+    """The node's own acceptor with a sink that only does the durable write (temporary file,
+    fdatasync, rename, directory fsync): no header scan, no index. The floor of this design here."""
+    port = free_port()
+    root.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", DURABLE_RECEIVER, str(port), str(root)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        return send(port, folder, "FLOOR")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def durable_write_floor(folder: Path, root: Path) -> float:
     """Seconds to write every file the way the node must (tmp file, fdatasync, rename, directory
     fsync) with no network, parsing or database: the floor of any durable receiver here."""
@@ -230,21 +281,24 @@ def main() -> int:
         src.mkdir()
         make_instances(src, args.n)
         mb = sum(p.stat().st_size for p in src.iterdir()) / 1e6
-        anchor, null, floor, node = [], [], [], []
+        anchor, null, floor, recv, node = [], [], [], [], []
         for r in range(args.rounds):
             anchor.append(run_storescp(src, tmp / f"scp{r}", args.n))
             null.append(run_null_scp(src))
             floor.append(durable_write_floor(src, tmp / f"floor{r}"))
+            recv.append(run_durable_receiver(src, tmp / f"recv{r}"))
             node.append(run_node(src, tmp / f"node{r}", args.n, args.database_url))
-        a, z, f, b = min(anchor), min(null), min(floor), min(node)
+        a, z, f, d, b = min(anchor), min(null), min(floor), min(recv), min(node)
         print(f"instances: {args.n} ({mb:.1f} MB, 256x256 16-bit MR, one association); load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"storescp (DCMTK, no fsync):          {args.n / a:8.1f} instances/s  ({a:.2f} s)")
         print(f"pynetdicom null SCP (stores nothing): {args.n / z:8.1f} instances/s  ({z:.2f} s)")
         print(f"durable write alone (2 fsyncs, no net): {args.n / f:6.1f} instances/s  ({f:.2f} s)")
+        print(f"node acceptor + durable write only:   {args.n / d:8.1f} instances/s  ({d:.2f} s)")
         print(f"pgsam-node serve (fsync on):          {args.n / b:8.1f} instances/s  ({b:.2f} s)")
         print(f"ratio null-pynetdicom/storescp: {a / z:.2f}")
         print(f"ratio durable-write-floor/storescp: {a / f:.2f}")
+        print(f"ratio acceptor+durable-write/storescp: {a / d:.2f}")
         print(f"ratio node/storescp: {a / b:.2f}")
         if args.senders > 1:
             parts = split(src, args.senders)

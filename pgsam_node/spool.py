@@ -16,6 +16,7 @@ point leaves either the old complete file, the new complete file, or a stray tem
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -42,7 +43,8 @@ IMPLEMENTATION_VERSION_NAME = "PGSAM_NODE_01"
 TMP_SUFFIX = ".part"
 
 _dir_lock = threading.Lock()
-_known_dirs: set[Path] = set()
+#: Directories known to exist (Path from _ensure_dir, str from IncomingFile's string fast path).
+_known_dirs: set = set()
 
 
 @dataclass(frozen=True)
@@ -217,13 +219,20 @@ def forget_dir_cache() -> None:
         _dir_fds.clear()
 
 
+@functools.lru_cache(maxsize=16)
+def _dirs(root_setting: Path, cwd: str) -> tuple[str, str]:
+    """(storage root, temporary directory) as absolute path strings."""
+    root = root_setting if root_setting.is_absolute() else Path(cwd) / root_setting
+    return str(root), str(root / "tmp")
+
+
 #: Open descriptors of recently used series directories, so that the per-instance directory fsync
 #: does not open and close the directory each time (a series arrives as hundreds of instances).
-_dir_fds: "OrderedDict[Path, int]" = OrderedDict()
+_dir_fds: "OrderedDict[str, int]" = OrderedDict()
 _DIR_FDS_MAX = 32
 
 
-def _fsync_dir_cached(path: Path) -> None:
+def _fsync_dir_cached(path: str) -> None:
     with _dir_lock:
         fd = _dir_fds.pop(path, None)
         if fd is None:
@@ -331,11 +340,15 @@ class IncomingFile:
     def __init__(self, settings, meta: bytes):
         self.settings = settings
         check_free(settings, len(meta))
-        _ensure_dir(settings.tmp_dir, settings.storage_root, settings.storage.fsync)
+        self.root, tmp_dir = _dirs(settings.storage.root, os.getcwd())
+        if tmp_dir not in _known_dirs:
+            _ensure_dir(Path(tmp_dir), Path(self.root), settings.storage.fsync)
+            _known_dirs.add(tmp_dir)
         with IncomingFile._seq_lock:
             IncomingFile._seq += 1
             seq = IncomingFile._seq
-        self.tmp = settings.tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{seq}{TMP_SUFFIX}"
+        # Plain strings on this path: pathlib cost more per instance than the file operations' Python side.
+        self.tmp = f"{tmp_dir}/{os.getpid()}-{threading.get_ident()}-{seq}{TMP_SUFFIX}"
         self.meta_len = len(meta)
         self.size = 0
         self.fd: int | None = None
@@ -386,12 +399,14 @@ class IncomingFile:
             Any other I/O error (the file is removed).
         """
         settings = self.settings
-        root = settings.storage_root
-        dest = root / rel_path
+        dest = f"{self.root}/{rel_path}"
+        parent = dest.rpartition("/")[0]
         fsync = settings.storage.fsync
         try:
             check_free(settings, 0)
-            _ensure_dir(dest.parent, root, fsync)
+            if parent not in _known_dirs:
+                _ensure_dir(Path(parent), Path(self.root), fsync)
+                _known_dirs.add(parent)
             if fsync:
                 os.fdatasync(self.fd)
             os.close(self.fd)
@@ -401,17 +416,18 @@ class IncomingFile:
             except FileNotFoundError:
                 # The series directory was removed (retention) since we cached it: recreate once.
                 forget_dir_cache()
-                _ensure_dir(dest.parent, root, fsync)
+                _ensure_dir(Path(parent), Path(self.root), fsync)
+                _known_dirs.add(parent)
                 os.rename(self.tmp, dest)
             if fsync:
-                _fsync_dir_cached(dest.parent)
+                _fsync_dir_cached(parent)
         except StorageFullError:
             self.discard()
             raise
         except OSError as exc:
             self.discard()
             raise _io_error(exc, "cannot write instance to the spool") from exc
-        return StoredFile(path=dest, rel_path=rel_path, size=self.size)
+        return StoredFile(path=Path(dest), rel_path=rel_path, size=self.size)
 
     def discard(self) -> None:
         """Remove the temporary file (never acknowledged)."""
