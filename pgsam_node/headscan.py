@@ -35,7 +35,8 @@ _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-_NOT_EXPLICIT_LE = frozenset((IMPLICIT_VR_LE, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"))
+#: Big endian, deflate and JPIP Referenced Deflate: not scanned.
+_NOT_EXPLICIT_LE = frozenset((IMPLICIT_VR_LE, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"))
 
 _unpack_tag_len = struct.Struct("<HHI").unpack_from
 _unpack_tag_vr_len = struct.Struct("<HH2sH").unpack_from
@@ -141,8 +142,8 @@ def scan_identity(data, transfer_syntax_uid: str, complete: bool) -> dict[int, s
     found: dict[int, bytes] = {}
     try:
         pos = _walk(data, 0, len(data), explicit, nested=False, found=found)
-    except (_Incomplete, struct.error):
-        return None
+    except (_Incomplete, struct.error, RecursionError):
+        return None  # RecursionError: sequences nested hundreds deep; pydicom gets to say no
     if pos != -1 and not complete:
         return None
     return {tag: raw.decode("ascii", "replace").strip(" \x00") for tag, raw in found.items()}
