@@ -390,17 +390,26 @@ class FastIndexSession:
                 cur.execute(self._count, {"now": now, "series_id": series_id})
             finally:
                 cur.close()
-            self.conn.commit()
         except Exception as exc:  # noqa: BLE001 - the slow path retries and reports
-            log.info("index fast path fell back for instance %s: %s", uid_hash(h.sop_uid), type(exc).__name__)
-            self._series.clear()
-            self.close()
-            return None
+            return self._fall_back(h, exc)
+        try:
+            self.conn.commit()
+        except Exception as exc:  # noqa: BLE001
+            return self._fall_back(h, exc)
         self._series[h.series_uid] = (h.study_uid, series_id)
         return IndexResult(study_id, series_id, False, False, False, False)
 
+    def _fall_back(self, h: InstanceHeader, exc: Exception) -> None:
+        log.info("index fast path fell back for instance %s: %s", uid_hash(h.sop_uid), type(exc).__name__)
+        self._series.clear()
+        self.close()
+        return None
+
     def _give_up(self) -> None:
-        self.conn.rollback()
+        try:
+            self.conn.rollback()
+        except Exception:  # noqa: BLE001 - a broken connection: drop it
+            self.close()
         return None
 
     def close(self) -> None:

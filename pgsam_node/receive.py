@@ -128,6 +128,7 @@ class Listener:
             ssl_context=ssl_ctx, implementation_class_uid=spool.IMPLEMENTATION_CLASS_UID,
             implementation_version_name=spool.IMPLEMENTATION_VERSION_NAME,
         )
+        self._temp_files = spool.TempFiles(self.settings)
         self._server.start()
         log.info("DICOM listener %s on %s:%d%s", d.ae_title, d.bind, self.port, " (TLS)" if ssl_ctx else "")
 
@@ -137,6 +138,7 @@ class Listener:
             return
         self._server.shutdown()
         self._server = None
+        self._temp_files.close()
         log.info("DICOM listener stopped")
 
     @property
@@ -227,7 +229,7 @@ class _StoreInstance:
         self.file: spool.IncomingFile | None = None
         try:
             self.meta = spool.file_meta_bytes(self.sop_class or "1", self.sop_uid or "1", ts, self.calling)
-            self.file = spool.IncomingFile(listener.settings, self.meta)
+            self.file = spool.IncomingFile(listener.settings, self.meta, listener._temp_files)
         except Exception as exc:  # noqa: BLE001 - mapped to a status at the end of the data set
             self.error = self._status_for(exc)
 

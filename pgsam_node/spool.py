@@ -314,6 +314,97 @@ def write_instance(settings, rel_path: str, chunks: tuple[bytes, ...] | list[byt
     return StoredFile(path=dest, rel_path=rel_path, size=size)
 
 
+_AHEAD = "-ahead-"
+
+
+class TempFiles:
+    """Empty temporary files created ahead of need on a background thread.
+
+    Creating a file costs a journal handle and an inode allocation (0.1-0.6 ms on the development
+    VM, the largest single cost of receiving an instance after the fsyncs). The listener takes a
+    ready file when a C-STORE begins and a background thread creates the next one while the
+    association waits on the network or on fsync. Unused files are removed by :meth:`close`, or by
+    :func:`clean_tmp` after a crash (they end in ``.part`` and hold nothing).
+    """
+
+    def __init__(self, settings, keep: int = 2):
+        self.root, self.dir = _dirs(settings.storage.root, os.getcwd())
+        _ensure_dir(Path(self.dir), Path(self.root), settings.storage.fsync)
+        self.keep = keep
+        self._ready: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._seq = 0
+        self._thread = threading.Thread(target=self._run, name="spool-tmp", daemon=True)
+        self._thread.start()
+        self._wake.set()
+
+    def _create(self) -> tuple[str, int]:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        path = f"{self.dir}/{os.getpid()}{_AHEAD}{id(self):x}-{seq}{TMP_SUFFIX}"
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+
+    def take(self) -> tuple[str, int] | None:
+        """A ready (path, fd), or None when none is ready (the caller creates its own)."""
+        with self._lock:
+            item = self._ready.pop() if self._ready else None
+        self._wake.set()
+        return item
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            while not self._closed:
+                with self._lock:
+                    if len(self._ready) >= self.keep:
+                        break
+                try:
+                    item = self._create()
+                except OSError as exc:
+                    log.warning("cannot create a temporary file ahead of need: %s", exc.strerror)
+                    break
+                with self._lock:
+                    if self._closed:
+                        _drop(item)
+                        return
+                    self._ready.append(item)
+
+    def close(self) -> None:
+        """Stop the thread; remove the files not taken."""
+        with self._lock:
+            self._closed = True
+            items, self._ready = self._ready, []
+        self._wake.set()
+        self._thread.join(5)
+        for item in items:
+            _drop(item)
+
+
+def leftover_tmp(tmp_dir: Path) -> list[Path]:
+    """Files in the temporary directory (``settings.tmp_dir``) other than empty ones made ahead of
+    need by :class:`TempFiles`: what an interrupted or refused transfer would have left behind."""
+    tmp_dir = Path(tmp_dir)
+    if not tmp_dir.is_dir():
+        return []
+    return [p for p in tmp_dir.iterdir() if not (_AHEAD in p.name and p.stat().st_size == 0)]
+
+
+def _drop(item: tuple[str, int]) -> None:
+    path, fd = item
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 class IncomingFile:
     """A Part-10 file being received: streamed into a temporary file as fragments arrive, then
     made durable and renamed into the spool by :meth:`commit` (the same protocol as
@@ -337,25 +428,29 @@ class IncomingFile:
     _seq = 0
     _seq_lock = threading.Lock()
 
-    def __init__(self, settings, meta: bytes):
+    def __init__(self, settings, meta: bytes, temp_files: TempFiles | None = None):
         self.settings = settings
         check_free(settings, len(meta))
         self.root, tmp_dir = _dirs(settings.storage.root, os.getcwd())
-        if tmp_dir not in _known_dirs:
-            _ensure_dir(Path(tmp_dir), Path(self.root), settings.storage.fsync)
-            _known_dirs.add(tmp_dir)
-        with IncomingFile._seq_lock:
-            IncomingFile._seq += 1
-            seq = IncomingFile._seq
-        # Plain strings on this path: pathlib cost more per instance than the file operations' Python side.
-        self.tmp = f"{tmp_dir}/{os.getpid()}-{threading.get_ident()}-{seq}{TMP_SUFFIX}"
         self.meta_len = len(meta)
         self.size = 0
         self.fd: int | None = None
-        try:
-            self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        except OSError as exc:
-            raise _io_error(exc, "cannot create a temporary file") from exc
+        ready = temp_files.take() if temp_files is not None else None
+        if ready is not None:
+            self.tmp, self.fd = ready
+        else:
+            if tmp_dir not in _known_dirs:
+                _ensure_dir(Path(tmp_dir), Path(self.root), settings.storage.fsync)
+                _known_dirs.add(tmp_dir)
+            with IncomingFile._seq_lock:
+                IncomingFile._seq += 1
+                seq = IncomingFile._seq
+            # Plain strings on this path: pathlib cost more per instance than the file operations' Python side.
+            self.tmp = f"{tmp_dir}/{os.getpid()}-{threading.get_ident()}-{seq}{TMP_SUFFIX}"
+            try:
+                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            except OSError as exc:
+                raise _io_error(exc, "cannot create a temporary file") from exc
         self.write(meta)
 
     def write(self, data) -> None:

@@ -20,6 +20,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import MRImageStorage, Verification
 from pynetdicom.transport import AddressInformation
 
+from pgsam_node.spool import leftover_tmp
 from pgsam_node.config import load_settings
 from pgsam_node.dicomnet import dimse, pdu
 from pgsam_node.index import parse_header
@@ -214,7 +215,7 @@ def test_data_set_abandoned_mid_transfer_leaves_nothing(listener):
     while lst.active_associations and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not lst.active_associations
-    assert not list(settings.tmp_dir.glob("*.part")), "temporary file of the abandoned data set was left"
+    assert not leftover_tmp(settings.tmp_dir), "temporary file of the abandoned data set was left"
     assert not list(settings.spool_dir.rglob("*.dcm"))
     _still_serves(lst.port)
 

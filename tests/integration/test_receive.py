@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import func, select
 
+from pgsam_node.spool import leftover_tmp
 from pgsam_node.assemble import mark_stable
 from pgsam_node.config import load_settings
 from pgsam_node.db import Instance, Series, Study, StudyEvent, utcnow
@@ -70,7 +71,7 @@ def test_echo_and_store_persist_before_ack(settings):
         assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
         assert back.file_meta.SourceApplicationEntityTitle.strip() == "TESTSCU"
         assert (back.pixel_array == ds.pixel_array).all()
-    assert not any(settings.tmp_dir.iterdir())
+    assert not leftover_tmp(settings.tmp_dir)
 
 
 def test_resend_is_idempotent(settings):
@@ -130,7 +131,7 @@ def test_reserve_gives_out_of_resources_and_keeps_serving(settings):
         settings.storage.min_free_bytes = 1 << 62
         assert _store(listener.port, [ds]) == [0xA700]
         assert _counts(db) == (0, 0, 0)
-        assert not list(settings.spool_dir.rglob("*.dcm")) and not any(settings.tmp_dir.iterdir())
+        assert not list(settings.spool_dir.rglob("*.dcm")) and not leftover_tmp(settings.tmp_dir)
         settings.storage.min_free_bytes = 0
         assert _store(listener.port, [ds]) == [0]
         assert _counts(db) == (1, 1, 1)
@@ -317,5 +318,5 @@ def test_truncated_transfer_stores_nothing_and_listener_keeps_serving(settings, 
         assert proc.returncode == -signal.SIGKILL
         wait_for(lambda: not listener.active_associations, 30, what="association gone")
         assert _counts(db) == (0, 0, 0)
-        assert not list(settings.spool_dir.rglob("*.dcm")) and not any(settings.tmp_dir.iterdir())
+        assert not list(settings.spool_dir.rglob("*.dcm")) and not leftover_tmp(settings.tmp_dir)
         assert _store(listener.port, [make_mr(generate_uid(), generate_uid())]) == [0]

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from pydicom.uid import generate_uid
 
+from pgsam_node.spool import leftover_tmp
+
 from ..dicomgen import write_series
 from ..helpers import PROJECT_ROOT, free_port, wait_for, wait_port
 
@@ -168,7 +170,7 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path):
     node._logf.close()
     node.start()
     try:
-        wait_for(lambda: not any((node.root / "tmp").iterdir()), 30, what="tmp cleaned")
+        wait_for(lambda: not leftover_tmp(node.root / "tmp"), 30, what="tmp cleaned")
         acked2, errors2 = [], []
         _acked_sender(node.port, dsets, acked2, errors2)
         assert len(acked2) == len(dsets) and not errors2
@@ -211,7 +213,7 @@ def test_disk_full_gives_a700_and_keeps_every_acknowledged_instance(tmp_path, sm
             f = next((small_tmpfs / "spool").rglob(f"{ds.SOPInstanceUID}.dcm"))
             assert (pydicom.dcmread(f).pixel_array == ds.pixel_array).all()
         assert len(list((small_tmpfs / "spool").rglob("*.dcm"))) == len(acked)
-        assert not any((small_tmpfs / "tmp").iterdir())
+        assert not leftover_tmp(small_tmpfs / "tmp")
         # still serving: echo works, and the instance count matches what was acknowledged
         r = subprocess.run(["echoscu", "-aec", "PGSAM", "127.0.0.1", str(node.port)], env=ENV, capture_output=True, timeout=60)
         assert r.returncode == 0

@@ -1,0 +1,88 @@
+"""Streaming writes into the spool (IncomingFile) and temporary files made ahead (TempFiles)."""
+
+from __future__ import annotations
+
+import os
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from pgsam_node import spool
+from pgsam_node.errors import StorageFullError
+from tests.helpers import wait_for
+
+from ..dicomgen import make_mr
+from .test_spool_assemble import _encode
+
+
+def _meta(ds):
+    return spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "PACS")
+
+
+def test_streamed_fragments_commit_to_a_readable_part10_file(settings):
+    ds = make_mr(generate_uid(), generate_uid())
+    data = _encode(ds)
+    f = spool.IncomingFile(settings, _meta(ds))
+    for i in range(0, len(data), 1000):  # many small fragments, as PDVs arrive
+        f.write(memoryview(data)[i:i + 1000])
+    rel = spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    stored = f.commit(rel)
+    assert stored.size == stored.path.stat().st_size == len(_meta(ds)) + len(data)
+    assert stored.path.read_bytes().endswith(data)
+    assert (pydicom.dcmread(stored.path).pixel_array == ds.pixel_array).all()
+    assert not spool.leftover_tmp(settings.tmp_dir)
+
+
+def test_replace_meta_keeps_the_data_set(settings):
+    ds = make_mr(generate_uid(), generate_uid())
+    data = _encode(ds)
+    f = spool.IncomingFile(settings, spool.file_meta_bytes("1.2", "9.9.9", "1.2.840.10008.1.2.1"))
+    f.write(data)
+    f.replace_meta(_meta(ds))
+    stored = f.commit(spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID))
+    back = pydicom.dcmread(stored.path)
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert stored.path.read_bytes().endswith(data)
+    assert not spool.leftover_tmp(settings.tmp_dir)
+
+
+def test_discard_and_reserve_leave_nothing(settings):
+    ds = make_mr(generate_uid(), generate_uid())
+    f = spool.IncomingFile(settings, _meta(ds))
+    f.write(b"\0" * 1000)
+    f.discard()
+    assert not spool.leftover_tmp(settings.tmp_dir)
+    huge = settings.model_copy(update={"storage": settings.storage.model_copy(update={"min_free_bytes": 1 << 62})})
+    with pytest.raises(StorageFullError, match="min_free_bytes"):
+        spool.IncomingFile(huge, _meta(ds))
+    assert not spool.leftover_tmp(settings.tmp_dir)
+
+
+def test_temp_files_are_made_ahead_used_once_and_removed_on_close(settings):
+    ahead = spool.TempFiles(settings, keep=2)
+    try:
+        wait_for(lambda: len(list(settings.tmp_dir.iterdir())) == 2, 10, 0.01, what="two files made ahead")
+        assert not spool.leftover_tmp(settings.tmp_dir), "empty files made ahead are not leftovers"
+        ds = make_mr(generate_uid(), generate_uid())
+        f = spool.IncomingFile(settings, _meta(ds), ahead)
+        assert "-ahead-" in f.tmp
+        f.write(_encode(ds))
+        assert spool.leftover_tmp(settings.tmp_dir) == [settings.tmp_dir / os.path.basename(f.tmp)]
+        stored = f.commit(spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID))
+        assert pydicom.dcmread(stored.path).SOPInstanceUID == ds.SOPInstanceUID
+        wait_for(lambda: len(list(settings.tmp_dir.iterdir())) == 2, 10, 0.01, what="refilled")
+        names = {p.name for p in settings.tmp_dir.iterdir()}
+        assert os.path.basename(f.tmp) not in names  # a file is never handed out twice
+    finally:
+        ahead.close()
+    assert not any(settings.tmp_dir.iterdir())
+
+
+def test_clean_tmp_removes_files_made_ahead_after_a_crash(settings):
+    ahead = spool.TempFiles(settings, keep=3)
+    wait_for(lambda: len(list(settings.tmp_dir.iterdir())) == 3, 10, 0.01, what="files made ahead")
+    ahead._closed = True  # as if the process died: the files stay behind
+    ahead._wake.set()
+    assert spool.clean_tmp(settings) == 3
+    assert not any(settings.tmp_dir.iterdir())
