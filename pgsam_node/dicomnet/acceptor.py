@@ -245,23 +245,32 @@ class _Connection:
         self.sock = sock
         self.assoc = assoc
         self.rfile = sock.makefile("rb", buffering=256 * 1024)
+        self.buf = bytearray(256 * 1024)
         # Message being assembled (PS3.8 9.3.5: a message may span PDVs and PDUs).
         self.cmd_parts: list[bytes] = []
         self.command: dict | None = None
         self.command_ctx = 0
         self.sink = None
 
-    def _read_pdu(self, limit: int) -> tuple[int, bytes]:
+    def _read_pdu(self, limit: int) -> tuple[int, memoryview]:
+        """The next PDU's type and body. The body is a view into this connection's one reusable
+        buffer (no allocation per PDU), valid until the next call."""
         head = self.rfile.read(6)
         if len(head) < 6:
             raise ConnectionClosed
         pdu_type, _, length = struct.unpack(">BBI", head)
         if length > limit:
             raise PDUError(f"PDU of {length} bytes exceeds the {limit} negotiated")
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise ConnectionClosed
-        return pdu_type, body
+        if length > len(self.buf):
+            self.buf = bytearray(length)
+        view = memoryview(self.buf)[:length]
+        got = 0
+        while got < length:
+            n = self.rfile.readinto(view[got:])
+            if not n:
+                raise ConnectionClosed
+            got += n
+        return pdu_type, view
 
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -284,7 +293,7 @@ class _Connection:
             self._abort(f"first PDU was type 0x{pdu_type:02X}, not A-ASSOCIATE-RQ")
             return
         try:
-            rq = decode_associate_rq(body)
+            rq = decode_associate_rq(bytes(body))
         except PDUError as exc:
             self._abort(f"malformed A-ASSOCIATE-RQ: {exc}")
             return
@@ -372,7 +381,7 @@ class _Connection:
                 return False
             if pdu_type == P_DATA_TF:
                 try:
-                    self._p_data(memoryview(body))
+                    self._p_data(body)
                 except PDUError as exc:
                     self._abort(str(exc))
                     return False
