@@ -110,7 +110,6 @@ class Node:
             requeue_expired(self.db, s, owner_prefix="")
         recover_stuck(self.db)
         self.listener = Listener(s, self.db)
-        self.listener.start()
         if s.hl7.port:
             from .hl7 import Hl7Listener
 
@@ -127,6 +126,9 @@ class Node:
             # An operator's retry/reprocess makes a study READY: wake the embedded worker.
             self.web = WebServer(s, self.db, on_action=lambda _res: self.worker.wake() if self.worker else None)
             self.web.start()
+        # The DICOM port opens last: once a PACS can connect, everything behind it is running
+        # (jobs, worker, web), and no start-up work competes with the first studies.
+        self.listener.start()
         log.info(
             "node up: DICOM %s@%s:%s%s%s",
             s.dicom.ae_title,
