@@ -138,17 +138,23 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), block=True, evt_handlers=[(evt.
 """
 
 
-def run_null_scp(folder: Path) -> float:
-    """pynetdicom SCP that acknowledges without storing: the floor of any pynetdicom-based node."""
+def run_python_receiver(code: str, folder: Path, aet: str, *args: str) -> float:
+    """Run ``python -c code PORT *args`` as a receiver, send ``folder`` to it, stop it."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", NULL_SCP, str(port)], stdout=subprocess.DEVNULL,
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(port), *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
-        return send(port, folder, "NULLSCP")
+        return send(port, folder, aet)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def run_null_scp(folder: Path) -> float:
+    """pynetdicom SCP that acknowledges without storing: the floor of any pynetdicom-based node."""
+    return run_python_receiver(NULL_SCP, folder, "NULLSCP")
 
 
 DURABLE_RECEIVER = """
@@ -189,17 +195,8 @@ acc._thread.join()
 def run_durable_receiver(folder: Path, root: Path) -> float:
     """The node's own acceptor with a sink that only does the durable write (temporary file,
     fdatasync, rename, directory fsync): no header scan, no index. The floor of this design here."""
-    port = free_port()
     root.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", DURABLE_RECEIVER, str(port), str(root)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        return send(port, folder, "FLOOR")
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return run_python_receiver(DURABLE_RECEIVER, folder, "FLOOR", str(root))
 
 
 def durable_write_floor(folder: Path, root: Path) -> float:

@@ -100,14 +100,26 @@ class Service(Protocol):
     def association_ended(self, assoc: Association, released: bool) -> None: ...
 
 
+#: Largest data set kept in memory for a message that is not a C-STORE (an N-EVENT-REPORT's
+#: event information is a few KB); a larger one is read and dropped.
+_MAX_COLLECT = 16 << 20
+
+
 class _Collect:
     """Sink for data sets that are not stored (N-EVENT-REPORT information, unknown commands)."""
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
+        self.size = 0
+        self.overflow = False
 
     def write(self, fragment: memoryview) -> None:
-        self.parts.append(bytes(fragment))
+        self.size += len(fragment)
+        if self.size > _MAX_COLLECT:
+            self.overflow = True
+            self.parts.clear()
+        else:
+            self.parts.append(bytes(fragment))
 
     def discard(self) -> None:
         self.parts.clear()
@@ -440,6 +452,8 @@ class _Connection:
             status, comment, rsp = 0xC210, "C-STORE without a data set", dimse.C_STORE_RSP
         elif field_ == dimse.C_ECHO_RQ:
             status, rsp = self.a.service.echo(self.assoc), dimse.C_ECHO_RSP
+        elif field_ == dimse.N_EVENT_REPORT_RQ and sink is not None and sink.overflow:
+            status, comment, rsp = 0x0110, "event information too large", dimse.N_EVENT_REPORT_RSP
         elif field_ == dimse.N_EVENT_REPORT_RQ:
             data = b"".join(sink.parts) if sink is not None else b""
             status, rsp = self.a.service.event_report(self.assoc, ts, command, data), dimse.N_EVENT_REPORT_RSP

@@ -129,6 +129,14 @@ def listener(tmp_path):
         yield lst, db, settings
 
 
+def _associated(port: int, *contexts) -> RawClient:
+    """A raw client with an accepted association (default: MR storage, explicit VR LE)."""
+    c = RawClient(port)
+    kind, _ = c.associate(list(contexts) or [_ctx(1, MRImageStorage)])
+    assert kind == pdu.A_ASSOCIATE_AC
+    return c
+
+
 def _still_serves(port: int) -> None:
     ae = scu()
     assoc = ae.associate("127.0.0.1", port, ae_title="PGSAM")
@@ -184,15 +192,13 @@ def test_garbage_and_protocol_violations_abort_only_that_association(listener):
     assert kind in (pdu.A_ABORT, 0)
     c.close()
     # A PDV on a presentation context that was never accepted.
-    c = RawClient(lst.port)
-    assert c.associate([_ctx(1, MRImageStorage)])[0] == pdu.A_ASSOCIATE_AC
+    c = _associated(lst.port)
     for p in pdu.encode_p_data(9, True, dimse.encode_command({dimse.COMMAND_FIELD: dimse.C_ECHO_RQ}), 0):
         c.send(p)
     assert c.read_pdu()[0] == pdu.A_ABORT
     c.close()
     # A P-DATA-TF whose PDV length runs past the PDU.
-    c = RawClient(lst.port)
-    assert c.associate([_ctx(1, MRImageStorage)])[0] == pdu.A_ASSOCIATE_AC
+    c = _associated(lst.port)
     c.send(struct.pack(">BBI", 4, 0, 10) + struct.pack(">IBB", 500, 1, 3) + b"xxxx")
     assert c.read_pdu()[0] == pdu.A_ABORT
     c.close()
@@ -201,8 +207,7 @@ def test_garbage_and_protocol_violations_abort_only_that_association(listener):
 
 def test_data_set_abandoned_mid_transfer_leaves_nothing(listener):
     lst, db, settings = listener
-    c = RawClient(lst.port)
-    assert c.associate([_ctx(1, MRImageStorage)])[0] == pdu.A_ASSOCIATE_AC
+    c = _associated(lst.port)
     ds = make_mr(generate_uid(), generate_uid(), 0)
     data = _encode_dataset(ds)
     cmd = {dimse.COMMAND_FIELD: dimse.C_STORE_RQ, dimse.MESSAGE_ID: 1, dimse.AFFECTED_SOP_CLASS_UID: MRImageStorage,
@@ -222,8 +227,8 @@ def test_data_set_abandoned_mid_transfer_leaves_nothing(listener):
 
 def test_silent_peer_is_aborted_after_network_timeout(listener):
     lst, _, _ = listener  # dicom.network_timeout = 2 s
-    c = RawClient(lst.port, timeout=15)
-    assert c.associate([_ctx(1, MRImageStorage)])[0] == pdu.A_ASSOCIATE_AC
+    c = _associated(lst.port)
+    c.sock.settimeout(15)
     t0 = time.monotonic()
     kind, _ = c.read_pdu()
     assert kind in (pdu.A_ABORT, 0)
@@ -234,8 +239,7 @@ def test_silent_peer_is_aborted_after_network_timeout(listener):
 
 def test_unsupported_operation_gets_0211_and_association_continues(listener):
     lst, _, _ = listener
-    c = RawClient(lst.port)
-    assert c.associate([_ctx(1, MRImageStorage)])[0] == pdu.A_ASSOCIATE_AC
+    c = _associated(lst.port)
     find = {dimse.COMMAND_FIELD: 0x0020, dimse.MESSAGE_ID: 4, dimse.AFFECTED_SOP_CLASS_UID: MRImageStorage,
             dimse.PRIORITY: 0}
     rsp = c.message(1, find, _encode_dataset(make_mr(generate_uid(), generate_uid(), 0)))
@@ -247,8 +251,7 @@ def test_unsupported_operation_gets_0211_and_association_continues(listener):
 
 def test_request_and_data_set_uids_disagree_file_describes_the_data_set(listener):
     lst, db, settings = listener
-    c = RawClient(lst.port)
-    assert c.associate([_ctx(1, MRImageStorage, ImplicitVRLittleEndian)])[0] == pdu.A_ASSOCIATE_AC
+    c = _associated(lst.port, _ctx(1, MRImageStorage, ImplicitVRLittleEndian))
     ds = make_mr(generate_uid(), generate_uid(), 0)
     wrong = generate_uid()
     cmd = {dimse.COMMAND_FIELD: dimse.C_STORE_RQ, dimse.MESSAGE_ID: 2, dimse.AFFECTED_SOP_CLASS_UID: MRImageStorage,
