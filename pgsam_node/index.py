@@ -320,19 +320,17 @@ def _fast_path(db, h: InstanceHeader, rel_path, size, ts_uid, calling_aet, now) 
 
 
 class FastIndexSession:
-    """The index fast path (see :func:`_fast_path`) on one DB-API connection held for the life of
-    an association: the same statements, without SQLAlchemy's per-statement and per-checkout
-    overhead (which was most of the index cost per instance).
+    """The index fast path (see :func:`_fast_path`) on a DB-API connection from the engine's pool:
+    the same statements without SQLAlchemy's per-statement overhead (which was most of the index
+    cost per instance); series ids are cached for the association.
 
     :meth:`record` returns None whenever the slow path is needed (new study or series, re-sent
     instance, study to re-open, or any database error), after rolling back; the caller then uses
-    :func:`index_instance`, which owns retries and error reporting. Call :meth:`close` when the
-    association ends.
+    :func:`index_instance`, which owns retries and error reporting.
     """
 
     def __init__(self, db):
         self.db = db
-        self.conn = None
         self._series: dict[str, tuple[str, int]] = {}
         if db.is_sqlite:
             p = lambda name: f":{name}"  # noqa: E731 - sqlite3 named style
@@ -362,14 +360,18 @@ class FastIndexSession:
     def _record(self, h, rel_path, size, ts_uid, calling_aet, now) -> IndexResult | None:
         now = self._fmt_now(now or utcnow())
         try:
-            if self.conn is None:
-                self.conn = self.db.engine.raw_connection()
-            cur = self.conn.cursor()
+            # Checked out per instance, not held per association: a held connection per
+            # association could exhaust the pool when dicom.max_associations exceeds its size.
+            conn = self.db.engine.raw_connection()
+        except Exception as exc:  # noqa: BLE001 - the slow path retries and reports
+            return self._fall_back(h, exc)
+        try:
+            cur = conn.cursor()
             try:
                 cur.execute(self._touch_study, {"now": now, "study_uid": h.study_uid})
                 row = cur.fetchone()
                 if row is None:
-                    return self._give_up()
+                    return self._give_up(conn)
                 study_id = row[0]
                 cached = self._series.get(h.series_uid)
                 if cached is not None and cached[0] == h.study_uid:
@@ -378,7 +380,7 @@ class FastIndexSession:
                     cur.execute(self._series_id, {"series_uid": h.series_uid, "study_id": study_id})
                     row = cur.fetchone()
                     if row is None:
-                        return self._give_up()
+                        return self._give_up(conn)
                     series_id = row[0]
                 cur.execute(self._insert, {
                     "series_id": series_id, "sop_uid": h.sop_uid, "sop_class_uid": h.sop_class_uid, "ts_uid": ts_uid,
@@ -386,44 +388,38 @@ class FastIndexSession:
                     "now": now,
                 })
                 if cur.fetchone() is None:
-                    return self._give_up()
+                    return self._give_up(conn)
                 cur.execute(self._count, {"now": now, "series_id": series_id})
             finally:
                 cur.close()
+            conn.commit()
         except Exception as exc:  # noqa: BLE001 - the slow path retries and reports
+            self._give_up(conn)
             return self._fall_back(h, exc)
-        try:
-            self.conn.commit()
-        except Exception as exc:  # noqa: BLE001
-            return self._fall_back(h, exc)
+        finally:
+            try:
+                conn.close()  # back to the pool
+            except Exception:  # noqa: BLE001 - a broken connection is discarded by the pool
+                pass
         self._series[h.series_uid] = (h.study_uid, series_id)
         return IndexResult(study_id, series_id, False, False, False, False)
 
     def _fall_back(self, h: InstanceHeader, exc: Exception) -> None:
         log.info("index fast path fell back for instance %s: %s", uid_hash(h.sop_uid), type(exc).__name__)
         self._series.clear()
-        self.close()
         return None
 
-    def _give_up(self) -> None:
+    @staticmethod
+    def _give_up(conn) -> None:
         try:
-            self.conn.rollback()
-        except Exception:  # noqa: BLE001 - a broken connection: drop it
-            self.close()
+            conn.rollback()
+        except Exception:  # noqa: BLE001 - a broken connection: the pool discards it
+            pass
         return None
 
     def close(self) -> None:
-        """Return the connection (rolled back) to the pool."""
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            try:
-                conn.rollback()
-            except Exception:  # noqa: BLE001 - a broken connection: drop it
-                pass
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001
-                pass
+        """Forget cached series ids (the session holds no connection between instances)."""
+        self._series.clear()
 
 
 def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now, full_header=None) -> IndexResult:

@@ -294,3 +294,45 @@ def test_series_after_its_first_instance_uses_the_scan_and_indexes_the_same(list
     for d in datasets:
         assert rows[d.SOPInstanceUID].instance_number == int(d.InstanceNumber)
         assert rows[d.SOPInstanceUID].sop_class_uid == d.SOPClassUID
+
+
+def test_more_open_associations_than_database_pool_connections(tmp_path):
+    """20 associations open at once (the SQLite engine pools 15 connections): every instance is
+    indexed without waiting for a connection that an idle association holds."""
+    import threading
+
+    from sqlalchemy import func, select
+
+    from pgsam_node.db.models import Instance
+
+    settings = load_settings(None, dicom={"port": free_port(), "refuse_below_free_bytes": 0, "max_associations": 24},
+                             storage={"root": str(tmp_path / "storage"), "min_free_bytes": 0})
+    study, series = generate_uid(), generate_uid()
+    n_assoc, per = 20, 3
+    with running_listener(settings) as (lst, db):
+        first = scu().associate("127.0.0.1", lst.port, ae_title="PGSAM")
+        assert first.send_c_store(make_mr(study, series, 0)).Status == 0  # study and series exist
+        first.release()
+        barrier = threading.Barrier(n_assoc)
+        statuses: list[int] = []
+        lock = threading.Lock()
+
+        def sender(k: int) -> None:
+            ae = scu()
+            ae.dimse_timeout = 20  # the pool's own timeout is 30 s: a starved index would fail here
+            assoc = ae.associate("127.0.0.1", lst.port, ae_title="PGSAM")
+            barrier.wait(30)  # all associations open before anyone stores
+            for i in range(per):
+                st = assoc.send_c_store(make_mr(study, series, 1 + k * per + i))
+                with lock:
+                    statuses.append(int(st.Status) if "Status" in st else -1)
+            assoc.release()
+
+        threads = [threading.Thread(target=sender, args=(k,)) for k in range(n_assoc)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert statuses == [0] * (n_assoc * per)
+        with db.session() as s:
+            assert s.scalar(select(func.count()).select_from(Instance)) == 1 + n_assoc * per
