@@ -348,10 +348,18 @@ class FastIndexSession:
             f"{p('calling_aet')}, {p('now')}) ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id")
         self._count = (f"UPDATE series SET instance_count = instance_count + 1, last_instance_at = {p('now')} "
                        f"WHERE id = {p('series_id')}")
+        # A re-sent instance whose file was just replaced at the same path, in the same series.
+        self._resent = (
+            f"UPDATE instances SET sop_class_uid = {p('sop_class_uid')}, transfer_syntax_uid = {p('ts_uid')}, "
+            f"instance_number = {p('instance_number')}, size_bytes = {p('size')}, calling_aet = {p('calling_aet')}, "
+            f"received_at = {p('now')} WHERE sop_instance_uid = {p('sop_uid')} AND series_id = {p('series_id')} "
+            f"AND path = {p('path')} RETURNING id")
+        self._touch_series = f"UPDATE series SET last_instance_at = {p('now')} WHERE id = {p('series_id')}"
 
     def record(self, h: InstanceHeader, rel_path: str, size: int, ts_uid: str | None, calling_aet: str | None,
                now: dt.datetime | None = None) -> IndexResult | None:
-        """Index a new instance of a known series of a study still RECEIVING, or return None."""
+        """Index a new (or re-sent, same series and path) instance of a known series of a study
+        still RECEIVING, or return None."""
         if self.db.is_sqlite:
             with _sqlite_write_lock:
                 return self._record(h, rel_path, size, ts_uid, calling_aet, now)
@@ -382,14 +390,22 @@ class FastIndexSession:
                     if row is None:
                         return self._give_up(conn)
                     series_id = row[0]
-                cur.execute(self._insert, {
+                values = {
                     "series_id": series_id, "sop_uid": h.sop_uid, "sop_class_uid": h.sop_class_uid, "ts_uid": ts_uid,
                     "instance_number": h.instance_number, "path": rel_path, "size": size, "calling_aet": calling_aet,
                     "now": now,
-                })
-                if cur.fetchone() is None:
-                    return self._give_up(conn)
-                cur.execute(self._count, {"now": now, "series_id": series_id})
+                }
+                cur.execute(self._insert, values)
+                replaced = cur.fetchone() is None
+                if replaced:
+                    # Already indexed: the same instance sent again (its file was just replaced).
+                    # Anything else (it moved to another series) takes the slow path.
+                    cur.execute(self._resent, values)
+                    if cur.fetchone() is None:
+                        return self._give_up(conn)
+                    cur.execute(self._touch_series, {"now": now, "series_id": series_id})
+                else:
+                    cur.execute(self._count, {"now": now, "series_id": series_id})
             finally:
                 cur.close()
             conn.commit()
@@ -402,7 +418,7 @@ class FastIndexSession:
             except Exception:  # noqa: BLE001 - a broken connection is discarded by the pool
                 pass
         self._series[h.series_uid] = (h.study_uid, series_id)
-        return IndexResult(study_id, series_id, False, False, False, False)
+        return IndexResult(study_id, series_id, False, False, replaced, False)
 
     def _fall_back(self, h: InstanceHeader, exc: Exception) -> None:
         log.info("index fast path fell back for instance %s: %s", uid_hash(h.sop_uid), type(exc).__name__)

@@ -79,12 +79,19 @@ def test_resend_is_idempotent(settings):
     dsets = [make_mr(study, series, i) for i in range(3)]
     with running_listener(settings) as (listener, db):
         assert _store(listener.port, dsets) == [0, 0, 0]
+        with db.session() as s:
+            received = {r.sop_instance_uid: r.received_at for r in s.scalars(select(Instance))}
         changed = make_mr(study, series, 0, seed=99, sop_uid=dsets[0].SOPInstanceUID)
         assert _store(listener.port, dsets + [changed]) == [0, 0, 0, 0]
         assert _counts(db) == (1, 1, 3)
         with db.session() as s:
             assert s.scalars(select(Series)).one().instance_count == 3
-            path = s.scalars(select(Instance).where(Instance.sop_instance_uid == changed.SOPInstanceUID)).one().path
+            rows = {r.sop_instance_uid: r for r in s.scalars(select(Instance))}
+        path = rows[changed.SOPInstanceUID].path
+        # Every re-send updated its row (received again, after the first round).
+        assert all(r.received_at >= first for r, first in ((rows[d.SOPInstanceUID], received[d.SOPInstanceUID])
+                                                           for d in dsets))
+        assert all(rows[d.SOPInstanceUID].received_at > received[d.SOPInstanceUID] for d in dsets[1:])
     assert (pydicom.dcmread(settings.storage_root / path).pixel_array == changed.pixel_array).all()
 
 
