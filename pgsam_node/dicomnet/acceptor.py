@@ -21,6 +21,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -162,6 +163,7 @@ class Acceptor:
         self._lock = threading.Lock()
         self._conns: dict[int, tuple[socket.socket, Association]] = {}
         self._active = 0
+        self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -191,11 +193,18 @@ class Acceptor:
             self._thread.join(timeout)
         with self._lock:
             conns = list(self._conns.values())
+            threads = list(self._threads)
         for sock, _ in conns:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        # Each association sees its transport close and ends (an instance being written finishes
+        # or is discarded, never acknowledged half-way); wait for them so that nothing runs
+        # against storage or database after stop() returns.
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
     # ---- connections -------------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -206,8 +215,11 @@ class Acceptor:
                 if self._stopping.is_set():
                     return
                 continue
-            threading.Thread(target=self._serve, args=(sock, addr), name=f"dicom-assoc-{addr[1]}",
-                             daemon=True).start()
+            t = threading.Thread(target=self._serve, args=(sock, addr), name=f"dicom-assoc-{addr[1]}", daemon=True)
+            with self._lock:
+                self._threads = [x for x in self._threads if x.is_alive()]
+                self._threads.append(t)
+            t.start()
 
     def _serve(self, sock: socket.socket, addr) -> None:
         assoc = Association(peer_host=addr[0], peer_port=addr[1])
