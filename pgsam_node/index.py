@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import DateTime, bindparam, select, text
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import state
@@ -241,6 +241,7 @@ def index_instance(
     now: dt.datetime | None = None,
     attempts: int = 5,
     full_header: Callable[[], InstanceHeader] | None = None,
+    fast: FastIndexSession | None = None,
 ) -> IndexResult:
     """Record one stored instance (upsert) in one transaction; retried on a lost race.
 
@@ -258,6 +259,8 @@ def index_instance(
         When ``h`` holds only the identifying values (:func:`quick_header`): a callable returning
         the complete header, called only if the instance opens a new study or series or re-opens
         one (classification evidence is needed then, and only then).
+    fast
+        A :class:`FastIndexSession` to reuse (its series-id cache); a new one otherwise.
 
     Returns
     -------
@@ -268,8 +271,9 @@ def index_instance(
             if db.is_sqlite:
                 with _sqlite_write_lock:
                     return _index_once(db, settings, h, rel_path, size, transfer_syntax_uid, calling_aet, now,
-                                       full_header)
-            return _index_once(db, settings, h, rel_path, size, transfer_syntax_uid, calling_aet, now, full_header)
+                                       full_header, fast)
+            return _index_once(db, settings, h, rel_path, size, transfer_syntax_uid, calling_aet, now, full_header,
+                               fast)
         except (IntegrityError, OperationalError) as exc:
             # Two associations created the same study/series at once (unique constraint), or
             # the database was busy: the transaction rolled back; try again.
@@ -280,53 +284,18 @@ def index_instance(
     raise AssertionError("unreachable")
 
 
-# The fast path is plain SQL prepared once (valid for SQLite >= 3.35 and PostgreSQL): building
-# ORM statements per instance cost more than the statements themselves.
-_SQL_TOUCH_STUDY = text(
-    "UPDATE studies SET last_instance_at = :now, updated_at = :now "
-    "WHERE study_uid = :study_uid AND state = 'RECEIVING' RETURNING id"
-).bindparams(bindparam("now", type_=DateTime()))
-_SQL_SERIES_ID = text("SELECT id FROM series WHERE series_uid = :series_uid AND study_id = :study_id")
-_SQL_INSERT_INSTANCE = text(
-    "INSERT INTO instances (series_id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, instance_number, "
-    "path, size_bytes, calling_aet, received_at) VALUES (:series_id, :sop_uid, :sop_class_uid, :ts_uid, "
-    ":instance_number, :path, :size, :calling_aet, :now) ON CONFLICT (sop_instance_uid) DO NOTHING RETURNING id"
-).bindparams(bindparam("now", type_=DateTime()))
-_SQL_COUNT_SERIES = text(
-    "UPDATE series SET instance_count = instance_count + 1, last_instance_at = :now WHERE id = :series_id"
-).bindparams(bindparam("now", type_=DateTime()))
-
-
-def _fast_path(db, h: InstanceHeader, rel_path, size, ts_uid, calling_aet, now) -> IndexResult | None:
-    """The common case in four short statements and one commit: a new instance of a known series
-    of a study still RECEIVING. Returns None (after touching nothing but timestamps) when the
-    slow path is needed: new study or series, re-sent instance, or a study to re-open."""
-    with db.engine.begin() as conn:
-        study_id = conn.execute(_SQL_TOUCH_STUDY, {"now": now, "study_uid": h.study_uid}).scalar()
-        if study_id is None:
-            return None
-        series_id = conn.execute(_SQL_SERIES_ID, {"series_uid": h.series_uid, "study_id": study_id}).scalar()
-        if series_id is None:
-            return None
-        inst_id = conn.execute(_SQL_INSERT_INSTANCE, {
-            "series_id": series_id, "sop_uid": h.sop_uid, "sop_class_uid": h.sop_class_uid, "ts_uid": ts_uid,
-            "instance_number": h.instance_number, "path": rel_path, "size": size, "calling_aet": calling_aet,
-            "now": now,
-        }).scalar()
-        if inst_id is None:
-            return None
-        conn.execute(_SQL_COUNT_SERIES, {"now": now, "series_id": series_id})
-    return IndexResult(study_id, series_id, False, False, False, False)
-
-
 class FastIndexSession:
-    """The index fast path (see :func:`_fast_path`) on a DB-API connection from the engine's pool:
-    the same statements without SQLAlchemy's per-statement overhead (which was most of the index
-    cost per instance); series ids are cached for the association.
+    """The index fast path: the common case (a new instance of a known series of a study still
+    RECEIVING, or the same instance sent again) in three or four plain SQL statements on a DB-API
+    connection from the engine's pool, valid for SQLite >= 3.35 and PostgreSQL. Building ORM
+    statements, or even SQLAlchemy ``text()`` executions, per instance cost more than the
+    statements themselves. Series ids are cached for the session (the listener keeps one per
+    association).
 
-    :meth:`record` returns None whenever the slow path is needed (new study or series, re-sent
-    instance, study to re-open, or any database error), after rolling back; the caller then uses
-    :func:`index_instance`, which owns retries and error reporting.
+    :meth:`record` (called by :func:`index_instance`, under the SQLite write lock) returns None
+    whenever the slow path is needed (new study or series, re-sent
+    instance moved to another series, study to re-open, or any database error), after rolling
+    back; :func:`index_instance` then takes the ORM path, which owns retries and error reporting.
     """
 
     def __init__(self, db):
@@ -357,16 +326,9 @@ class FastIndexSession:
         self._touch_series = f"UPDATE series SET last_instance_at = {p('now')} WHERE id = {p('series_id')}"
 
     def record(self, h: InstanceHeader, rel_path: str, size: int, ts_uid: str | None, calling_aet: str | None,
-               now: dt.datetime | None = None) -> IndexResult | None:
-        """Index a new (or re-sent, same series and path) instance of a known series of a study
-        still RECEIVING, or return None."""
-        if self.db.is_sqlite:
-            with _sqlite_write_lock:
-                return self._record(h, rel_path, size, ts_uid, calling_aet, now)
-        return self._record(h, rel_path, size, ts_uid, calling_aet, now)
-
-    def _record(self, h, rel_path, size, ts_uid, calling_aet, now) -> IndexResult | None:
-        now = self._fmt_now(now or utcnow())
+               now: dt.datetime) -> IndexResult | None:
+        """Index the instance on the fast path, or return None (nothing changed)."""
+        now = self._fmt_now(now)
         try:
             # Checked out per instance, not held per association: a held connection per
             # association could exhaust the pool when dicom.max_associations exceeds its size.
@@ -438,11 +400,12 @@ class FastIndexSession:
         self._series.clear()
 
 
-def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now, full_header=None) -> IndexResult:
+def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now, full_header=None,
+                fast: FastIndexSession | None = None) -> IndexResult:
     now = now or utcnow()
-    fast = _fast_path(db, h, rel_path, size, ts_uid, calling_aet, now)
-    if fast is not None:
-        return fast
+    done = (fast or FastIndexSession(db)).record(h, rel_path, size, ts_uid, calling_aet, now)
+    if done is not None:
+        return done
     if full_header is not None:
         h = full_header()
     result = _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now)

@@ -227,6 +227,7 @@ class _StoreInstance:
         self.head = bytearray()
         self.error: tuple[int, str] | None = None
         self.file: spool.IncomingFile | None = None
+        self.stored: spool.StoredFile | None = None
         try:
             self.meta = spool.file_meta_bytes(self.sop_class or "1", self.sop_uid or "1", ts, self.calling)
             self.file = spool.IncomingFile(listener.settings, self.meta, listener._temp_files)
@@ -270,8 +271,7 @@ class _StoreInstance:
 
     def _full_header(self) -> InstanceHeader:
         """pydicom's reading of the whole header (all the classification evidence)."""
-        stored = getattr(self, "stored", None)
-        with open(self.file.tmp if stored is None else stored.path, "rb") as fh:
+        with open(self.file.tmp if self.stored is None else self.stored.path, "rb") as fh:
             return parse_header(fh, self.sop_class)
 
     def _commit(self) -> tuple[int, str | None]:
@@ -292,10 +292,9 @@ class _StoreInstance:
         fast = self.assoc.data.get("index")
         if fast is None:
             fast = self.assoc.data["index"] = FastIndexSession(lst.db)
-        res = fast.record(h, rel, self.stored.size, self.ts, self.calling)
-        if res is None:
-            full = (lambda: h) if h.headers else self._full_header
-            res = index_instance(lst.db, settings, h, rel, self.stored.size, self.ts, self.calling, full_header=full)
+        full = None if h.headers else self._full_header
+        res = index_instance(lst.db, settings, h, rel, self.stored.size, self.ts, self.calling, full_header=full,
+                             fast=fast)
         with lst._lock:
             if len(lst._known_series) > 100_000:
                 lst._known_series.clear()

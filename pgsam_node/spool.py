@@ -248,7 +248,8 @@ def _fsync_dir_cached(path: str) -> None:
 
 
 def write_instance(settings, rel_path: str, chunks: tuple[bytes, ...] | list[bytes]) -> StoredFile:
-    """Durably write ``chunks`` (meta + data set) to ``storage_root / rel_path``.
+    """Durably write ``chunks`` (meta + data set) to ``storage_root / rel_path``: an
+    :class:`IncomingFile` written in one go (the same protocol as the listener's streamed writes).
 
     Parameters
     ----------
@@ -272,46 +273,10 @@ def write_instance(settings, rel_path: str, chunks: tuple[bytes, ...] | list[byt
     """
     size = sum(len(c) for c in chunks)
     check_free(settings, size)
-    root = settings.storage_root
-    dest = root / rel_path
-    tmp_dir = settings.tmp_dir
-    fsync = settings.storage.fsync
-    _ensure_dir(tmp_dir, root, fsync)
-    _ensure_dir(dest.parent, root, fsync)
-    tmp = tmp_dir / f"{os.getpid()}-{threading.get_ident()}-{dest.name}{TMP_SUFFIX}"
-    fd = None
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        for c in chunks:
-            view = memoryview(c)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-        if fsync:
-            # fdatasync flushes the data and the size (all a reader needs), skipping mtime.
-            os.fdatasync(fd)
-        os.close(fd)
-        fd = None
-        try:
-            os.rename(tmp, dest)
-        except FileNotFoundError:
-            # The series directory was removed (retention) since we cached it: recreate once.
-            forget_dir_cache()
-            _ensure_dir(dest.parent, root, fsync)
-            os.rename(tmp, dest)
-        if fsync:
-            _fsync_dir(dest.parent)
-    except OSError as exc:
-        if fd is not None:
-            os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StorageFullError(f"disk full while writing an instance: {exc.strerror}") from exc
-        raise ReceiveError(f"cannot write instance to the spool: {exc.strerror}") from exc
-    return StoredFile(path=dest, rel_path=rel_path, size=size)
+    incoming = IncomingFile(settings, b"")
+    for c in chunks:
+        incoming.write(c)
+    return incoming.commit(rel_path)
 
 
 _AHEAD = "-ahead-"
