@@ -29,8 +29,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
-
 from .errors import ReceiveError, StorageFullError
 
 log = logging.getLogger(__name__)
@@ -38,7 +36,10 @@ log = logging.getLogger(__name__)
 #: PS3.5 9.1: a UID is digits and dots, at most 64 characters. Only such strings become path
 #: components verbatim; anything else is hashed (a hostile "UID" must not escape the spool).
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-IMPLEMENTATION_CLASS_UID = PYNETDICOM_IMPLEMENTATION_UID
+#: The node's own Implementation Class UID (PS3.7 D.3.3.2), in files' meta and association
+#: negotiation: the receiving side is the node's own code, not pynetdicom's. A name-based UID under
+#: pydicom's root: generate_uid(entropy_srcs=["PG-SAM Node", "implementation"]).
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.8.498.94536492904963136482174471386377859774"
 IMPLEMENTATION_VERSION_NAME = "PGSAM_NODE_01"
 TMP_SUFFIX = ".part"
 

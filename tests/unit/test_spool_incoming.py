@@ -30,7 +30,11 @@ def test_streamed_fragments_commit_to_a_readable_part10_file(settings):
     stored = f.commit(rel)
     assert stored.size == stored.path.stat().st_size == len(_meta(ds)) + len(data)
     assert stored.path.read_bytes().endswith(data)
-    assert (pydicom.dcmread(stored.path).pixel_array == ds.pixel_array).all()
+    back = pydicom.dcmread(stored.path)
+    assert (back.pixel_array == ds.pixel_array).all()
+    # The node's own implementation, not pynetdicom's (which no longer receives).
+    assert back.file_meta.ImplementationClassUID == spool.IMPLEMENTATION_CLASS_UID
+    assert back.file_meta.ImplementationClassUID.is_valid and "3811" not in spool.IMPLEMENTATION_CLASS_UID
     assert not spool.leftover_tmp(settings.tmp_dir)
 
 
