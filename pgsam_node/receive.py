@@ -26,14 +26,13 @@ import threading
 from collections.abc import Callable
 from io import BytesIO
 
-from pydicom import dcmread
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from . import headscan, spool
 from .dicomnet import dimse
 from .dicomnet.acceptor import Acceptor, Association, Rejection
-from .errors import ReceiveError, StorageFullError, UnparseableDatasetError
+from .errors import ReceiveError, UnparseableDatasetError
 from .index import FastIndexSession, InstanceHeader, index_instance, parse_header, quick_header
 from .logsetup import uid_hash
 from .tls import server_context
