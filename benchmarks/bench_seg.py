@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pgsam_node.config import load_settings  # noqa: E402
 from pgsam_node.db import open_database  # noqa: E402
 from pgsam_node.encode import algorithm_info, build_seg, load_sources, validate_seg  # noqa: E402
-from pgsam_node.outbox import process_due, queue_outputs  # noqa: E402
+from pgsam_node.deliver.outbox import process_due, queue_outputs  # noqa: E402
 from tests.dicom_tools import blob_mask, make_mr_series  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
 
         def send():
             with db.transaction() as s:
-                from pgsam_node.outbox import requeue
+                from pgsam_node.deliver.outbox import requeue
 
                 items = queue_outputs(s, settings, None, seg.StudyInstanceUID, None, [seg])
                 requeue(s, item_id=items[0].id, now=dt.datetime(2000, 1, 1))

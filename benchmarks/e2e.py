@@ -27,10 +27,10 @@ from pgsam_node.commands.ris_cmd import import_csv  # noqa: E402
 from pgsam_node.commands.synth_cmd import report_row, write_reports_csv  # noqa: E402
 from pgsam_node.config import load_settings  # noqa: E402
 from pgsam_node.logsetup import setup_logging  # noqa: E402
-from pgsam_node.minipacs import MiniPacs  # noqa: E402
-from pgsam_node.model.synthetic_dicom import write_study  # noqa: E402
+from pgsam_node.synth.minipacs import MiniPacs  # noqa: E402
+from pgsam_node.synth.dicom_writer import write_study  # noqa: E402
 from pgsam_node.node import Node  # noqa: E402
-from pgsam_node.pipeline import study_summary  # noqa: E402
+from pgsam_node.flow.pipeline import study_summary  # noqa: E402
 
 TCIA = ROOT.parent / "shared" / "data" / "tcia-pgbm"
 
@@ -98,7 +98,7 @@ def main() -> int:
         if study_dir is not None:
             from pydicom import dcmread
 
-            from pgsam_node.infer import BUNDLED_MODEL_DIR
+            from pgsam_node.inference.predictor import BUNDLED_MODEL_DIR
 
             brain = BUNDLED_MODEL_DIR.parent / "brain-tumour-tiny"
             model = args.tcia_model or (str(brain) if (brain / "config.json").exists() else None)

@@ -60,7 +60,7 @@ def _anchor(q, threads: int, repeats: int) -> None:
 
 
 def _study(n_slices: int):
-    from pgsam_node.model.sources import synthetic_study
+    from pgsam_node.training.sources import synthetic_study
 
     return synthetic_study(1_000_000, size=128, n_slices=n_slices)
 
@@ -69,7 +69,7 @@ def _predict(q, which: str, n_slices: int, threads: int, repeats: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from pgsam_node.infer import Predictor, resolve_device
+    from pgsam_node.inference.predictor import Predictor, resolve_device
 
     if which == "tiny":
         pred = Predictor.from_dir(None, device="auto", batch_size=8)

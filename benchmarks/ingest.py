@@ -162,8 +162,8 @@ from types import SimpleNamespace
 from pathlib import Path
 from pynetdicom import AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
 from pgsam_node import spool
-from pgsam_node.dicomnet import dimse
-from pgsam_node.dicomnet.acceptor import Acceptor
+from pgsam_node.ingest.dicomnet import dimse
+from pgsam_node.ingest.dicomnet.acceptor import Acceptor
 root = Path(sys.argv[2])
 settings = SimpleNamespace(storage_root=root, tmp_dir=root / "tmp",
                            storage=SimpleNamespace(root=root, fsync=True, min_free_bytes=0))

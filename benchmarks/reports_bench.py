@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pgsam_node.config import load_settings  # noqa: E402
 from pgsam_node.db import Database  # noqa: E402
-from pgsam_node.hl7 import Hl7Listener, mllp_frame, read_frame  # noqa: E402
-from pgsam_node.report import parse_report  # noqa: E402
+from pgsam_node.reports.hl7 import Hl7Listener, mllp_frame, read_frame  # noqa: E402
+from pgsam_node.reports.parse import parse_report  # noqa: E402
 from tests.hl7_messages import oru  # noqa: E402
 from tests.unit.test_report_parse import CASES  # noqa: E402
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pgsam_node.model.synthetic import generate_case
-from pgsam_node.model.synthetic_dicom import write_study
+from pgsam_node.synth.phantom import generate_case
+from pgsam_node.synth.dicom_writer import write_study
 
 
 def _anchor(shape: tuple[int, int, int], repeats: int = 5) -> float:

@@ -18,7 +18,7 @@ from sqlalchemy import insert, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's package
 
-from pgsam_node import tokens  # noqa: E402
+from pgsam_node.web import tokens  # noqa: E402
 from pgsam_node.config import load_settings  # noqa: E402
 from pgsam_node.db import Database  # noqa: E402
 from pgsam_node.db.models import Instance, OutboxItem, Run, Series, Study  # noqa: E402

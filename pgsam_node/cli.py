@@ -12,22 +12,17 @@ import pkgutil
 import logging
 import sys
 
-from . import __version__
-from .errors import NodeError
+from pgsam_node import __version__
+from pgsam_node import commands
+from pgsam_node.errors import NodeError
+
 
 def command_modules() -> list[str]:
     """Every module in ``pgsam_node/commands`` that defines ``register`` (sorted by name)."""
-    from . import commands
-
     names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_"))
     return [f"pgsam_node.commands.{n}" for n in names]
 
 log = logging.getLogger("pgsam_node.cli")
-
-
-def add_config_arg(p: argparse.ArgumentParser) -> None:
-    """The ``--config FILE`` option every command shares."""
-    p.add_argument("--config", "-c", metavar="FILE", default=None, help="YAML configuration file")
 
 
 def build_parser() -> argparse.ArgumentParser:

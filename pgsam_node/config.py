@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError
+from pgsam_node.errors import ConfigError
 
 #: Project root when running from a checkout (``storage/`` and ``config/`` live here).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """Structured findings read from a radiology report, shared by the report parser and the model.
 
-The parser (:mod:`pgsam_node.report`) fills :class:`Findings`; the model's prompt generator turns
+The parser (:mod:`pgsam_node.reports.parse`) fills :class:`Findings`; the model's prompt generator turns
 it into a fixed-length vector with :func:`findings_vector`, next to the text embedding.
 """
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from .config import Settings
-from .db import Database, open_database, utcnow
-from .worker import WorkerLoop, make_worker_id, requeue_expired
+from pgsam_node.config import Settings
+from pgsam_node.db import Database, open_database, utcnow
+from pgsam_node.flow.worker import WorkerLoop, make_worker_id, requeue_expired
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Node:
     """
 
     def __init__(self, settings: Settings, db: Database | None = None, worker: bool | None = None, web: bool | None = None, predictor_factory=None):
-        from .pipeline import Pipeline
+        from pgsam_node.flow.pipeline import Pipeline
 
         self.settings = settings
         self.db = db or open_database(settings)
@@ -47,12 +47,12 @@ class Node:
 
     # ------------------------------------------------------------------------------- jobs
     def _jobs(self):
-        from .outbox import process_due
-        from .pipeline import finish_sent
-        from .progress import advance_stable
-        from .report_wait import check_amendments, check_waiting
-        from .retention import retention_job
-        from .scheduler import Job
+        from pgsam_node.deliver.outbox import process_due
+        from pgsam_node.flow.pipeline import finish_sent
+        from pgsam_node.flow.advance import advance_stable
+        from pgsam_node.reports.wait import check_amendments, check_waiting
+        from pgsam_node.flow.retention import retention_job
+        from pgsam_node.flow.scheduler import Job
 
         s, db = self.settings, self.db
 
@@ -86,19 +86,19 @@ class Node:
 
     def _trigger(self, job_id: str) -> None:
         """Run a scheduler job as soon as possible (e.g. a report just arrived over HL7)."""
-        from .scheduler import trigger_now
+        from pgsam_node.flow.scheduler import trigger_now
 
         if self.scheduler is not None:
             trigger_now(self.scheduler, job_id)
 
     # --------------------------------------------------------------------------- lifecycle
     def start(self) -> Node:
-        from .outbox import recover_stuck
-        from .receive import Listener
-        from .scheduler import build_scheduler
+        from pgsam_node.deliver.outbox import recover_stuck
+        from pgsam_node.ingest.listener import Listener
+        from pgsam_node.flow.scheduler import build_scheduler
 
-        from .index import reindex_spool
-        from .spool import clean_tmp
+        from pgsam_node.ingest.index import reindex_spool
+        from pgsam_node.ingest.spool import clean_tmp
 
         s = self.settings
         # Temporary files are from transfers a crash interrupted: none was acknowledged.
@@ -111,7 +111,7 @@ class Node:
         recover_stuck(self.db)
         self.listener = Listener(s, self.db)
         if s.hl7.port:
-            from .hl7 import Hl7Listener
+            from pgsam_node.reports.hl7 import Hl7Listener
 
             self.hl7 = Hl7Listener(s, self.db, on_report=lambda _result: self._trigger("reports"))
             self.hl7.start()
@@ -121,7 +121,7 @@ class Node:
             self.worker = WorkerLoop(self.db, s, self.pipeline.process, self.worker_id)
             self.worker.start()
         if self.run_web:
-            from .web import WebServer
+            from pgsam_node.web import WebServer
 
             # An operator's retry/reprocess makes a study READY: wake the embedded worker.
             self.web = WebServer(s, self.db, on_action=lambda _res: self.worker.wake() if self.worker else None)

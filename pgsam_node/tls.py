@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ssl
 
-from .config import TlsSettings
-from .errors import ConfigError
+from pgsam_node.config import TlsSettings
+from pgsam_node.errors import ConfigError
 
 
 def server_context(tls: TlsSettings) -> ssl.SSLContext | None:

@@ -2,7 +2,7 @@
 DICOM files (a synthetic MR series written with pydicom and a SEG built with highdicom) under the
 storage root, series with roles, a run, outbox items and a report.
 
-Seeding goes through :func:`pgsam_node.state.transition`, so the timeline is what the pipeline
+Seeding goes through :func:`pgsam_node.db.lifecycle.transition`, so the timeline is what the pipeline
 would record.
 """
 
@@ -27,7 +27,7 @@ from pgsam_node.db.models import (
     StudyState,
     utcnow,
 )
-from pgsam_node.state import transition
+from pgsam_node.db.lifecycle import transition
 
 from .dicomgen import make_mr
 

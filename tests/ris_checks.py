@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgsam_node.ris import AmbiguousReportError, StudyKey, find_report, lookup_report
+from pgsam_node.reports.ris import AmbiguousReportError, StudyKey, find_report, lookup_report
 
 
 def check_matching(settings, db) -> None:

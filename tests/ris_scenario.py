@@ -18,7 +18,7 @@ import datetime as dt
 
 from sqlalchemy import Column, Date, DateTime, Integer, MetaData, String, Table, Text, create_engine
 
-from pgsam_node.report_store import IncomingReport, store_report
+from pgsam_node.reports.store import IncomingReport, store_report
 
 T = dt.datetime
 ROWS = [

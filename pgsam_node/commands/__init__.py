@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from ..config import Settings, load_settings
-from ..logsetup import setup_logging
+import argparse
+
+from pgsam_node.config import Settings, load_settings
+from pgsam_node.logsetup import setup_logging
 
 
 def load(args) -> Settings:
@@ -11,3 +13,8 @@ def load(args) -> Settings:
     settings = load_settings(getattr(args, "config", None))
     setup_logging(settings.logging.level, settings.logging.json_format)
     return settings
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """The ``--config FILE`` option every command shares."""
+    p.add_argument("--config", "-c", metavar="FILE", default=None, help="YAML configuration file")

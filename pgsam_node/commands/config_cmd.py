@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ..cli import add_config_arg
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.commands import load
 
 
 def register(sub) -> None:

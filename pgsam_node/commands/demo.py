@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import add_config_arg
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.commands import load
 
 
 def register(sub) -> None:
@@ -75,16 +75,16 @@ def dice(a, b) -> float:
 def run(args) -> int:
     import numpy as np
 
-    from ..config import load_settings
-    from ..db import Study
-    from ..minipacs import MiniPacs
-    from ..model.synthetic_dicom import write_study
-    from ..node import Node
-    from ..pipeline import study_summary
-    from .ris_cmd import import_csv
-    from .synth_cmd import report_row, write_reports_csv
-    from ..preview import write_overlay_png
-    from ..segread import read_seg_mask
+    from pgsam_node.config import load_settings
+    from pgsam_node.db import Study
+    from pgsam_node.synth.minipacs import MiniPacs
+    from pgsam_node.synth.dicom_writer import write_study
+    from pgsam_node.node import Node
+    from pgsam_node.flow.pipeline import study_summary
+    from pgsam_node.commands.ris_cmd import import_csv
+    from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
+    from pgsam_node.encode.preview import write_overlay_png
+    from pgsam_node.encode.read import read_seg_mask
 
     t0 = time.monotonic()
     base = load(args)

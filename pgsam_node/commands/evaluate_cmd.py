@@ -6,9 +6,9 @@ import json
 import logging
 from pathlib import Path
 
-from ..cli import add_config_arg
-from ..errors import ModelError
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.errors import ModelError
+from pgsam_node.commands import load
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from ..infer import Predictor
-    from ..model import sources
-    from ..model.evaluate import evaluate_studies, format_table
+    from pgsam_node.inference.predictor import Predictor
+    from pgsam_node.training import sources
+    from pgsam_node.training.evaluate import evaluate_studies, format_table
 
     settings = load(args)
     if args.threads:
@@ -48,7 +48,7 @@ def run(args) -> int:
         base = sources.EVAL_SEED_BASE if args.seed_base is None else args.seed_base
         studies = (sources.synthetic_study(base + i) for i in range(args.cases))
     else:
-        from ..model.dicom_data import load_dicom_studies
+        from pgsam_node.training.dicom_data import load_dicom_studies
 
         include = [v.strip() for v in args.studies.split(",") if v.strip()] if args.studies else None
         studies = load_dicom_studies(Path(args.data), args.reports, settings, include=include)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pydicom
 
-from ..cli import add_config_arg
-from ..errors import GeometryError
-from ..logsetup import uid_hash
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.errors import GeometryError
+from pgsam_node.logsetup import uid_hash
+from pgsam_node.commands import load
 
 
 def register(sub) -> None:
@@ -62,7 +62,7 @@ def _by_series(files: list[Path]) -> tuple[dict[str, list[Path]], list[Path]]:
 
 def run_inspect(args) -> int:
     settings = load(args)
-    from ..geometry import load_series
+    from pgsam_node.geometry import load_series
 
     series, skipped = _by_series(_files(args.paths))
     rc = 0
@@ -86,7 +86,7 @@ def run_inspect(args) -> int:
 
 def run_study(args) -> int:
     settings = load(args)
-    from ..geometry import build_study_volumes
+    from pgsam_node.geometry import build_study_volumes
 
     roles: dict[str, list[Path]] = {}
     for spec in args.role:

@@ -7,10 +7,10 @@
 
 from __future__ import annotations
 
-from ..cli import add_config_arg
-from ..db import open_database
-from ..outbox import outbox_counts, requeue
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.db import open_database
+from pgsam_node.deliver.outbox import outbox_counts, requeue
+from pgsam_node.commands import load
 
 
 def register(sub) -> None:

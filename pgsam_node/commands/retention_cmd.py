@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..cli import add_config_arg
-from ..db import open_database
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.db import open_database
+from pgsam_node.commands import load
 
 
 def register(sub) -> None:
@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..retention import cleanup
+    from pgsam_node.flow.retention import cleanup
 
     settings = load(args)
     db = open_database(settings)

@@ -15,13 +15,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli import add_config_arg
-from ..config import Settings
-from ..db.session import open_database
-from ..errors import ReportError, RisError
-from ..report_store import IncomingReport, store_report
-from ..ris import StudyKey, lookup_report, parse_date, parse_datetime, status_class
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.config import Settings
+from pgsam_node.db.session import open_database
+from pgsam_node.errors import ReportError, RisError
+from pgsam_node.reports.store import IncomingReport, store_report
+from pgsam_node.reports.ris import StudyKey, lookup_report, parse_date, parse_datetime, status_class
+from pgsam_node.commands import load
 
 REQUIRED_COLUMNS = ("accession_number", "study_instance_uid", "patient_id", "status", "report_time", "report_text")
 OPTIONAL_COLUMNS = ("version", "study_date")

@@ -7,8 +7,8 @@ import logging
 import signal
 import threading
 
-from ..cli import add_config_arg
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.commands import load
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..node import Node
+    from pgsam_node.node import Node
 
     settings = load(args)
     stop = threading.Event()

@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from ..cli import add_config_arg
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.commands import load
 
 
 def register(sub) -> None:
@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 def collect(db, limit: int = 50) -> list[dict[str, Any]]:
     """Most recent studies (by last instance) with their series, as plain dicts."""
-    from ..db.models import Study
+    from pgsam_node.db.models import Study
 
     out = []
     with db.session() as s:
@@ -73,7 +73,7 @@ def format_table(studies: list[dict[str, Any]]) -> str:
 
 
 def run(args) -> int:
-    from ..db import open_database
+    from pgsam_node.db import open_database
 
     settings = load(args)
     db = open_database(settings)

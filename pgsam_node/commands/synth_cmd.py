@@ -18,9 +18,9 @@ import logging
 import os
 from pathlib import Path
 
-from ..cli import add_config_arg
-from ..logsetup import uid_hash
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.logsetup import uid_hash
+from pgsam_node.commands import load
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def report_row(study, seed: int) -> dict:
 
 def run(args) -> int:
     load(args)
-    from ..model.synthetic_dicom import write_study
+    from pgsam_node.synth.dicom_writer import write_study
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import getpass
 import json
 
-from ..cli import add_config_arg
-from ..db import open_database
-from ..tokens import SCOPES, create_token, list_tokens, revoke_token
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.db import open_database
+from pgsam_node.web.tokens import SCOPES, create_token, list_tokens, revoke_token
+from pgsam_node.commands import load
 
 
 def register(sub) -> None:

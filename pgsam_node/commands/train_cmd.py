@@ -7,9 +7,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..cli import add_config_arg
-from ..errors import ModelError
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.errors import ModelError
+from pgsam_node.commands import load
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +49,29 @@ def _names(value: str | None) -> list[str] | None:
 def run(args) -> int:
     import torch
 
-    from ..geometry.normalize import NormParams
-    from ..model import sources
-    from ..model.presets import BRAIN_TUMOUR_LABELS, PAROTID_LABELS
-    from ..model.train import TrainOptions, synthetic_train_set, train
+    from pgsam_node.geometry.normalize import NormParams
+    from pgsam_node.training import sources
+    from pgsam_node.model.presets import BRAIN_TUMOUR_LABELS, PAROTID_LABELS
+    from pgsam_node.training.train import TrainOptions, synthetic_train_set, train
 
     settings = load(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     sequences = [args.single_sequence] if args.single_sequence else ["T1", "T2", "T1C"]
     command = "pgsam-node " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv and sys.argv[0] else ""
-    from ..model.presets import get_preset
+    from pgsam_node.model.presets import get_preset
 
     arch = get_preset(args.preset)
     norm = NormParams()
     if args.data == "synthetic":
         seeds = [sources.TRAIN_SEED_BASE + i for i in range(args.cases)]
         ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress)
-        data_desc = f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.model.synthetic.generate_case, 128 px, 24 slices)"
+        data_desc = f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.synth.phantom.generate_case, 128 px, 24 slices)"
         task, labels = args.task or "parotid-lesion", PAROTID_LABELS
     else:
-        from ..model.dicom_data import load_dicom_studies
+        from pgsam_node.training.dicom_data import load_dicom_studies
 
-        from ..model.train import build_train_set
+        from pgsam_node.training.train import build_train_set
 
         studies = load_dicom_studies(Path(args.data), args.reports, settings, include=_names(args.studies), exclude=_names(args.exclude_studies))
         if not studies:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import signal
 import threading
 
-from ..cli import add_config_arg
-from ..db import open_database
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.db import open_database
+from pgsam_node.commands import load
 
 
 def register(sub) -> None:
@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..web import WebServer
+    from pgsam_node.web import WebServer
 
     settings = load(args)
     db = open_database(settings)

@@ -11,8 +11,8 @@ import logging
 import signal
 import threading
 
-from ..cli import add_config_arg
-from . import load
+from pgsam_node.commands import add_config_arg
+from pgsam_node.commands import load
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..db import open_database
-    from ..pipeline import Pipeline
-    from ..worker import WorkerLoop, requeue_expired
+    from pgsam_node.db import open_database
+    from pgsam_node.flow.pipeline import Pipeline
+    from pgsam_node.flow.worker import WorkerLoop, requeue_expired
 
     settings = load(args)
     db = open_database(settings)

@@ -1,6 +1,6 @@
 """Node database: models, engine/session handling and Alembic migrations."""
 
-from .models import (  # noqa: F401
+from pgsam_node.db.models import (
     ApiToken,
     AuditLog,
     Base,
@@ -16,4 +16,4 @@ from .models import (  # noqa: F401
     StudyState,
     utcnow,
 )
-from .session import Database, open_database  # noqa: F401
+from pgsam_node.db.session import Database, open_database  # noqa: F401

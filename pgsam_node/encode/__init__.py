@@ -5,12 +5,20 @@ Public entry points: :func:`build_seg`, :func:`build_fractional_seg`, :func:`bui
 :func:`build_overlay`, :func:`build_outputs`, :func:`validate_seg`.
 """
 
-from .common import AlgorithmInfo, SourceSet, algorithm_info, is_empty, load_sources, output_uids, segment_codes_for
-from .overlay import build_overlay
-from .seg import build_fractional_seg, build_seg
-from .outputs import build_outputs
-from .sr import build_sr, lesion_measurements
-from .validate import validate_seg
+from pgsam_node.encode.common import (
+    AlgorithmInfo,
+    SourceSet,
+    algorithm_info,
+    is_empty,
+    load_sources,
+    output_uids,
+    segment_codes_for,
+)
+from pgsam_node.encode.overlay import build_overlay
+from pgsam_node.encode.seg import build_fractional_seg, build_seg
+from pgsam_node.encode.outputs import build_outputs
+from pgsam_node.encode.sr import build_sr, lesion_measurements
+from pgsam_node.encode.validate import validate_seg
 
 __all__ = [
     "AlgorithmInfo",

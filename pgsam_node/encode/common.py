@@ -16,10 +16,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from .. import __version__
-from ..config import SegCode, SegmentCodes, Settings
-from ..errors import EncodeError
-from ..logsetup import uid_hash
+from pgsam_node import __version__
+from pgsam_node.config import SegCode, SegmentCodes, Settings
+from pgsam_node.errors import EncodeError
+from pgsam_node.logsetup import uid_hash
 
 log = logging.getLogger(__name__)
 # highdicom logs SOP Instance UIDs of the source images at INFO; UIDs reach our logs only hashed.

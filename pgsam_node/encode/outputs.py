@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..config import SegmentCodes, Settings
-from ..errors import EncodeError
-from ..findings import Findings
-from .common import AlgorithmInfo, is_empty, load_sources
-from .overlay import build_overlay
-from .seg import build_fractional_seg, build_seg
-from .sr import build_sr
-from .validate import validate_seg
+from pgsam_node.config import SegmentCodes, Settings
+from pgsam_node.errors import EncodeError
+from pgsam_node.findings import Findings
+from pgsam_node.encode.common import AlgorithmInfo, is_empty, load_sources
+from pgsam_node.encode.overlay import build_overlay
+from pgsam_node.encode.seg import build_fractional_seg, build_seg
+from pgsam_node.encode.sr import build_sr
+from pgsam_node.encode.validate import validate_seg
 
 
 def build_outputs(

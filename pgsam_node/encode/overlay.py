@@ -9,10 +9,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from ..config import Settings
-from ..errors import EncodeError
-from ..preview import window
-from .common import SERIES_OFFSETS, AlgorithmInfo, SourceSet, log_built, output_uids, quiet_highdicom
+from pgsam_node.config import Settings
+from pgsam_node.errors import EncodeError
+from pgsam_node.encode.preview import window
+from pgsam_node.encode.common import SERIES_OFFSETS, AlgorithmInfo, SourceSet, log_built, output_uids, quiet_highdicom
 
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS - PG-SAM overlay"
 

@@ -17,10 +17,10 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.valuerep import PersonName
 
-from ..config import SegmentCodes, Settings
-from ..errors import EncodeError
-from ..findings import Findings
-from .common import (
+from pgsam_node.config import SegmentCodes, Settings
+from pgsam_node.errors import EncodeError
+from pgsam_node.findings import Findings
+from pgsam_node.encode.common import (
     LATERALITY_CODES,
     SERIES_OFFSETS,
     AlgorithmInfo,

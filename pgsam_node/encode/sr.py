@@ -12,11 +12,20 @@ from pydicom.sr.coding import Code
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.distance import pdist
 
-from ..config import SegmentCodes, Settings
-from ..errors import EncodeError
-from ..findings import Findings
-from .common import LATERALITY_CODES, SERIES_OFFSETS, AlgorithmInfo, SourceSet, log_built, output_uids, quiet_highdicom, to_code
-from .validate import _source_frame_geometry
+from pgsam_node.config import SegmentCodes, Settings
+from pgsam_node.errors import EncodeError
+from pgsam_node.findings import Findings
+from pgsam_node.encode.common import (
+    LATERALITY_CODES,
+    SERIES_OFFSETS,
+    AlgorithmInfo,
+    SourceSet,
+    log_built,
+    output_uids,
+    quiet_highdicom,
+    to_code,
+)
+from pgsam_node.encode.validate import _source_frame_geometry
 
 UNIT_MM3 = Code("mm3", "UCUM", "cubic millimeter")
 UNIT_MM = Code("mm", "UCUM", "millimeter")

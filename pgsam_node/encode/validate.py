@@ -12,8 +12,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import SegmentationStorage
 
-from ..errors import EncodeError
-from .common import SourceSet, quiet_highdicom
+from pgsam_node.errors import EncodeError
+from pgsam_node.encode.common import SourceSet, quiet_highdicom
 
 #: Geometry tolerances: positions in mm, direction cosines unitless.
 POSITION_TOL_MM = 1e-3

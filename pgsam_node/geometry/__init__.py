@@ -10,11 +10,11 @@ Public API (see ``docs/geometry.md`` for conventions and reason codes):
 - :func:`percentile_normalize` - robust intensity scaling for the model.
 """
 
-from .load import load_series
-from .normalize import NormParams, percentile_normalize
-from .resample import mask_to_reference, resample_to
-from .study import StudyVolumes, build_study_volumes
-from .volume import GeometryNote, Volume, affine_from_dicom
+from pgsam_node.geometry.load import load_series
+from pgsam_node.geometry.normalize import NormParams, percentile_normalize
+from pgsam_node.geometry.resample import mask_to_reference, resample_to
+from pgsam_node.geometry.study import StudyVolumes, build_study_volumes
+from pgsam_node.geometry.volume import GeometryNote, Volume, affine_from_dicom
 
 __all__ = [
     "GeometryNote",

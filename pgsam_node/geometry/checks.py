@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GeometryError
-from .volume import GeometryNote
+from pgsam_node.errors import GeometryError
+from pgsam_node.geometry.volume import GeometryNote
 
 log = logging.getLogger(__name__)
 

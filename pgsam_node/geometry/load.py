@@ -16,10 +16,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from ..errors import GeometryError
-from ..logsetup import uid_hash
-from .checks import FrameGeometry, select_stack
-from .volume import GeometryNote, Volume, affine_from_dicom
+from pgsam_node.errors import GeometryError
+from pgsam_node.logsetup import uid_hash
+from pgsam_node.geometry.checks import FrameGeometry, select_stack
+from pgsam_node.geometry.volume import GeometryNote, Volume, affine_from_dicom
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .volume import Volume
+from pgsam_node.geometry.volume import Volume
 
 #: Reference voxels processed per chunk (bounds the float64 coordinate grid to ~100 MB).
 CHUNK_VOXELS = 4_000_000

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import GeometrySettings
-from ..errors import GeometryError
-from .load import load_series
-from .resample import resample_to
-from .volume import GeometryNote, Volume
+from pgsam_node.config import GeometrySettings
+from pgsam_node.errors import GeometryError
+from pgsam_node.geometry.load import load_series
+from pgsam_node.geometry.resample import resample_to
+from pgsam_node.geometry.volume import GeometryNote, Volume
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError
-from .pgsam import SAM_PREFIXES, PGSAM, build_model
-from .presets import ModelConfig
+from pgsam_node.errors import ModelError
+from pgsam_node.model.pgsam import SAM_PREFIXES, PGSAM, build_model
+from pgsam_node.model.presets import ModelConfig
 
 log = logging.getLogger(__name__)
 

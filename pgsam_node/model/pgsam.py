@@ -10,11 +10,11 @@ from segment_anything.modeling import ImageEncoderViT, PromptEncoder, TwoWayTran
 from torch import nn
 from torch.nn import functional as F
 
-from .decoder import BatchedMaskDecoder
-from .detail import DetailEncoder
-from .fusion import CrossSequenceAttention
-from .presets import ModelConfig
-from .prompt_generator import ReportPromptGenerator
+from pgsam_node.model.decoder import BatchedMaskDecoder
+from pgsam_node.model.detail import DetailEncoder
+from pgsam_node.model.fusion import CrossSequenceAttention
+from pgsam_node.model.presets import ModelConfig
+from pgsam_node.model.prompt_generator import ReportPromptGenerator
 
 # SAM's pixel normalisation (0-255 RGB statistics); inputs in [0, 1] are scaled to it so the
 # official encoder weights see the range they were trained on.

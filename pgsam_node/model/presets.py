@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from ..errors import ModelError
+from pgsam_node.errors import ModelError
 
 
 @dataclass(frozen=True)

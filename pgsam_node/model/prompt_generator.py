@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..findings import FINDINGS_DIM
+from pgsam_node.findings import FINDINGS_DIM
 
 #: Coordinate channels of the dense prompt input (LR, AP), see :func:`.coords.patient_coordinate_map`.
 COORD_CHANNELS = 2
@@ -96,7 +96,7 @@ class ReportPromptGenerator(nn.Module):
             if text_valid is not None:
                 text_emb = torch.where(text_valid.to(dev)[:, None], text_emb, self.null_text[None])
         if findings is None:
-            from ..findings import findings_vector
+            from pgsam_node.findings import findings_vector
 
             findings = torch.tensor([findings_vector(None)] * batch, device=dev, dtype=dtype)
         return self.context(torch.cat([text_emb, findings.to(device=dev, dtype=dtype)], dim=1))

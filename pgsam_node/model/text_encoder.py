@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from pgsam_node.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
-from ..actions import ActionError
-from ..db.models import OutboxState, Run, Study, StudyState
-from ..logsetup import uid_hash
-from . import queries
-from .app import Auth, client_addr
-from .auth import csrf_ok
+from pgsam_node.flow.actions import ActionError
+from pgsam_node.db.models import OutboxState, Run, Study, StudyState
+from pgsam_node.logsetup import uid_hash
+from pgsam_node.web import queries
+from pgsam_node.web.auth import Auth, client_addr
+from pgsam_node.web.auth import csrf_ok
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -106,7 +106,7 @@ def study_outbox(study_id: int, request: Request, a: Auth = Depends(require_auth
 
 @router.get("/studies/{study_id}/preview.png")
 def preview(study_id: int, request: Request, a: Auth = Depends(require_auth)):
-    from .preview import PreviewUnavailable, render_preview
+    from pgsam_node.web.preview import PreviewUnavailable, render_preview
 
     c = ctx(request)
     try:
@@ -147,7 +147,7 @@ def audit(request: Request, limit: int = Query(200, ge=1, le=1000), a: Auth = De
 def run_action(request: Request, a: Auth, study_id: int, name: str):
     """Apply an operator action in one transaction; shared by the API and the dashboard.
 
-    Returns the :class:`~pgsam_node.actions.ActionResult`; raises HTTPException 403/404/409.
+    Returns the :class:`~pgsam_node.flow.actions.ActionResult`; raises HTTPException 403/404/409.
     """
     c = ctx(request)
     if not a.principal.can("actions"):

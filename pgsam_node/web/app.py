@@ -20,11 +20,11 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .. import actions as default_actions
-from .. import tokens
-from ..tokens import Principal
-from .auth import SESSION_COOKIE, LoginLimiter, SessionData, SessionSigner, load_or_create_secret
-from .metrics import DatabaseCollector, readiness
+from pgsam_node.flow import actions as default_actions
+from pgsam_node.web import tokens
+from pgsam_node.web.tokens import Principal
+from pgsam_node.web.auth import SESSION_COOKIE, Auth, Authenticator, LoginLimiter, SessionSigner, client_addr, load_or_create_secret
+from pgsam_node.web.metrics import DatabaseCollector, readiness
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -51,77 +51,6 @@ def metrics_public(settings) -> bool:
     return is_loopback(settings.web.bind) if mp is None else bool(mp)
 
 
-@dataclass
-class Auth:
-    principal: Principal
-    via: str  # "token" or "session"
-    session: SessionData | None = None
-
-    @property
-    def csrf(self) -> str | None:
-        return self.session.csrf if self.session else None
-
-
-class Authenticator:
-    """Resolves a request to an :class:`Auth` (bearer token first, then the session cookie)."""
-
-    CACHE_SECONDS = 60.0
-
-    def __init__(self, db, signer: SessionSigner):
-        self.db = db
-        self.signer = signer
-        self._cache: dict[str, tuple[int, float]] = {}
-        self._touched: dict[int, float] = {}
-        self._lock = threading.Lock()
-
-    def _by_token(self, token: str) -> Principal | None:
-        key = hashlib.sha256(token.encode("utf-8")).hexdigest()
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-        with self.db.session() as s:
-            if hit and hit[1] > now:
-                p = tokens.principal_by_id(s, hit[0])  # re-checks revocation on every request
-            else:
-                p = tokens.verify_token(s, token)
-                if p is not None:
-                    with self._lock:
-                        if len(self._cache) > 1000:
-                            self._cache.clear()
-                        self._cache[key] = (p.token_id, now + self.CACHE_SECONDS)
-        if p is not None:
-            self._touch(p.token_id)
-        return p
-
-    def _touch(self, token_id: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if self._touched.get(token_id, 0.0) > now - 60:
-                return
-            self._touched[token_id] = now
-        with self.db.transaction() as s:
-            tokens.touch(s, token_id)
-
-    def authenticate(self, request: Request) -> Auth | None:
-        header = request.headers.get("authorization")
-        if header:
-            scheme, _, value = header.partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
-                return None
-            p = self._by_token(value.strip())
-            return Auth(p, "token") if p else None
-        data = self.signer.verify(request.cookies.get(SESSION_COOKIE))
-        if data is None:
-            return None
-        with self.db.session() as s:
-            p = tokens.principal_by_id(s, data.token_id)
-        return Auth(p, "session", data) if p else None
-
-
-def client_addr(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 def create_app(settings, db, actions: Any = None, findings_from_text=None, on_action=None) -> FastAPI:
     """Build the web application.
 
@@ -134,20 +63,20 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None, on_ac
     actions
         Object with ``retry``, ``reprocess`` and ``resend`` callables of signature
         ``(session, study, actor, remote_addr=None) -> ActionResult``; default
-        :mod:`pgsam_node.actions` (the integrator may wrap them, e.g. to wake a worker).
+        :mod:`pgsam_node.flow.actions` (the integrator may wrap them, e.g. to wake a worker).
     findings_from_text
         Report parser ``text -> Findings`` for the findings shown with the matched report when
         the newest run did not record them (``Run.metrics["findings"]``); default
-        :func:`pgsam_node.report.parse_report`.
+        :func:`pgsam_node.reports.parse.parse_report`.
     on_action
-        Called with the :class:`~pgsam_node.actions.ActionResult` after an action committed
+        Called with the :class:`~pgsam_node.flow.actions.ActionResult` after an action committed
         (the node passes one that wakes its embedded worker).
     """
-    from .api import router as api_router
-    from .dashboard import router as dash_router
+    from pgsam_node.web.api import router as api_router
+    from pgsam_node.web.dashboard import router as dash_router
 
     if findings_from_text is None:
-        from ..report import parse_report as findings_from_text
+        from pgsam_node.reports.parse import parse_report as findings_from_text
     app = FastAPI(title="PG-SAM Node", version="1", docs_url=None, redoc_url=None, openapi_url="/api/v1/openapi.json")
     secret = load_or_create_secret(settings.storage_root)
     signer = SessionSigner(secret, settings.web.session_hours * 3600.0)

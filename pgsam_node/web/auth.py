@@ -23,6 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastapi import Request
+
+from pgsam_node.web import tokens
+from pgsam_node.web.tokens import Principal
+
 SESSION_COOKIE = "pgsam_session"
 LOGIN_CSRF_COOKIE = "pgsam_login_csrf"
 
@@ -134,3 +139,74 @@ class LoginLimiter:
     def success(self, key: str) -> None:
         with self._lock:
             self._fails.pop(key, None)
+
+
+@dataclass
+class Auth:
+    principal: Principal
+    via: str  # "token" or "session"
+    session: SessionData | None = None
+
+    @property
+    def csrf(self) -> str | None:
+        return self.session.csrf if self.session else None
+
+
+class Authenticator:
+    """Resolves a request to an :class:`Auth` (bearer token first, then the session cookie)."""
+
+    CACHE_SECONDS = 60.0
+
+    def __init__(self, db, signer: SessionSigner):
+        self.db = db
+        self.signer = signer
+        self._cache: dict[str, tuple[int, float]] = {}
+        self._touched: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def _by_token(self, token: str) -> Principal | None:
+        key = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        with self.db.session() as s:
+            if hit and hit[1] > now:
+                p = tokens.principal_by_id(s, hit[0])  # re-checks revocation on every request
+            else:
+                p = tokens.verify_token(s, token)
+                if p is not None:
+                    with self._lock:
+                        if len(self._cache) > 1000:
+                            self._cache.clear()
+                        self._cache[key] = (p.token_id, now + self.CACHE_SECONDS)
+        if p is not None:
+            self._touch(p.token_id)
+        return p
+
+    def _touch(self, token_id: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._touched.get(token_id, 0.0) > now - 60:
+                return
+            self._touched[token_id] = now
+        with self.db.transaction() as s:
+            tokens.touch(s, token_id)
+
+    def authenticate(self, request: Request) -> Auth | None:
+        header = request.headers.get("authorization")
+        if header:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                return None
+            p = self._by_token(value.strip())
+            return Auth(p, "token") if p else None
+        data = self.signer.verify(request.cookies.get(SESSION_COOKIE))
+        if data is None:
+            return None
+        with self.db.session() as s:
+            p = tokens.principal_by_id(s, data.token_id)
+        return Auth(p, "session", data) if p else None
+
+
+def client_addr(request: Request) -> str | None:
+    return request.client.host if request.client else None

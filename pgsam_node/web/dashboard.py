@@ -15,12 +15,12 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from .. import tokens
-from ..db.models import AuditLog, OutboxState, Study
-from . import queries
-from .api import STATES, run_action
-from .app import Auth, client_addr
-from .auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, csrf_ok
+from pgsam_node.web import tokens
+from pgsam_node.db.models import AuditLog, OutboxState, Study
+from pgsam_node.web import queries
+from pgsam_node.web.api import STATES, run_action
+from pgsam_node.web.auth import Auth, client_addr
+from pgsam_node.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, csrf_ok
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -184,7 +184,7 @@ def study_page(study_id: int, request: Request):
 
 @router.get("/studies/{study_id}/preview.png")
 def study_preview(study_id: int, request: Request):
-    from .preview import PreviewUnavailable, render_preview
+    from pgsam_node.web.preview import PreviewUnavailable, render_preview
 
     a = _auth(request)
     if a is None:

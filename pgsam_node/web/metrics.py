@@ -31,14 +31,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
-from ..db.models import Instance, Metric, OutboxItem, OutboxState, Run, Study, StudyState
-from ..retention import disk_free
+from pgsam_node.db.models import Instance, Metric, OutboxItem, OutboxState, Run, Study, StudyState
+from pgsam_node.flow.retention import disk_free
 
 log = logging.getLogger(__name__)
 
 #: ``Run.stage_seconds`` keys counted as model inference.
 INFERENCE_KEYS = ("infer", "inference")
-#: Counters the outbox persists for each failed attempt (``pgsam_node.outbox``).
+#: Counters the outbox persists for each failed attempt (``pgsam_node.deliver.outbox``).
 FAILED_ATTEMPT_COUNTERS = ("outbox_retry_total", "outbox_dead_total")
 
 

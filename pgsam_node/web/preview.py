@@ -17,9 +17,9 @@ import pydicom
 from PIL import Image
 from sqlalchemy import select
 
-from ..db.models import Instance, Run, Study
-from ..logsetup import uid_hash
-from ..preview import overlay_rgb
+from pgsam_node.db.models import Instance, Run, Study
+from pgsam_node.logsetup import uid_hash
+from pgsam_node.encode.preview import overlay_rgb
 
 log = logging.getLogger(__name__)
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -60,7 +60,7 @@ def _seg_of_study(db, settings, study_id: int) -> tuple[hd.seg.Segmentation, Pat
 
 def compose(image: np.ndarray, mask: np.ndarray, max_side: int = 512) -> bytes:
     """PNG of an MR slice ``image`` (rows × cols, raw values) with ``mask`` (rows × cols, bool)
-    filled and outlined in red (:func:`pgsam_node.preview.overlay_rgb`); small images are
+    filled and outlined in red (:func:`pgsam_node.encode.preview.overlay_rgb`); small images are
     enlarged (nearest neighbour) to about ``max_side`` pixels."""
     rgb = overlay_rgb(image, fills=[(mask, COLOUR)], outlines=[(mask, COLOUR)])
     img = Image.fromarray(rgb, "RGB")

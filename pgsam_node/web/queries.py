@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..actions import is_purged
-from ..db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Series, Study, StudyState, utcnow
+from pgsam_node.flow.actions import is_purged
+from pgsam_node.db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Series, Study, StudyState, utcnow
 
 FindingsFn = Callable[[str], Any]
 

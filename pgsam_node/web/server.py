@@ -9,9 +9,9 @@ import time
 
 import uvicorn
 
-from .. import tokens
-from ..errors import WebError
-from .app import create_app
+from pgsam_node.web import tokens
+from pgsam_node.errors import WebError
+from pgsam_node.web.app import create_app
 
 log = logging.getLogger(__name__)
 

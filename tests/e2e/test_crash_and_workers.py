@@ -20,8 +20,8 @@ from pgsam_node.commands.ris_cmd import import_csv
 from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
 from pgsam_node.config import load_settings
 from pgsam_node.db import Database, Run, Study, StudyEvent
-from pgsam_node.minipacs import MiniPacs
-from pgsam_node.model.synthetic_dicom import write_study
+from pgsam_node.synth.minipacs import MiniPacs
+from pgsam_node.synth.dicom_writer import write_study
 
 from ..helpers import PROJECT_ROOT, free_port, wait_for, wait_port
 

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pgsam_node.config import load_settings
 from pgsam_node.db.models import Study
-from pgsam_node.infer import BUNDLED_MODEL_DIR
+from pgsam_node.inference.predictor import BUNDLED_MODEL_DIR
 
 from ..helpers import free_port, wait_for
 
@@ -49,8 +49,8 @@ def test_dashboard_on_a_real_pipeline_study(tmp_path):
     from pgsam_node.commands.demo import send_files
     from pgsam_node.commands.ris_cmd import import_csv
     from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
-    from pgsam_node.minipacs import MiniPacs
-    from pgsam_node.model.synthetic_dicom import write_study
+    from pgsam_node.synth.minipacs import MiniPacs
+    from pgsam_node.synth.dicom_writer import write_study
     from pgsam_node.node import Node
 
     pacs = MiniPacs(tmp_path / "pacs", ae_title="TESTPACS").start()

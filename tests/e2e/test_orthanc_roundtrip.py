@@ -13,9 +13,9 @@ from pydicom import dcmread
 from pgsam_node.commands.ris_cmd import import_csv
 from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
 from pgsam_node.db import Run, Study
-from pgsam_node.model.synthetic_dicom import write_study
+from pgsam_node.synth.dicom_writer import write_study
 from pgsam_node.node import Node
-from pgsam_node.segread import read_seg_mask
+from pgsam_node.encode.read import read_seg_mask
 
 from ..helpers import wait_for
 from ..orthanc import OrthancServer, require_orthanc
@@ -107,7 +107,7 @@ def _tcia_report(study_dir) -> tuple[str, str]:
 
 def test_tcia_study_round_trip_through_orthanc(tmp_path, node_settings, shared_data):
     require_orthanc()
-    from pgsam_node.infer import BUNDLED_MODEL_DIR
+    from pgsam_node.inference.predictor import BUNDLED_MODEL_DIR
 
     study_dir = sorted(shared_data.glob("PGBM-001*"))[0]
     brain = BUNDLED_MODEL_DIR.parent / "brain-tumour-tiny"
@@ -137,7 +137,7 @@ def test_tcia_study_round_trip_through_orthanc(tmp_path, node_settings, shared_d
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
     # What the PACS got equals the model run directly on the same volumes and report.
     from pgsam_node.geometry import build_study_volumes, load_series
-    from pgsam_node.report import parse_report
+    from pgsam_node.reports.parse import parse_report
 
     vols = build_study_volumes({r: sorted((study_dir / d).glob("*.dcm")) for r, d in
                                 (("T1", "T1prereg"), ("T1C", "T1post"), ("T2", "T2reg"))}, settings.geometry)

@@ -8,7 +8,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import MRImageStorage, Verification
 
 from pgsam_node.db import Database
-from pgsam_node.receive import Listener
+from pgsam_node.ingest.listener import Listener
 
 
 @contextlib.contextmanager

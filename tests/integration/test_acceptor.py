@@ -20,10 +20,11 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import MRImageStorage, Verification
 from pynetdicom.transport import AddressInformation
 
-from pgsam_node.spool import leftover_tmp
+from pgsam_node.ingest.spool import leftover_tmp
 from pgsam_node.config import load_settings
-from pgsam_node.dicomnet import dimse, pdu
-from pgsam_node.index import parse_header
+from pgsam_node.ingest.dicomnet import dimse
+from pgsam_node.ingest.dicomnet import pdu
+from pgsam_node.ingest.index import parse_header
 from tests.dicomgen import make_mr
 from tests.helpers import free_port
 

@@ -7,12 +7,12 @@ import threading
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from pgsam_node import actions
+from pgsam_node.flow import actions
 from pgsam_node.config import Destination
 from pgsam_node.db import Database
 from pgsam_node.db.models import OutboxItem, Run, Study
-from pgsam_node.outbox import process_due
-from pgsam_node.pipeline import finish_sent
+from pgsam_node.deliver.outbox import process_due
+from pgsam_node.flow.pipeline import finish_sent
 
 from ..helpers import free_port
 from ..opsdata import seed_study

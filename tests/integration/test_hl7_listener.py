@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from pgsam_node.db import Database, Report
-from pgsam_node.hl7 import FS, CR, VT, Hl7Listener, mllp_frame, read_frame
-from pgsam_node.ris import StudyKey, find_report
+from pgsam_node.reports.hl7 import FS, CR, VT, Hl7Listener, mllp_frame, read_frame
+from pgsam_node.reports.ris import StudyKey, find_report
 
 from ..helpers import free_port, wait_for
 from ..hl7_messages import adt, oru, segments

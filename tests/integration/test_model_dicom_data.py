@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pgsam_node.errors import ModelError
-from pgsam_node.model.dicom_data import load_dicom_studies, read_reports_csv
+from pgsam_node.training.dicom_data import load_dicom_studies, read_reports_csv
 
 
 def test_load_tcia_studies_with_mask_and_reports(shared_data, tmp_path):

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from pgsam_node.config import load_settings
 from pgsam_node.db import open_database
 from pgsam_node.encode import algorithm_info, build_seg
-from pgsam_node.outbox import _claim, all_sent_for_study, enqueue, process_due, queue_outputs, recover_stuck
+from pgsam_node.deliver.outbox import _claim, all_sent_for_study, enqueue, process_due, queue_outputs, recover_stuck
 
 from ..dicom_tools import blob_mask, make_mr_series
 from ..helpers import free_port

@@ -12,8 +12,8 @@ from pydicom.uid import generate_uid
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import func, select
 
-from pgsam_node.spool import leftover_tmp
-from pgsam_node.assemble import mark_stable
+from pgsam_node.ingest.spool import leftover_tmp
+from pgsam_node.assemble.stability import mark_stable
 from pgsam_node.config import load_settings
 from pgsam_node.db import Instance, Series, Study, StudyEvent, utcnow
 

@@ -7,7 +7,7 @@ from sqlalchemy import create_engine, text
 
 from pgsam_node.config import load_settings
 from pgsam_node.errors import RisError
-from pgsam_node.ris import StudyKey, dispose_engines, find_report
+from pgsam_node.reports.ris import StudyKey, dispose_engines, find_report
 
 from ..helpers import free_port
 from ..ris_checks import check_matching
@@ -39,7 +39,7 @@ def test_postgres_ris_in_a_schema_and_read_only(pg_url):
     m = find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
     assert m.version == 3
     # The node's connections to the RIS are read-only transactions.
-    from pgsam_node.ris import _ExternalSource
+    from pgsam_node.reports.ris import _ExternalSource
 
     src = _ExternalSource(settings.ris)
     with src.engine.connect() as c:

@@ -16,7 +16,14 @@ from pgsam_node.config import load_settings
 from pgsam_node.db import open_database
 from pgsam_node.db.models import Metric, OutboxItem, Study
 from pgsam_node.encode import algorithm_info, build_seg
-from pgsam_node.outbox import all_sent_for_study, delivery_summary, enqueue, process_due, recover_stuck, write_output
+from pgsam_node.deliver.outbox import (
+    all_sent_for_study,
+    delivery_summary,
+    enqueue,
+    process_due,
+    recover_stuck,
+    write_output,
+)
 
 from ..dicom_tools import assert_dciodvfy_clean, blob_mask, make_mr_series
 from ..helpers import free_port, wait_for
@@ -291,7 +298,7 @@ def test_scheduler_job_delivers(tmp_path, case):
     require_orthanc()
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from pgsam_node.outbox import add_outbox_job
+    from pgsam_node.deliver.outbox import add_outbox_job
 
     with OrthancServer(tmp_path / "orthanc") as orthanc:
         settings = _settings(tmp_path, [_dest(orthanc.dicom_port)], check_interval_seconds=0.2)
@@ -312,7 +319,7 @@ def test_scheduler_job_delivers(tmp_path, case):
 def test_storage_commitment_report_is_recorded(tmp_path, case):
     """N-ACTION to Orthanc, then Orthanc's N-EVENT-REPORT on an association to the node's listener."""
     require_orthanc()
-    from pgsam_node.receive import Listener
+    from pgsam_node.ingest.listener import Listener
 
     node_port = free_port()
     with OrthancServer(tmp_path / "orthanc", modalities={"pgsam": ("PGSAM", "127.0.0.1", node_port)}) as orthanc:

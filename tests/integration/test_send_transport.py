@@ -16,7 +16,7 @@ from pgsam_node.config import TlsSettings, load_settings
 from pgsam_node.db import open_database
 from pgsam_node.db.models import OutboxItem
 from pgsam_node.encode import algorithm_info, build_seg
-from pgsam_node.outbox import enqueue, process_due, write_output
+from pgsam_node.deliver.outbox import enqueue, process_due, write_output
 from pgsam_node.tls import server_context
 
 from ..dicom_tools import assert_dciodvfy_clean, blob_mask, make_mr_series

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydicom.uid import generate_uid
 
-from pgsam_node.spool import leftover_tmp
+from pgsam_node.ingest.spool import leftover_tmp
 
 from ..dicomgen import write_series
 from ..helpers import PROJECT_ROOT, free_port, wait_for, wait_port

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgsam_node import tokens
+from pgsam_node.web import tokens
 from pgsam_node.db import Database
 from pgsam_node.db.models import OutboxItem
-from pgsam_node.retention import cleanup
+from pgsam_node.flow.retention import cleanup
 from pgsam_node.web import create_app
 
 from ..opsdata import seed_study

@@ -4,7 +4,7 @@ import datetime as dt
 import threading
 
 from pgsam_node.db import Database, Study, StudyState, utcnow
-from pgsam_node.worker import claim_next, extend_lease, requeue_expired
+from pgsam_node.flow.worker import claim_next, extend_lease, requeue_expired
 
 
 def _seed(db: Database, n: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pgsam_node.classify import (
+from pgsam_node.assemble.classify import (
     HEADER_KEYWORDS,
     classification_headers,
     classify_series,

@@ -1,5 +1,5 @@
-"""The Upper Layer PDU codec (:mod:`pgsam_node.dicomnet.pdu`) and the DIMSE command set codec
-(:mod:`pgsam_node.dicomnet.dimse`), checked against pynetdicom and pydicom.
+"""The Upper Layer PDU codec (:mod:`pgsam_node.ingest.dicomnet.pdu`) and the DIMSE command set codec
+(:mod:`pgsam_node.ingest.dicomnet.dimse`), checked against pynetdicom and pydicom.
 
 A-ASSOCIATE-RQs encoded by pynetdicom (presentation contexts, maximum length, implementation
 class UID and version name, SCP/SCU role selection, user identity, asynchronous operations window)
@@ -33,8 +33,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import build_context
 
-from pgsam_node.dicomnet import dimse
-from pgsam_node.dicomnet.pdu import (
+from pgsam_node.ingest.dicomnet import dimse
+from pgsam_node.ingest.dicomnet.pdu import (
     APPLICATION_CONTEXT,
     PC_ABSTRACT_SYNTAX_NOT_SUPPORTED,
     PC_ACCEPTANCE,

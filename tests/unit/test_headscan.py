@@ -1,4 +1,4 @@
-"""Equivalence of :func:`pgsam_node.headscan.scan_identity` with pydicom.
+"""Equivalence of :func:`pgsam_node.ingest.headscan.scan_identity` with pydicom.
 
 A seeded generator builds a few hundred data sets with pydicom (Explicit VR Little Endian, Implicit
 VR Little Endian and an encapsulated JPEG Baseline transfer syntax whose header is Explicit VR LE),
@@ -31,7 +31,7 @@ from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from pgsam_node.headscan import (
+from pgsam_node.ingest.headscan import (
     INSTANCE_NUMBER,
     SERIES_INSTANCE_UID,
     SOP_CLASS_UID,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgsam_node.hl7 import Hl7Reject, Message, build_ack, decode_bytes, handle_message, parse_oru
+from pgsam_node.reports.hl7 import Hl7Reject, Message, build_ack, decode_bytes, handle_message, parse_oru
 from pgsam_node.db import Database, Report
 
 from ..hl7_messages import adt, oru, segments
@@ -139,7 +139,7 @@ def test_read_frame_consumes_one_frame_at_a_time():
     import socket
     import threading
 
-    from pgsam_node.hl7 import mllp_frame, read_frame
+    from pgsam_node.reports.hl7 import mllp_frame, read_frame
 
     a, b = socket.socketpair()
     with a, b:

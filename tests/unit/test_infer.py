@@ -8,11 +8,11 @@ import torch
 
 from pgsam_node.errors import InferenceError
 from pgsam_node.findings import Findings
-from pgsam_node.infer import Predictor, side_filter
+from pgsam_node.inference.predictor import Predictor, side_filter
 from pgsam_node.model.checkpoint import save_model_dir
-from pgsam_node.model.data import flip_affine
+from pgsam_node.inference.preprocessing import flip_affine
 from pgsam_node.model.pgsam import build_model
-from pgsam_node.model.sources import synthetic_study
+from pgsam_node.training.sources import synthetic_study
 
 from .test_model_arch import small_cfg
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from pgsam_node import actions
+from pgsam_node.flow import actions
 from pgsam_node.db import Database
 from pgsam_node.db.models import Study
 from pgsam_node.logsetup import setup_logging, uid_hash
@@ -32,5 +32,5 @@ def test_json_lines_have_hashed_uid_not_raw(settings, capsys):
     with_study = [x for x in lines if x.get("study") == h]
     assert len(with_study) >= 3  # transition, action, and the job line
     assert any(x.get("job") == "run-1" and x["msg"] == "job finished" for x in lines)
-    assert any(x["logger"] == "pgsam_node.state" and "FAILED -> READY" in x["msg"] for x in with_study)
+    assert any(x["logger"] == "pgsam_node.db.lifecycle" and "FAILED -> READY" in x["msg"] for x in with_study)
     assert seeded.study_uid not in err and "OPS-TEST-0001" not in err and "Test^Ops" not in err

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from pgsam_node.infer import BUNDLED_MODEL_DIR, Predictor
-from pgsam_node.model.metrics import dice
-from pgsam_node.model.sources import EVAL_SEED_BASE, synthetic_study
+from pgsam_node.inference.predictor import BUNDLED_MODEL_DIR, Predictor
+from pgsam_node.training.metrics import dice
+from pgsam_node.training.sources import EVAL_SEED_BASE, synthetic_study
 
 from ..helpers import PROJECT_ROOT
 
@@ -43,13 +43,13 @@ def test_bundled_model_segments_held_out_studies(predictor):
 
 
 def test_report_side_keeps_the_described_lesion(predictor):
-    from pgsam_node.model import synthetic
+    from pgsam_node.synth import phantom as synthetic
 
     seed = next(s for s in range(EVAL_SEED_BASE, EVAL_SEED_BASE + 200) if synthetic.make_phantom(s).distractor == "contralateral_lesion")
     st = synthetic_study(seed)
     res = predictor.predict(st.volumes, st.valid, st.findings, st.report, st.affine)
     # Patient side of every predicted voxel: LPS x relative to the body centre.
-    from pgsam_node.model.data import prepare_study
+    from pgsam_node.inference.preprocessing import prepare_study
     from pgsam_node.geometry.normalize import NormParams
 
     centre = prepare_study(st.volumes, st.valid, st.affine, ["T1", "T2", "T1C"], 128, NormParams()).centre_lps

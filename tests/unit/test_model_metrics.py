@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pgsam_node.model.metrics import case_metrics, detection, dice, hd95, iou, surface_distances
+from pgsam_node.training.metrics import case_metrics, detection, dice, hd95, iou, surface_distances
 
 
 def test_dice_and_iou_hand_computed():

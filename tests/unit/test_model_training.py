@@ -11,8 +11,8 @@ import torch
 from pgsam_node.geometry.normalize import NormParams
 from pgsam_node.model.checkpoint import load_model_dir
 from pgsam_node.model.pgsam import build_model
-from pgsam_node.model.sources import synthetic_study
-from pgsam_node.model.train import SliceSampler, TrainOptions, build_train_set, dice_bce_loss, forward_batch, train
+from pgsam_node.training.sources import synthetic_study
+from pgsam_node.training.train import SliceSampler, TrainOptions, build_train_set, dice_bce_loss, forward_batch, train
 
 from .test_model_arch import SMALL, small_cfg
 
@@ -58,7 +58,7 @@ def test_few_steps_reduce_loss_on_fixed_batch(tmp_path, ts):
 
 
 def test_short_run_writes_model_and_resumes(tmp_path, monkeypatch, ts):
-    import pgsam_node.model.train as tr
+    import pgsam_node.training.train as tr
 
     monkeypatch.setattr(tr, "get_preset", lambda name: __import__("pgsam_node.model.presets", fromlist=["x"]).get_preset(name, **SMALL))
     out = tmp_path / "run"

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from pgsam_node.config import load_settings
 from pgsam_node.db import open_database
 from pgsam_node.db.models import AuditLog, OutboxItem, Study
-from pgsam_node.outbox import (
+from pgsam_node.deliver.outbox import (
     all_sent_for_study,
     backoff_seconds,
     enqueue,
@@ -25,7 +25,7 @@ from pgsam_node.outbox import (
     requeue,
     write_output,
 )
-from pgsam_node.send import classify_status
+from pgsam_node.deliver.scu import classify_status
 
 from ..helpers import PROJECT_ROOT
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from pgsam_node.findings import DIAGNOSES, FINDINGS_DIM, Findings, findings_vector
-from pgsam_node.report import parse_report, report_hash
+from pgsam_node.reports.parse import parse_report, report_hash
 
 CASES: list[tuple[str, str, dict]] = [
     # ---------------------------------------------------------------- English, parotid

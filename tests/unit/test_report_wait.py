@@ -7,16 +7,16 @@ import datetime as dt
 import pytest
 
 from pgsam_node.db import Database, Study, StudyEvent, StudyState, utcnow
-from pgsam_node.report_store import IncomingReport, store_report
-from pgsam_node.report_wait import (
+from pgsam_node.reports.store import IncomingReport, store_report
+from pgsam_node.reports.wait import (
     REASON_AMENDED,
     REASON_DEADLINE,
     attach_report_or_wait,
     check_amendments,
     check_waiting,
 )
-from pgsam_node.ris import dispose_engines
-from pgsam_node.state import transition
+from pgsam_node.reports.ris import dispose_engines
+from pgsam_node.db.lifecycle import transition
 
 UID = "1.2.840.99.1"
 

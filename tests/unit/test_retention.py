@@ -6,10 +6,10 @@ import datetime as dt
 
 import pytest
 
-from pgsam_node import actions
+from pgsam_node.flow import actions
 from pgsam_node.db import Database
 from pgsam_node.db.models import AuditLog, Instance, Study, utcnow
-from pgsam_node.retention import TOMBSTONE, below_watermark, cleanup, disk_free, retention_job
+from pgsam_node.flow.retention import TOMBSTONE, below_watermark, cleanup, disk_free, retention_job
 
 from ..opsdata import seed_study
 

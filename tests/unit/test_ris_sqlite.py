@@ -7,7 +7,7 @@ import pytest
 from pgsam_node.config import load_settings
 from pgsam_node.db import Database
 from pgsam_node.errors import RisError
-from pgsam_node.ris import StudyKey, dispose_engines, find_report
+from pgsam_node.reports.ris import StudyKey, dispose_engines, find_report
 
 from ..ris_checks import check_matching
 from ..ris_scenario import CUSTOM_COLUMNS, create_site_ris, fill_embedded
@@ -92,7 +92,7 @@ def test_no_report_text_or_identifiers_in_logs(tmp_path, caplog):
 def test_two_records_for_one_accession_newest_by_time(settings):
     import datetime as dt
 
-    from pgsam_node.report_store import IncomingReport, store_report
+    from pgsam_node.reports.store import IncomingReport, store_report
 
     db = Database(settings.database_url)
     try:

@@ -10,11 +10,11 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from pgsam_node import spool
-from pgsam_node.assemble import mark_stable, select_roles
+from pgsam_node.ingest import spool
+from pgsam_node.assemble.stability import mark_stable, select_roles
 from pgsam_node.db import Database, Series, Study, utcnow
 from pgsam_node.errors import StorageFullError, UnparseableDatasetError
-from pgsam_node.index import index_instance, parse_header
+from pgsam_node.ingest.index import index_instance, parse_header
 
 from ..dicomgen import make_mr
 
@@ -112,7 +112,7 @@ def test_mark_stable_is_time_based_and_selects_roles(settings):
 
 
 def test_reindex_spool_indexes_files_without_rows(settings):
-    from pgsam_node.index import reindex_spool
+    from pgsam_node.ingest.index import reindex_spool
 
     ds = make_mr(generate_uid(), generate_uid(), description="t1_se_tra", tr=500, te=10)
     rel = spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)

@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from pgsam_node import spool
+from pgsam_node.ingest import spool
 from pgsam_node.errors import StorageFullError
 from tests.helpers import wait_for
 

@@ -2,7 +2,7 @@ import pytest
 
 from pgsam_node.db import Database, Study, StudyState
 from pgsam_node.errors import PipelineError
-from pgsam_node.state import transition
+from pgsam_node.db.lifecycle import transition
 
 
 def test_transitions_are_recorded_and_checked(tmp_path):

@@ -1,4 +1,4 @@
-"""Synthetic phantom, training cases and reports (pgsam_node.model.synthetic)."""
+"""Synthetic phantom, training cases and reports (pgsam_node.synth.phantom)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pgsam_node.findings import DIAGNOSES, LOBES
-from pgsam_node.model import synthetic as syn
-from pgsam_node.model.synthetic import (
+from pgsam_node.synth import phantom as syn
+from pgsam_node.synth.phantom import (
     AXIAL,
     CORONAL,
     LESION_APPEARANCE,
@@ -338,8 +338,8 @@ def test_render_on_oblique_grid_matches_mask():
 
 
 def test_reports_parse_back_to_the_truth_with_the_report_parser():
-    """Cross-check with the node's own parser (pgsam_node.report, from the reports work)."""
-    report = pytest.importorskip("pgsam_node.report", reason="pgsam_node.report (report parser) not merged yet")
+    """Cross-check with the node's own parser (pgsam_node.reports.parse, from the reports work)."""
+    report = pytest.importorskip("pgsam_node.reports.parse", reason="pgsam_node.reports.parse (report parser) not merged yet")
     for seed in range(150):
         ph = make_phantom(seed)
         text, f, lang = case_report(ph, seed)

@@ -1,4 +1,4 @@
-"""Synthetic DICOM studies (pgsam_node.model.synthetic_dicom): headers, geometry, truth, dciodvfy."""
+"""Synthetic DICOM studies (pgsam_node.synth.dicom_writer): headers, geometry, truth, dciodvfy."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 
-from pgsam_node.model.synthetic import ROLES, Grid, make_phantom
-from pgsam_node.model.synthetic_dicom import VENDORS, _instance_numbers, plan_series, write_study
+from pgsam_node.synth.phantom import ROLES, Grid, make_phantom
+from pgsam_node.synth.dicom_writer import VENDORS, _instance_numbers, plan_series, write_study
 
 #: (seed, vendor) of the studies written once for this module.
 STUDIES = [(11, "ge"), (12, "philips"), (14, "siemens")]

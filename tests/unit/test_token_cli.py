@@ -10,7 +10,7 @@ import sys
 import yaml
 
 from pgsam_node.db import Database
-from pgsam_node.tokens import verify_token
+from pgsam_node.web.tokens import verify_token
 
 from ..helpers import PROJECT_ROOT
 

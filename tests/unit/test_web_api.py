@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from pgsam_node import tokens
+from pgsam_node.web import tokens
 from pgsam_node.db import Database
 from pgsam_node.db.models import ApiToken, AuditLog, OutboxItem, Run, Study
 from pgsam_node.web import create_app

@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from pgsam_node import tokens
+from pgsam_node.web import tokens
 from pgsam_node.config import load_settings
 from pgsam_node.db import Database
 from pgsam_node.db.models import Metric, OutboxItem

@@ -1,0 +1,1 @@
+"""Deliver: the outbox (durable, retried hand-off) and the senders."""

@@ -1,0 +1,1 @@
+"""Flow: the study state sequencer (pipeline), worker queue, scheduler, composition root, operator actions, retention."""

@@ -1,0 +1,161 @@
+"""Operator actions on a study: retry, reprocess, resend.
+
+Each action changes the study through :func:`pgsam_node.db.lifecycle.transition` (``actor`` = the
+operator) and writes an :class:`~pgsam_node.db.models.AuditLog` row, in the caller's transaction.
+They refuse (``ActionError``) what they cannot do, with a message meant for the operator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pgsam_node.db.models import AuditLog, OutboxItem, OutboxState, Run, Study, StudyState
+from pgsam_node.errors import WebError
+from pgsam_node.logsetup import uid_hash
+from pgsam_node.db.lifecycle import transition
+
+log = logging.getLogger(__name__)
+S = StudyState
+
+#: Note code written on a study by :mod:`pgsam_node.flow.retention` once its files are deleted.
+PURGED_NOTE = "files_purged"
+
+
+class ActionError(WebError):
+    """An operator action cannot be applied to the study in its current state."""
+
+
+@dataclass
+class ActionResult:
+    action: str
+    study_id: int
+    from_state: str
+    to_state: str
+    message: str
+    outbox_requeued: int = 0
+
+
+def is_purged(study: Study) -> bool:
+    """Whether retention deleted the study's files (it cannot run or send again)."""
+    return any(isinstance(n, dict) and n.get("code") == PURGED_NOTE for n in (study.notes or []))
+
+
+def _release_lease(study: Study) -> None:
+    study.lease_owner = None
+    study.lease_expires_at = None
+
+
+def _audit(session: Session, actor: str, action: str, study: Study, detail: dict, remote_addr: str | None) -> None:
+    session.add(
+        AuditLog(actor=actor, action=f"study.{action}", target=f"study:{study.id}", detail=detail, remote_addr=remote_addr)
+    )
+    log.info(
+        "operator %s: %s on study %s", actor, action, uid_hash(study.study_uid),
+        extra={"study": uid_hash(study.study_uid), "action": action, "actor": actor},
+    )
+
+
+def _latest_items(session: Session, study: Study) -> list[OutboxItem]:
+    """Outbox items of the study's newest run (older SEG versions are not sent again)."""
+    items = session.scalars(select(OutboxItem).where(OutboxItem.study_id == study.id).order_by(OutboxItem.id)).all()
+    run_ids = [i.run_id for i in items if i.run_id is not None]
+    if run_ids:
+        newest = max(run_ids)
+        items = [i for i in items if i.run_id in (newest, None)]
+    return list(items)
+
+
+def _requeue(session: Session, items: list[OutboxItem]) -> int:
+    """Items back to PENDING and their run back to ENCODED (see :func:`outbox.reset_items`)."""
+    from pgsam_node.deliver.outbox import reset_items
+
+    return reset_items(session, items)
+
+
+def _failed_in_delivery(session: Session, study: Study, items: list[OutboxItem]) -> bool:
+    """The study failed because its newest run's results could not be delivered (DEAD items),
+    not because the run itself failed: retrying means sending again, not running again."""
+    if not any(i.state == OutboxState.DEAD.value for i in items):
+        return False
+    newest = session.scalars(select(Run).where(Run.study_id == study.id).order_by(Run.id.desc())).first()
+    return newest is not None and newest.id in {i.run_id for i in items} and newest.status in ("ENCODED", "SENT")
+
+
+def retry(session: Session, study: Study, actor: str, remote_addr: str | None = None) -> ActionResult:
+    """Retry a failed or stuck study: re-run the stage where it stopped.
+
+    ``FAILED`` in delivery (its newest run has ``DEAD`` outbox items) → the items are queued again
+    and the study goes to ``SENDING``; ``FAILED`` otherwise → ``READY`` (runs again);
+    ``RUNNING`` (stuck worker) → ``READY`` with its lease released (the old worker loses the lease
+    and discards its result); ``ENCODED``/``SENDING`` → the outbox items are queued again. Other
+    states are queued already or finished (use reprocess).
+    """
+    frm = study.state
+    if is_purged(study):
+        raise ActionError("the study's files were deleted by retention; it cannot run again")
+    items = _latest_items(session, study) if frm in (S.FAILED.value, S.ENCODED.value, S.SENDING.value) else []
+    if frm == S.FAILED.value and _failed_in_delivery(session, study, items):
+        n = _requeue(session, items)
+        transition(session, study, S.SENDING, f"retry (delivery) by {actor}", actor=actor, force=True)
+        res = ActionResult("retry", study.id, frm, study.state, f"delivery retried: {n} outbox item(s) queued", n)
+    elif frm in (S.FAILED.value, S.RUNNING.value):
+        _release_lease(study)
+        study.attempts = 0
+        transition(session, study, S.READY, f"retry by {actor}", actor=actor, force=True)
+        res = ActionResult("retry", study.id, frm, study.state, "queued for processing")
+    elif frm in (S.ENCODED.value, S.SENDING.value):
+        n = _requeue(session, items)
+        if n == 0:
+            raise ActionError("no outbox item to send again")
+        if frm != S.SENDING.value:
+            transition(session, study, S.SENDING, f"retry (resend) by {actor}", actor=actor)
+        res = ActionResult("retry", study.id, frm, study.state, f"{n} outbox item(s) queued", n)
+    elif frm in (S.DONE.value, S.NO_FINDING.value):
+        raise ActionError(f"study is {frm}: nothing to retry (use reprocess to run it again)")
+    else:
+        raise ActionError(f"study is {frm}: it is already queued; nothing to retry")
+    _audit(session, actor, "retry", study, {"from": frm, "to": study.state, "requeued": res.outbox_requeued}, remote_addr)
+    return res
+
+
+def reprocess(session: Session, study: Study, actor: str, remote_addr: str | None = None) -> ActionResult:
+    """Run the study again as a new version (bumps ``study.version``; a new SEG series follows)."""
+    frm = study.state
+    if is_purged(study):
+        raise ActionError("the study's files were deleted by retention; it cannot run again")
+    if frm in (S.RECEIVING.value, S.STABLE.value):
+        raise ActionError(f"study is {frm}: still being received; it will run when complete")
+    study.version = (study.version or 0) + 1
+    _release_lease(study)
+    study.attempts = 0
+    transition(session, study, S.READY, f"reprocess by {actor} (version {study.version})", actor=actor, force=True)
+    _audit(session, actor, "reprocess", study, {"from": frm, "to": study.state, "version": study.version}, remote_addr)
+    return ActionResult("reprocess", study.id, frm, study.state, f"queued as version {study.version}")
+
+
+def resend(session: Session, study: Study, actor: str, remote_addr: str | None = None) -> ActionResult:
+    """Send the study's newest results again: its outbox items go back to ``PENDING``, due now,
+    attempts 0 (also ``SENT`` and ``DEAD`` ones; an item being sent right now is left alone).
+    The study goes to ``SENDING`` and the run back to ``ENCODED``, so the outbox job moves the
+    study to ``DONE`` when all items are sent again.
+    """
+    frm = study.state
+    if is_purged(study):
+        raise ActionError("the study's files were deleted by retention; nothing left to send")
+    items = _latest_items(session, study)
+    if not items:
+        raise ActionError("the study has no outbox item (nothing was produced to send)")
+    n = _requeue(session, items)
+    if n == 0:
+        raise ActionError("every outbox item is being sent right now")
+    if frm != S.SENDING.value:
+        transition(session, study, S.SENDING, f"resend by {actor}", actor=actor, force=True)
+    _audit(session, actor, "resend", study, {"from": frm, "to": study.state, "requeued": n}, remote_addr)
+    return ActionResult("resend", study.id, frm, study.state, f"{n} outbox item(s) queued", n)
+
+
+ACTIONS = {"retry": retry, "reprocess": reprocess, "resend": resend}

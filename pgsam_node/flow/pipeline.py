@@ -1,0 +1,385 @@
+"""The one place that sequences the stages for a claimed study.
+
+``RUNNING``: series by role → report + findings → volumes on the reference grid → PG-SAM → mask
+→ SEG (+ optional SR / overlay) → validate → files renamed into ``outputs/`` → outbox rows and the
+``ENCODED → SENDING`` transition committed together. The outbox job delivers; :func:`finish_sent`
+moves fully delivered studies to ``DONE``.
+
+Idempotency: a run is keyed by (StudyInstanceUID, input SOP instance UIDs, report hash, model
+version); output UIDs are derived from the same key, so a run repeated after a crash writes the same
+SEG (same SOP Instance UID) and the PACS ends up with one object per study version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sqlalchemy import select
+
+from pgsam_node.config import Settings
+from pgsam_node.db import Database, Instance, OutboxItem, OutboxState, Run, Series, Study, StudyState, utcnow
+from pgsam_node.errors import GeometryError, InferenceError, NodeError, PipelineError, RisError
+from pgsam_node.findings import Findings
+from pgsam_node.logsetup import uid_hash
+from pgsam_node.assemble.readiness import selected_series
+from pgsam_node.db.lifecycle import transition
+from pgsam_node.flow.worker import Claim, Heartbeat, release
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyInputs:
+    """What a run reads, gathered in one short DB transaction."""
+
+    study_id: int
+    study_uid: str
+    version: int
+    paths_by_role: dict[str, list[Path]]
+    input_uids: list[str]
+    report_text: str | None
+    report_hash: str | None
+    findings: Findings | None
+
+
+@dataclass
+class RunResult:
+    state: str
+    reason: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    output_paths: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def _merge_notes(old: list | None, new: list) -> list:
+    """Study notes without repeats (a re-run records the same geometry notes again)."""
+    out = list(old or [])
+    for n in new:
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def model_segment_codes(cfg) -> dict | None:
+    """The model folder's segment description as ``{"segment_codes": {category, type, anatomy}}``."""
+    labels = getattr(cfg, "labels", None) or []
+    if not labels:
+        return None
+    first = labels[0]
+    return {"segment_codes": {k: first[k] for k in ("category", "type", "anatomy") if k in first}}
+
+
+def idempotency_key(study_uid: str, input_uids: list[str], report_hash: str | None, model_version: str) -> str:
+    h = hashlib.sha256()
+    for part in (study_uid, *sorted(input_uids), report_hash or "-", model_version):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _report_text(settings: Settings, db: Database, study: Study) -> str | None:
+    """The matched report's text (embedded table by id, else the RIS again)."""
+    from pgsam_node.db import Report
+
+    if not study.report_ref:
+        return None
+    if study.report_ref.startswith("reports:"):
+        with db.session() as s:
+            rep = s.get(Report, int(study.report_ref.split(":", 1)[1]))
+            return rep.report_text if rep else None
+    from pgsam_node.reports.ris import StudyKey, find_report
+
+    match = find_report(
+        StudyKey(study.accession_number, study.study_uid, study.patient_id, study.study_date), settings, db
+    )
+    return match.text if match else None
+
+
+def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInputs:
+    from pgsam_node.reports.parse import parse_report
+
+    with db.session() as s:
+        study = s.get(Study, study_id)
+        chosen = selected_series(study)
+        if not chosen:
+            raise PipelineError("no T1, T2 or post-contrast T1 series selected", reason="no_sequences")
+        paths_by_role: dict[str, list[Path]] = {}
+        input_uids: list[str] = []
+        for role, se in chosen.items():
+            insts = s.scalars(select(Instance).where(Instance.series_id == se.id)).all()
+            paths_by_role[role] = [settings.storage_root / i.path for i in insts]
+            input_uids += [i.sop_instance_uid for i in insts]
+        text = _report_text(settings, db, study)
+        return StudyInputs(
+            study_id=study.id,
+            study_uid=study.study_uid,
+            version=study.version,
+            paths_by_role=paths_by_role,
+            input_uids=input_uids,
+            report_text=text,
+            report_hash=study.report_hash,
+            findings=parse_report(text) if text else None,
+        )
+
+
+class Pipeline:
+    """Runs claimed studies; keeps the predictor loaded between studies.
+
+    Parameters
+    ----------
+    predictor_factory
+        Called once, lazily, to load the model (a seam for tests that need no model).
+    """
+
+    def __init__(self, db: Database, settings: Settings, predictor_factory: Callable[[], object] | None = None):
+        self.db, self.settings = db, settings
+        self._predictor = None
+        self._factory = predictor_factory
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            if self._factory is not None:
+                self._predictor = self._factory()
+            else:
+                from pgsam_node.inference.predictor import Predictor
+
+                m = self.settings.model
+                self._predictor = Predictor.from_dir(m.path, device=m.device, batch_size=m.batch_size)
+        return self._predictor
+
+    # ---------------------------------------------------------------- worker entry point
+    def process(self, claim: Claim, heartbeat: Heartbeat | None = None) -> RunResult:
+        t_start = time.monotonic()
+        deadline = t_start + self.settings.worker.study_timeout_seconds
+        try:
+            result = self._run(claim, heartbeat, deadline)
+        except RisError as exc:
+            # A RIS that is down delays a study, never fails it: back to READY; the attempt counts.
+            self._requeue(claim, f"RIS unavailable while reading the report: {exc}")
+            return RunResult(StudyState.READY.value, str(exc))
+        except NodeError as exc:
+            reason = getattr(exc, "reason", type(exc).__name__)
+            self._fail(claim, f"{reason}: {exc}")
+            return RunResult(StudyState.FAILED.value, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an unexpected error fails this study, not the worker
+            log.exception("study %s: unexpected error", uid_hash(claim.study_uid))
+            self._fail(claim, f"internal error: {type(exc).__name__}: {exc}")
+            return RunResult(StudyState.FAILED.value, str(exc))
+        return result
+
+    def _check(self, claim: Claim, heartbeat: Heartbeat | None, deadline: float) -> None:
+        if heartbeat is not None and heartbeat.lost.is_set():
+            raise _LeaseLost()
+        if time.monotonic() > deadline:
+            raise PipelineError(f"study exceeded worker.study_timeout_seconds={self.settings.worker.study_timeout_seconds}", reason="timeout")
+
+    def _requeue(self, claim: Claim, reason: str) -> None:
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            if study is None or study.lease_owner != claim.worker_id or study.state != StudyState.RUNNING.value:
+                return
+            release(s, study)
+            if (study.attempts or 0) >= self.settings.worker.max_attempts:
+                transition(s, study, StudyState.FAILED, f"gave up after {study.attempts} attempts: {reason}", actor=claim.worker_id)
+            else:
+                transition(s, study, StudyState.READY, reason, actor=claim.worker_id)
+
+    def _fail(self, claim: Claim, reason: str) -> None:
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            if study is None or study.lease_owner != claim.worker_id or study.state != StudyState.RUNNING.value:
+                return  # lease lost: another worker owns the study now
+            release(s, study)
+            transition(s, study, StudyState.FAILED, reason, actor=claim.worker_id)
+            run = s.scalars(select(Run).where(Run.study_id == study.id, Run.version == study.version).order_by(Run.id.desc())).first()
+            if run is not None and run.status == "RUNNING":
+                run.status, run.error, run.finished_at = "FAILED", reason, utcnow()
+
+    def _run(self, claim: Claim, heartbeat: Heartbeat | None, deadline: float) -> RunResult:
+        from pgsam_node.encode import algorithm_info, build_outputs, segment_codes_for
+        from pgsam_node.geometry.study import build_study_volumes
+        from pgsam_node.deliver.outbox import enqueue, write_output
+
+        st = self.settings
+        timings: dict[str, float] = {}
+        t = time.monotonic()
+        inputs = gather_inputs(self.db, st, claim.study_id)
+        timings["gather"] = time.monotonic() - t
+        predictor = self.predictor
+        model_version = predictor.model_version
+        key = idempotency_key(inputs.study_uid, inputs.input_uids, inputs.report_hash, model_version)
+        with self.db.transaction() as s:
+            run = s.scalars(select(Run).where(Run.idempotency_key == key)).first()
+            if run is None:
+                run = Run(study_id=claim.study_id, version=inputs.version, idempotency_key=key)
+                s.add(run)
+            run.input_uids = sorted(inputs.input_uids)
+            run.report_hash = inputs.report_hash
+            run.model_version = model_version
+            run.worker = claim.worker_id
+            run.status, run.error, run.started_at, run.finished_at = "RUNNING", None, utcnow(), None
+            s.flush()
+            run_id = run.id
+        self._check(claim, heartbeat, deadline)
+
+        self._mark_stage(run_id, "geometry")
+        t = time.monotonic()
+        try:
+            vols = build_study_volumes(inputs.paths_by_role, st.geometry)
+        except GeometryError as exc:
+            raise PipelineError(str(exc), reason=f"geometry:{exc.reason}") from exc
+        timings["geometry"] = time.monotonic() - t
+        self._check(claim, heartbeat, deadline)
+
+        self._mark_stage(run_id, "inference")
+        t = time.monotonic()
+        try:
+            result = predictor.predict(
+                vols.channels, vols.valid, inputs.findings, inputs.report_text, vols.reference.affine
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise InferenceError(f"inference failed: {exc}") from exc
+        timings["inference"] = time.monotonic() - t
+        self._check(claim, heartbeat, deadline)
+
+        ref = vols.reference
+        voxel_ml = float(abs(ref.spacing[0] * ref.spacing[1] * ref.spacing[2])) / 1000.0
+        n_vox = int(result.mask.sum())
+        metrics = {"stage": "done", "lesion_voxels": n_vox, "lesion_ml": round(n_vox * voxel_ml, 3), "reference_role": vols.reference_role}
+        # The findings the model was given, for the dashboard/API (the report text stays in the RIS).
+        metrics["findings"] = asdict(inputs.findings) if inputs.findings is not None else None
+        notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]
+
+        if n_vox == 0 and st.seg.empty_result == "no_seg":
+            return self._no_finding(claim, run_id, timings, metrics, notes)
+
+        self._mark_stage(run_id, "encode")
+        t = time.monotonic()
+        cfg = getattr(predictor, "cfg", None)
+        algorithm = algorithm_info(getattr(cfg, "weights_sha256", None))
+        datasets = build_outputs(
+            mask=result.mask,
+            prob=result.prob,
+            source_paths=ref.paths,
+            frame_numbers=ref.frame_numbers,
+            findings=inputs.findings,
+            settings=st,
+            algorithm=algorithm,
+            run_version=inputs.version,
+            codes=segment_codes_for(st, model_segment_codes(cfg)),
+        )
+        timings["encode"] = time.monotonic() - t
+        self._check(claim, heartbeat, deadline)
+        if not datasets:  # empty mask under seg.empty_result=no_seg
+            return self._no_finding(claim, run_id, timings, metrics, notes)
+
+        rel_paths = [write_output(st, ds, inputs.study_uid) for ds in datasets]
+
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            self._own(study, claim)
+            run = s.get(Run, run_id)
+            run.status, run.finished_at = "ENCODED", utcnow()
+            run.stage_seconds, run.metrics = timings, metrics
+            run.output_uids = [str(ds.SOPInstanceUID) for ds in datasets]
+            run.output_paths = rel_paths
+            study.notes = _merge_notes(study.notes, notes)
+            release(s, study)
+            transition(s, study, StudyState.ENCODED, f"{len(datasets)} object(s) encoded", actor=claim.worker_id)
+            if st.destinations:
+                for ds, rel in zip(datasets, rel_paths):
+                    enqueue(s, study.id, run.id, rel, ds, st.destinations)
+                transition(s, study, StudyState.SENDING, f"queued for {', '.join(d.name for d in st.destinations)}", actor=claim.worker_id)
+            else:
+                transition(s, study, StudyState.DONE, "no destinations configured; outputs kept locally", actor=claim.worker_id)
+        log.info("study %s encoded (%d voxels)", uid_hash(inputs.study_uid), n_vox, extra={"study": uid_hash(inputs.study_uid)})
+        return RunResult(StudyState.SENDING.value if st.destinations else StudyState.DONE.value, "encoded", timings, rel_paths, metrics)
+
+    def _mark_stage(self, run_id: int, stage: str) -> None:
+        """Record the stage in progress on the run (dashboard; crash tests wait for it)."""
+        with self.db.transaction() as s:
+            run = s.get(Run, run_id)
+            run.metrics = {**(run.metrics or {}), "stage": stage}
+
+    def _no_finding(self, claim: Claim, run_id: int, timings: dict, metrics: dict, notes: list) -> RunResult:
+        with self.db.transaction() as s:
+            study = s.get(Study, claim.study_id)
+            self._own(study, claim)
+            run = s.get(Run, run_id)
+            run.status, run.finished_at, run.stage_seconds, run.metrics = "NO_FINDING", utcnow(), timings, metrics
+            study.notes = _merge_notes(study.notes, notes)
+            release(s, study)
+            transition(s, study, StudyState.NO_FINDING, "model found no lesion; no SEG sent (seg.empty_result=no_seg)", actor=claim.worker_id)
+        return RunResult(StudyState.NO_FINDING.value, "no lesion", timings, [], metrics)
+
+    @staticmethod
+    def _own(study: Study, claim: Claim) -> None:
+        if study is None or study.lease_owner != claim.worker_id or study.state != StudyState.RUNNING.value:
+            raise _LeaseLost()
+
+
+class _LeaseLost(PipelineError):
+    def __init__(self) -> None:
+        super().__init__("lease lost to another worker; result discarded", reason="lease_lost")
+
+
+def finish_sent(db: Database, now: dt.datetime | None = None) -> list[str]:
+    """SENDING studies whose current outputs are all SENT become DONE; any DEAD item → FAILED."""
+    done: list[str] = []
+    with db.transaction() as s:
+        for study in s.scalars(select(Study).where(Study.state == StudyState.SENDING.value)).all():
+            run = s.scalars(
+                select(Run).where(Run.study_id == study.id, Run.status == "ENCODED").order_by(Run.id.desc())
+            ).first()
+            if run is None:
+                continue
+            items = s.scalars(select(OutboxItem).where(OutboxItem.run_id == run.id)).all()
+            if not items:
+                continue
+            states = {i.state for i in items}
+            if states == {OutboxState.SENT.value}:
+                run.status = "SENT"
+                transition(s, study, StudyState.DONE, f"{len(items)} object(s) delivered")
+                done.append(study.study_uid)
+            elif OutboxState.DEAD.value in states:
+                dead = [i for i in items if i.state == OutboxState.DEAD.value]
+                transition(s, study, StudyState.FAILED, f"delivery failed permanently to {dead[0].destination}: {dead[0].last_error}")
+    return done
+
+
+def study_summary(db: Database, study_uid: str) -> dict:
+    """States timeline, stage timings and run metrics of a study (for the demo and the CLI)."""
+    with db.session() as s:
+        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+        if study is None:
+            raise PipelineError("unknown study", reason="unknown_study")
+        runs = s.scalars(select(Run).where(Run.study_id == study.id).order_by(Run.id)).all()
+        series = s.scalars(select(Series).where(Series.study_id == study.id)).all()
+        return {
+            "state": study.state,
+            "reason": study.state_reason,
+            "timeline": [
+                {"at": e.at.isoformat(timespec="milliseconds"), "from": e.from_state, "to": e.to_state, "reason": e.reason}
+                for e in study.events
+            ],
+            "series": [
+                {"description": se.description, "role": se.role, "selected": se.role_selected, "reason": se.role_reason, "instances": se.instance_count}
+                for se in series
+            ],
+            "runs": [
+                {"version": r.version, "status": r.status, "model": r.model_version, "stage_seconds": r.stage_seconds, "metrics": r.metrics, "outputs": r.output_paths}
+                for r in runs
+            ],
+        }
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2, default=str)

@@ -1,0 +1,284 @@
+"""Volume -> mask with a PG-SAM model folder, loaded once and kept between studies.
+
+:class:`Predictor` normalises and resizes the slices (:mod:`pgsam_node.inference.preprocessing`), runs the
+model slice by slice in batches (CUDA with autocast when available, else CPU, always under
+``torch.inference_mode``), resizes the probabilities back to the reference grid and post-processes
+the 3-D mask: connected components on the side the report contradicts are dropped (patient left /
+right from the affine, relative to the body centre) and so are tiny ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.special import expit
+
+from pgsam_node.errors import InferenceError, ModelError
+from pgsam_node.findings import Findings, findings_vector
+from pgsam_node.geometry.normalize import NormParams
+
+log = logging.getLogger(__name__)
+
+#: The bundled parotid model (trained on synthetic studies, see docs/model.md).
+BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "resources" / "models" / "parotid-tiny"
+
+
+@dataclass
+class InferenceResult:
+    """Output of :meth:`Predictor.predict`.
+
+    Attributes
+    ----------
+    mask
+        (Z, Y, X) uint8, 1 = lesion, on the reference grid.
+    prob
+        (Z, Y, X) float32 lesion probability before post-processing.
+    seconds
+        Wall time per stage ("prepare", "model", "postprocess", "total").
+    notes
+        What post-processing removed (for the run record; no patient data).
+    """
+
+    mask: np.ndarray
+    prob: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("model.device is 'cuda' but CUDA is not available")
+    return torch.device(device)
+
+
+def component_sides(labels: np.ndarray, n: int, affine: np.ndarray, centre_lps: np.ndarray) -> list[str]:
+    """Patient side ("left"/"right") of each labelled component's centroid.
+
+    Left/right is LPS x relative to the body centre: patient left is +x (PS3.3 C.7.6.2.1.1),
+    independent of how the image is displayed or flipped.
+    """
+    from pgsam_node.model.coords import voxel_to_lps
+
+    sides = []
+    if n == 0:
+        return sides
+    cents = ndimage.center_of_mass(np.ones_like(labels, dtype=np.float32), labels, range(1, n + 1))
+    for c in cents:
+        zc, yc, xc = c
+        lps = voxel_to_lps(affine, np.array([[xc, yc, zc]]))[0]
+        sides.append("left" if lps[0] - centre_lps[0] >= 0 else "right")
+    return sides
+
+
+def side_filter(mask: np.ndarray, affine: np.ndarray, centre_lps: np.ndarray, findings: Findings | None, min_voxels: int) -> tuple[np.ndarray, list[str]]:
+    """Keep the 3-D components that agree with the report's side and are not tiny.
+
+    Parameters
+    ----------
+    mask
+        (Z, Y, X) bool.
+    affine, centre_lps
+        Grid affine and body centre (LPS).
+    findings
+        Report findings; ``side`` left/right keeps only that side, and sides listed in
+        ``negated_sides`` are dropped. None or bilateral: no side rule.
+    min_voxels
+        Components smaller than this are dropped.
+
+    Returns
+    -------
+    tuple
+        (filtered mask (Z, Y, X) bool, notes).
+    """
+    st = ndimage.generate_binary_structure(3, 3)
+    labels, n = ndimage.label(mask, structure=st)
+    if n == 0:
+        return mask.astype(bool), []
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
+    sides = component_sides(labels, n, affine, centre_lps)
+    allowed = {"left", "right"}
+    if findings is not None:
+        if findings.side in ("left", "right"):
+            allowed = {findings.side}
+        allowed -= {s for s in (findings.negated_sides or []) if s in ("left", "right")} - ({findings.side} if findings.side else set())
+    keep = np.zeros(n + 1, dtype=bool)
+    notes = []
+    dropped_side = dropped_small = 0
+    for i in range(n):
+        if sizes[i] < min_voxels:
+            dropped_small += 1
+        elif sides[i] not in allowed:
+            dropped_side += 1
+        else:
+            keep[i + 1] = True
+    if dropped_side:
+        notes.append(f"dropped {dropped_side} component(s) on the side the report excludes")
+    if dropped_small:
+        notes.append(f"dropped {dropped_small} component(s) below {min_voxels} voxels")
+    return keep[labels], notes
+
+
+class Predictor:
+    """A loaded model ready to segment studies.
+
+    Parameters
+    ----------
+    model, cfg
+        A :class:`~pgsam_node.model.pgsam.PGSAM` and its :class:`~pgsam_node.model.presets.ModelConfig`.
+    device
+        Torch device.
+    batch_size
+        Slices per forward pass.
+    text_encoder
+        Folder of the text encoder (None = the packaged all-MiniLM-L6-v2); loaded on first use.
+    """
+
+    def __init__(self, model, cfg, device, batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.device = device
+        self.batch_size = max(1, int(batch_size))
+        self.threshold = float(cfg.threshold if threshold is None else threshold)
+        self._text_encoder_dir = text_encoder
+        self._text_encoder = None
+
+    @classmethod
+    def from_dir(cls, path: str | Path | None = None, device: str = "auto", batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None) -> Predictor:
+        """Load a model folder (None = the bundled parotid model)."""
+        from pgsam_node.model.checkpoint import load_model_dir
+
+        path = Path(path) if path else BUNDLED_MODEL_DIR
+        dev = resolve_device(device)
+        model, cfg = load_model_dir(path, dev)
+        log.info("loaded model %s on %s", cfg.version, dev)
+        return cls(model, cfg, dev, batch_size=batch_size, text_encoder=text_encoder, threshold=threshold)
+
+    @classmethod
+    def from_settings(cls, settings) -> Predictor:
+        """Load the model the node configuration names (``model.path``, ``device``, ``batch_size``,
+        ``text_encoder``, ``threshold``)."""
+        m = settings.model
+        return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder, threshold=m.threshold)
+
+    @property
+    def model_version(self) -> str:
+        """Model name and the first 12 hex digits of the weights' SHA-256."""
+        return self.cfg.version or f"{self.cfg.name}-{self.cfg.weights_sha256[:12]}"
+
+    @property
+    def sequences(self) -> list[str]:
+        return list(self.cfg.sequences)
+
+    def text_embedding(self, text: str | None) -> np.ndarray | None:
+        """(T,) sentence embedding of the report, or None without text / for no-text models."""
+        if not self.cfg.use_text or not text or not text.strip():
+            return None
+        if self._text_encoder is None:
+            from pgsam_node.model.text_encoder import TextEncoder
+
+            self._text_encoder = TextEncoder(self._text_encoder_dir)
+            if self._text_encoder.dim != self.cfg.text_dim:
+                raise ModelError(f"text encoder gives {self._text_encoder.dim}-d embeddings, the model expects {self.cfg.text_dim}")
+        return self._text_encoder.encode([text])[0]
+
+    def predict(
+        self,
+        channels: dict[str, np.ndarray],
+        valid: dict[str, np.ndarray] | None,
+        findings: Findings | None,
+        report_text: str | None,
+        affine: np.ndarray,
+        postprocess: bool = True,
+    ) -> InferenceResult:
+        """Segment one study.
+
+        Parameters
+        ----------
+        channels
+            role -> (Z, Y, X) float32 raw intensities on the reference grid.
+        valid
+            role -> (Z, Y, X) bool, where each sequence has data (None: all valid).
+        findings
+            Structured findings of the report (side, diagnosis...), or None.
+        report_text
+            Report text, or None (the model then runs without text).
+        affine
+            4x4 reference grid voxel (col, row, slice) -> LPS.
+        postprocess
+            Apply the report-side and small-component filter.
+
+        Returns
+        -------
+        InferenceResult
+            mask (Z, Y, X) uint8 and prob (Z, Y, X) float32 on the reference grid.
+        """
+        import torch
+
+        from pgsam_node.inference.preprocessing import prepare_study, resize_slices, slice_inputs
+
+        t0 = time.perf_counter()
+        present = [r for r in self.cfg.sequences if r in channels]
+        if not present:
+            raise InferenceError(f"none of the model's sequences {self.cfg.sequences} is in the study (got {sorted(channels)})")
+        shapes = {tuple(np.shape(v)) for v in channels.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise InferenceError(f"channels must be (Z, Y, X) volumes on one grid, got shapes {sorted(shapes)}")
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+            raise InferenceError("affine must be a finite, invertible 4x4 matrix")
+        a = self.cfg.arch
+        prep = prepare_study(channels, valid, affine, list(self.cfg.sequences), a.img_size, NormParams(**self.cfg.norm))
+        if not prep.seq_valid.any():
+            raise InferenceError("no sequence has valid data on any slice")
+        emb = self.text_embedding(report_text)
+        fvec = np.asarray(findings_vector(findings if self.cfg.use_text else None), dtype=np.float32)
+        t1 = time.perf_counter()
+
+        z = prep.images.shape[0]
+        logits = np.zeros((z, a.img_size, a.img_size), dtype=np.float32)
+        use_cuda = self.device.type == "cuda"
+        with torch.inference_mode():
+            for start in range(0, z, self.batch_size):
+                ks = [k for k in range(start, min(z, start + self.batch_size)) if prep.seq_valid[k].any()]
+                if not ks:
+                    logits[start : start + self.batch_size] = -20.0
+                    continue
+                items = [slice_inputs(prep, k, self.cfg.context_slices, a.img_size) for k in ks]
+                imgs = torch.from_numpy(np.stack([i[0] for i in items])).to(self.device)
+                vld = torch.from_numpy(np.stack([i[1] for i in items])).to(self.device)
+                crd = torch.from_numpy(np.stack([i[2] for i in items])).to(self.device)
+                b = len(ks)
+                temb = tval = None
+                if emb is not None:
+                    temb = torch.from_numpy(np.repeat(emb[None], b, 0)).to(self.device)
+                    tval = torch.ones(b, dtype=torch.bool, device=self.device)
+                fv = torch.from_numpy(np.repeat(fvec[None], b, 0)).to(self.device)
+                with torch.autocast("cuda", enabled=use_cuda):
+                    out = self.model(imgs, vld, crd, temb, tval, fv)
+                res = out[:, 0].float().cpu().numpy()
+                for j, k in enumerate(ks):
+                    logits[k] = res[j]
+                for k in range(start, min(z, start + self.batch_size)):
+                    if k not in ks:
+                        logits[k] = -20.0
+        t2 = time.perf_counter()
+        y, x = prep.shape_yx
+        prob = expit(resize_slices(logits, (y, x))).astype(np.float32)
+        mask = prob >= self.threshold
+        notes: list[str] = []
+        if postprocess:
+            voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
+            min_vox = max(1, int(round(self.cfg.min_component_mm3 / max(voxel_mm3, 1e-6))))
+            mask, notes = side_filter(mask, affine, prep.centre_lps, findings, min_vox)
+        t3 = time.perf_counter()
+        secs = {"prepare": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
+        return InferenceResult(mask=mask.astype(np.uint8), prob=prob, seconds=secs, notes=notes)

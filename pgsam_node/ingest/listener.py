@@ -1,0 +1,307 @@
+"""DICOM listener: Verification and Storage SCP (PS3.4 Annex A and B), and the Storage Commitment
+report receiver (PS3.4 J.3.3), on the node's own acceptor (:mod:`pgsam_node.ingest.dicomnet`).
+
+Association policy (checked when the A-ASSOCIATE-RQ arrives, PS3.8 7.1.1.9):
+
+* calling AE title not on ``dicom.allowed_calling_aets`` (entries ``AET`` or ``AET@host``; empty =
+  everyone) -> A-ASSOCIATE-RJ permanent, service-user, "calling AE title not recognised";
+* free disk below ``dicom.refuse_below_free_bytes`` -> A-ASSOCIATE-RJ transient,
+  service-provider (presentation), "temporary congestion", so the PACS retries later;
+* more than ``dicom.max_associations`` at once -> transient "local limit exceeded".
+
+C-STORE (PS3.4 B.2.3): the data set is streamed, fragment by fragment as it arrives, into a
+temporary Part-10 file in the accepted transfer syntax (byte for byte, nothing decoded); its
+identifying UIDs are scanned from the first bytes (:mod:`pgsam_node.ingest.headscan`; pydicom reads the
+full header only for the first instance of a series, which is when classification needs it); the
+file is fsynced, renamed into the spool and indexed; only then does the success status go back
+(persist before acknowledge). Failures become statuses with an Error Comment: 0xA700 out of
+resources (disk below the reserve or full, database unavailable), 0xC210 cannot understand
+(unparseable, no UIDs). The listener keeps serving after any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from io import BytesIO
+
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+
+from pgsam_node.ingest import headscan
+from pgsam_node.ingest import spool
+from pgsam_node.ingest.dicomnet import dimse
+from pgsam_node.ingest.dicomnet.acceptor import Acceptor, Association, Rejection
+from pgsam_node.errors import ReceiveError, UnparseableDatasetError
+from pgsam_node.ingest.index import FastIndexSession, InstanceHeader, index_instance, parse_header, quick_header
+from pgsam_node.logsetup import uid_hash
+from pgsam_node.tls import server_context
+
+log = logging.getLogger(__name__)
+
+# PS3.4 Annex B.2.3 C-STORE status codes.
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+def _parse_allow_entry(entry: str) -> tuple[str, str | None]:
+    aet, _, host = entry.partition("@")
+    return aet.strip(), (host.strip() or None)
+
+
+def calling_ae_allowed(allow: list[str], calling_aet: str, peer_host: str | None) -> bool:
+    """Whether ``calling_aet`` from ``peer_host`` may associate (empty allow-list = everyone).
+
+    Parameters
+    ----------
+    allow
+        Entries ``AET`` (any host) or ``AET@host`` (host is an IP address or name compared as text
+        with the peer address).
+    """
+    if not allow:
+        return True
+    aet = (calling_aet or "").strip()
+    for entry in allow:
+        want_aet, want_host = _parse_allow_entry(entry)
+        if want_aet == aet and (want_host is None or want_host == peer_host):
+            return True
+    return False
+
+
+class Listener:
+    """The node's DICOM SCP.
+
+    Parameters
+    ----------
+    settings
+        Node settings (``dicom.*``, ``storage.*``, ``classify.*``).
+    db
+        :class:`~pgsam_node.db.Database` used for the index.
+    on_release
+        Optional callback ``f(study_uids: set[str])`` called when an association that stored
+        instances ends (a hint for an early stability check; stability itself is time-based).
+    """
+
+    def __init__(self, settings, db, on_release: Callable[[set[str]], None] | None = None):
+        self.settings = settings
+        self.db = db
+        self.on_release = on_release
+        self._server: Acceptor | None = None
+        self._lock = threading.Lock()
+        #: Counters since start (for status/metrics): stored, failed, rejected associations.
+        self.counters = {"stored": 0, "failed": 0, "rejected": 0}
+        #: Series with an indexed instance: later instances need only the identity scan.
+        self._known_series: set[str] = set()
+        self._commitment = any(dest.storage_commitment for dest in settings.destinations)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def _supported(self) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
+        # Every standard storage SOP class (MR, Enhanced MR, SC, SEG, SR, RT ...) in every transfer
+        # syntax pydicom knows, incl. deflate, JPEG baseline/lossless, JPEG-LS, JPEG 2000 and RLE:
+        # the bytes are stored as received, so no codec is needed to accept them.
+        every = frozenset(str(t) for t in ALL_TRANSFER_SYNTAXES)
+        supported = {str(cx.abstract_syntax): every for cx in AllStoragePresentationContexts}
+        supported[str(Verification)] = frozenset(str(t) for t in ALL_TRANSFER_SYNTAXES[:4])
+        roles: frozenset[str] = frozenset()
+        if self._commitment:
+            # PS3.4 J.3.3: the PACS reports storage commitment on an association it opens, as SCP.
+            from pgsam_node.ingest.commitment import COMMITMENT_SOP_CLASS
+
+            supported[COMMITMENT_SOP_CLASS] = frozenset(str(t) for t in ALL_TRANSFER_SYNTAXES[:4])
+            roles = frozenset({COMMITMENT_SOP_CLASS})
+        return supported, roles
+
+    def start(self) -> None:
+        """Bind and serve in background threads (returns immediately)."""
+        if self._server is not None:
+            return
+        d = self.settings.dicom
+        self.settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        supported, roles = self._supported()
+        ssl_ctx = server_context(d.tls)
+        self._server = Acceptor(
+            self, d.bind, d.port, supported, roles, max_associations=d.max_associations, timeout=d.network_timeout,
+            ssl_context=ssl_ctx, implementation_class_uid=spool.IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=spool.IMPLEMENTATION_VERSION_NAME,
+        )
+        self._temp_files = spool.TempFiles(self.settings)
+        self._server.start()
+        log.info("DICOM listener %s on %s:%d%s", d.ae_title, d.bind, self.port, " (TLS)" if ssl_ctx else "")
+
+    def stop(self) -> None:
+        """Stop accepting, end open associations, release the port."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server = None
+        self._temp_files.close()
+        log.info("DICOM listener stopped")
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with ``dicom.port: 0``)."""
+        if self._server is None:
+            return self.settings.dicom.port
+        return self._server.server_address[1]
+
+    @property
+    def active_associations(self) -> list[Association]:
+        """Associations open now."""
+        return self._server.active_associations if self._server is not None else []
+
+    # ---- association policy ------------------------------------------------------------------
+    def check_association(self, rq, assoc: Association) -> Rejection | None:
+        d = self.settings.dicom
+        calling, host = rq.calling_ae, assoc.peer_host
+        rejection = None
+        if not calling_ae_allowed(d.allowed_calling_aets, calling, host):
+            log.warning("association from %s@%s rejected: calling AE title not allowed", calling, host)
+            rejection = Rejection(1, 1, 3, "calling AE title not recognised")
+        elif d.refuse_below_free_bytes:
+            free = spool.free_bytes(self.settings.storage_root)
+            if free < d.refuse_below_free_bytes:
+                log.warning("association from %s@%s rejected: %d bytes free, below dicom.refuse_below_free_bytes",
+                            calling, host, free)
+                rejection = Rejection(2, 3, 1, "temporary congestion")
+        if rejection is not None:
+            with self._lock:
+                self.counters["rejected"] += 1
+        return rejection
+
+    # ---- services ------------------------------------------------------------------------------
+    def echo(self, assoc: Association) -> int:
+        return STATUS_SUCCESS
+
+    def begin_store(self, assoc: Association, transfer_syntax: str, command: dict) -> "_StoreInstance":
+        return _StoreInstance(self, assoc, transfer_syntax, command)
+
+    def event_report(self, assoc: Association, transfer_syntax: str, command: dict, dataset: bytes) -> int:
+        from pydicom.filereader import read_dataset
+        from pydicom.uid import UID
+
+        from pgsam_node.ingest.commitment import record_commitment_report
+
+        ts = UID(transfer_syntax)
+        try:
+            info = read_dataset(BytesIO(dataset), ts.is_implicit_VR, ts.is_little_endian)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types
+            log.error("N-EVENT-REPORT from %s cannot be parsed: %s", assoc.calling_ae, exc)
+            return 0x0110
+        sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS_UID, ""))
+        return record_commitment_report(self.db, self.settings, assoc.calling_ae, sop_class, info)
+
+    def association_ended(self, assoc: Association, released: bool) -> None:
+        fast = assoc.data.pop("index", None)
+        if fast is not None:
+            fast.close()
+        studies = assoc.data.get("studies")
+        if studies and self.on_release is not None:
+            try:
+                self.on_release(set(studies))
+            except Exception:  # noqa: BLE001 - a hint must never break the listener
+                log.exception("association-release hook failed")
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.counters[key] += 1
+
+
+#: Bytes of a data set kept in memory for the identity scan (the UIDs sit in the first few hundred).
+_HEAD_BYTES = 64 * 1024
+
+
+class _StoreInstance:
+    """One C-STORE: stream to a temporary file, then identify, commit, index (PS3.4 B.2.3)."""
+
+    def __init__(self, listener: Listener, assoc: Association, ts: str, command: dict):
+        self.listener = listener
+        self.assoc = assoc
+        self.ts = ts
+        self.sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS_UID, ""))
+        self.sop_uid = str(command.get(dimse.AFFECTED_SOP_INSTANCE_UID, ""))
+        self.calling = assoc.calling_ae or None
+        self.head = bytearray()
+        self.error: tuple[int, str] | None = None
+        self.file: spool.IncomingFile | None = None
+        self.stored: spool.StoredFile | None = None
+        try:
+            self.meta = spool.file_meta_bytes(self.sop_class or "1", self.sop_uid or "1", ts, self.calling)
+            self.file = spool.IncomingFile(listener.settings, self.meta, listener._temp_files)
+        except Exception as exc:  # noqa: BLE001 - mapped to a status at the end of the data set
+            self.error = self._status_for(exc)
+
+    def write(self, fragment: memoryview) -> None:
+        if self.error is not None:
+            return  # already failed: the rest of the data set is read and dropped
+        if len(self.head) < _HEAD_BYTES:
+            self.head += fragment[:_HEAD_BYTES - len(self.head)]
+        try:
+            self.file.write(fragment)
+        except Exception as exc:  # noqa: BLE001
+            self.error = self._status_for(exc)
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.discard()
+
+    def finish(self) -> tuple[int, str | None]:
+        lst = self.listener
+        if self.error is None:
+            try:
+                return self._commit()
+            except Exception as exc:  # noqa: BLE001 - e.g. the database is down: tell the peer to retry
+                self.discard()
+                self.error = self._status_for(exc)
+        status, why = self.error
+        lst._count("failed")
+        log.error("instance %s refused (0x%04X): %s", uid_hash(self.sop_uid), status, why)
+        return status, why
+
+    def _status_for(self, exc: Exception) -> tuple[int, str]:
+        if isinstance(exc, UnparseableDatasetError):
+            return STATUS_CANNOT_UNDERSTAND, str(exc)
+        if isinstance(exc, ReceiveError):  # incl. StorageFullError
+            return STATUS_OUT_OF_RESOURCES, str(exc)
+        log.exception("unexpected error storing an instance")
+        return STATUS_OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}"
+
+    def _full_header(self) -> InstanceHeader:
+        """pydicom's reading of the whole header (all the classification evidence)."""
+        with open(self.file.tmp if self.stored is None else self.stored.path, "rb") as fh:
+            return parse_header(fh, self.sop_class)
+
+    def _commit(self) -> tuple[int, str | None]:
+        lst, settings = self.listener, self.listener.settings
+        values = headscan.scan_identity(self.head, self.ts, complete=self.file.size - self.file.meta_len <= len(self.head))
+        h = quick_header(values, self.sop_class) if values is not None else None
+        if h is None or h.series_uid not in lst._known_series:
+            # Not Little Endian, not scannable with certainty, or the first instance of a series
+            # this process sees (classification needs its full header): pydicom reads it, before
+            # anything reaches the spool (0xC210 if it cannot).
+            h = self._full_header()
+        if h.sop_uid != self.sop_uid or h.sop_class_uid != self.sop_class:
+            # The request and the data set disagree (PS3.4 B.2.3 says they must not): the file's
+            # meta must describe the data set it holds.
+            self.file.replace_meta(spool.file_meta_bytes(h.sop_class_uid, h.sop_uid, self.ts, self.calling))
+        rel = spool.spool_relpath(h.study_uid, h.series_uid, h.sop_uid)
+        self.stored = self.file.commit(rel)
+        fast = self.assoc.data.get("index")
+        if fast is None:
+            fast = self.assoc.data["index"] = FastIndexSession(lst.db)
+        full = None if h.headers else self._full_header
+        res = index_instance(lst.db, settings, h, rel, self.stored.size, self.ts, self.calling, full_header=full,
+                             fast=fast)
+        with lst._lock:
+            if len(lst._known_series) > 100_000:
+                lst._known_series.clear()
+            lst._known_series.add(h.series_uid)
+            lst.counters["stored"] += 1
+            self.assoc.data.setdefault("studies", set()).add(h.study_uid)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("stored instance %s (series %s, study %s)%s", uid_hash(h.sop_uid), uid_hash(h.series_uid),
+                      uid_hash(h.study_uid), " replaced" if res.replaced else "")
+        return STATUS_SUCCESS, None

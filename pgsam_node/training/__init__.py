@@ -1,0 +1,1 @@
+"""Training: train, evaluate, metrics and the training data sources."""
