@@ -49,6 +49,39 @@ class DicomSettings(_Section):
     network_timeout: float = Field(60.0, gt=0)
     #: Free-disk watermark: below this many bytes free the listener refuses new associations.
     refuse_below_free_bytes: int = Field(512 * 1024 * 1024, ge=0)
+    #: Reject an A-ASSOCIATE-RQ whose called AE title is not ``ae_title`` (PS3.8 9.3.4 reason 7).
+    require_called_aet: bool = True
+    #: Associations open at once from one peer host (more: transient "local limit exceeded").
+    max_associations_per_host: int = Field(4, ge=1, le=256)
+    #: Connections that have not yet completed association (TCP accepted, A-ASSOCIATE-RQ not yet
+    #: read and answered), in total and per peer host; more are closed at once without a thread.
+    max_pending_connections: int = Field(32, ge=1, le=4096)
+    max_pending_per_host: int = Field(4, ge=1, le=4096)
+    #: Total seconds from TCP accept (TLS handshake included) to a complete A-ASSOCIATE-RQ.
+    associate_rq_deadline: float = Field(10.0, gt=0, le=600)
+    #: Largest A-ASSOCIATE-RQ accepted (a 128-context request is ~30 KB).
+    max_associate_rq_bytes: int = Field(256 * 1024, ge=4096, le=16 * 1024 * 1024)
+    #: Maximum PDU length the node asks peers to send (PS3.8 D.1).
+    max_pdu_bytes: int = Field(1 << 20, ge=4096, le=64 * 1024 * 1024)
+    #: Largest DIMSE command set (PS3.7 E.1: a command set is a few hundred bytes); more: A-ABORT.
+    max_command_bytes: int = Field(16 * 1024, ge=512, le=1024 * 1024)
+    #: Seconds from a PDU's header to its last byte (a peer dripping bytes is aborted).
+    pdu_deadline: float = Field(60.0, gt=0)
+    #: Seconds from a DIMSE message's first command fragment to its last data set fragment.
+    message_deadline: float = Field(900.0, gt=0)
+    #: Largest data set of one C-STORE (streamed to disk; more: 0xA700, the rest is read and dropped).
+    max_dataset_bytes: int = Field(4 * 1024 ** 3, ge=1024)
+    #: Deflated Explicit VR Little Endian data sets: the inflated size may be at most this many times
+    #: the received size, and at most ``max_inflated_bytes`` (past either: 0xC210).
+    max_inflate_ratio: float = Field(200.0, ge=1)
+    max_inflated_bytes: int = Field(1024 ** 3, ge=1024)
+    #: Bytes of a data set pydicom may read when the fast header scan declines (header-only read).
+    max_header_parse_bytes: int = Field(16 * 1024 * 1024, ge=4096)
+    #: A SOP Instance UID already stored under another study/series or from another calling AE:
+    #: ``keep_and_flag`` (keep the first, quarantine the new copy, answer 0xB007 warning... see
+    #: docs/ingest.md), ``reject`` (0xA900-class refusal, nothing written), or
+    #: ``overwrite_same_source`` (replace only when the calling AE is the same, else keep_and_flag).
+    resend_policy: Literal["keep_and_flag", "reject", "overwrite_same_source"] = "keep_and_flag"
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @field_validator("ae_title")
@@ -65,7 +98,7 @@ class DicomSettings(_Section):
     def _check_allowed(cls, v: list[str]) -> list[str]:
         for entry in v:
             aet = entry.split("@", 1)[0].strip()
-            if not aet or len(aet) > 16:
+            if not aet or len(aet) > 16 or any(ord(c) < 32 or ord(c) > 126 for c in aet):
                 raise ValueError(f"invalid allow-list entry {entry!r}: AET or AET@host")
         return [e.strip() for e in v]
 

@@ -32,7 +32,8 @@ from pynetdicom.sop_class import Verification
 from pgsam_node.ingest import headscan
 from pgsam_node.ingest import spool
 from pgsam_node.ingest.dicomnet import dimse
-from pgsam_node.ingest.dicomnet.acceptor import Acceptor, Association, Rejection
+from pgsam_node.ingest.dicomnet.acceptor import Acceptor, Association, Limits, Rejection
+from pgsam_node.ingest.dicomnet.pdu import safe_ae
 from pgsam_node.errors import ReceiveError, UnparseableDatasetError
 from pgsam_node.ingest.index import FastIndexSession, InstanceHeader, index_instance, parse_header, quick_header
 from pgsam_node.logsetup import uid_hash
@@ -49,7 +50,7 @@ STATUS_PROCESSING_FAILURE = 0x0110
 
 def _parse_allow_entry(entry: str) -> tuple[str, str | None]:
     aet, _, host = entry.partition("@")
-    return aet.strip(), (host.strip() or None)
+    return aet.strip(" "), (host.strip() or None)
 
 
 def calling_ae_allowed(allow: list[str], calling_aet: str, peer_host: str | None) -> bool:
@@ -63,7 +64,11 @@ def calling_ae_allowed(allow: list[str], calling_aet: str, peer_host: str | None
     """
     if not allow:
         return True
-    aet = (calling_aet or "").strip()
+    # PS3.5 6.2 (AE): only leading and trailing *spaces* are insignificant; a tab or any other
+    # control character is not part of a valid AE title, so such a title never matches.
+    aet = (calling_aet or "").strip(" ")
+    if any(ord(c) < 32 or ord(c) > 126 or c == "\\" for c in aet):
+        return False
     for entry in allow:
         want_aet, want_host = _parse_allow_entry(entry)
         if want_aet == aet and (want_host is None or want_host == peer_host):
@@ -123,10 +128,16 @@ class Listener:
         self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
         supported, roles = self._supported()
         ssl_ctx = server_context(d.tls)
+        limits = Limits(
+            max_associations=d.max_associations, max_associations_per_host=d.max_associations_per_host,
+            max_pending=d.max_pending_connections, max_pending_per_host=d.max_pending_per_host,
+            associate_rq_deadline=d.associate_rq_deadline, max_associate_rq=d.max_associate_rq_bytes,
+            max_command=d.max_command_bytes, pdu_deadline=d.pdu_deadline, message_deadline=d.message_deadline,
+        )
         self._server = Acceptor(
             self, d.bind, d.port, supported, roles, max_associations=d.max_associations, timeout=d.network_timeout,
-            ssl_context=ssl_ctx, implementation_class_uid=spool.IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=spool.IMPLEMENTATION_VERSION_NAME,
+            ssl_context=ssl_ctx, max_pdu=d.max_pdu_bytes, implementation_class_uid=spool.IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=spool.IMPLEMENTATION_VERSION_NAME, limits=limits,
         )
         self._temp_files = spool.TempFiles(self.settings)
         self._server.start()
@@ -158,14 +169,18 @@ class Listener:
         d = self.settings.dicom
         calling, host = rq.calling_ae, assoc.peer_host
         rejection = None
-        if not calling_ae_allowed(d.allowed_calling_aets, calling, host):
-            log.warning("association from %s@%s rejected: calling AE title not allowed", calling, host)
+        if d.require_called_aet and rq.called_ae.strip(" ") != d.ae_title:
+            log.warning("association from %s@%s rejected: called AE title %s is not ours", safe_ae(calling), host,
+                        safe_ae(rq.called_ae))
+            rejection = Rejection(1, 1, 7, "called AE title not recognised")
+        elif not calling_ae_allowed(d.allowed_calling_aets, calling, host):
+            log.warning("association from %s@%s rejected: calling AE title not allowed", safe_ae(calling), host)
             rejection = Rejection(1, 1, 3, "calling AE title not recognised")
         elif d.refuse_below_free_bytes:
             free = spool.free_bytes(self.settings.storage_root)
             if free < d.refuse_below_free_bytes:
                 log.warning("association from %s@%s rejected: %d bytes free, below dicom.refuse_below_free_bytes",
-                            calling, host, free)
+                            safe_ae(calling), host, free)
                 rejection = Rejection(2, 3, 1, "temporary congestion")
         if rejection is not None:
             with self._lock:
@@ -189,7 +204,7 @@ class Listener:
         try:
             info = read_dataset(BytesIO(dataset), ts.is_implicit_VR, ts.is_little_endian)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types
-            log.error("N-EVENT-REPORT from %s cannot be parsed: %s", assoc.calling_ae, exc)
+            log.error("N-EVENT-REPORT from %s cannot be parsed: %s", safe_ae(assoc.calling_ae), type(exc).__name__)
             return 0x0110
         sop_class = str(command.get(dimse.AFFECTED_SOP_CLASS_UID, ""))
         return record_commitment_report(self.db, self.settings, assoc.calling_ae, sop_class, info)

@@ -49,11 +49,12 @@ class RawClient:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.rfile = self.sock.makefile("rb")
 
-    def associate(self, contexts, calling="RAWSCU", app_context="1.2.840.10008.3.1.1.1", version=1) -> tuple[int, bytes]:
+    def associate(self, contexts, calling="RAWSCU", app_context="1.2.840.10008.3.1.1.1", version=1,
+                  called="PGSAM") -> tuple[int, bytes]:
         prim = A_ASSOCIATE()
         prim.application_context_name = app_context
         prim.calling_ae_title = calling
-        prim.called_ae_title = "PGSAM"
+        prim.called_ae_title = called
         prim.calling_presentation_address = AddressInformation("127.0.0.1", 0)
         prim.called_presentation_address = AddressInformation("127.0.0.1", 0)
         prim.presentation_context_definition_list = contexts
@@ -306,7 +307,8 @@ def test_more_open_associations_than_database_pool_connections(tmp_path):
 
     from pgsam_node.db.models import Instance
 
-    settings = load_settings(None, dicom={"port": free_port(), "refuse_below_free_bytes": 0, "max_associations": 24},
+    settings = load_settings(None, dicom={"port": free_port(), "refuse_below_free_bytes": 0, "max_associations": 24,
+                                                   "max_associations_per_host": 24},
                              storage={"root": str(tmp_path / "storage"), "min_free_bytes": 0})
     study, series = generate_uid(), generate_uid()
     n_assoc, per = 20, 3

@@ -40,6 +40,7 @@ from pgsam_node.ingest.dicomnet.pdu import (
     PresentationContextAC,
     RoleSelection,
     decode_associate_rq,
+    safe_ae,
     encode_abort,
     encode_associate_ac,
     encode_associate_rj,
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 #: Largest P-DATA-TF PDU we ask peers to send (PS3.8 D.1 Maximum Length Receive). Large PDUs mean
 #: fewer reads per instance; the bound keeps one association's buffer small.
 DEFAULT_MAX_PDU = 1 << 20
-#: Any other PDU (an A-ASSOCIATE-RQ with hundreds of contexts is ~30 KB) above this is refused.
-_MAX_CONTROL_PDU = 1 << 20
 #: How long to wait for the peer to close after an A-ASSOCIATE-RJ or A-RELEASE-RP (PS3.8 ARTIM).
 _ARTIM_CLOSE = 2.0
 
@@ -141,6 +140,65 @@ class _Collect:
         self.parts.clear()
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The acceptor's limits at the network edge (each a ``dicom.*`` config key, docs/ingest.md).
+
+    Attributes
+    ----------
+    max_associations, max_associations_per_host
+        Established associations at once, in total and per peer host.
+    max_pending, max_pending_per_host
+        Connections not yet associated (accepted, A-ASSOCIATE-RQ not yet answered); more are closed
+        at once, before a thread or a buffer exists for them.
+    associate_rq_deadline
+        Seconds from accept (TLS handshake included) to a complete A-ASSOCIATE-RQ.
+    max_associate_rq
+        Largest A-ASSOCIATE-RQ PDU, in bytes.
+    max_command
+        Largest DIMSE command set, in bytes (PS3.7 E.1); past it the association is aborted.
+    pdu_deadline
+        Seconds from a PDU's header to its last byte.
+    message_deadline
+        Seconds from a message's first command fragment to its last fragment.
+    """
+
+    max_associations: int = 8
+    max_associations_per_host: int = 8
+    max_pending: int = 32
+    max_pending_per_host: int = 4
+    associate_rq_deadline: float = 10.0
+    max_associate_rq: int = 256 * 1024
+    max_command: int = 16 * 1024
+    pdu_deadline: float = 60.0
+    message_deadline: float = 900.0
+
+
+class _Tracked:
+    """One transport connection as the acceptor's watchdog sees it."""
+
+    __slots__ = ("sock", "assoc", "host", "deadline", "why", "expired", "pending")
+
+    def __init__(self, sock, assoc: Association, host: str, deadline: float | None, why: str):
+        self.sock = sock
+        self.assoc = assoc
+        self.host = host
+        #: time.monotonic() after which the watchdog ends the connection (None: no deadline).
+        self.deadline = deadline
+        self.why = why
+        #: Set by the watchdog: why the connection was ended.
+        self.expired: str | None = None
+        self.pending = True
+
+
+#: Bytes read per recv before association; the buffer grows only as bytes arrive.
+_PRE_CHUNK = 4096
+#: Initial size of an association's PDU buffer; it grows (doubling) only as PDU bytes arrive.
+_INITIAL_BUF = 64 * 1024
+#: How often the watchdog looks at deadlines (seconds).
+_WATCH_PERIOD = 0.2
+
+
 class Acceptor:
     """Listen on ``(bind, port)`` and serve each association on its own thread.
 
@@ -159,28 +217,41 @@ class Acceptor:
         Seconds of network silence before an association is aborted.
     ssl_context
         Server-side TLS context, or None for plain TCP.
+    limits
+        Pre-association, size and deadline limits (:class:`Limits`); ``max_associations`` wins
+        over ``limits.max_associations``.
     """
 
     def __init__(self, service: Service, bind: str, port: int, supported: dict[str, frozenset[str]],
                  role_syntaxes: frozenset[str] = frozenset(), max_associations: int = 8, timeout: float = 60.0,
                  ssl_context: ssl.SSLContext | None = None, max_pdu: int = DEFAULT_MAX_PDU,
-                 implementation_class_uid: str = "", implementation_version_name: str = ""):
+                 implementation_class_uid: str = "", implementation_version_name: str = "",
+                 limits: Limits | None = None):
         self.service = service
         self.supported = supported
         self.role_syntaxes = role_syntaxes
+        self.limits = limits or Limits(max_associations=max_associations,
+                                       max_associations_per_host=max_associations)
         self.max_associations = max_associations
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.max_pdu = max_pdu
         self.implementation_class_uid = implementation_class_uid
         self.implementation_version_name = implementation_version_name
-        self._sock = socket.create_server((bind, port), backlog=64)
+        self._sock = socket.create_server((bind, port), backlog=128)
         self._lock = threading.Lock()
-        self._conns: dict[int, tuple[socket.socket, Association]] = {}
+        self._conns: dict[int, _Tracked] = {}
         self._active = 0
+        self._active_by_host: dict[str, int] = {}
+        self._pending = 0
+        self._pending_by_host: dict[str, int] = {}
+        #: Connections closed at accept because of the pre-association limits (for tests/metrics).
+        self.refused_connections = 0
+        self._last_refusal_log = 0.0
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
 
     @property
     def server_address(self) -> tuple[str, int]:
@@ -190,11 +261,19 @@ class Acceptor:
     def active_associations(self) -> list[Association]:
         """Associations currently open (negotiating or established)."""
         with self._lock:
-            return [a for _, a in self._conns.values()]
+            return [t.assoc for t in self._conns.values()]
+
+    @property
+    def pending_connections(self) -> int:
+        """Connections accepted and not yet associated."""
+        with self._lock:
+            return self._pending
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._accept_loop, name="dicom-accept", daemon=True)
         self._thread.start()
+        self._watchdog = threading.Thread(target=self._watch, name="dicom-deadlines", daemon=True)
+        self._watchdog.start()
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, end open associations (transport closed), release the port."""
@@ -209,9 +288,9 @@ class Acceptor:
         with self._lock:
             conns = list(self._conns.values())
             threads = list(self._threads)
-        for sock, _ in conns:
+        for t in conns:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(t.sock, socket.SHUT_RDWR)
             except OSError:
                 pass
         # Each association sees its transport close and ends (an instance being written finishes
@@ -220,9 +299,43 @@ class Acceptor:
         deadline = time.monotonic() + timeout
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self._watchdog is not None:
+            self._watchdog.join(1.0)
+
+    # ---- deadlines -----------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """End connections past their deadline (PS3.8 ARTIM for the A-ASSOCIATE-RQ; the node's
+        PDU and message deadlines after it). Shutting the read side wakes the connection's thread
+        with end-of-file; it can still send its A-ABORT."""
+        while not self._stopping.wait(_WATCH_PERIOD):
+            now = time.monotonic()
+            with self._lock:
+                late = [t for t in self._conns.values()
+                        if t.deadline is not None and now > t.deadline and t.expired is None]
+                for t in late:
+                    t.expired = t.why
+            for t in late:
+                try:
+                    # The plain socket's shutdown: SSLSocket.shutdown would drop the TLS state.
+                    socket.socket.shutdown(t.sock, socket.SHUT_RD)
+                except OSError:
+                    pass
 
     # ---- connections -------------------------------------------------------------------------
+    def _refuse_connection(self, sock: socket.socket, host: str, why: str) -> None:
+        self.refused_connections += 1
+        now = time.monotonic()
+        if now - self._last_refusal_log > 5.0:  # a flood must not flood the log too
+            self._last_refusal_log = now
+            log.warning("connection from %s closed before association: %s (%d refused so far)", host, why,
+                        self.refused_connections)
+        try:
+            sock.close()
+        except OSError:
+            pass
+
     def _accept_loop(self) -> None:
+        lim = self.limits
         while not self._stopping.is_set():
             try:
                 sock, addr = self._sock.accept()
@@ -230,85 +343,171 @@ class Acceptor:
                 if self._stopping.is_set():
                     return
                 continue
+            host = addr[0]
+            with self._lock:
+                if self._pending >= lim.max_pending:
+                    why = f"{self._pending} connections already waiting to associate (dicom.max_pending_connections)"
+                elif self._pending_by_host.get(host, 0) >= lim.max_pending_per_host:
+                    why = "too many connections from this host waiting to associate (dicom.max_pending_per_host)"
+                else:
+                    why = None
+                    self._pending += 1
+                    self._pending_by_host[host] = self._pending_by_host.get(host, 0) + 1
+            if why is not None:
+                self._refuse_connection(sock, host, why)
+                continue
             t = threading.Thread(target=self._serve, args=(sock, addr), name=f"dicom-assoc-{addr[1]}", daemon=True)
             with self._lock:
                 self._threads = [x for x in self._threads if x.is_alive()]
                 self._threads.append(t)
             t.start()
 
+    def _unpend(self, tracked: _Tracked) -> None:
+        """The connection is no longer waiting to associate (call with the lock held)."""
+        if tracked.pending:
+            tracked.pending = False
+            self._pending -= 1
+            n = self._pending_by_host.get(tracked.host, 1) - 1
+            if n > 0:
+                self._pending_by_host[tracked.host] = n
+            else:
+                self._pending_by_host.pop(tracked.host, None)
+
     def _serve(self, sock: socket.socket, addr) -> None:
         assoc = Association(peer_host=addr[0], peer_port=addr[1])
         key = id(assoc)
+        tracked = _Tracked(sock, assoc, addr[0], time.monotonic() + self.limits.associate_rq_deadline,
+                           f"no complete A-ASSOCIATE-RQ within {self.limits.associate_rq_deadline:g} s")
         with self._lock:
-            self._conns[key] = (sock, assoc)
+            self._conns[key] = tracked
         try:
             # Small response PDUs must not wait for Nagle's algorithm (a delayed ACK costs ~40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(self.timeout)
+            sock.settimeout(min(self.timeout, self.limits.associate_rq_deadline))
             if self.ssl_context is not None:
                 try:
                     sock = self.ssl_context.wrap_socket(sock, server_side=True)
                 except (ssl.SSLError, OSError) as exc:
-                    log.warning("TLS handshake with %s failed: %s", addr[0], exc)
+                    log.warning("TLS handshake with %s failed: %s", addr[0], tracked.expired or exc)
                     return
                 with self._lock:
-                    self._conns[key] = (sock, assoc)
-            _Connection(self, sock, assoc).run()
+                    tracked.sock = sock
+            _Connection(self, sock, assoc, tracked).run()
         except Exception:  # noqa: BLE001 - one association's failure must not stop the listener
             log.exception("association from %s ended with an internal error", addr[0])
         finally:
             with self._lock:
                 self._conns.pop(key, None)
+                self._unpend(tracked)
             try:
                 sock.close()
             except OSError:
                 pass
 
-    def _admit(self) -> bool:
+    def _admit(self, tracked: _Tracked) -> str | None:
+        """Count the connection as an association; the limit it would exceed, else None."""
+        lim = self.limits
         with self._lock:
             if self._active >= self.max_associations:
-                return False
+                return f"{self.max_associations} associations already open"
+            if self._active_by_host.get(tracked.host, 0) >= lim.max_associations_per_host:
+                return f"{lim.max_associations_per_host} associations already open from this host"
             self._active += 1
-            return True
+            self._active_by_host[tracked.host] = self._active_by_host.get(tracked.host, 0) + 1
+            self._unpend(tracked)
+            tracked.deadline = None
+            return None
 
-    def _leave(self) -> None:
+    def _leave(self, tracked: _Tracked) -> None:
         with self._lock:
             self._active -= 1
+            n = self._active_by_host.get(tracked.host, 1) - 1
+            if n > 0:
+                self._active_by_host[tracked.host] = n
+            else:
+                self._active_by_host.pop(tracked.host, None)
 
 
 class _Connection:
     """The protocol on one transport connection: negotiate, then exchange DIMSE messages."""
 
-    def __init__(self, acceptor: Acceptor, sock: socket.socket, assoc: Association):
+    def __init__(self, acceptor: Acceptor, sock: socket.socket, assoc: Association, tracked: _Tracked):
         self.a = acceptor
         self.sock = sock
         self.assoc = assoc
-        self.rfile = sock.makefile("rb", buffering=256 * 1024)
-        self.buf = bytearray(256 * 1024)
+        self.tracked = tracked
+        # Created at association: before it a connection holds no buffer beyond what it has sent.
+        self.rfile = None
+        self.buf = bytearray()
         # Message being assembled (PS3.8 9.3.5: a message may span PDVs and PDUs).
         self.cmd_parts: list[bytes] = []
+        self.cmd_size = 0
         self.command: dict | None = None
         self.command_ctx = 0
         self.sink = None
+        #: time.monotonic() by which the message being received must be complete (None: none).
+        self.message_deadline: float | None = None
+
+    def _read_first_pdu(self, limit: int) -> tuple[int, bytes]:
+        """The A-ASSOCIATE-RQ (or whatever comes first), read with plain recv calls into a buffer
+        that grows only as bytes arrive: a declared length costs nothing until it is sent. The
+        watchdog ends the connection at the A-ASSOCIATE-RQ deadline (ARTIM, PS3.8 9.1.5)."""
+        buf = bytearray()
+        need = 6
+        length = None
+        while len(buf) < need:
+            chunk = self.sock.recv(min(_PRE_CHUNK, need - len(buf)))
+            if not chunk:
+                raise ConnectionClosed
+            buf += chunk
+            if length is None and len(buf) >= 6:
+                pdu_type, _, length = struct.unpack_from(">BBI", buf)
+                if length > limit:
+                    raise PDUError(f"first PDU declares {length} bytes, more than the {limit} accepted")
+                need = 6 + length
+        return buf[0], bytes(buf[6:])
+
+    def _read_exact(self, view: memoryview) -> None:
+        got, length = 0, len(view)
+        while got < length:
+            n = self.rfile.readinto(view[got:])
+            if not n:
+                raise ConnectionClosed
+            got += n
 
     def _read_pdu(self, limit: int) -> tuple[int, memoryview]:
         """The next PDU's type and body. The body is a view into this connection's one reusable
-        buffer (no allocation per PDU), valid until the next call."""
+        buffer (no allocation per PDU), valid until the next call. The buffer grows (doubling) only
+        when bytes arrive to fill it, never to a declared length ahead of them."""
         head = self.rfile.read(6)
         if len(head) < 6:
             raise ConnectionClosed
         pdu_type, _, length = struct.unpack(">BBI", head)
         if length > limit:
             raise PDUError(f"PDU of {length} bytes exceeds the {limit} negotiated")
-        if length > len(self.buf):
-            self.buf = bytearray(length)
-        view = memoryview(self.buf)[:length]
+        # A PDU must arrive within its deadline, not merely with gaps shorter than the idle timeout.
+        lim = self.a.limits
+        deadline = time.monotonic() + lim.pdu_deadline
+        t = self.tracked
+        t.why = f"PDU not complete within {lim.pdu_deadline:g} s"
+        if self.message_deadline is not None and self.message_deadline < deadline:
+            deadline = self.message_deadline
+            t.why = f"DIMSE message not complete within {lim.message_deadline:g} s"
+        t.deadline = deadline
+        buf = self.buf
         got = 0
-        while got < length:
-            n = self.rfile.readinto(view[got:])
-            if not n:
-                raise ConnectionClosed
-            got += n
+        while len(buf) < length:
+            # Fill what exists, then double: the bytes already read are the licence to grow.
+            self._read_exact(memoryview(buf)[got:])
+            got = len(buf)
+            bigger = bytearray(min(length, max(2 * len(buf), _INITIAL_BUF)))
+            bigger[:got] = buf
+            self.buf = buf = bigger
+        view = memoryview(buf)[:length]
+        self._read_exact(view[got:])
+        t.deadline = self.message_deadline
+        if self.message_deadline is not None:
+            t.why = f"DIMSE message not complete within {lim.message_deadline:g} s"
         return pdu_type, view
 
     def _send(self, data: bytes) -> None:
@@ -318,21 +517,26 @@ class _Connection:
         """After RJ/RP the requestor closes the transport; wait briefly for that (PS3.8 ARTIM)."""
         try:
             self.sock.settimeout(_ARTIM_CLOSE)
-            while self.rfile.read(4096):
+            while self.sock.recv(4096):
                 pass
         except (OSError, ValueError):
             pass
 
     def run(self) -> None:
         try:
-            pdu_type, body = self._read_pdu(_MAX_CONTROL_PDU)
-        except (ConnectionClosed, OSError, PDUError):
+            pdu_type, body = self._read_first_pdu(self.a.limits.max_associate_rq)
+        except PDUError as exc:
+            self._abort(str(exc))
+            return
+        except (ConnectionClosed, OSError):
+            if self.tracked.expired:
+                self._abort(self.tracked.expired)
             return  # no association was requested: nothing to answer
         if pdu_type != A_ASSOCIATE_RQ:
             self._abort(f"first PDU was type 0x{pdu_type:02X}, not A-ASSOCIATE-RQ")
             return
         try:
-            rq = decode_associate_rq(bytes(body))
+            rq = decode_associate_rq(body)
         except PDUError as exc:
             self._abort(f"malformed A-ASSOCIATE-RQ: {exc}")
             return
@@ -340,18 +544,22 @@ class _Connection:
         self.assoc.peer_max_pdu = rq.max_pdu_length
         rejection = self._policy(rq)
         if rejection is not None:
+            self.tracked.deadline = None
             self._send(encode_associate_rj(rejection.result, rejection.source, rejection.reason))
             self._linger_close()
             return
         released = False
         try:
+            self.sock.settimeout(self.a.timeout)
+            self.rfile = self.sock.makefile("rb", buffering=256 * 1024)
+            self.buf = bytearray(_INITIAL_BUF)
             self._accept(rq)
             released = self._exchange()
         finally:
             if self.sink is not None:
                 self.sink.discard()
                 self.sink = None
-            self.a._leave()
+            self.a._leave(self.tracked)
             self.assoc.is_established = False
             self.a.service.association_ended(self.assoc, released)
 
@@ -363,9 +571,9 @@ class _Connection:
         rejection = self.a.service.check_association(rq, self.assoc)
         if rejection is not None:
             return rejection
-        if not self.a._admit():
-            log.warning("association from %s@%s rejected: %d associations already open", rq.calling_ae,
-                        self.assoc.peer_host, self.a.max_associations)
+        full = self.a._admit(self.tracked)
+        if full is not None:
+            log.warning("association from %s@%s rejected: %s", safe_ae(rq.calling_ae), self.assoc.peer_host, full)
             return Rejection(2, 3, 2, "local limit exceeded")
         return None
 
@@ -395,6 +603,7 @@ class _Connection:
 
     def _abort(self, why: str) -> None:
         log.warning("association from %s aborted: %s", self.assoc.peer_host, why)
+        self.tracked.deadline = None
         try:
             self._send(encode_abort(2, 2))
         except OSError:
@@ -407,7 +616,10 @@ class _Connection:
             try:
                 pdu_type, body = self._read_pdu(limit)
             except ConnectionClosed:
-                log.warning("association from %s: connection closed without release", self.assoc.peer_host)
+                if self.tracked.expired:
+                    self._abort(self.tracked.expired)
+                else:
+                    log.warning("association from %s: connection closed without release", self.assoc.peer_host)
                 return False
             except TimeoutError:
                 self._abort(f"no data for {self.a.timeout:g} s")
@@ -442,10 +654,18 @@ class _Connection:
             if control & 0x01:  # command fragment
                 if self.command is not None:
                     raise PDUError("a new command arrived before the previous data set ended")
+                self.cmd_size += len(data)
+                if self.cmd_size > self.a.limits.max_command:
+                    # PS3.7 E.1: a command set is a few group-0000 elements; unbounded fragments
+                    # without the last bit would otherwise grow memory without limit.
+                    raise PDUError(f"command set larger than {self.a.limits.max_command} bytes")
+                if self.message_deadline is None:
+                    self.message_deadline = time.monotonic() + self.a.limits.message_deadline
                 self.cmd_parts.append(bytes(data))
                 if control & 0x02:
                     command = dimse.decode_command(b"".join(self.cmd_parts))
                     self.cmd_parts = []
+                    self.cmd_size = 0
                     self._begin(ctx_id, command)
             else:
                 if self.command is None or ctx_id != self.command_ctx:
@@ -469,6 +689,7 @@ class _Connection:
     def _complete(self) -> None:
         command, ctx_id, sink = self.command, self.command_ctx, self.sink
         self.command, self.sink = None, None
+        self.message_deadline = self.tracked.deadline = None
         field_ = command[dimse.COMMAND_FIELD]
         ts = self.assoc.contexts[ctx_id][1]
         comment = None

@@ -57,9 +57,14 @@ def decode_command(raw: bytes) -> dict[int, object]:
         pos += length
         if group != 0x0000:
             raise PDUError("command set holds an element outside group 0000")
-        if tag in _US and length == 2:
+        if tag in _US:
+            if length != 2:
+                # PS3.7 E.1: these are US (2 bytes); any other length is a malformed command.
+                raise PDUError(f"command element ({group:04X},{elem:04X}) has length {length}, not 2")
             out[tag] = struct.unpack("<H", value)[0]
-        elif tag == 0x00000000 and length == 4:
+        elif tag == 0x00000000:
+            if length != 4:
+                raise PDUError(f"command group length has length {length}, not 4")
             out[tag] = struct.unpack("<I", value)[0]
         else:
             out[tag] = value.decode("ascii", "replace").rstrip("\x00 ").strip()

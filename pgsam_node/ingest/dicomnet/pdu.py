@@ -78,6 +78,12 @@ class PresentationContextAC:
     transfer_syntax: str
 
 
+def safe_ae(ae: str) -> str:
+    """An AE title (or any peer-supplied text) fit for a log line: control and non-ASCII characters
+    escaped, so that a newline in an AE title cannot forge a log record."""
+    return "".join(c if 32 <= ord(c) < 127 and c != "\\" else f"\\x{ord(c):02x}" for c in ae)
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("ascii", "replace").strip(" \x00")
 
