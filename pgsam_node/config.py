@@ -77,10 +77,11 @@ class DicomSettings(_Section):
     max_inflated_bytes: int = Field(1024 ** 3, ge=1024)
     #: Bytes of a data set pydicom may read when the fast header scan declines (header-only read).
     max_header_parse_bytes: int = Field(16 * 1024 * 1024, ge=4096)
-    #: A SOP Instance UID already stored under another study/series or from another calling AE:
-    #: ``keep_and_flag`` (keep the first, quarantine the new copy, answer 0xB007 warning... see
-    #: docs/ingest.md), ``reject`` (0xA900-class refusal, nothing written), or
-    #: ``overwrite_same_source`` (replace only when the calling AE is the same, else keep_and_flag).
+    #: A SOP Instance UID already stored under another study/series or from another calling AE
+    #: with other content: ``keep_and_flag`` (keep the first, quarantine the new copy, warning
+    #: 0xB000), ``reject`` (0x0111 Duplicate SOP Instance, nothing written), or
+    #: ``overwrite_same_source`` (move it when the calling AE is the same, else keep_and_flag).
+    #: See docs/ingest.md.
     resend_policy: Literal["keep_and_flag", "reject", "overwrite_same_source"] = "keep_and_flag"
     tls: TlsSettings = Field(default_factory=TlsSettings)
 

@@ -68,6 +68,7 @@ def _skip_undefined(buf, pos: int, end: int, explicit: bool) -> int:
 def _walk(buf, pos: int, end: int, explicit: bool, nested: bool, found: dict | None = None) -> int:
     """Walk elements from ``pos``. Nested: until the item delimiter, returning the position after
     it. Top level: until the stop tag (returns -1) or ``end`` (returns ``end``)."""
+    previous = -1
     while pos < end:
         if pos + 8 > end:
             raise _Incomplete
@@ -96,8 +97,14 @@ def _walk(buf, pos: int, end: int, explicit: bool, nested: bool, found: dict | N
                 if nested and tag == _ITEM_END:
                     return start
                 raise _Incomplete
-        if not nested and tag > _STOP_AFTER:
-            return -1
+        if not nested:
+            if tag <= previous:
+                # Out of order or repeated (PS3.5 7.1 forbids both), e.g. a second (0008,0018):
+                # decline, so that pydicom's reading (the last value wins) is the only one.
+                raise _Incomplete
+            previous = tag
+            if tag > _STOP_AFTER:
+                return -1
         if length == _UNDEFINED:
             # A sequence (or UN holding one, whose content is Implicit VR Little Endian: PS3.5 6.2.2).
             if tag == 0x7FE00010:
@@ -132,6 +139,7 @@ def scan_identity(data, transfer_syntax_uid: str, complete: bool) -> dict[int, s
     dict or None
         ``{tag: value}`` for the elements of :data:`WANTED` that are present (values stripped of
         padding), or ``None`` when the bytes cannot be scanned with certainty.
+        Top-level elements out of tag order or repeated also give ``None``.
     """
     if transfer_syntax_uid == IMPLICIT_VR_LE:
         explicit = False

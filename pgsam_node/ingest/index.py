@@ -26,6 +26,7 @@ from pgsam_node.db import lifecycle as state
 from pgsam_node.assemble.classify import HEADER_KEYWORDS, classification_headers, classify_series, rules_for
 from pgsam_node.db.models import Instance, Series, Study, StudyEvent, StudyState, utcnow
 from pgsam_node.errors import UnparseableDatasetError
+from pgsam_node.ingest.uids import uid_problem
 from pgsam_node.logsetup import uid_hash
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class InstanceHeader:
     transfer_syntax_uid: str | None = None
 
 
-def _s(ds, kw: str, maxlen: int = 64) -> str | None:
+def _s(ds, kw: str, maxlen: int | None = 64) -> str | None:
     try:
         v = ds.get(kw)
     except Exception:  # noqa: BLE001 - a malformed optional element is treated as absent
@@ -69,7 +70,7 @@ def _s(ds, kw: str, maxlen: int = 64) -> str | None:
     if v is None:
         return None
     s = str(v).strip().rstrip("\x00").strip()
-    return s[:maxlen] or None
+    return (s if maxlen is None else s[:maxlen]) or None
 
 
 def _i(ds, kw: str) -> int | None:
@@ -78,6 +79,11 @@ def _i(ds, kw: str) -> int | None:
         return int(v) if v not in (None, "") else None
     except Exception:  # noqa: BLE001 - IS that is not an integer: treat as absent
         return None
+
+
+def _valid_or_none(uid: str | None) -> str | None:
+    """An optional reference UID: kept whole when valid, dropped (never cut) when not."""
+    return uid if uid and uid_problem(uid, "UID") is None else None
 
 
 def header_from_dataset(ds, sop_class_uid: str | None = None) -> InstanceHeader:
@@ -89,10 +95,12 @@ def header_from_dataset(ds, sop_class_uid: str | None = None) -> InstanceHeader:
         Study, Series or SOP Instance UID missing (PS3.4 B.2.3: 0xC210 cannot understand).
     """
     try:
-        study = _s(ds, "StudyInstanceUID")
-        series = _s(ds, "SeriesInstanceUID")
-        sop = _s(ds, "SOPInstanceUID")
-        sop_class = _s(ds, "SOPClassUID") or sop_class_uid
+        # Identifiers are never truncated (a cut UID can collide with another): read in full,
+        # validated by the caller (pgsam_node.ingest.uids).
+        study = _s(ds, "StudyInstanceUID", None)
+        series = _s(ds, "SeriesInstanceUID", None)
+        sop = _s(ds, "SOPInstanceUID", None)
+        sop_class = _s(ds, "SOPClassUID", None) or sop_class_uid
     except Exception as exc:  # noqa: BLE001 - any decoding failure means we cannot understand it
         raise UnparseableDatasetError(f"cannot read the identifying UIDs: {exc}") from exc
     missing = [n for n, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop), ("SOPClassUID", sop_class)) if not v]
@@ -107,7 +115,7 @@ def header_from_dataset(ds, sop_class_uid: str | None = None) -> InstanceHeader:
         study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid=sop_class,
         modality=_s(ds, "Modality", 16), instance_number=_i(ds, "InstanceNumber"),
         series_number=_i(ds, "SeriesNumber"), series_description=_s(ds, "SeriesDescription", 128),
-        frame_of_reference_uid=_s(ds, "FrameOfReferenceUID"), patient_id=_s(ds, "PatientID"),
+        frame_of_reference_uid=_valid_or_none(_s(ds, "FrameOfReferenceUID", None)), patient_id=_s(ds, "PatientID"),
         accession_number=_s(ds, "AccessionNumber"), study_date=_s(ds, "StudyDate", 8),
         study_description=_s(ds, "StudyDescription", 128), headers=headers,
     )
@@ -126,7 +134,7 @@ def quick_header(values: dict[int, str], sop_class_uid: str | None = None) -> In
 
     def text(tag: int) -> str | None:
         v = values.get(tag)
-        return (v.strip()[:64] or None) if v else None
+        return (v.strip() or None) if v else None  # never truncated: see header_from_dataset
 
     study, series, sop = (text(headscan.STUDY_INSTANCE_UID), text(headscan.SERIES_INSTANCE_UID),
                           text(headscan.SOP_INSTANCE_UID))
@@ -202,7 +210,11 @@ def reindex_spool(db, settings) -> int:
                 try:
                     with open(f.path, "rb") as fh:
                         h = parse_header(BytesIO(fh.read()))
-                    index_instance(db, settings, h, rel, f.stat().st_size, h.transfer_syntax_uid, None)
+                    res = index_instance(db, settings, h, rel, f.stat().st_size, h.transfer_syntax_uid, None)
+                    if res.conflict:
+                        log.error("spool file %s/%s/%s left unindexed: SOP Instance UID %s", uid_hash(study_dir.name),
+                                  uid_hash(series_dir.name), uid_hash(f.name), res.conflict)
+                        continue
                     n += 1
                 except (UnparseableDatasetError, OSError) as exc:
                     log.error("spool file %s/%s/%s cannot be indexed: %s", uid_hash(study_dir.name),
@@ -224,6 +236,11 @@ class IndexResult:
     reopened: bool
     #: Spool path the re-sent instance had before, when it differs (its file was removed).
     old_path: str | None = None
+    #: Set when the instance conflicts with the one already indexed under its SOP Instance UID
+    #: (another study or series; ``dicom.resend_policy``): nothing was changed, and
+    #: ``existing_path`` is the kept instance's file.
+    conflict: str | None = None
+    existing_path: str | None = None
 
 
 #: SQLite has one writer: serialise our writes in-process rather than spin on busy errors.
@@ -409,6 +426,8 @@ def _index_once(db, settings, h, rel_path, size, ts_uid, calling_aet, now, full_
     if full_header is not None:
         h = full_header()
     result = _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now)
+    if result.conflict:
+        return result
     if result.old_path:
         # The instance moved (re-sent with another Study/Series UID): drop the stale file only
         # now that the row points at the new one.
@@ -425,6 +444,15 @@ def _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> Ind
     new_study = new_series = replaced = reopened = False
     old_path = None
     with db.transaction() as s:
+        existing = s.scalars(select(Instance).where(Instance.sop_instance_uid == h.sop_uid)).first()
+        if existing is not None and existing.path != rel_path:
+            # The SOP Instance UID is already stored under another study or series. It moves only
+            # under dicom.resend_policy overwrite_same_source from the same calling AE; otherwise
+            # nothing changes here and the caller keeps or refuses the new copy (docs/ingest.md).
+            same_source = (existing.calling_aet or None) == (calling_aet or None)
+            if not (settings.dicom.resend_policy == "overwrite_same_source" and same_source):
+                return IndexResult(0, 0, False, False, False, False, conflict="stored under another study or series",
+                                   existing_path=existing.path)
         study = s.scalars(select(Study).where(Study.study_uid == h.study_uid).with_for_update()).first()
         if study is None:
             study = Study(

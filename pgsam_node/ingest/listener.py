@@ -22,9 +22,11 @@ resources (disk below the reserve or full, database unavailable), 0xC210 cannot 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from io import BytesIO
+from pathlib import Path
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
@@ -36,6 +38,7 @@ from pgsam_node.ingest.dicomnet.acceptor import Acceptor, Association, Limits, R
 from pgsam_node.ingest.dicomnet.pdu import safe_ae
 from pgsam_node.errors import ReceiveError, UnparseableDatasetError
 from pgsam_node.ingest.index import FastIndexSession, InstanceHeader, index_instance, parse_header, quick_header
+from pgsam_node.ingest.uids import uid_problem
 from pgsam_node.logsetup import uid_hash
 from pgsam_node.tls import server_context
 
@@ -97,7 +100,8 @@ class Listener:
         self._server: Acceptor | None = None
         self._lock = threading.Lock()
         #: Counters since start (for status/metrics): stored, failed, rejected associations.
-        self.counters = {"stored": 0, "failed": 0, "rejected": 0}
+        self.counters = {"stored": 0, "failed": 0, "rejected": 0, "quarantined": 0}
+        self._quarantine_seq = 0
         #: Series with an indexed instance: later instances need only the identity scan.
         self._known_series: set[str] = set()
         self._commitment = any(dest.storage_commitment for dest in settings.destinations)
@@ -227,6 +231,34 @@ class Listener:
 
 #: Bytes of a data set kept in memory for the identity scan (the UIDs sit in the first few hundred).
 _HEAD_BYTES = 64 * 1024
+#: PS3.4 B.2.3: "Data Set does not match SOP Class" - also what DCMTK's storescp answers when the
+#: data set's SOP Class or Instance UID differs from the request's.
+STATUS_DATASET_MISMATCH = 0xA900
+#: PS3.7 C.4 general status "Duplicate SOP Instance" (dicom.resend_policy: reject).
+STATUS_DUPLICATE = 0x0111
+#: PS3.4 B.2.3 warning class (0xB000): the instance is safe here, but not filed as the sender
+#: asked - a conflicting re-send kept in quarantine (dicom.resend_policy: keep_and_flag). A
+#: warning, not a failure: a failure makes the PACS retry a send that will always conflict, each
+#: retry adding a copy; the Error Comment and the audit log say what happened.
+STATUS_KEPT_IN_QUARANTINE = 0xB000
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+class _Refused(Exception):
+    """A C-STORE refused with a specific status (and nothing kept in the spool)."""
+
+    def __init__(self, status: int, why: str):
+        super().__init__(why)
+        self.status, self.why = status, why
+
+
+def _check_uids(h: InstanceHeader) -> None:
+    """Refuse (0xC210) a data set whose identifying UIDs are not valid UIDs (PS3.5 9.1)."""
+    for value, name in ((h.sop_class_uid, "SOPClassUID"), (h.sop_uid, "SOPInstanceUID"),
+                        (h.study_uid, "StudyInstanceUID"), (h.series_uid, "SeriesInstanceUID")):
+        problem = uid_problem(value, name)
+        if problem:
+            raise UnparseableDatasetError(problem)
 
 
 class _StoreInstance:
@@ -243,9 +275,15 @@ class _StoreInstance:
         self.error: tuple[int, str] | None = None
         self.file: spool.IncomingFile | None = None
         self.stored: spool.StoredFile | None = None
+        problem = (uid_problem(self.sop_class, "request AffectedSOPClassUID")
+                   or uid_problem(self.sop_uid, "request AffectedSOPInstanceUID"))
+        if problem:
+            self.error = (STATUS_CANNOT_UNDERSTAND, problem)  # the data set is read and dropped
+            return
         try:
-            self.meta = spool.file_meta_bytes(self.sop_class or "1", self.sop_uid or "1", ts, self.calling)
-            self.file = spool.IncomingFile(listener.settings, self.meta, listener._temp_files)
+            self.meta = spool.file_meta_bytes(self.sop_class, self.sop_uid, ts, self.calling)
+            self.file = spool.IncomingFile(listener.settings, self.meta, listener._temp_files,
+                                           max_bytes=listener.settings.dicom.max_dataset_bytes)
         except Exception as exc:  # noqa: BLE001 - mapped to a status at the end of the data set
             self.error = self._status_for(exc)
 
@@ -268,6 +306,9 @@ class _StoreInstance:
         if self.error is None:
             try:
                 return self._commit()
+            except _Refused as exc:
+                self.discard()
+                self.error = (exc.status, exc.why)
             except Exception as exc:  # noqa: BLE001 - e.g. the database is down: tell the peer to retry
                 self.discard()
                 self.error = self._status_for(exc)
@@ -285,31 +326,53 @@ class _StoreInstance:
         return STATUS_OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}"
 
     def _full_header(self) -> InstanceHeader:
-        """pydicom's reading of the whole header (all the classification evidence)."""
-        with open(self.file.tmp if self.stored is None else self.stored.path, "rb") as fh:
-            return parse_header(fh, self.sop_class)
+        """pydicom's reading of the header (all the classification evidence), bounded: at most
+        ``dicom.max_header_parse_bytes`` of the data set are read (stop before pixel data)."""
+        d = self.listener.settings.dicom
+        path = self.file.tmp if self.stored is None else str(self.stored.path)
+        with open(path, "rb") as fh:
+            if self.ts == DEFLATED:
+                head = inflate_head(fh, self.file.meta_len, d)
+                meta = spool.file_meta_bytes(self.sop_class, self.sop_uid, headscan.EXPLICIT_VR_LE)
+                return parse_header(BytesIO(meta + head), self.sop_class)
+            return parse_header(BytesIO(fh.read(self.file.meta_len + d.max_header_parse_bytes)), self.sop_class)
+
+    def _identify(self) -> InstanceHeader:
+        lst = self.listener
+        complete = self.file.size - self.file.meta_len <= len(self.head)
+        values = headscan.scan_identity(self.head, self.ts, complete=complete)
+        h = quick_header(values, self.sop_class) if values is not None else None
+        if self.ts == DEFLATED or h is None or h.series_uid not in lst._known_series:
+            # Not Little Endian, not scannable with certainty, or the first instance of a series
+            # this process sees (classification needs its full header): pydicom reads it, before
+            # anything reaches the spool (0xC210 if it cannot). Deflate is inflated with a cap.
+            h = self._full_header()
+        _check_uids(h)
+        if h.sop_uid != self.sop_uid or h.sop_class_uid != self.sop_class:
+            # PS3.4 B.2.3 / PS3.7 9.3.1.1: the request names the instance it carries; a data set
+            # that is another instance is refused, never filed under either identity.
+            raise _Refused(STATUS_DATASET_MISMATCH,
+                           "the data set's SOP Class or Instance UID differs from the C-STORE request's")
+        return h
 
     def _commit(self) -> tuple[int, str | None]:
         lst, settings = self.listener, self.listener.settings
-        values = headscan.scan_identity(self.head, self.ts, complete=self.file.size - self.file.meta_len <= len(self.head))
-        h = quick_header(values, self.sop_class) if values is not None else None
-        if h is None or h.series_uid not in lst._known_series:
-            # Not Little Endian, not scannable with certainty, or the first instance of a series
-            # this process sees (classification needs its full header): pydicom reads it, before
-            # anything reaches the spool (0xC210 if it cannot).
-            h = self._full_header()
-        if h.sop_uid != self.sop_uid or h.sop_class_uid != self.sop_class:
-            # The request and the data set disagree (PS3.4 B.2.3 says they must not): the file's
-            # meta must describe the data set it holds.
-            self.file.replace_meta(spool.file_meta_bytes(h.sop_class_uid, h.sop_uid, self.ts, self.calling))
+        h = self._identify()
         rel = spool.spool_relpath(h.study_uid, h.series_uid, h.sop_uid)
-        self.stored = self.file.commit(rel)
+        try:
+            self.stored = self.file.commit(rel, replace=False)
+        except spool.AlreadyStored as exc:
+            outcome = self._same_path(rel, exc.path)
+            if outcome is not None:
+                return outcome
         fast = self.assoc.data.get("index")
         if fast is None:
             fast = self.assoc.data["index"] = FastIndexSession(lst.db)
         full = None if h.headers else self._full_header
         res = index_instance(lst.db, settings, h, rel, self.stored.size, self.ts, self.calling, full_header=full,
                              fast=fast)
+        if res.conflict:
+            return self._conflict(h, res.conflict, res.existing_path, placed=rel)
         with lst._lock:
             if len(lst._known_series) > 100_000:
                 lst._known_series.clear()
@@ -320,3 +383,105 @@ class _StoreInstance:
             log.debug("stored instance %s (series %s, study %s)%s", uid_hash(h.sop_uid), uid_hash(h.series_uid),
                       uid_hash(h.study_uid), " replaced" if res.replaced else "")
         return STATUS_SUCCESS, None
+
+    def _same_path(self, rel: str, path: str) -> tuple[int, str | None] | None:
+        """The instance is already stored at this path (same study, series and SOP Instance UID).
+        Same calling AE: a re-send that replaces it (idempotent). Another AE with the very same
+        data set: nothing to change. Another AE with other content: a conflict. Returns the status
+        to answer, or None to go on and index ``self.stored``."""
+        from pydicom.filereader import read_file_meta_info
+
+        try:
+            source = str(read_file_meta_info(path).get("SourceApplicationEntityTitle", "")).strip() or None
+        except Exception:  # noqa: BLE001 - an unreadable kept file: treat as another source
+            source = "?"
+        if source == (self.calling.strip() if self.calling else None):
+            self.stored = self.file.replace_existing(rel)
+            return None
+        if self.file.same_data_set_as(path):
+            self.file.discard()
+            self.stored = spool.StoredFile(Path(path), rel, os.stat(path).st_size)
+            return None
+        h = InstanceHeader("", "", self.sop_uid, self.sop_class)
+        return self._conflict(h, "stored from another calling AE with other content", rel, placed=None)
+
+    def _conflict(self, h: InstanceHeader, why: str, existing_rel: str | None, placed: str | None):
+        """Apply ``dicom.resend_policy`` to a conflicting re-send; the first copy is never touched.
+
+        ``placed``: spool path where the new copy already lies (it is moved out), else the new copy
+        is still this instance's temporary file."""
+        lst, settings = self.listener, self.listener.settings
+        policy = settings.dicom.resend_policy
+        root = settings.storage_root
+        if policy == "reject":
+            if placed is not None:
+                (root / placed).unlink(missing_ok=True)
+            else:
+                self.file.discard()
+            raise _Refused(STATUS_DUPLICATE, f"SOP Instance UID already {why}; refused (dicom.resend_policy=reject)")
+        with lst._lock:
+            lst._quarantine_seq += 1
+            n = lst._quarantine_seq
+        qrel = spool.quarantine_relpath(h.sop_uid, n)
+        if placed is not None:
+            (root / qrel).parent.mkdir(parents=True, exist_ok=True)
+            os.rename(root / placed, root / qrel)
+            if settings.storage.fsync:
+                spool.fsync_dirs((root / qrel).parent, (root / placed).parent)
+        else:
+            self.file.commit(qrel, replace=False)
+        record_quarantine(lst.db, h.sop_uid, qrel, existing_rel, self.calling, self.assoc.peer_host, why, policy)
+        lst._count("quarantined")
+        log.warning("instance %s %s: first copy kept, new copy quarantined (dicom.resend_policy=%s)",
+                    uid_hash(h.sop_uid), why, policy)
+        return STATUS_KEPT_IN_QUARANTINE, "SOP Instance UID already stored elsewhere; first kept, this copy quarantined"
+
+
+def record_quarantine(db, sop_uid: str, quarantine_rel: str, existing_rel: str | None, calling: str | None,
+                      host: str, why: str, policy: str) -> None:
+    """Record a quarantined re-send in the audit log (action ``resend_conflict``)."""
+    from pgsam_node.db.models import AuditLog
+
+    with db.transaction() as s:
+        s.add(AuditLog(actor=f"dicom:{safe_ae(calling or '')}"[:128], action="resend_conflict", target=sop_uid,
+                       detail={"quarantine_path": quarantine_rel, "kept_path": existing_rel, "reason": why,
+                               "policy": policy}, remote_addr=host))
+
+
+def inflate_head(fh, offset: int, dicom_settings) -> bytes:
+    """Stream-inflate a Deflated Explicit VR Little Endian data set (PS3.5 A.5) from ``offset``:
+    check the whole stream against ``dicom.max_inflate_ratio`` and ``dicom.max_inflated_bytes``
+    (an inflated copy is never held: output past the header is counted and dropped) and return
+    the first ``dicom.max_header_parse_bytes`` inflated bytes.
+
+    Raises
+    ------
+    UnparseableDatasetError
+        Past either cap (a deflate bomb), or not a deflate stream (0xC210).
+    """
+    import zlib
+
+    fh.seek(0, os.SEEK_END)
+    received = max(1, fh.tell() - offset)
+    fh.seek(offset)
+    cap = min(dicom_settings.max_inflated_bytes, int(received * dicom_settings.max_inflate_ratio))
+    keep = dicom_settings.max_header_parse_bytes
+    z = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = bytearray()
+    total = 0
+    try:
+        while chunk := fh.read(1 << 16):
+            while chunk:
+                # Never more than 1 MiB of output per call, whatever the input claims.
+                out = z.decompress(chunk, 1 << 20)
+                chunk = z.unconsumed_tail
+                total += len(out)
+                if total > cap:
+                    raise UnparseableDatasetError(
+                        f"deflated data set inflates past {cap} bytes (dicom.max_inflate_ratio="
+                        f"{dicom_settings.max_inflate_ratio:g}, dicom.max_inflated_bytes)")
+                if len(head) < keep:
+                    head += out[:keep - len(head)]
+    except zlib.error as exc:
+        raise UnparseableDatasetError(f"deflated data set is not a valid deflate stream: {exc}") from exc
+    return bytes(head)

@@ -184,6 +184,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_dirs(*paths: Path) -> None:
+    """fsync directories (after a rename between them, so that it survives a power loss)."""
+    for p in paths:
+        _fsync_dir(p)
+
+
 def _ensure_dir(path: Path, root: Path, fsync: bool) -> None:
     """Create ``path`` (and parents up to ``root``), fsyncing each parent of a new directory."""
     if path in _known_dirs:
@@ -281,6 +287,8 @@ def write_instance(settings, rel_path: str, chunks: tuple[bytes, ...] | list[byt
 
 
 _AHEAD = "-ahead-"
+#: Bytes written between two checks of the storage reserve while a data set streams in.
+_RESERVE_STEP = 1 << 20
 
 
 class TempFiles:
@@ -394,12 +402,15 @@ class IncomingFile:
     _seq = 0
     _seq_lock = threading.Lock()
 
-    def __init__(self, settings, meta: bytes, temp_files: TempFiles | None = None):
+    def __init__(self, settings, meta: bytes, temp_files: TempFiles | None = None, max_bytes: int | None = None):
         self.settings = settings
         check_free(settings, len(meta))
         self.root, tmp_dir = _dirs(settings.storage.root, os.getcwd())
         self.meta_len = len(meta)
         self.size = 0
+        self.max_bytes = max_bytes
+        self._next_check = _RESERVE_STEP
+        self._synced = False
         self.fd: int | None = None
         ready = temp_files.take() if temp_files is not None else None
         if ready is not None:
@@ -420,8 +431,23 @@ class IncomingFile:
         self.write(meta)
 
     def write(self, data) -> None:
-        """Append bytes (bytes or memoryview). Raises StorageFullError/ReceiveError (file removed)."""
+        """Append bytes (bytes or memoryview). Raises StorageFullError/ReceiveError (file removed).
+
+        The storage reserve is checked again after every ``_RESERVE_STEP`` bytes written, so a
+        large data set is refused (0xA700) before the disk fills, not at ENOSPC; ``max_bytes``
+        (when set) bounds the file.
+        """
         view = memoryview(data)
+        if self.size + len(view) >= self._next_check:
+            self._next_check = self.size + len(view) + _RESERVE_STEP
+            if self.max_bytes is not None and self.size + len(view) > self.max_bytes:
+                self.discard()
+                raise ReceiveError(f"data set larger than {self.max_bytes} bytes (dicom.max_dataset_bytes)")
+            try:
+                check_free(self.settings, _RESERVE_STEP)
+            except StorageFullError:
+                self.discard()
+                raise
         try:
             while view:
                 n = os.write(self.fd, view)
@@ -431,29 +457,18 @@ class IncomingFile:
             self.discard()
             raise _io_error(exc, "cannot write instance to the spool") from exc
 
-    def replace_meta(self, meta: bytes) -> None:
-        """Rewrite the file with another File Meta header (rare: the data set's SOP UIDs differ
-        from the C-STORE request's, and the file must describe the data set)."""
-        old, old_fd, old_meta = self.tmp, self.fd, self.meta_len
-        self.fd = None
-        os.close(old_fd)
-        try:
-            self.__init__(self.settings, meta)
-            with open(old, "rb") as src:
-                src.seek(old_meta)
-                while chunk := src.read(1 << 20):
-                    self.write(chunk)
-        finally:
-            try:
-                os.unlink(old)
-            except OSError:
-                pass
-
-    def commit(self, rel_path: str) -> StoredFile:
+    def commit(self, rel_path: str, replace: bool = True) -> StoredFile:
         """fsync, rename to ``storage_root / rel_path``, fsync the directory.
+
+        With ``replace=False`` an existing file at ``rel_path`` is never replaced: the file is
+        hard-linked into place (atomic, fails when the name exists) and :class:`AlreadyStored` is
+        raised with the temporary file still open for :meth:`replace_existing`, :meth:`move_to`
+        or :meth:`discard`.
 
         Raises
         ------
+        AlreadyStored
+            ``replace=False`` and a file exists at ``rel_path``.
         StorageFullError
             The written file left the disk below the reserve (the file is removed, not kept).
         ReceiveError
@@ -468,27 +483,54 @@ class IncomingFile:
             if parent not in _known_dirs:
                 _ensure_dir(Path(parent), Path(self.root), fsync)
                 _known_dirs.add(parent)
-            if fsync:
+            if fsync and not self._synced:
                 os.fdatasync(self.fd)
-            os.close(self.fd)
-            self.fd = None
+                self._synced = True
+            place = os.rename if replace else os.link
             try:
-                os.rename(self.tmp, dest)
+                place(self.tmp, dest)
             except FileNotFoundError:
                 # The series directory was removed (retention) since we cached it: recreate once.
                 forget_dir_cache()
                 _ensure_dir(Path(parent), Path(self.root), fsync)
                 _known_dirs.add(parent)
-                os.rename(self.tmp, dest)
+                place(self.tmp, dest)
+            except FileExistsError:
+                raise AlreadyStored(dest) from None
+            if not replace:
+                os.unlink(self.tmp)
+            os.close(self.fd)
+            self.fd = None
             if fsync:
                 _fsync_dir_cached(parent)
-        except StorageFullError:
-            self.discard()
+        except (StorageFullError, AlreadyStored) as exc:
+            if not isinstance(exc, AlreadyStored):
+                self.discard()
             raise
         except OSError as exc:
             self.discard()
             raise _io_error(exc, "cannot write instance to the spool") from exc
         return StoredFile(path=Path(dest), rel_path=rel_path, size=self.size)
+
+    def replace_existing(self, rel_path: str) -> StoredFile:
+        """After :class:`AlreadyStored`: replace the existing file (a same-source re-send)."""
+        return self.commit(rel_path, replace=True)
+
+    def same_data_set_as(self, path: str) -> bool:
+        """Whether the data set in this file is byte for byte the one in ``path`` (meta ignored)."""
+        try:
+            with open(path, "rb") as other, open(self.tmp, "rb") as mine:
+                if os.fstat(other.fileno()).st_size - _meta_end(other) != self.size - self.meta_len:
+                    return False
+                mine.seek(self.meta_len)
+                while True:
+                    a, b = mine.read(1 << 20), other.read(1 << 20)
+                    if a != b:
+                        return False
+                    if not a:
+                        return True
+        except OSError:
+            return False
 
     def discard(self) -> None:
         """Remove the temporary file (never acknowledged)."""
@@ -502,6 +544,30 @@ class IncomingFile:
             os.unlink(self.tmp)
         except OSError:
             pass
+
+
+class AlreadyStored(ReceiveError):
+    """:meth:`IncomingFile.commit` with ``replace=False`` found a file at the destination."""
+
+    def __init__(self, path: str):
+        super().__init__("an instance is already stored at this spool path")
+        self.path = path
+
+
+def _meta_end(fh) -> int:
+    """Offset of the data set in an open Part-10 file (after its File Meta group, PS3.10 7.1);
+    leaves ``fh`` positioned there."""
+    fh.seek(128 + 4 + 8)
+    (group_length,) = struct.unpack("<I", fh.read(4))
+    end = 128 + 4 + 12 + group_length
+    fh.seek(end)
+    return end
+
+
+def quarantine_relpath(sop_uid: str, n: int) -> str:
+    """Where a conflicting re-send of ``sop_uid`` is kept (relative to the storage root)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return f"quarantine/{path_component(sop_uid)}/{stamp}-{os.getpid()}-{n}.dcm"
 
 
 def _io_error(exc: OSError, what: str) -> ReceiveError:

@@ -282,7 +282,8 @@ def test_tls_listener(tmp_path):
         assert _counts(db) == (1, 1, 1)
 
 
-def test_resend_into_another_series_moves_the_instance(settings):
+def test_resend_into_another_series_moves_only_under_overwrite_same_source(settings):
+    settings.dicom.resend_policy = "overwrite_same_source"
     study = generate_uid()
     first = make_mr(study, generate_uid(), 0)
     moved = make_mr(study, generate_uid(), 0, sop_uid=first.SOPInstanceUID)

@@ -471,7 +471,7 @@ def test_top_level_item_delimiter_is_none():
 
 
 def test_unterminated_undefined_sequence_is_none():
-    seq = struct.pack("<HHI", 0x0008, 0x0006, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+    seq = struct.pack("<HHI", 0x0008, 0x0106, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
     seq += _el(0x00080100, b"AB")  # an item that never ends
     assert scan_identity(_el(SOP_CLASS_UID, b"1.2\x00\x00") + seq, IMPLICIT, complete=True) is None
 

@@ -9,7 +9,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pgsam_node.ingest import spool
-from pgsam_node.errors import StorageFullError
+from pgsam_node.errors import ReceiveError, StorageFullError
 from tests.helpers import wait_for
 
 from ..dicomgen import make_mr
@@ -38,16 +38,43 @@ def test_streamed_fragments_commit_to_a_readable_part10_file(settings):
     assert not spool.leftover_tmp(settings.tmp_dir)
 
 
-def test_replace_meta_keeps_the_data_set(settings):
+def test_commit_without_replace_never_overwrites(settings):
     ds = make_mr(generate_uid(), generate_uid())
-    data = _encode(ds)
-    f = spool.IncomingFile(settings, spool.file_meta_bytes("1.2", "9.9.9", "1.2.840.10008.1.2.1"))
-    f.write(data)
-    f.replace_meta(_meta(ds))
-    stored = f.commit(spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID))
-    back = pydicom.dcmread(stored.path)
-    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-    assert stored.path.read_bytes().endswith(data)
+    rel = spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    first = spool.IncomingFile(settings, _meta(ds))
+    first.write(b"first")
+    stored = first.commit(rel, replace=False)
+    second = spool.IncomingFile(settings, _meta(ds))
+    second.write(b"other")
+    with pytest.raises(spool.AlreadyStored):
+        second.commit(rel, replace=False)
+    assert stored.path.read_bytes().endswith(b"first")
+    assert not second.same_data_set_as(str(stored.path))
+    second.replace_existing(rel)
+    assert stored.path.read_bytes().endswith(b"other")
+    assert not spool.leftover_tmp(settings.tmp_dir)
+
+
+def test_reserve_is_checked_while_streaming(settings):
+    ds = make_mr(generate_uid(), generate_uid())
+    f = spool.IncomingFile(settings, _meta(ds))
+    free = spool.free_bytes(settings.storage_root)
+    # Leave room for the first step only: the reserve is crossed half-way through the data set.
+    tight = settings.model_copy(update={"storage": settings.storage.model_copy(
+        update={"min_free_bytes": free - (3 << 20)})})
+    f.settings = tight
+    with pytest.raises(StorageFullError):
+        for _ in range(64):
+            f.write(b"\0" * (256 << 10))
+    assert not spool.leftover_tmp(settings.tmp_dir)
+
+
+def test_data_set_size_cap(settings):
+    ds = make_mr(generate_uid(), generate_uid())
+    f = spool.IncomingFile(settings, _meta(ds), max_bytes=2 << 20)
+    with pytest.raises(ReceiveError, match="max_dataset_bytes"):
+        for _ in range(64):
+            f.write(b"\0" * (256 << 10))
     assert not spool.leftover_tmp(settings.tmp_dir)
 
 
