@@ -44,6 +44,8 @@ class Node:
         self.web = None
         self.scheduler = None
         self._stopped = threading.Event()
+        self._start_lock = threading.Lock()
+        self._loader: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------- jobs
     def _jobs(self):
@@ -109,7 +111,13 @@ class Node:
             # SQLite = one worker: a lease left in the database is from a process that died.
             requeue_expired(self.db, s, owner_prefix="")
         recover_stuck(self.db)
+        # The DICOM port opens first, right after recovery: a PACS can send within about a second
+        # of start-up, even on a busy machine, while the heavy parts (the model with torch and
+        # transformers, the web service) load behind it. Received instances only need the spool
+        # and the index, which are up now.
         self.listener = Listener(s, self.db)
+        self.listener.start()
+        log.info("DICOM port open: %s@%s:%s", s.dicom.ae_title, s.dicom.bind, self.listener.port)
         if s.hl7.port:
             from pgsam_node.reports.hl7 import Hl7Listener
 
@@ -119,16 +127,17 @@ class Node:
         self.scheduler.start()
         if self.run_worker:
             self.worker = WorkerLoop(self.db, s, self.pipeline.process, self.worker_id)
-            self.worker.start()
+            # The worker claims studies only once the model is loaded: a study that becomes
+            # READY earlier stays READY (visible, unclaimed) until then.
+            self._loader = threading.Thread(target=self._load_model_then_work, name="model-loader", daemon=True)
+            self._loader.start()
         if self.run_web:
             from pgsam_node.web import WebServer
 
             # An operator's retry/reprocess makes a study READY: wake the embedded worker.
-            self.web = WebServer(s, self.db, on_action=lambda _res: self.worker.wake() if self.worker else None)
+            self.web = WebServer(s, self.db, on_action=lambda _res: self.worker.wake() if self.worker else None,
+                                 model_status=self.model_status)
             self.web.start()
-        # The DICOM port opens last: once a PACS can connect, everything behind it is running
-        # (jobs, worker, web), and no start-up work competes with the first studies.
-        self.listener.start()
         log.info(
             "node up: DICOM %s@%s:%s%s%s",
             s.dicom.ae_title,
@@ -139,10 +148,30 @@ class Node:
         )
         return self
 
+    def model_status(self) -> dict:
+        """The model's load state for ``/readyz`` (only this process's embedded worker)."""
+        if not self.run_worker:
+            return {"state": "no embedded worker"}
+        return dict(self.pipeline.model_status)
+
+    def _load_model_then_work(self) -> None:
+        self.pipeline.preload()
+        with self._start_lock:
+            if not self._stopped.is_set() and self.worker is not None:
+                self.worker.start()
+
+    def wait_model(self, timeout: float | None = None) -> bool:
+        """Block until the background model load has finished (tests, the demo); True when done."""
+        if self._loader is None:
+            return True
+        self._loader.join(timeout)
+        return not self._loader.is_alive()
+
     def stop(self) -> None:
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
+        with self._start_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
         for name, comp in (("scheduler", self.scheduler), ("worker", self.worker), ("listener", self.listener), ("hl7", self.hl7), ("web", self.web)):
             if comp is None:
                 continue

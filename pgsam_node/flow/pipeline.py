@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -142,18 +143,48 @@ class Pipeline:
         self.db, self.settings = db, settings
         self._predictor = None
         self._factory = predictor_factory
+        self._load_lock = threading.Lock()
+        #: What ``/readyz`` shows: ``state`` is "not loaded", "loading", "loaded" or "failed".
+        self.model_status: dict = {"state": "not loaded"}
 
     @property
     def predictor(self):
-        if self._predictor is None:
-            if self._factory is not None:
-                self._predictor = self._factory()
-            else:
-                from pgsam_node.inference.predictor import Predictor
-
-                m = self.settings.model
-                self._predictor = Predictor.from_dir(m.path, device=m.device, batch_size=m.batch_size)
+        """The loaded predictor; the first caller loads it, concurrent callers wait for that load."""
+        if self._predictor is not None:
+            return self._predictor
+        with self._load_lock:
+            if self._predictor is None:
+                t0 = time.monotonic()
+                self.model_status = {"state": "loading", "since": utcnow().isoformat()}
+                try:
+                    self._predictor = self._load()
+                except Exception as exc:
+                    self.model_status = {"state": "failed", "error": type(exc).__name__}
+                    raise
+                self.model_status = {"state": "loaded", "load_seconds": round(time.monotonic() - t0, 2),
+                                     "model_version": str(getattr(self._predictor, "model_version", ""))}
         return self._predictor
+
+    def _load(self):
+        if self._factory is not None:
+            return self._factory()
+        from pgsam_node.inference.predictor import Predictor
+
+        m = self.settings.model
+        return Predictor.from_dir(m.path, device=m.device, batch_size=m.batch_size)
+
+    def preload(self) -> bool:
+        """Load the model now (the node calls this in the background after the DICOM port is open).
+
+        Returns False, after logging, when the model cannot be loaded: studies then fail with the
+        model's error one by one, as they would have without the preload.
+        """
+        try:
+            self.predictor
+        except Exception:  # noqa: BLE001 - reported in model_status and again per study
+            log.exception("cannot load the model from %s", self.settings.model.path)
+            return False
+        return True
 
     # ---------------------------------------------------------------- worker entry point
     def process(self, claim: Claim, heartbeat: Heartbeat | None = None) -> RunResult:

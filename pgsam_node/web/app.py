@@ -51,7 +51,7 @@ def metrics_public(settings) -> bool:
     return is_loopback(settings.web.bind) if mp is None else bool(mp)
 
 
-def create_app(settings, db, actions: Any = None, findings_from_text=None, on_action=None) -> FastAPI:
+def create_app(settings, db, actions: Any = None, findings_from_text=None, on_action=None, model_status=None) -> FastAPI:
     """Build the web application.
 
     Parameters
@@ -71,6 +71,9 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None, on_ac
     on_action
         Called with the :class:`~pgsam_node.flow.actions.ActionResult` after an action committed
         (the node passes one that wakes its embedded worker).
+    model_status
+        Callable returning the embedded worker's model load state (``state``: "loading", "loaded",
+        "failed", ...), shown by ``/readyz`` under ``checks.model``; a failed load makes it 503.
     """
     from pgsam_node.web.api import router as api_router
     from pgsam_node.web.dashboard import router as dash_router
@@ -115,6 +118,11 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None, on_ac
     @app.get("/readyz", include_in_schema=False)
     def readyz():
         ok, checks = readiness(db, settings)
+        if model_status is not None:
+            # Informational: the node receives while its model loads, so loading is not "unready".
+            st = model_status()
+            checks["model"] = {"ok": st.get("state") != "failed", **st}
+            ok = ok and checks["model"]["ok"]
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
