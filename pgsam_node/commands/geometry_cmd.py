@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pydicom
-
 from pgsam_node.commands import add_config_arg
 from pgsam_node.errors import GeometryError
 from pgsam_node.logsetup import uid_hash
@@ -47,6 +45,8 @@ def _files(paths: list[Path]) -> list[Path]:
 
 
 def _by_series(files: list[Path]) -> tuple[dict[str, list[Path]], list[Path]]:
+    import pydicom
+
     series: dict[str, list[Path]] = {}
     skipped: list[Path] = []
     for f in files:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pgsam_node.commands import add_config_arg
 from pgsam_node.db import open_database
-from pgsam_node.deliver.outbox import outbox_counts, requeue
 from pgsam_node.commands import load
 
 
@@ -24,6 +23,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pgsam_node.deliver.outbox import outbox_counts, requeue
+
     settings = load(args)
     db = open_database(settings)
     try:
