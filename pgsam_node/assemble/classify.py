@@ -15,146 +15,17 @@ import threading
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
 
 from pgsam_node.errors import ClassifyError
+from pgsam_node.ingest.evidence import HEADER_KEYWORDS, NAME_FIELDS, classification_headers  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 ROLES = ("T1", "T2", "T1C", "OTHER")
-
-#: Free-text headers searched by ``names`` conditions, in the order they are reported.
-NAME_FIELDS = ("SeriesDescription", "ProtocolName", "SequenceName", "PulseSequenceName")
-_STR_FIELDS = (
-    "SOPClassUID", "Modality", "SeriesDescription", "ProtocolName", "SequenceName", "PulseSequenceName",
-    "Manufacturer", "ManufacturerModelName", "MRAcquisitionType", "BodyPartExamined",
-    "ContrastBolusAgent", "ContrastBolusRoute", "ContrastBolusIngredient", "ContrastBolusStartTime",
-)
-_LIST_FIELDS = ("ImageType", "ScanningSequence", "SequenceVariant", "ScanOptions")
-_NUM_FIELDS = (
-    "RepetitionTime", "EchoTime", "InversionTime", "FlipAngle", "DiffusionBValue", "MagneticFieldStrength",
-    "ContrastBolusVolume", "ContrastBolusTotalDose", "ContrastBolusIngredientConcentration",
-)
-#: Tags :func:`classification_headers` reads: pass to ``dcmread(specific_tags=...)``.
-HEADER_KEYWORDS = _STR_FIELDS + _LIST_FIELDS + _NUM_FIELDS + (
-    "ContrastBolusAgentSequence", "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
-    "EchoPulseSequence", "InversionRecovery", "FrameType",
-)
-
-
-# ---- header extraction ---------------------------------------------------------------------
-def _num(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = value[0] if len(value) else None
-        if value is None:
-            return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if type(value).__name__ == "MultiValue" or isinstance(value, (list, tuple)):
-        value = "\\".join(str(v) for v in value)
-    s = str(value).strip()
-    return s or None
-
-
-def _values(value: Any) -> list[str]:
-    if value is None or value == "":
-        return []
-    if type(value).__name__ == "MultiValue" or isinstance(value, (list, tuple)):
-        return [str(v).strip().upper() for v in value if str(v).strip()]
-    return [p.strip().upper() for p in str(value).split("\\") if p.strip()]
-
-
-def _first_item(ds, *path: str):
-    """Walk nested sequences (first item each) and return the last dataset, or None."""
-    cur = ds
-    for kw in path:
-        seq = getattr(cur, kw, None) if cur is not None else None
-        if not seq:
-            return None
-        cur = seq[0]
-    return cur
-
-
-def classification_headers(ds) -> dict[str, Any]:
-    """The header evidence used for classification, as a JSON-safe dict.
-
-    Parameters
-    ----------
-    ds : pydicom.Dataset
-        Any instance of the series (the first one received); pixel data is not needed.
-
-    Returns
-    -------
-    dict
-        Keys from :data:`HEADER_KEYWORDS` that carry a value. Enhanced MR (PS3.3 C.8.13) keeps
-        TR/TE/TI/b-value and frame type in functional groups; they are lifted to the classic
-        keyword so that the rules need not care which IOD the series used.
-    """
-    out: dict[str, Any] = {}
-    for kw in _STR_FIELDS:
-        v = _text(ds.get(kw))
-        if v is not None:
-            out[kw] = v[:256]
-    for kw in _LIST_FIELDS:
-        v = _values(ds.get(kw))
-        if v:
-            out[kw] = v
-    for kw in _NUM_FIELDS:
-        v = _num(ds.get(kw))
-        if v is not None:
-            out[kw] = v
-    seq = ds.get("ContrastBolusAgentSequence")
-    if seq:
-        out["ContrastBolusAgentSequence"] = len(seq)
-        if "ContrastBolusAgent" not in out:
-            meaning = _text(getattr(seq[0], "CodeMeaning", None))
-            if meaning:
-                out["ContrastBolusAgent"] = meaning[:256]
-    # Enhanced MR: PS3.3 C.8.13.5 functional groups (shared first, else first frame).
-    for groups_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        fg = _first_item(ds, groups_kw)
-        if fg is None:
-            continue
-        lifts = (
-            ("RepetitionTime", ("MRTimingAndRelatedParametersSequence",), "RepetitionTime"),
-            ("FlipAngle", ("MRTimingAndRelatedParametersSequence",), "FlipAngle"),
-            ("EchoTime", ("MREchoSequence",), "EffectiveEchoTime"),
-            ("InversionTime", ("MRModifierSequence",), "InversionTimes"),
-            ("DiffusionBValue", ("MRDiffusionSequence",), "DiffusionBValue"),
-        )
-        for key, path, kw in lifts:
-            item = _first_item(fg, *path)
-            if key not in out and item is not None:
-                v = _num(item.get(kw))
-                if v is not None:
-                    out[key] = v
-        frame = _first_item(fg, "MRImageFrameTypeSequence")
-        if frame is not None and "FrameType" in frame:
-            types = _values(frame.FrameType)
-            out["ImageType"] = sorted(set(out.get("ImageType", [])) | set(types), key=(out.get("ImageType", []) + types).index)
-    # Enhanced MR: EchoPulseSequence / InversionRecovery replace ScanningSequence (C.8.13.4).
-    if "ScanningSequence" not in out:
-        scanning = []
-        eps = _text(ds.get("EchoPulseSequence"))
-        if eps:
-            scanning += {"SPIN": ["SE"], "GRADIENT": ["GR"], "BOTH": ["SE", "GR"]}.get(eps.upper(), [])
-        if (_text(ds.get("InversionRecovery")) or "").upper() == "YES":
-            scanning.append("IR")
-        if scanning:
-            out["ScanningSequence"] = scanning
-    return out
-
 
 # ---- rules ------------------------------------------------------------------------------------
 @dataclass
@@ -184,6 +55,12 @@ class Rules:
     header_fields: list[str]
     header_empty_values: set[str]
     notes: list[tuple[str, str, _Cond]] = field(default_factory=list)
+    #: Free-text fields that always name the whole exam (never series evidence).
+    exam_fields: list[str] = field(default_factory=lambda: ["StudyDescription"])
+    #: Fields that name the series on some consoles and the exam on others (see sequences.yaml).
+    maybe_exam_fields: list[str] = field(default_factory=lambda: ["ProtocolName"])
+    #: Manufacturers whose consoles write the exam protocol into ``maybe_exam_fields``.
+    exam_manufacturers: list[re.Pattern] = field(default_factory=list)
 
 
 _COND_KEYS = {
@@ -260,7 +137,7 @@ def parse_rules(data: Any, source: str = "<rules>") -> Rules:
     """
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ClassifyError(f"{source}: expected a mapping with a 'rules' list")
-    variables = {k: v for k, v in data.items() if k not in ("rules", "contrast", "notes")}
+    variables = {k: v for k, v in data.items() if k not in ("rules", "contrast", "notes", "field_levels")}
     rules = []
     seen = set()
     for i, r in enumerate(data["rules"]):
@@ -275,6 +152,9 @@ def parse_rules(data: Any, source: str = "<rules>") -> Rules:
             raise ClassifyError(f"{where}: role must be T1, T2 or OTHER (T1C comes from the contrast stage)")
         rules.append(Rule(str(r["id"]), r["role"], str(r.get("reason", r["id"])), _compile_cond(r["when"], where, variables)))
     c = data.get("contrast") or {}
+    levels = data.get("field_levels") or {}
+    if not isinstance(levels, dict):
+        raise ClassifyError(f"{source}: field_levels must be a mapping")
     notes = []
     for i, n in enumerate(data.get("notes") or []):
         where = f"{source}: notes[{i}]"
@@ -291,6 +171,9 @@ def parse_rules(data: Any, source: str = "<rules>") -> Rules:
         header_fields=[str(f) for f in c.get("header_fields", [])],
         header_empty_values={str(v).strip().lower() for v in c.get("header_empty_values", [""])},
         notes=notes,
+        exam_fields=[str(f) for f in levels.get("exam", ["StudyDescription"])],
+        maybe_exam_fields=[str(f) for f in levels.get("exam_when_shared", ["ProtocolName"])],
+        exam_manufacturers=_compile_regexes(levels.get("exam_manufacturers", []), f"{source}: field_levels.exam_manufacturers"),
     )
 
 
@@ -431,8 +314,70 @@ def _sop_name(uid: str | None) -> str:
         return uid
 
 
-def classify_series(headers: dict[str, Any], rules: Rules | None = None) -> tuple[str, str]:
+def shared_exam_values(series_headers: Iterable[dict[str, Any]], rules: Rules | None = None) -> dict[str, set[str]]:
+    """Values of the ``field_levels.exam_when_shared`` fields that name the exam, not a series.
+
+    A ProtocolName carried unchanged by two MR image series whose SeriesDescriptions differ names
+    the session it was run under (GE: the exam protocol, e.g. "Brain - RCBV", in every series),
+    not what either series is. Siemens and Philips write the protocol step instead, which differs
+    per series (PS3.3 C.7.3.1: Protocol Name is a Series-module attribute, but its content is the
+    console's choice).
+
+    Parameters
+    ----------
+    series_headers
+        ``Series.headers`` of every series of one study.
+
+    Returns
+    -------
+    dict
+        Field -> lower-cased values judged exam-level in this study.
+    """
+    rules = rules or load_rules()
+    seen: dict[str, dict[str, set[str]]] = {f: {} for f in rules.maybe_exam_fields}
+    for h in series_headers:
+        if h.get("SOPClassUID") and h.get("SOPClassUID") not in rules.mr_image_sop_classes:
+            continue
+        desc = str(h.get("SeriesDescription") or "").strip().lower()
+        for f in rules.maybe_exam_fields:
+            v = str(h.get(f) or "").strip().lower()
+            if v:
+                seen[f].setdefault(v, set()).add(desc)
+    return {f: {v for v, descs in vals.items() if len(descs) >= 2} for f, vals in seen.items()}
+
+
+def exam_level_fields(headers: dict[str, Any], rules: Rules, shared: dict[str, set[str]] | None = None) -> dict[str, str]:
+    """Free-text fields of ``headers`` that name the exam, with why (field -> explanation)."""
+    out = {f: "names the exam" for f in rules.exam_fields if headers.get(f)}
+    manu = str(headers.get("Manufacturer") or "").lower()
+    for f in rules.maybe_exam_fields:
+        v = str(headers.get(f) or "").strip().lower()
+        if not v:
+            continue
+        if shared and v in shared.get(f, set()):
+            out[f] = "shared by series with different descriptions: the exam's protocol"
+        elif manu and any(p.search(manu) for p in rules.exam_manufacturers):
+            out[f] = f"{headers.get('Manufacturer')} writes the exam protocol here"
+    return out
+
+
+def _first_rule(rules: Rules, h: dict[str, Any]) -> tuple[Rule | None, str | None]:
+    for rule in rules.rules:
+        ev = _eval(rule.when, h, rules)
+        if ev is not None:
+            return rule, ev
+    return None, None
+
+
+def classify_series(headers: dict[str, Any], rules: Rules | None = None,
+                    shared: dict[str, set[str]] | None = None) -> tuple[str, str]:
     """Role of a series from its classification headers.
+
+    Evidence is ranked by field level: SeriesDescription, SequenceName, ImageType, the contrast
+    tags and TR/TE/TI describe this series; StudyDescription, and ProtocolName where it names the
+    exam (:func:`exam_level_fields`), describe the session. Rules are evaluated on the series-level
+    evidence only; a rule that would have matched only through an exam-level field is reported in
+    the reason as the weaker evidence that lost, and never decides the role or the contrast.
 
     Parameters
     ----------
@@ -440,6 +385,8 @@ def classify_series(headers: dict[str, Any], rules: Rules | None = None) -> tupl
         From :func:`classification_headers` (``Series.headers``).
     rules
         Compiled rules; None = the packaged default.
+    shared
+        From :func:`shared_exam_values` over the whole study (None: judge the series alone).
 
     Returns
     -------
@@ -449,16 +396,22 @@ def classify_series(headers: dict[str, Any], rules: Rules | None = None) -> tupl
         SeriesDescription); post-contrast: ContrastBolusAgent present"``.
     """
     rules = rules or load_rules()
+    exam = exam_level_fields(headers, rules, shared)
+    series_view = {k: v for k, v in headers.items() if k not in exam}
     role, reason = "OTHER", "no rule identified the weighting"
-    for rule in rules.rules:
-        ev = _eval(rule.when, headers, rules)
-        if ev is not None:
-            role = rule.role
-            reason = f"rule {rule.id} ({rule.reason}" + (f": {ev})" if ev else ")")
-            break
+    rule, ev = _first_rule(rules, series_view)
+    if rule is not None:
+        role = rule.role
+        reason = f"rule {rule.id} ({rule.reason}" + (f": {ev})" if ev else ")")
+    if exam:
+        loser, lev = _first_rule(rules, headers)
+        if loser is not None and loser is not rule:
+            why = "; ".join(f"{f} {exp}" for f, exp in exam.items())
+            reason += (f"; weaker evidence lost: rule {loser.id} matched only exam-level text"
+                       + (f" ({lev})" if lev else "") + f" [{why}]")
     if role in rules.contrast_applies_to:
-        neg = _search_names(rules.negative_names, headers)
-        pos = None if neg else _search_names(rules.positive_names, headers)
+        neg = _search_names(rules.negative_names, series_view)
+        pos = None if neg else _search_names(rules.positive_names, series_view)
         hdr = None if neg else _contrast_header(headers, rules)
         if neg:
             reason += f"; pre-contrast wording ({neg})"
@@ -472,9 +425,14 @@ def classify_series(headers: dict[str, Any], rules: Rules | None = None) -> tupl
             reason += f"; post-contrast header ({hdr})"
         else:
             reason += "; no contrast evidence"
+        if exam and not neg:
+            ex_neg = _search_names(rules.negative_names, headers)
+            ex_pos = None if ex_neg else _search_names(rules.positive_names, headers)
+            if (ex_neg or ex_pos) and (ex_neg or ex_pos) not in (pos, neg):
+                reason += f"; exam-level contrast wording ignored ({ex_neg or ex_pos})"
     if role != "OTHER":
         for _id, note, cond in rules.notes:
-            ev = _eval(cond, headers, rules)
+            ev = _eval(cond, series_view, rules)
             if ev is not None:
                 reason += f"; {note} ({ev})"
     return role, f"{role}: {reason}"

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from pgsam_node.db import lifecycle as state
-from pgsam_node.assemble.classify import classify_series, rules_for
+from pgsam_node.assemble.classify import classify_series, rules_for, shared_exam_values
 from pgsam_node.db.models import Series, Study, StudyState, utcnow
 from pgsam_node.ingest.index import _sqlite_write_lock
 from pgsam_node.logsetup import uid_hash
@@ -96,10 +96,11 @@ def apply_roles(study: Study, settings) -> dict[str, Choice]:
     Updates ``role``, ``role_reason`` and ``role_selected`` in place (caller's transaction).
     """
     rules = rules_for(settings)
+    shared = shared_exam_values([dict(s.headers or {}) for s in study.series], rules)
     for s in study.series:
         headers = dict(s.headers or {})
         if headers:
-            role, reason = classify_series(headers, rules)
+            role, reason = classify_series(headers, rules, shared)
             if role != s.role:
                 log.info("series %s re-classified %s -> %s", uid_hash(s.series_uid), s.role, role)
             s.role, s.role_reason = role, reason

@@ -23,9 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pgsam_node.db import lifecycle as state
-from pgsam_node.assemble.classify import HEADER_KEYWORDS, classification_headers, classify_series, rules_for
 from pgsam_node.db.models import Instance, Series, Study, StudyEvent, StudyState, utcnow
 from pgsam_node.errors import UnparseableDatasetError
+from pgsam_node.ingest.evidence import HEADER_KEYWORDS, classification_headers
 from pgsam_node.ingest.uids import uid_problem
 from pgsam_node.logsetup import uid_hash
 
@@ -478,18 +478,18 @@ def _slow_path(db, settings, h, rel_path, size, ts_uid, calling_aet, now) -> Ind
                     setattr(study, attr, val)
         series = s.scalars(select(Series).where(Series.series_uid == h.series_uid)).first()
         if series is None:
-            role, reason = classify_series(h.headers, rules_for(settings))
+            # Classified by assembly when the study becomes STABLE (it needs the whole study).
             series = Series(
                 study_id=study.id, series_uid=h.series_uid, modality=h.modality, sop_class_uid=h.sop_class_uid,
                 series_number=h.series_number, description=h.series_description,
-                frame_of_reference_uid=h.frame_of_reference_uid, headers=h.headers, role=role,
-                role_reason=reason, role_selected=False, instance_count=0, last_instance_at=now,
+                frame_of_reference_uid=h.frame_of_reference_uid, headers=h.headers, role=None,
+                role_reason="classified when the study becomes stable", role_selected=False, instance_count=0,
+                last_instance_at=now,
             )
             s.add(series)
             s.flush()
             new_series = True
-            log.info("series %s of study %s classified %s", uid_hash(h.series_uid), uid_hash(h.study_uid), role,
-                     extra={"reason": reason})
+            log.info("series %s of study %s: first instance", uid_hash(h.series_uid), uid_hash(h.study_uid))
         series.last_instance_at = now
         inst = s.scalars(select(Instance).where(Instance.sop_instance_uid == h.sop_uid)).first()
         if inst is None:

@@ -128,6 +128,37 @@ CASES = [
     ("derived_secondary_t1", h("T1 post MIP", ss="GR", tr=4, te=1.8, it=["DERIVED", "SECONDARY", "MIP"]), "OTHER"),
     ("perfusion_dsc", h("ep2d_perf", ss="EP", tr=1500, te=30), "OTHER"),
     ("tof_mra", h("tof_3d_multi-slab", ss="GR", tr=22, te=3.6), "OTHER"),
+    # --- exam-level text (GE writes the exam protocol into ProtocolName of every series;
+    #     StudyDescription always names the exam): it must not override series-level evidence ---
+    ("ge_rcbv_exam_t1", h("AX T1 SE", proto="Brain - RCBV", manu="GE MEDICAL SYSTEMS", ss="SE", tr=500, te=14), "T1"),
+    ("ge_rcbv_exam_t2", h("Ax T2 FSE", proto="Brain - RCBV", manu="GE MEDICAL SYSTEMS", ss="SE", tr=4000, te=102), "T2"),
+    ("ge_rcbv_exam_post", h("AX T1 POST", proto="Brain - RCBV", manu="GE MEDICAL SYSTEMS", ss="SE", tr=500, te=14,
+                            agent="MAGNEVIST"), "T1C"),
+    ("ge_rcbv_exam_map", h("rCBV", proto="Brain - RCBV", manu="GE MEDICAL SYSTEMS", ss="EP",
+                           it=["DERIVED", "SECONDARY", "RCBV"]), "OTHER"),
+    ("ge_exam_plus_c_pre_t1", h("Sag T1 FLAIR", proto="BRAIN +C", manu="GE MEDICAL SYSTEMS", ss="SE\\IR", tr=2200,
+                                te=24, ti=860), "T1"),
+    ("ge_healthcare_exam_dwi_protocol", h("Ax T2 PROPELLER", proto="ROUTINE BRAIN DWI", manu="GE HEALTHCARE", ss="SE",
+                                          tr=5000, te=100), "T2"),
+    ("ge_perfusion_exam_bravo", h("Ax BRAVO", proto="Brain Perfusion DSC", manu="GE MEDICAL SYSTEMS", seq="efgre3d",
+                                  ss="GR", tr=8.2, te=3.2, ti=450), "T1"),
+    ("ge_exam_t2_in_protocol_post", h("Ax T1 3D +C", proto="Brain T2 FLAIR Routine", manu="GE MEDICAL SYSTEMS",
+                                      ss="GR", tr=8, te=3), "T1C"),
+    ("study_description_contrast_pre", h("T1W_TSE", manu="Philips Medical Systems", seq="TSE", tr=600, te=10,
+                                         StudyDescription="MRI BRAIN WITH CONTRAST"), "T1"),
+    ("study_description_perfusion_t2", h("t2_tse_tra", seq="*tse2d1_15", tr=5000, te=96,
+                                         StudyDescription="Brain - Perfusion DSC"), "T2"),
+    ("canon_study_desc_mra", h("T1WI SE AX", manu="CANON_MEC", ss="SE", tr=480, te=10,
+                               StudyDescription="HEAD MRA + BRAIN"), "T1"),
+    # --- calibration and maps are never structural sequences ---
+    ("siemens_tfl_calibration_64", h("tfl_2D_36slc_res64_iPAT", seq="*tfl2d1", ss="GR", sv="SP", tr=3.9, te=1.9,
+                                     Rows=64, Columns=64), "OTHER"),
+    ("siemens_calibration_by_matrix", h("t1_fl2d_tra", seq="*fl2d1", ss="GR", tr=9, te=2, Rows=64, Columns=64), "OTHER"),
+    ("siemens_b1map", h("tfl_b1map", seq="*tfl2d1_B1", ss="GR", tr=5000, te=2, Rows=64, Columns=64), "OTHER"),
+    ("philips_b1_dream", h("B1 DREAM", manu="Philips Medical Systems", ss="GR", tr=3.8, te=1.9), "OTHER"),
+    ("siemens_t1map_vfa", h("t1_vibe_vfa_T1map", seq="*fl3d1", ss="GR", tr=5, te=1.5,
+                            it=["DERIVED", "PRIMARY", "T1 MAP"]), "OTHER"),
+    ("siemens_prostate_t1_full_matrix", h("t1_tse_tra", seq="*tse2d1_3", tr=650, te=12, Rows=320, Columns=320), "T1"),
 ]
 
 
@@ -136,6 +167,33 @@ def test_classification_table(case_id, headers, expected):
     role, reason = classify_series(headers)
     assert role == expected, f"{case_id}: got {role} ({reason})"
     assert reason.startswith(f"{role}: ") and ("rule " in reason or "no rule" in reason)
+
+
+def test_exam_protocol_shared_across_series_is_exam_level():
+    """Siemens-style headers (no manufacturer rule): a ProtocolName shared by different series names the exam."""
+    from pgsam_node.assemble.classify import shared_exam_values
+
+    study = [
+        h("t1_se_tra", proto="Brain - RCBV", seq="*se2d1", tr=550, te=9.1),
+        h("t2_tse_tra", proto="Brain - RCBV", seq="*tse2d1_15", tr=5000, te=96),
+        h("t1_se_tra_post", proto="Brain - RCBV", seq="*se2d1", tr=550, te=9.1, agent="Gadovist"),
+        h("ep2d_perf", proto="Brain - RCBV", ss="EP", tr=1500, te=30),
+    ]
+    shared = shared_exam_values(study)
+    assert shared["ProtocolName"] == {"brain - rcbv"}
+    roles = [classify_series(x, shared=shared) for x in study]
+    assert [r for r, _ in roles] == ["T1", "T2", "T1C", "OTHER"]
+    # the weaker rule and why it lost are recorded
+    assert "rule derived_map matched only exam-level text" in roles[0][1] and "ProtocolName" in roles[0][1]
+    # judged alone (no study), a Siemens protocol name still counts as series-level
+    assert classify_series(study[0])[0] == "OTHER"
+
+
+def test_same_protocol_same_description_stays_series_level():
+    from pgsam_node.assemble.classify import shared_exam_values
+
+    study = [h("t2_tse_tra", seq="*tse2d1_15", tr=5000, te=96), h("t2_tse_tra", seq="*tse2d1_15", tr=5000, te=96)]
+    assert shared_exam_values(study)["ProtocolName"] == set()
 
 
 def test_table_is_broad():
