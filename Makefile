@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sysdeps demo test test-unit bench clean
+.PHONY: setup sysdeps demo lint test test-unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,13 @@ sysdeps:
 demo: setup
 	$(BIN)/pgsam-node demo
 
-test: setup sysdeps
+# Boundaries (import-linter contracts), lint (ruff) and types (mypy), all configured in pyproject.toml.
+lint: setup
+	$(BIN)/lint-imports
+	$(BIN)/ruff check pgsam_node
+	$(BIN)/mypy
+
+test: setup sysdeps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -rs
 
 test-unit: setup

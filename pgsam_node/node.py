@@ -9,9 +9,18 @@ from __future__ import annotations
 import logging
 import threading
 
+from typing import TYPE_CHECKING
+
 from pgsam_node.config import Settings
 from pgsam_node.db import Database, open_database, utcnow
 from pgsam_node.flow.worker import WorkerLoop, make_worker_id, requeue_expired
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from pgsam_node.ingest.listener import Listener
+    from pgsam_node.reports.hl7 import Hl7Listener
+    from pgsam_node.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +48,10 @@ class Node:
         self.pipeline = Pipeline(self.db, settings, predictor_factory)
         self.worker_id = make_worker_id()
         self.worker: WorkerLoop | None = None
-        self.listener = None
-        self.hl7 = None
-        self.web = None
-        self.scheduler = None
+        self.listener: Listener | None = None
+        self.hl7: Hl7Listener | None = None
+        self.web: WebServer | None = None
+        self.scheduler: BackgroundScheduler | None = None
         self._stopped = threading.Event()
         self._start_lock = threading.Lock()
         self._loader: threading.Thread | None = None

@@ -47,7 +47,7 @@ def _source_frame_geometry(sources: SourceSet) -> list[tuple[str, int | None, np
     for f in sources.frame_numbers or []:
         pf = d.PerFrameFunctionalGroupsSequence[f - 1]
 
-        def grp(name: str) -> Dataset:
+        def grp(name: str, pf: Dataset = pf, f: int = f) -> Dataset:
             if name in pf:
                 return pf[name][0]
             if name in shared:

@@ -406,7 +406,8 @@ def study_summary(db: Database, study_uid: str) -> dict:
                 for se in series
             ],
             "runs": [
-                {"version": r.version, "status": r.status, "model": r.model_version, "stage_seconds": r.stage_seconds, "metrics": r.metrics, "outputs": r.output_paths}
+                {"version": r.version, "status": r.status, "model": r.model_version,
+                 "stage_seconds": r.stage_seconds, "metrics": r.metrics, "outputs": r.output_paths}
                 for r in runs
             ],
         }

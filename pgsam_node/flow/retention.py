@@ -180,7 +180,9 @@ def cleanup(db, settings, now: dt.datetime | None = None, dry_run: bool = False)
                     _delete(root, rel, summary, parents)
             for item in s.scalars(select(OutboxItem).where(OutboxItem.study_id == sid)).all():
                 _delete(root, item.path, summary, parents)
-            study.notes = [*(study.notes or []), {"code": PURGED_NOTE, "message": f"files deleted after {settings.retention.days:g} days", "at": now.isoformat()}]
+            note = {"code": PURGED_NOTE, "message": f"files deleted after {settings.retention.days:g} days",
+                    "at": now.isoformat()}
+            study.notes = [*(study.notes or []), note]
             s.add(AuditLog(actor="retention", action="retention.purge", target=f"study:{sid}",
                            detail={"state": study.state, "instances": len(instances)}))
             log.info("retention: purged files of study %s", uid_hash(study.study_uid),

@@ -13,6 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -149,10 +150,11 @@ class Predictor:
         self.batch_size = max(1, int(batch_size))
         self.threshold = float(cfg.threshold if threshold is None else threshold)
         self._text_encoder_dir = text_encoder
-        self._text_encoder = None
+        self._text_encoder: Any = None
 
     @classmethod
-    def from_dir(cls, path: str | Path | None = None, device: str = "auto", batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None) -> Predictor:
+    def from_dir(cls, path: str | Path | None = None, device: str = "auto", batch_size: int = 8,
+                 text_encoder: str | Path | None = None, threshold: float | None = None) -> Predictor:
         """Load a model folder (None = the bundled parotid model)."""
         from pgsam_node.model.checkpoint import load_model_dir
 

@@ -203,10 +203,19 @@ _SIG_TOKEN = re.compile(
     re.I,
 )
 _ENHANCEMENT = [
-    ("none", re.compile(r"\bno(?:\s+\w+)?\s+enhancement\b|\bnon-?enhancing\b|\bdoes\s+not\s+enhance\b|\bwithout\s+(?:\w+\s+)?enhancement\b|\bunenhanced\s+lesion\b|未见(?:明显)?强化|无(?:明显)?强化|不强化", re.I)),
-    ("rim", re.compile(r"\b(?:rim|ring|peripheral)(?:[- ]like)?[- ]enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:rim|ring|periphery)\b|环形强化|环状强化|环样强化|花环样?强化|边缘强化|周边强化", re.I)),
-    ("heterogeneous", re.compile(r"\b(?:heterogeneous(?:ly)?|inhomogeneous(?:ly)?|patchy)\b[^.;]{0,20}enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:heterogeneously|inhomogeneously)\b|不均匀强化|不均匀[^,;。]{0,4}强化", re.I)),
-    ("homogeneous", re.compile(r"\b(?:homogeneous(?:ly)?|uniform(?:ly)?)\b[^.;]{0,20}enhanc\w*|\benhanc\w*\s+(?:\w+\s+)?(?:homogeneously|uniformly)\b|均匀强化|均匀[^,;。]{0,4}强化", re.I)),
+    ("none", re.compile(r"\bno(?:\s+\w+)?\s+enhancement\b|\bnon-?enhancing\b"
+                        r"|\bdoes\s+not\s+enhance\b|\bwithout\s+(?:\w+\s+)?enhancement\b"
+                        r"|\bunenhanced\s+lesion\b|未见(?:明显)?强化|无(?:明显)?强化|不强化", re.I)),
+    ("rim", re.compile(r"\b(?:rim|ring|peripheral)(?:[- ]like)?[- ]enhanc\w*"
+                       r"|\benhanc\w*\s+(?:\w+\s+)?(?:rim|ring|periphery)\b|环形强化|环状强化|环样强化"
+                       r"|花环样?强化|边缘强化|周边强化", re.I)),
+    ("heterogeneous", re.compile(r"\b(?:heterogeneous(?:ly)?|inhomogeneous(?:ly)?"
+                                 r"|patchy)\b[^.;]{0,20}enhanc\w*"
+                                 r"|\benhanc\w*\s+(?:\w+\s+)?(?:heterogeneously|inhomogeneously)\b|不均匀强化"
+                                 r"|不均匀[^,;。]{0,4}强化", re.I)),
+    ("homogeneous", re.compile(r"\b(?:homogeneous(?:ly)?|uniform(?:ly)?)\b[^.;]{0,20}enhanc\w*"
+                               r"|\benhanc\w*\s+(?:\w+\s+)?(?:homogeneously|uniformly)\b|均匀强化"
+                               r"|均匀[^,;。]{0,4}强化", re.I)),
     ("present", re.compile(r"\benhanc(?:ing|es|ement|ed)\b|强化", re.I)),
 ]
 

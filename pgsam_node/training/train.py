@@ -157,7 +157,8 @@ def build_train_set(studies: Iterable[StudyArrays], sequences: list[str], img_si
     return ts
 
 
-def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, norm: NormParams, cache_dir: Path | None, progress: bool = False, size: int = 128, n_slices: int = 24) -> TrainSet:
+def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, norm: NormParams, cache_dir: Path | None,
+                        progress: bool = False, size: int = 128, n_slices: int = 24) -> TrainSet:
     """Generate (or load from ``cache_dir``) the prepared synthetic training studies."""
     from pgsam_node.inference import preprocessing
     from pgsam_node.synth import phantom as synthetic

@@ -5,12 +5,8 @@ Build it with :func:`create_app`; :class:`pgsam_node.web.server.WebServer` runs 
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
-import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,9 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pgsam_node.flow import actions as default_actions
-from pgsam_node.web import tokens
-from pgsam_node.web.tokens import Principal
-from pgsam_node.web.auth import SESSION_COOKIE, Auth, Authenticator, LoginLimiter, SessionSigner, client_addr, load_or_create_secret
+from pgsam_node.web.auth import Authenticator, LoginLimiter, SessionSigner, load_or_create_secret
 from pgsam_node.web.metrics import DatabaseCollector, readiness
 
 log = logging.getLogger(__name__)
