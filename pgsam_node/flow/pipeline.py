@@ -180,7 +180,7 @@ class Pipeline:
         model's error one by one, as they would have without the preload.
         """
         try:
-            self.predictor
+            _ = self.predictor
         except Exception:  # noqa: BLE001 - reported in model_status and again per study
             log.exception("cannot load the model from %s", self.settings.model.path)
             return False

@@ -20,7 +20,8 @@ _LIST_FIELDS = ("ImageType", "ScanningSequence", "SequenceVariant", "ScanOptions
 #: Numeric multi-valued geometry (PS3.3 C.7.6.2): kept as float lists for the fitness ranking.
 _VEC_FIELDS = ("PixelSpacing", "ImageOrientationPatient")
 _NUM_FIELDS = (
-    "Rows", "Columns", "SliceThickness", "SpacingBetweenSlices", "RepetitionTime", "EchoTime", "InversionTime", "FlipAngle", "DiffusionBValue", "MagneticFieldStrength",
+    "Rows", "Columns", "SliceThickness", "SpacingBetweenSlices", "RepetitionTime", "EchoTime", "InversionTime",
+    "FlipAngle", "DiffusionBValue", "MagneticFieldStrength",
     "ContrastBolusVolume", "ContrastBolusTotalDose", "ContrastBolusIngredientConcentration",
 )
 #: Tags :func:`classification_headers` reads: pass to ``dcmread(specific_tags=...)``.
