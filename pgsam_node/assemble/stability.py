@@ -6,13 +6,22 @@ associations, or several studies over one). At stability the series are re-class
 stored headers (rules may have changed since the first instance) and one series per role is
 selected.
 
-Tie-break when two or more series compete for a role (:func:`select_roles`), first difference
-wins:
+Choice when two or more series compete for a role (:func:`select_roles`): by fitness for the
+task, first difference wins. The reference role (``geometry.reference_roles``) is chosen first and
+the other roles are ranked against it:
 
-1. more instances (a complete acquisition beats a partial or a single-slice one);
-2. higher SeriesNumber (the later acquisition: a repeat after motion, or the later post-contrast
-   phase); a series without SeriesNumber loses;
-3. lower SeriesInstanceUID in string order (only to make the choice deterministic).
+1. ORIGINAL over DERIVED (ImageType value 1, PS3.3 C.7.6.1.1.2);
+2. not reformatted (MPR, MIP, projection, SECONDARY);
+3. in-plane resolution not coarse (pixel spacing at most 1.5x the finest candidate's);
+4. acquisition plane (from ImageOrientationPatient) matches the reference series';
+5. slice coverage (instances x slice spacing) at least 80 % of the reference series';
+6. finer in-plane pixel spacing (0.1 mm steps);
+7. more instances (late tie-break: a complete acquisition beats a partial one);
+8. higher SeriesNumber (the later acquisition); a series without SeriesNumber loses;
+9. lower SeriesInstanceUID in string order (only to make the choice deterministic).
+
+Calibration scans, B1/T1 maps and localisers never compete: classification makes them OTHER. The
+ranking of every contested role is recorded in the study's notes (code ``series_ranking``).
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
@@ -45,22 +54,91 @@ class Choice:
     series_uid: str
     reason: str
     competitors: list[str]
+    #: One line per candidate, best first (recorded in the study's notes).
+    ranking: list[str] = field(default_factory=list)
 
 
-def _rank_key(s) -> tuple:
-    # Sort ascending: more instances first, then higher series number, then lower UID.
-    sn = s.series_number
-    return (-(s.instance_count or 0), 0 if sn is not None else 1, -(sn or 0), s.series_uid)
+_REFORMAT_TYPES = {"MPR", "CPR", "REFORMATTED", "PROJECTION IMAGE", "MIP", "MNIP", "MINIP", "CURVED", "SECONDARY"}
+_PLANES = ("sagittal", "coronal", "axial")
 
 
-def select_roles(series: Iterable) -> dict[str, Choice]:
-    """Choose one series per role (T1, T2, T1C), deterministically.
+@dataclass
+class Fitness:
+    """What makes a candidate series fit to be a model input (from ``Series.headers``)."""
+
+    derived: bool
+    reformatted: bool
+    plane: str | None
+    pixel_mm: float | None
+    coverage_mm: float | None
+    instances: int
+    series_number: int | None
+
+    def describe(self) -> str:
+        parts = ["DERIVED" if self.derived else "ORIGINAL"]
+        if self.reformatted:
+            parts.append("reformatted")
+        parts.append(self.plane or "plane unknown")
+        parts.append(f"{self.pixel_mm:.2f} mm in-plane" if self.pixel_mm else "in-plane unknown")
+        parts.append(f"{self.coverage_mm:.0f} mm coverage" if self.coverage_mm else "coverage unknown")
+        parts.append(f"{self.instances} instances")
+        return ", ".join(parts)
+
+
+def plane_of(iop) -> str | None:
+    """Acquisition plane from ImageOrientationPatient (PS3.3 C.7.6.2.1.1): the normal's main axis."""
+    if not iop or len(iop) != 6:
+        return None
+    r, c = iop[:3], iop[3:]
+    n = (r[1] * c[2] - r[2] * c[1], r[2] * c[0] - r[0] * c[2], r[0] * c[1] - r[1] * c[0])
+    mags = [abs(v) for v in n]
+    if max(mags) == 0:
+        return None
+    return _PLANES[mags.index(max(mags))]
+
+
+def fitness(s) -> Fitness:
+    """Fitness features of a series (objects with ``headers``, ``instance_count``, ``series_number``)."""
+    h = getattr(s, "headers", None) or {}
+    it = set(h.get("ImageType") or [])
+    ps = h.get("PixelSpacing") or []
+    pixel = max(ps[:2]) if len(ps) >= 2 and min(ps[:2]) > 0 else None
+    n = int(s.instance_count or 0)
+    step = h.get("SpacingBetweenSlices") or h.get("SliceThickness")
+    coverage = step * n if step and n > 1 else None
+    return Fitness("DERIVED" in it, bool(it & _REFORMAT_TYPES), plane_of(h.get("ImageOrientationPatient")),
+                   pixel, coverage, n, s.series_number)
+
+
+def _rank_key(s, f: Fitness, best_pixel: float | None, ref: Fitness | None) -> tuple:
+    # Sort ascending, first difference wins (module docstring).
+    coarse = bool(f.pixel_mm and best_pixel and f.pixel_mm > 1.5 * best_pixel)
+    plane_off = bool(ref and ref.plane and f.plane and f.plane != ref.plane)
+    short = bool(ref and ref.coverage_mm and f.coverage_mm and f.coverage_mm < 0.8 * ref.coverage_mm)
+    return (f.derived, f.reformatted, coarse, plane_off, short, round(f.pixel_mm or 99.0, 1), -f.instances,
+            0 if f.series_number is not None else 1, -(f.series_number or 0), s.series_uid)
+
+
+_CRITERIA = ("ORIGINAL over DERIVED", "not reformatted", "in-plane resolution not coarse",
+             "acquisition plane matches the reference", "slice coverage matches the reference",
+             "finer in-plane resolution", "more instances", "has a series number", "later series number",
+             "lowest SeriesInstanceUID")
+
+
+def select_roles(series: Iterable, reference_roles: Iterable[str] = ("T1C", "T2", "T1")) -> dict[str, Choice]:
+    """Choose one series per role (T1, T2, T1C) by fitness, deterministically.
+
+    The reference role (first of ``reference_roles`` with a candidate) is chosen first; the
+    others are then ranked against it (plane and slice coverage). Instance count is a late
+    tie-break only.
 
     Parameters
     ----------
     series
-        Objects with ``series_uid``, ``role``, ``instance_count``, ``series_number`` (e.g.
-        :class:`~pgsam_node.db.Series` rows).
+        Objects with ``series_uid``, ``role``, ``instance_count``, ``series_number`` and
+        ``headers`` (e.g. :class:`~pgsam_node.db.Series` rows).
+    reference_roles
+        ``geometry.reference_roles``.
 
     Returns
     -------
@@ -71,22 +149,37 @@ def select_roles(series: Iterable) -> dict[str, Choice]:
     for s in series:
         if s.role in SEQUENCE_ROLES:
             by_role.setdefault(s.role, []).append(s)
+    order = [r for r in reference_roles if r in by_role] + [r for r in SEQUENCE_ROLES if r in by_role and r not in reference_roles]
     out: dict[str, Choice] = {}
-    for role, cands in by_role.items():
-        ranked = sorted(cands, key=_rank_key)
+    ref: Fitness | None = None
+    for role in order:
+        cands = by_role[role]
+        fits = {c.series_uid: fitness(c) for c in cands}
+        pixels = [f.pixel_mm for f in fits.values() if f.pixel_mm]
+        best_pixel = min(pixels) if pixels else None
+        keys = {c.series_uid: _rank_key(c, fits[c.series_uid], best_pixel, ref) for c in cands}
+        ranked = sorted(cands, key=lambda c: keys[c.series_uid])
         best = ranked[0]
         if len(ranked) == 1:
             why = "only candidate"
         else:
-            nxt = ranked[1]
-            if (best.instance_count or 0) != (nxt.instance_count or 0):
-                why = f"most instances ({best.instance_count} vs {nxt.instance_count})"
-            elif best.series_number != nxt.series_number:
-                why = f"later series number ({best.series_number} vs {nxt.series_number})"
-            else:
-                why = "lowest SeriesInstanceUID (equal instances and series number)"
-            why = f"chosen among {len(ranked)}: {why}"
-        out[role] = Choice(role, best.series_uid, why, [c.series_uid for c in ranked[1:]])
+            a, b = keys[best.series_uid], keys[ranked[1].series_uid]
+            i = next(k for k in range(len(a)) if a[k] != b[k])
+            fa, fb = fits[best.series_uid], fits[ranked[1].series_uid]
+            detail = {5: f" ({fa.pixel_mm} vs {fb.pixel_mm} mm)", 6: f" ({fa.instances} vs {fb.instances})",
+                      8: f" ({fa.series_number} vs {fb.series_number})"}.get(i, "")
+            why = f"chosen among {len(ranked)}: {_CRITERIA[i]}{detail}"
+            if i == 6:
+                why = f"chosen among {len(ranked)}: most instances ({fa.instances} vs {fb.instances})"
+            elif i == 8:
+                why = f"chosen among {len(ranked)}: later series number ({fa.series_number} vs {fb.series_number})"
+            elif i == 9:
+                why = f"chosen among {len(ranked)}: lowest SeriesInstanceUID (equal instances and series number)"
+        lines = [f"#{c.series_number if c.series_number is not None else '-'} {uid_hash(c.series_uid)} "
+                 f"({fits[c.series_uid].describe()})" for c in ranked]
+        out[role] = Choice(role, best.series_uid, why, [c.series_uid for c in ranked[1:]], lines)
+        if ref is None:
+            ref = fits[best.series_uid]
     return out
 
 
@@ -104,7 +197,13 @@ def apply_roles(study: Study, settings) -> dict[str, Choice]:
             if role != s.role:
                 log.info("series %s re-classified %s -> %s", uid_hash(s.series_uid), s.role, role)
             s.role, s.role_reason = role, reason
-    choices = select_roles(study.series)
+    choices = select_roles(study.series, settings.geometry.reference_roles)
+    notes = [n for n in (study.notes or []) if not (isinstance(n, dict) and n.get("code") == "series_ranking")]
+    for c in choices.values():
+        if len(c.ranking) > 1:
+            notes.append({"code": "series_ranking", "role": c.role,
+                          "message": f"{c.role}: " + " > ".join(c.ranking) + f" ({c.reason})"})
+    study.notes = notes
     chosen = {c.series_uid: c for c in choices.values()}
     for s in study.series:
         c = chosen.get(s.series_uid)

@@ -20,8 +20,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def collect(db, limit: int = 50) -> list[dict[str, Any]]:
+def collect(db, limit: int = 50, required_roles=("T1", "T2", "T1C")) -> list[dict[str, Any]]:
     """Most recent studies (by last instance) with their series, as plain dicts."""
+    from pgsam_node.assemble.readiness import missing_roles
     from pgsam_node.db.models import Study
 
     out = []
@@ -38,6 +39,7 @@ def collect(db, limit: int = 50) -> list[dict[str, Any]]:
                 "state_reason": st.state_reason,
                 "first_instance_at": st.first_instance_at.isoformat() if st.first_instance_at else None,
                 "last_instance_at": st.last_instance_at.isoformat() if st.last_instance_at else None,
+                "missing_roles": missing_roles(st, required_roles),
                 "series": [
                     {
                         "series_uid": se.series_uid,
@@ -60,10 +62,15 @@ def format_table(studies: list[dict[str, Any]]) -> str:
     """Human-readable table of :func:`collect` output."""
     if not studies:
         return "no studies received"
+    from pgsam_node.assemble.readiness import format_missing
+
     lines = []
     for st in studies:
         lines.append(f"study {st['study_uid']}  state {st['state']}  accession {st['accession_number'] or '-'}"
                      f"  last instance {st['last_instance_at']}")
+        if st.get("state_reason"):
+            lines.append(f"  reason: {st['state_reason']}")
+        lines.extend(format_missing(st.get("missing_roles") or []))
         lines.append(f"  {'#':>6}  {'role':<5} {'sel':<3} {'inst':>5}  {'description':<28} reason")
         for se in st["series"]:
             sn = "" if se["series_number"] is None else str(se["series_number"])
@@ -78,7 +85,7 @@ def run(args) -> int:
     settings = load(args)
     db = open_database(settings)
     try:
-        studies = collect(db, args.limit)
+        studies = collect(db, args.limit, settings.assembly.required_roles)
     finally:
         db.dispose()
     if args.json:

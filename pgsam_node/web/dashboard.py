@@ -171,7 +171,7 @@ def study_page(study_id: int, request: Request):
         st = s.get(Study, study_id)
         if st is None:
             return _render(request, "message.html", a, status=404, title="Not found", message=f"No study {study_id}.")
-        d = queries.study_detail(s, st)
+        d = queries.study_detail(s, st, c.settings.assembly.required_roles)
         series = queries.series_list(st)
         events = queries.timeline(st)
         rep = queries.report_view(s, st, a.principal.can("report-text"), c.findings_from_text)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from pgsam_node.assemble.readiness import MODEL_ROLES, missing_roles
 from pgsam_node.flow.actions import is_purged
 from pgsam_node.db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Series, Study, StudyState, utcnow
 
@@ -86,9 +87,10 @@ def state_counts(s: Session) -> dict[str, int]:
     return {st.value: got.get(st.value, 0) for st in StudyState}
 
 
-def study_detail(s: Session, st: Study) -> dict:
+def study_detail(s: Session, st: Study, required_roles=MODEL_ROLES) -> dict:
     d = study_summary(st, series_count=len(st.series))
     d.update(
+        missing_roles=missing_roles(st, required_roles),
         patient_id=st.patient_id,
         notes=list(st.notes or []),
         report_ref=st.report_ref,

@@ -136,3 +136,54 @@ def test_reindex_spool_indexes_files_without_rows(settings):
         assert bad.exists()  # never acknowledged, left for an operator, not deleted
     finally:
         db.dispose()
+
+
+def _fit(uid, role, n, sn, *, rows=256, px=0.9, iop=(1, 0, 0, 0, 1, 0), step=5.0, it=("ORIGINAL", "PRIMARY", "M"),
+         desc="t1_se_tra", gr=False, tr=550, te=10):
+    headers = {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.4", "SeriesDescription": desc, "ProtocolName": desc,
+               "ImageType": list(it), "Rows": rows, "Columns": rows, "PixelSpacing": [px, px],
+               "ImageOrientationPatient": list(iop), "SliceThickness": step, "ScanningSequence": ["GR" if gr else "SE"],
+               "RepetitionTime": tr, "EchoTime": te}
+    return SimpleNamespace(series_uid=uid, role=role, instance_count=n, series_number=sn, headers=headers,
+                           role_reason=None, role_selected=False)
+
+
+COR = (1, 0, 0, 0, 0, -1)
+
+
+def test_fitness_beats_instance_count():
+    t2 = _fit("2.1", "T2", 24, 2, desc="t2_tse_tra")
+    cands = [
+        t2,
+        _fit("1.1", "T1C", 160, 9, it=("DERIVED", "SECONDARY", "MPR")),  # reformat with more images
+        _fit("1.2", "T1C", 24, 8),  # the acquired axial
+        _fit("3.1", "T1", 40, 4, iop=COR),  # coronal, more images
+        _fit("3.2", "T1", 24, 3),  # axial like the reference
+        _fit("4.1", "T1", 24, 5, px=1.8),  # coarse in-plane
+    ]
+    ch = select_roles(cands)
+    assert ch["T1C"].series_uid == "1.2" and "ORIGINAL over DERIVED" in ch["T1C"].reason
+    assert ch["T1"].series_uid == "3.2" and "plane matches the reference" in ch["T1"].reason
+    assert len(ch["T1"].ranking) == 3 and "coronal" in ch["T1"].ranking[-2]
+    short = select_roles([t2, _fit("5.1", "T1", 30, 1, step=1.0), _fit("5.2", "T1", 22, 2, step=5.0)])
+    assert short["T1"].series_uid == "5.2" and "coverage" in short["T1"].reason
+
+
+def test_calibration_never_selected_and_ranking_noted(settings):
+    """Siemens prostate: the 64x64 TurboFLASH calibration has more images than the real T1."""
+    from pgsam_node.assemble.stability import apply_roles
+
+    series = [
+        _fit("6.1", None, 72, 2, rows=64, px=5.0, gr=True, desc="tfl_2D_36slc_res64_iPAT", tr=3.9, te=1.9),
+        _fit("6.2", None, 20, 5, rows=320, px=0.6, desc="t1_tse_tra", tr=650, te=12),
+        _fit("6.3", None, 24, 6, rows=320, px=0.6, desc="t1_tse_cor", tr=650, te=12, iop=COR),
+        _fit("6.4", None, 22, 4, rows=384, px=0.5, desc="t2_tse_tra", tr=4000, te=100),
+    ]
+    study = SimpleNamespace(series=series, notes=[])
+    choices = apply_roles(study, settings)
+    assert series[0].role == "OTHER" and "low_resolution_calibration" in series[0].role_reason
+    assert choices["T1"].series_uid == "6.2" and not series[0].role_selected  # axial like the T2 reference
+    ranking = [n for n in study.notes if n["code"] == "series_ranking"]
+    assert len(ranking) == 1 and ranking[0]["role"] == "T1" and ">" in ranking[0]["message"]
+    apply_roles(study, settings)  # re-assembly replaces the ranking note, never duplicates it
+    assert len([n for n in study.notes if n["code"] == "series_ranking"]) == 1

@@ -1,0 +1,71 @@
+"""A study waiting for (or failed on) sequences says which roles are missing and why each series was rejected."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from fastapi.testclient import TestClient
+from pydicom.uid import generate_uid
+
+from pgsam_node.assemble.stability import mark_stable
+from pgsam_node.commands.status import collect, format_table
+from pgsam_node.db import Database, utcnow
+from pgsam_node.flow.advance import advance_stable
+from pgsam_node.ingest import spool
+from pgsam_node.ingest.index import index_instance, parse_header
+from pgsam_node.web import create_app, tokens
+
+from ..dicomgen import make_mr
+from .test_spool_assemble import _encode
+
+
+def _study_without_contrast(db, settings) -> str:
+    study, t0 = generate_uid(), utcnow()
+    for k, (desc, tr, te) in enumerate((("t1_se_tra", 500, 10), ("t2_tse_tra", 4000, 95), ("ep2d_perf", 1500, 30))):
+        series = generate_uid()
+        for i in range(3):
+            ds = make_mr(study, series, i, description=desc, tr=tr, te=te, series_number=k + 1, size=96)
+            h = parse_header(spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1") + _encode(ds))
+            index_instance(db, settings, h, "spool/x", 1, "1.2.840.10008.1.2.1", now=t0)
+    later = t0 + dt.timedelta(seconds=settings.assembly.stable_seconds + 1)
+    assert mark_stable(db, settings, now=later) == [study]
+    assert advance_stable(db, settings, now=later) == {study: "WAITING_SEQUENCES"}
+    return study
+
+
+def test_plain_status_names_missing_roles_and_rejected_series(settings):
+    db = Database(settings.database_url)
+    try:
+        study = _study_without_contrast(db, settings)
+        studies = collect(db, 10, settings.assembly.required_roles)
+        assert [m["role"] for m in studies[0]["missing_roles"]] == ["T1C"]
+        text = format_table(studies)
+        assert study in text and "reason: missing sequences: T1C" in text
+        assert "missing T1C: rejected series:" in text
+        # the T1 lacked contrast evidence; the perfusion series is not a structural sequence
+        assert re.search(r"#1 't1_se_tra' -> T1: .*no contrast evidence", text)
+        assert re.search(r"#3 'ep2d_perf' -> OTHER: rule perfusion_angio_functional", text)
+        assert "#2 't2_tse_tra'" not in text  # selected for T2: not a candidate for T1C
+    finally:
+        db.dispose()
+
+
+def test_dashboard_and_api_show_missing_roles(settings):
+    db = Database(settings.database_url)
+    try:
+        _study_without_contrast(db, settings)
+        with db.transaction() as s:
+            admin = tokens.ensure_first_run_token(s)
+        client = TestClient(create_app(settings, db), base_url="http://127.0.0.1")
+        d = client.get("/api/v1/studies", headers={"Authorization": f"Bearer {admin}"}).json()["studies"][0]
+        detail = client.get(f"/api/v1/studies/{d['id']}", headers={"Authorization": f"Bearer {admin}"}).json()
+        assert detail["missing_roles"][0]["role"] == "T1C" and len(detail["missing_roles"][0]["rejected"]) == 2
+        page = client.get("/login").text
+        nonce = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        client.post("/login", data={"token": admin, "csrf": nonce, "next": "/"}, follow_redirects=False)
+        html = client.get(f"/studies/{d['id']}").text
+        assert 'id="missing-roles"' in html and "T1C missing" in html and "no contrast evidence" in html
+        client.close()
+    finally:
+        db.dispose()
