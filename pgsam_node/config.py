@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pgsam_node.errors import ConfigError
@@ -256,12 +256,44 @@ class SegSettings(_Section):
 
 
 class Destination(_Section):
+    """One delivery target: ``type: dimse`` (C-STORE; ``ae_title``/``host``/``port``) or
+    ``type: dicomweb`` (STOW-RS to ``url``; see :mod:`pgsam_node.deliver.stow`)."""
+
     name: str
-    ae_title: str
-    host: str
-    port: int = Field(..., ge=1, le=65535)
+    type: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
     tls: bool = False
     storage_commitment: bool = False
+    #: DICOMweb base URL (the STOW-RS ``/studies`` resource is appended), e.g.
+    #: ``https://pacs.example/dicom-web``.
+    url: str | None = None
+    #: CA bundle the server certificate must chain to (pinning); None = the system store.
+    ca_file: Path | None = None
+    auth: Literal["none", "bearer", "basic", "mtls"] = "none"
+    #: Bearer token, read from this file at each send (so it can rotate; never logged).
+    token_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_type(self) -> "Destination":
+        if self.type == "dimse":
+            missing = [k for k in ("ae_title", "host", "port") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"destination {self.name!r} (type dimse) needs {', '.join(missing)}")
+            return self
+        if not self.url or not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"destination {self.name!r} (type dicomweb) needs url: http(s)://...")
+        need = {"bearer": ("token_file",), "basic": ("username", "password_file"),
+                "mtls": ("client_cert_file", "client_key_file")}.get(self.auth, ())
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"destination {self.name!r} (auth {self.auth}) needs {', '.join(missing)}")
+        return self
 
 
 class SendSettings(_Section):

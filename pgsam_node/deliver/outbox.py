@@ -26,6 +26,7 @@ from pgsam_node.db.session import Database
 from pgsam_node.errors import SendError
 from pgsam_node.logsetup import uid_hash
 from pgsam_node.deliver.scu import StoreOutcome, send_files
+from pgsam_node.deliver.stow import send_stow
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,8 @@ def process_due(db: Database, settings: Settings, now: dt.datetime | None = None
             outcomes = [StoreOutcome(ok=False, permanent=True, error=f"destination {name!r} is not configured")] * len(group)
         else:
             try:
-                outcomes = send_files(settings, dest, [settings.storage_root / g.path for g in group])
+                sender = send_stow if dest.type == "dicomweb" else send_files
+                outcomes = sender(settings, dest, [settings.storage_root / g.path for g in group])
             except SendError as exc:
                 # One association failure counts as one failed attempt for each claimed item and
                 # ends this destination's turn: no hammering of a destination that is down.

@@ -6,10 +6,7 @@ Certificates are made in the test with the ``openssl`` CLI: a CA, a server certi
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,28 +19,12 @@ from pgsam_node.tls import client_context, server_context
 from pgsam_node.web import WebServer
 
 from ..helpers import free_port
-
-
-def _ossl(*args, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+from ..pki import make_pki
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl CLI not installed")
-    d = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "rogue"):
-        _ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
-              "-subj", f"/CN=PG-SAM test {ca} CA", "-addext", "basicConstraints=critical,CA:TRUE",
-              "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
-                      ("client", "extendedKeyUsage=clientAuth")):
-        (d / f"{name}.ext").write_text(ext + "\n")
-        _ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        _ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.pem",
-              "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _echo_scp(tls: TlsSettings):
