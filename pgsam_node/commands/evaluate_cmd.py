@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 from pgsam_node.commands import add_config_arg
-from pgsam_node.errors import ModelError
 from pgsam_node.commands import load
 
 log = logging.getLogger(__name__)
@@ -20,8 +19,8 @@ def register(sub) -> None:
     p.add_argument("--json", type=Path, default=None, help="write per-case and summary metrics to this JSON file")
     p.add_argument("--cases", type=int, default=50, help="number of held-out synthetic studies")
     p.add_argument("--seed-base", type=int, default=None, help="first held-out seed (default: the evaluation range, disjoint from training)")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of DICOM studies with masks")
-    p.add_argument("--reports", type=Path, default=None, help="CSV of report texts for --data DIR")
+    p.add_argument("--data", default="synthetic", help="'synthetic', a folder of DICOM studies with masks, or a NIfTI dataset (nnU-Net raw / folder per case)")
+    p.add_argument("--reports", type=Path, default=None, help="CSV of report texts for --data DIR (case,report_text; DICOM also study,report)")
     p.add_argument("--studies", default=None, help="comma-separated study folder names to use from --data DIR (default all)")
     p.add_argument("--no-text", action="store_true", help="give the model no report text or findings")
     p.add_argument("--no-postprocess", action="store_true", help="skip the report-side / small-component filter")
@@ -50,12 +49,10 @@ def run(args) -> int:
         base = sources.EVAL_SEED_BASE if args.seed_base is None else args.seed_base
         studies = (sources.synthetic_study(base + i) for i in range(args.cases))
     else:
-        from pgsam_node.training.dicom_data import load_dicom_studies
+        from pgsam_node.training.nifti_data import load_data_folder
 
         include = [v.strip() for v in args.studies.split(",") if v.strip()] if args.studies else None
-        studies = load_dicom_studies(Path(args.data), args.reports, settings, include=include)
-        if not studies:
-            raise ModelError(f"no study with a mask found under {args.data}")
+        studies, _ = load_data_folder(Path(args.data), args.reports, settings, include=include)
     result = evaluate_studies(pred, studies, use_text=use_text, postprocess=not args.no_postprocess, progress=not args.quiet)
     result["model"] = {"version": pred.model_version, "use_text": pred.cfg.use_text, "sequences": pred.cfg.sequences, "preset": pred.cfg.arch.name}
     result["settings"] = {"text_given": use_text, "postprocess": not args.no_postprocess, "data": args.data, "cases": len(result["cases"])}

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from pgsam_node.commands import add_config_arg
-from pgsam_node.errors import ModelError
 from pgsam_node.commands import load
 
 log = logging.getLogger(__name__)
@@ -25,8 +24,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--no-text", action="store_true", help="ablation: no report text/findings (learned default prompts)")
     p.add_argument("--single-sequence", nargs="?", const="T1", default=None, metavar="ROLE", help="ablation: one sequence only (default T1)")
-    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder of DICOM studies with masks")
-    p.add_argument("--reports", type=Path, default=None, help="CSV of report texts for --data DIR (study,report)")
+    p.add_argument("--data", default="synthetic", help="'synthetic', a folder of DICOM studies with masks, or a NIfTI dataset (nnU-Net raw / folder per case)")
+    p.add_argument("--reports", type=Path, default=None, help="CSV of report texts for --data DIR (case,report_text; DICOM also study,report)")
     p.add_argument("--studies", default=None, help="comma-separated study folder names to use from --data DIR (default all)")
     p.add_argument("--exclude-studies", default=None, help="comma-separated study folder names to leave out (e.g. the held-out fold)")
     p.add_argument("--init", type=Path, default=None, help="start from the weights of this model folder (fine-tuning; matching tensors only)")
@@ -69,15 +68,11 @@ def run(args) -> int:
         data_desc = f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.synth.phantom.generate_case, 128 px, 24 slices)"
         task, labels = args.task or "parotid-lesion", PAROTID_LABELS
     else:
-        from pgsam_node.training.dicom_data import load_dicom_studies
-
+        from pgsam_node.training.nifti_data import load_data_folder
         from pgsam_node.training.train import build_train_set
 
-        studies = load_dicom_studies(Path(args.data), args.reports, settings, include=_names(args.studies), exclude=_names(args.exclude_studies))
-        if not studies:
-            raise ModelError(f"no study with a mask found under {args.data}")
+        studies, data_desc = load_data_folder(Path(args.data), args.reports, settings, include=_names(args.studies), exclude=_names(args.exclude_studies))
         ts = build_train_set(studies, sequences, arch.img_size, norm, progress=not args.no_progress)
-        data_desc = f"DICOM studies under {args.data}: {', '.join(st.case_id for st in studies)}"
         task, labels = args.task or "brain-tumour", BRAIN_TUMOUR_LABELS
     opts = TrainOptions(
         out=args.out,
