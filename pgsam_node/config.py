@@ -144,6 +144,13 @@ class GeometrySettings(_Section):
     spacing_tolerance: float = Field(0.05, gt=0, lt=1)
 
 
+class FhirSettings(_Section):
+    #: ``POST /fhir/DiagnosticReport`` on the web server (token with scope ``report-intake``).
+    enabled: bool = True
+    #: Largest accepted request body (a DiagnosticReport with its base64 presentedForm).
+    max_bytes: int = Field(5_000_000, ge=1024)
+
+
 class RisColumns(_Section):
     accession_number: str = "accession_number"
     study_instance_uid: str = "study_instance_uid"
@@ -362,6 +369,7 @@ class Settings(BaseSettings):
     geometry: GeometrySettings = Field(default_factory=GeometrySettings)
     ris: RisSettings = Field(default_factory=RisSettings)
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
+    fhir: FhirSettings = Field(default_factory=FhirSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     seg: SegSettings = Field(default_factory=SegSettings)
     destinations: list[Destination] = Field(default_factory=list)

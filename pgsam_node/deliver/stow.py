@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pydicom
 import requests
-from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
 from pgsam_node.config import Destination, Settings
@@ -67,8 +66,10 @@ def build_session(settings: Settings, dest: Destination) -> requests.Session:
     return sess
 
 
-def client_for(settings: Settings, dest: Destination) -> DICOMwebClient:
+def client_for(settings: Settings, dest: Destination):
     """A DICOMweb client on ``dest.url`` with its own retries off (the outbox owns retrying)."""
+    from dicomweb_client.api import DICOMwebClient  # imported on first use: DIMSE-only nodes never load it
+
     client = DICOMwebClient(url=dest.url.rstrip("/"), session=build_session(settings, dest),
                             timeout=settings.send.timeout_seconds)
     client.set_http_retry_params(retry=False)

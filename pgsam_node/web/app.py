@@ -71,6 +71,7 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None, on_ac
     """
     from pgsam_node.web.api import router as api_router
     from pgsam_node.web.dashboard import router as dash_router
+    from pgsam_node.web.fhir import router as fhir_router
 
     if findings_from_text is None:
         from pgsam_node.reports.parse import parse_report as findings_from_text
@@ -130,4 +131,5 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None, on_ac
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(api_router, prefix="/api/v1")
     app.include_router(dash_router)
+    app.include_router(fhir_router)
     return app

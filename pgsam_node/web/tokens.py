@@ -12,6 +12,8 @@ Scopes
     operator actions: retry, resend, reprocess.
 ``report-text``
     the matched report's text (otherwise findings only).
+``report-intake``
+    post reports (FHIR ``POST /fhir/DiagnosticReport``).
 ``admin``
     everything above (the first-run token).
 """
@@ -32,7 +34,7 @@ from pgsam_node.errors import WebError
 
 log = logging.getLogger(__name__)
 
-SCOPES = ("read", "actions", "report-text", "admin")
+SCOPES = ("read", "actions", "report-text", "report-intake", "admin")
 FIRST_RUN_NAME = "admin"
 PREFIX = "pgsam"
 # scrypt cost: n=2**14, r=8 (16 MiB, tens of ms). Tokens are 256-bit random, so this is defence in
