@@ -27,7 +27,7 @@ from pgsam_node.db.models import Instance, Series, Study, StudyEvent, StudyState
 from pgsam_node.errors import UnparseableDatasetError
 from pgsam_node.ingest.evidence import HEADER_KEYWORDS, classification_headers
 from pgsam_node.ingest.uids import uid_problem
-from pgsam_node.logsetup import uid_hash
+from pgsam_node.logsetup import redact_values, uid_hash
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,14 @@ def header_from_dataset(ds, sop_class_uid: str | None = None) -> InstanceHeader:
         sop = _s(ds, "SOPInstanceUID", None)
         sop_class = _s(ds, "SOPClassUID", None) or sop_class_uid
     except Exception as exc:  # noqa: BLE001 - any decoding failure means we cannot understand it
-        raise UnparseableDatasetError(f"cannot read the identifying UIDs: {exc}") from exc
+        raise UnparseableDatasetError(f"cannot read the identifying UIDs: {redact_values(str(exc))}") from exc
     missing = [n for n, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop), ("SOPClassUID", sop_class)) if not v]
     if missing:
         raise UnparseableDatasetError(f"dataset lacks {', '.join(missing)}")
     try:
         headers = classification_headers(ds)
     except Exception as exc:  # noqa: BLE001
-        raise UnparseableDatasetError(f"cannot read the classification headers: {exc}") from exc
+        raise UnparseableDatasetError(f"cannot read the classification headers: {redact_values(str(exc))}") from exc
     headers.setdefault("SOPClassUID", sop_class)
     return InstanceHeader(
         study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid=sop_class,
@@ -170,7 +170,8 @@ def parse_header(part10: bytes | BytesIO | BinaryIO, sop_class_uid: str | None =
     try:
         ds = dcmread(stream, stop_before_pixels=True, specific_tags=PARSE_KEYWORDS)
     except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - pydicom raises many types
-        raise UnparseableDatasetError(f"cannot parse the dataset: {type(exc).__name__}: {exc}") from exc
+        raise UnparseableDatasetError(
+            f"cannot parse the dataset: {type(exc).__name__}: {redact_values(str(exc))}") from exc
     h = header_from_dataset(ds, sop_class_uid)
     meta = getattr(ds, "file_meta", None)
     if meta is not None and "TransferSyntaxUID" in meta:

@@ -39,7 +39,7 @@ from pgsam_node.ingest.dicomnet.pdu import safe_ae
 from pgsam_node.errors import ReceiveError, UnparseableDatasetError
 from pgsam_node.ingest.index import FastIndexSession, InstanceHeader, index_instance, parse_header, quick_header
 from pgsam_node.ingest.uids import uid_problem
-from pgsam_node.logsetup import uid_hash
+from pgsam_node.logsetup import install_redaction, redact_values, uid_hash
 from pgsam_node.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,9 @@ class Listener:
         self.settings = settings
         self.db = db
         self.on_release = on_release
+        # pydicom's warnings about malformed elements quote their values (patient names, IDs):
+        # every record is made safe at creation, whoever configured logging.
+        install_redaction()
         self._server: Acceptor | None = None
         self._lock = threading.Lock()
         #: Counters since start (for status/metrics): stored, failed, rejected associations.
@@ -323,7 +326,7 @@ class _StoreInstance:
         if isinstance(exc, ReceiveError):  # incl. StorageFullError
             return STATUS_OUT_OF_RESOURCES, str(exc)
         log.exception("unexpected error storing an instance")
-        return STATUS_OUT_OF_RESOURCES, f"{type(exc).__name__}: {exc}"
+        return STATUS_OUT_OF_RESOURCES, f"{type(exc).__name__}: {redact_values(str(exc))}"
 
     def _full_header(self) -> InstanceHeader:
         """pydicom's reading of the header (all the classification evidence), bounded: at most
