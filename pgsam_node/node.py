@@ -109,9 +109,12 @@ class Node:
         from pgsam_node.flow.scheduler import build_scheduler
 
         from pgsam_node.ingest.index import reindex_spool
-        from pgsam_node.ingest.spool import clean_tmp
+        from pgsam_node.ingest.spool import StorageRootLock, clean_tmp
 
         s = self.settings
+        # One node per storage root, decided before anything there is touched: a second serve
+        # must fail here, not after deleting the live node's temporary files.
+        self._root_lock = StorageRootLock(s.storage_root).acquire()
         # Temporary files are from transfers a crash interrupted: none was acknowledged.
         clean_tmp(s)
         # Spool files without a row (crash between rename and commit) are indexed again.
@@ -192,6 +195,8 @@ class Node:
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("error stopping %s", name)
         self.db.dispose()
+        if getattr(self, "_root_lock", None) is not None:
+            self._root_lock.release()
 
     def __enter__(self) -> Node:
         return self.start()

@@ -576,6 +576,48 @@ def _io_error(exc: OSError, what: str) -> ReceiveError:
     return ReceiveError(f"{what}: {exc.strerror}")
 
 
+class StorageRootBusy(ReceiveError):
+    """Another node process holds the storage root's lock."""
+
+
+class StorageRootLock:
+    """An exclusive ``flock`` on ``<storage root>/.pgsam-node.lock``, held for a node's lifetime.
+
+    Taken before anything touches the storage root (in particular before :func:`clean_tmp`), so a
+    second ``serve`` on the same root fails cleanly instead of deleting the live node's
+    temporary files. The kernel drops the lock when the process dies, so a crash leaves none.
+    """
+
+    NAME = ".pgsam-node.lock"
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / self.NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> StorageRootLock:
+        """Raises :class:`StorageRootBusy` when another process holds it."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StorageRootBusy(f"storage root {self.path.parent} is in use by another node (pid {holder}); "
+                                  "one node per storage root") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
 def clean_tmp(settings) -> int:
     """Remove temporary files left by a crash (none of them was acknowledged). Returns the count."""
     n = 0

@@ -111,8 +111,13 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None, on_ac
         return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
-    def readyz():
+    def readyz(request: Request):
         ok, checks = readiness(db, settings)
+        if app.state.ctx.auth.authenticate(request) is None:
+            # Free bytes and the watermark are for operators only (they tell an attacker how close
+            # a flood is to stopping the node); anonymous probes see the verdicts.
+            for key in ("free_bytes", "watermark_bytes"):
+                checks.get("disk", {}).pop(key, None)
         if model_status is not None:
             # Informational: the node receives while its model loads, so loading is not "unready".
             st = model_status()

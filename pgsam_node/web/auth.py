@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 
 from pgsam_node.web import tokens
 from pgsam_node.web.tokens import Principal
@@ -157,9 +157,12 @@ class Authenticator:
 
     CACHE_SECONDS = 60.0
 
-    def __init__(self, db, signer: SessionSigner):
+    def __init__(self, db, signer: SessionSigner, limiter: LoginLimiter | None = None):
         self.db = db
         self.signer = signer
+        #: Backoff of wrong bearer tokens per client address (as for sign-ins): without it a
+        #: client could try hundreds of tokens a second.
+        self.limiter = limiter or LoginLimiter(free=10, base=0.5, cap=300.0)
         self._cache: dict[str, tuple[int, float]] = {}
         self._touched: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -198,8 +201,17 @@ class Authenticator:
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 return None
+            addr = client_addr(request) or "?"
+            wait = self.limiter.retry_after(addr)
+            if wait > 0:
+                raise HTTPException(429, "too many wrong bearer tokens from this address; retry later",
+                                    headers={"Retry-After": str(int(wait) + 1)})
             p = self._by_token(value.strip())
-            return Auth(p, "token") if p else None
+            if p is None:
+                self.limiter.failure(addr)
+                return None
+            self.limiter.success(addr)
+            return Auth(p, "token")
         data = self.signer.verify(request.cookies.get(SESSION_COOKIE))
         if data is None:
             return None

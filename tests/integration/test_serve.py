@@ -220,3 +220,23 @@ def test_disk_full_gives_a700_and_keeps_every_acknowledged_instance(tmp_path, sm
         assert node.status()[0]["series"][0]["instances"] == len(acked)
     finally:
         assert node.stop() == 0
+
+
+def test_second_serve_on_the_same_storage_root_fails_before_touching_it(node, tmp_path):
+    """The second node takes the storage root's lock first: it exits with a clear error and the
+    live node's temporary files (an in-flight transfer) are left alone."""
+    inflight = node.root / "tmp" / "12345-1-1.part"
+    inflight.write_bytes(b"in flight")
+    other = tmp_path / "second"
+    other.mkdir()
+    cfg = yaml.safe_load(node.config.read_text())
+    cfg["dicom"]["port"] = free_port()
+    (other / "node.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "pgsam_node", "serve", "--config", str(other / "node.yaml")],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "in use by another node" in r.stdout + r.stderr
+    assert inflight.exists(), "the second serve deleted the live node's temporary file"
+    r = subprocess.run(["echoscu", "-aec", "PGSAM", "127.0.0.1", str(node.port)], env=ENV, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0

@@ -103,3 +103,31 @@ def test_health_and_readiness(settings):
     assert r.status_code == 503 and r.json()["checks"]["database"]["ok"] is False
     m = TestClient(create_app(settings, bad)).get("/metrics").text
     assert "pgsam_database_up 0.0" in m
+
+
+def test_readyz_shows_free_bytes_only_to_an_authenticated_caller(settings):
+    from pgsam_node.web import tokens
+
+    db = Database(settings.database_url)
+    c = TestClient(create_app(settings, db))
+    anonymous = c.get("/readyz").json()["checks"]["disk"]
+    assert "ok" in anonymous and "free_bytes" not in anonymous and "watermark_bytes" not in anonymous
+    with db.transaction() as s:
+        t = tokens.create_token(s, "ops", [])
+    full = c.get("/readyz", headers={"Authorization": f"Bearer {t}"}).json()["checks"]["disk"]
+    assert full["free_bytes"] > 0
+    db.dispose()
+
+
+def test_wrong_bearer_tokens_back_off_per_client(settings):
+    from pgsam_node.web import tokens
+
+    db = Database(settings.database_url)
+    c = TestClient(create_app(settings, db))
+    with db.transaction() as s:
+        good = tokens.create_token(s, "ops", [])
+    codes = [c.get("/api/v1/me", headers={"Authorization": f"Bearer wrong-{i}"}).status_code for i in range(12)]
+    assert codes[:10] == [401] * 10 and 429 in codes[10:]
+    r = c.get("/api/v1/me", headers={"Authorization": f"Bearer {good}"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1  # even the right token waits
+    db.dispose()
