@@ -252,6 +252,9 @@ class SegSettings(_Section):
     #: SEG whose segment has no voxel (one empty frame), which viewers show as nothing.
     empty_result: Literal["no_seg", "empty_segment"] = "no_seg"
     fractional: bool = False
+    #: Encoding of the mask SEG: ``binary`` (1 bit per pixel, the default) or ``fractional``
+    #: (FRACTIONAL OCCUPANCY 0/255, 8 bits: per-frame WADO-RS on Orthanc 1.10 for any width).
+    mask_encoding: Literal["binary", "fractional"] = "binary"
     structured_report: bool = False
     overlay_series: bool = False
     manufacturer: str = "PG-SAM Node"

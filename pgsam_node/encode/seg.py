@@ -93,16 +93,24 @@ def _build(
     codes: SegmentCodes,
     kind: str,
     omit_empty_frames: bool,
+    mask_encoding: str = "binary",
 ) -> Dataset:
     series_uid, sop_uid = output_uids(sources.study_uid, run_version, algorithm.version, kind)
     fractional = kind == "fractional"
+    # seg.mask_encoding "fractional": the 0/1 mask as FRACTIONAL OCCUPANCY, 8 bits per pixel
+    # (PS3.3 C.8.20.2), so per-frame WADO-RS works on servers that cannot frame 1-bit pixels of a
+    # width not a multiple of 8 (Orthanc 1.10, docs/seg.md).
+    occupancy = kind == "seg" and mask_encoding == "fractional"
+    if occupancy:
+        pixel_array = pixel_array.astype(np.float32)
     try:
         with quiet_highdicom():
             seg = hd.seg.Segmentation(
                 source_images=sources.datasets,
                 pixel_array=_frames_for_source(pixel_array, sources),
                 segmentation_type=(
-                    hd.seg.SegmentationTypeValues.FRACTIONAL if fractional else hd.seg.SegmentationTypeValues.BINARY
+                    hd.seg.SegmentationTypeValues.FRACTIONAL if fractional or occupancy
+                    else hd.seg.SegmentationTypeValues.BINARY
                 ),
                 segment_descriptions=[segment_description(settings, codes, algorithm, findings)],
                 series_instance_uid=series_uid,
@@ -113,7 +121,8 @@ def _build(
                 manufacturer_model_name=algorithm.name,
                 software_versions=algorithm.version,
                 device_serial_number=algorithm.version[:64],
-                fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+                fractional_type=(hd.seg.SegmentationFractionalTypeValues.OCCUPANCY if occupancy
+                                 else hd.seg.SegmentationFractionalTypeValues.PROBABILITY),
                 max_fractional_value=255,
                 content_description=settings.seg.series_description[:64],
                 content_label=CONTENT_LABEL,
@@ -191,7 +200,7 @@ def build_seg(
         return None
     return _build(
         mask, sources, findings, settings, algorithm, run_version, codes or settings.seg.segment_codes,
-        "seg", omit_empty_frames=not empty,
+        "seg", omit_empty_frames=not empty, mask_encoding=settings.seg.mask_encoding,
     )
 
 
