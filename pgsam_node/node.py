@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from pgsam_node.config import Settings
-from pgsam_node.db import Database, open_database, utcnow
+from pgsam_node.db import Database, open_database
 from pgsam_node.flow.worker import WorkerLoop, make_worker_id, requeue_expired
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class Node:
 
     def __init__(self, settings: Settings, db: Database | None = None, worker: bool | None = None, web: bool | None = None, predictor_factory=None):
         from pgsam_node.flow.pipeline import Pipeline
+        from pgsam_node.flow.sequencer import Sequencer
 
         self.settings = settings
         self.db = db or open_database(settings)
@@ -46,6 +47,7 @@ class Node:
         self.run_worker = settings.worker.embedded if worker is None else worker
         self.run_web = settings.web.enabled if web is None else web
         self.pipeline = Pipeline(self.db, settings, predictor_factory)
+        self.sequencer = Sequencer(self.db, settings, self.pipeline)
         self.worker_id = make_worker_id()
         self.worker: WorkerLoop | None = None
         self.listener: Listener | None = None
@@ -58,42 +60,8 @@ class Node:
 
     # ------------------------------------------------------------------------------- jobs
     def _jobs(self):
-        from pgsam_node.deliver.outbox import process_due
-        from pgsam_node.flow.pipeline import finish_sent
-        from pgsam_node.flow.advance import advance_stable
-        from pgsam_node.reports.wait import check_amendments, check_waiting
-        from pgsam_node.flow.retention import retention_job
-        from pgsam_node.flow.scheduler import Job
-
-        s, db = self.settings, self.db
-
-        def advance() -> None:
-            advanced = advance_stable(db, s)
-            if self.worker and any(v == "READY" for v in advanced.values()):
-                self.worker.wake()
-
-        def reports() -> None:
-            now = utcnow()
-            check_waiting(db, s, now)
-            check_amendments(db, s, now)
-            if self.worker:
-                self.worker.wake()
-
-        def outbox() -> None:
-            process_due(db, s)
-            finish_sent(db)
-
-        def leases() -> None:
-            requeue_expired(db, s)
-
-        return [
-            # The scheduler's own assembly job marks studies stable; this one advances them.
-            Job("advance", advance, s.assembly.check_interval_seconds),
-            Job("reports", reports, s.ris.recheck_interval_seconds),
-            Job("outbox", outbox, s.send.check_interval_seconds),
-            Job("leases", leases, max(1.0, s.worker.heartbeat_seconds)),
-            Job("retention", retention_job, s.retention.check_interval_seconds, (s, db)),
-        ]
+        """The scheduler jobs: the sequencer's table bound to this process (wakes the embedded worker)."""
+        return self.sequencer.jobs(wake=lambda: self.worker.wake() if self.worker else None)
 
     def _trigger(self, job_id: str) -> None:
         """Run a scheduler job as soon as possible (e.g. a report just arrived over HL7)."""
@@ -135,10 +103,10 @@ class Node:
 
             self.hl7 = Hl7Listener(s, self.db, on_report=lambda _result: self._trigger("reports"))
             self.hl7.start()
-        self.scheduler = build_scheduler(s, self.db, extra_jobs=self._jobs())
+        self.scheduler = build_scheduler(self._jobs())
         self.scheduler.start()
         if self.run_worker:
-            self.worker = WorkerLoop(self.db, s, self.pipeline.process, self.worker_id)
+            self.worker = WorkerLoop(self.db, s, self.sequencer.process, self.worker_id)
             # The worker claims studies only once the model is loaded: a study that becomes
             # READY earlier stays READY (visible, unclaimed) until then.
             self._loader = threading.Thread(target=self._load_model_then_work, name="model-loader", daemon=True)

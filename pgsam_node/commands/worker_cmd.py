@@ -27,6 +27,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from pgsam_node.db import open_database
     from pgsam_node.flow.pipeline import Pipeline
+    from pgsam_node.flow.sequencer import Sequencer
     from pgsam_node.flow.worker import WorkerLoop, requeue_expired
 
     settings = load(args)
@@ -34,7 +35,8 @@ def run(args) -> int:
     if db.is_sqlite:
         log.warning("worker on SQLite: run only one worker (use PostgreSQL for several)")
     pipeline = Pipeline(db, settings)
-    loop = WorkerLoop(db, settings, pipeline.process)
+    sequencer = Sequencer(db, settings, pipeline)
+    loop = WorkerLoop(db, settings, sequencer.process)
     log.info("worker %s starting", loop.worker_id)
     if args.once:
         while loop.run_once():

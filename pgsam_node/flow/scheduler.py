@@ -1,7 +1,7 @@
 """APScheduler jobs of the node (one BackgroundScheduler per process).
 
-The integrator adds jobs (worker, RIS wait, outbox, retention) through ``extra_jobs``; each job
-must be idempotent and short, because a missed run is simply coalesced into the next one.
+The jobs come from the sequencer's table (:mod:`pgsam_node.flow.sequencer`); each job must be
+idempotent and short, because a missed run is simply coalesced into the next one.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def assembly_job(db, settings) -> list[str]:
     return moved
 
 
-def build_scheduler(settings, db, extra_jobs: Iterable[Job] = ()) -> BackgroundScheduler:
-    """A (not yet started) scheduler with the assembly job plus ``extra_jobs``.
+def build_scheduler(jobs: Iterable[Job]) -> BackgroundScheduler:
+    """A (not yet started) scheduler running ``jobs`` (see ``Sequencer.jobs``).
 
     Every job runs at most once at a time (``max_instances=1``) and missed runs coalesce.
     Call ``trigger_now(scheduler, ASSEMBLY_JOB_ID)`` for an early run (e.g. on association
@@ -63,8 +63,6 @@ def build_scheduler(settings, db, extra_jobs: Iterable[Job] = ()) -> BackgroundS
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
         timezone="UTC",
     )
-    jobs = [Job(ASSEMBLY_JOB_ID, assembly_job, settings.assembly.check_interval_seconds, (db, settings))]
-    jobs += list(extra_jobs)
     for j in jobs:
         sched.add_job(_guard(j.id, j.func), "interval", seconds=j.seconds, id=j.id, args=j.args,
                       kwargs=j.kwargs, replace_existing=True)
