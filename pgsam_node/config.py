@@ -220,7 +220,8 @@ class ModelSettings(_Section):
     text_encoder: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = Field(8, ge=1)
-    threshold: float = Field(0.5, gt=0, lt=1)
+    #: Probability threshold of the mask; None = the model folder's own (``threshold`` in its config.json).
+    threshold: float | None = Field(None, gt=0, lt=1)
 
 
 class SegCode(_Section):

@@ -41,9 +41,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = args.model or settings.model.path
-    pred = Predictor.from_dir(path, device=settings.model.device,
-                              batch_size=args.batch_size or settings.model.batch_size,
-                              text_encoder=settings.model.text_encoder)
+    m = settings.model.model_copy(update={"path": path, "batch_size": args.batch_size or settings.model.batch_size})
+    pred = Predictor.from_settings(m)
     use_text = not args.no_text and pred.cfg.use_text
     if args.data == "synthetic":
         base = sources.EVAL_SEED_BASE if args.seed_base is None else args.seed_base

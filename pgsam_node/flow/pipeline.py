@@ -170,8 +170,7 @@ class Pipeline:
             return self._factory()
         from pgsam_node.inference.predictor import Predictor
 
-        m = self.settings.model
-        return Predictor.from_dir(m.path, device=m.device, batch_size=m.batch_size)
+        return Predictor.from_settings(self.settings.model)
 
     def preload(self) -> bool:
         """Load the model now (the node calls this in the background after the DICOM port is open).

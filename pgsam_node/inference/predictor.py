@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit
 
+from pgsam_node.config import ModelSettings
 from pgsam_node.errors import InferenceError, ModelError
 from pgsam_node.findings import Findings, findings_vector
 from pgsam_node.geometry.normalize import NormParams
@@ -165,11 +166,11 @@ class Predictor:
         return cls(model, cfg, dev, batch_size=batch_size, text_encoder=text_encoder, threshold=threshold)
 
     @classmethod
-    def from_settings(cls, settings) -> Predictor:
-        """Load the model the node configuration names (``model.path``, ``device``, ``batch_size``,
-        ``text_encoder``, ``threshold``)."""
-        m = settings.model
-        return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder, threshold=m.threshold)
+    def from_settings(cls, m: ModelSettings) -> Predictor:
+        """The one loader: the model the ``model`` settings section names (``path``, ``device``,
+        ``batch_size``, ``text_encoder``, ``threshold``)."""
+        return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder,
+                            threshold=m.threshold)
 
     @property
     def model_version(self) -> str:

@@ -88,3 +88,29 @@ def test_predictor_refuses_bad_input(model_dir):
         p.predict({"T1": np.zeros((4, 8, 8), np.float32), "T2": np.zeros((4, 8, 9), np.float32)}, None, None, None, np.eye(4))
     with pytest.raises(InferenceError, match="affine"):
         p.predict({"T1": np.zeros((4, 8, 8), np.float32)}, None, None, None, np.zeros((4, 4)))
+
+
+def test_one_loader_honours_threshold_and_text_encoder(model_dir, tmp_path):
+    """The pipeline loads through Predictor.from_settings: model.threshold changes the mask."""
+    from pgsam_node.config import load_settings
+    from pgsam_node.db import open_database
+    from pgsam_node.flow.pipeline import Pipeline
+
+    st = synthetic_study(5, size=64, n_slices=8)
+    masks = {}
+    for thr in (0.05, 0.95):
+        settings = load_settings(None, storage={"root": str(tmp_path / f"s{thr}")},
+                                 model={"path": str(model_dir), "device": "cpu", "threshold": thr,
+                                        "text_encoder": str(tmp_path / "my-encoder")})
+        db = open_database(settings)
+        p = Pipeline(db, settings).predictor
+        db.dispose()
+        assert p.threshold == thr
+        assert str(p._text_encoder_dir) == str(tmp_path / "my-encoder")
+        res = p.predict(st.volumes, None, None, None, st.affine)
+        masks[thr] = res.mask
+    assert masks[0.05].sum() > masks[0.95].sum()
+    # Not configured: the model folder's own threshold.
+    from pgsam_node.config import ModelSettings
+
+    assert Predictor.from_settings(ModelSettings(path=model_dir, device="cpu")).threshold == 0.5
