@@ -14,19 +14,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pgsam_node.db.models import AuditLog, OutboxItem, OutboxState, Run, Study, StudyState
-from pgsam_node.errors import WebError
+from pgsam_node.errors import PipelineError
+from pgsam_node.flow.retention import is_purged
+from pgsam_node.flow.worker import release
 from pgsam_node.logsetup import uid_hash
 from pgsam_node.db.lifecycle import transition
 
 log = logging.getLogger(__name__)
 S = StudyState
 
-#: Note code written on a study by :mod:`pgsam_node.flow.retention` once its files are deleted.
-PURGED_NOTE = "files_purged"
+class ActionError(PipelineError):
+    """An operator action cannot be applied to the study in its current state (the web answers 409)."""
 
-
-class ActionError(WebError):
-    """An operator action cannot be applied to the study in its current state."""
+    def __init__(self, message: str):
+        super().__init__(message, reason="action_refused")
 
 
 @dataclass
@@ -37,16 +38,6 @@ class ActionResult:
     to_state: str
     message: str
     outbox_requeued: int = 0
-
-
-def is_purged(study: Study) -> bool:
-    """Whether retention deleted the study's files (it cannot run or send again)."""
-    return any(isinstance(n, dict) and n.get("code") == PURGED_NOTE for n in (study.notes or []))
-
-
-def _release_lease(study: Study) -> None:
-    study.lease_owner = None
-    study.lease_expires_at = None
 
 
 def _audit(session: Session, actor: str, action: str, study: Study, detail: dict, remote_addr: str | None) -> None:
@@ -103,7 +94,7 @@ def retry(session: Session, study: Study, actor: str, remote_addr: str | None = 
         transition(session, study, S.SENDING, f"retry (delivery) by {actor}", actor=actor, force=True)
         res = ActionResult("retry", study.id, frm, study.state, f"delivery retried: {n} outbox item(s) queued", n)
     elif frm in (S.FAILED.value, S.RUNNING.value):
-        _release_lease(study)
+        release(session, study)
         study.attempts = 0
         transition(session, study, S.READY, f"retry by {actor}", actor=actor, force=True)
         res = ActionResult("retry", study.id, frm, study.state, "queued for processing")
@@ -130,7 +121,7 @@ def reprocess(session: Session, study: Study, actor: str, remote_addr: str | Non
     if frm in (S.RECEIVING.value, S.STABLE.value):
         raise ActionError(f"study is {frm}: still being received; it will run when complete")
     study.version = (study.version or 0) + 1
-    _release_lease(study)
+    release(session, study)
     study.attempts = 0
     transition(session, study, S.READY, f"reprocess by {actor} (version {study.version})", actor=actor, force=True)
     _audit(session, actor, "reprocess", study, {"from": frm, "to": study.state, "version": study.version}, remote_addr)

@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
 
-from pgsam_node.flow.actions import PURGED_NOTE, is_purged
 from pgsam_node.db.models import AuditLog, Instance, OutboxItem, OutboxState, Run, Series, Study, StudyState, utcnow
 from pgsam_node.logsetup import uid_hash
+
+#: Note code written on a study once retention deleted its files (operator actions refuse such a study).
+PURGED_NOTE = "files_purged"
+
+
+def is_purged(study: Study) -> bool:
+    """Whether retention deleted the study's files (it cannot run or send again)."""
+    return any(isinstance(n, dict) and n.get("code") == PURGED_NOTE for n in (study.notes or []))
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +62,6 @@ class RetentionSummary:
             "kept_undelivered": self.kept_undelivered,
             "errors": list(self.errors),
         }
-
-
-def disk_free(path: str | os.PathLike[str]) -> int:
-    """Free bytes (for an unprivileged user) on the file system holding ``path``.
-
-    ``path`` need not exist yet: its nearest existing ancestor is measured.
-    """
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free
-
-
-def below_watermark(settings) -> bool:
-    """True when the storage root has less free space than ``dicom.refuse_below_free_bytes``."""
-    return disk_free(settings.storage_root) < settings.dicom.refuse_below_free_bytes
 
 
 def _inside(root: Path, rel: str) -> Path | None:

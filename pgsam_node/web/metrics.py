@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
 from pgsam_node.db.models import Instance, Metric, OutboxItem, OutboxState, Run, Study, StudyState
-from pgsam_node.flow.retention import disk_free
+from pgsam_node.ingest.spool import free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class DatabaseCollector(Collector):
         yield from families
         free = GaugeMetricFamily("pgsam_storage_free_bytes", "Free bytes on the storage root's file system")
         try:
-            free.add_metric([], disk_free(self.settings.storage_root))
+            free.add_metric([], free_bytes(self.settings.storage_root))
         except OSError:
             free.add_metric([], float("nan"))
         yield free
@@ -177,7 +177,7 @@ def readiness(db, settings) -> tuple[bool, dict[str, dict]]:
     except OSError as exc:
         checks["storage"] = {"ok": False, "error": exc.strerror or type(exc).__name__}
     try:
-        free = disk_free(root)
+        free = free_bytes(root)
         need = settings.dicom.refuse_below_free_bytes
         checks["disk"] = {"ok": free >= need, "free_bytes": free, "watermark_bytes": need}
     except OSError as exc:

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pgsam_node.assemble.readiness import MODEL_ROLES, missing_roles
-from pgsam_node.flow.actions import is_purged
+from pgsam_node.flow.retention import is_purged
 from pgsam_node.db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Series, Study, StudyState, utcnow
 
 FindingsFn = Callable[[str], Any]
