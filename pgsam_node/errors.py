@@ -29,10 +29,6 @@ class UnparseableDatasetError(ReceiveError):
     """The dataset cannot be decoded (maps to 0xC210)."""
 
 
-class AssemblyError(NodeError):
-    """A study cannot be assembled into sequences."""
-
-
 class ClassifyError(NodeError):
     """Sequence-classification rules are invalid."""
 

@@ -37,7 +37,7 @@ from sqlalchemy.orm import selectinload
 
 from pgsam_node.db import lifecycle as state
 from pgsam_node.assemble.classify import classify_series, rules_for, shared_exam_values
-from pgsam_node.db.models import Series, Study, StudyState, utcnow
+from pgsam_node.db.models import Study, StudyState, utcnow
 from pgsam_node.ingest.index import _sqlite_write_lock
 from pgsam_node.logsetup import uid_hash
 
@@ -265,21 +265,3 @@ def mark_stable(db, settings, now: dt.datetime | None = None) -> list[str]:
                              actor="assemble")
             moved.append(study.study_uid)
     return moved
-
-
-def role_summary(study: Study) -> dict[str, str | None]:
-    """Selected SeriesInstanceUID per role (None when missing)."""
-    out: dict[str, str | None] = {r: None for r in SEQUENCE_ROLES}
-    for s in study.series:
-        if s.role_selected and s.role in out:
-            out[s.role] = s.series_uid
-    return out
-
-
-def series_rows(db, study_uid: str) -> list[Series]:
-    """Series of a study, ordered by series number (helper for callers and tests)."""
-    with db.session() as s:
-        st = s.scalars(select(Study).where(Study.study_uid == study_uid).options(selectinload(Study.series))).first()
-        if st is None:
-            return []
-        return sorted(st.series, key=lambda x: (x.series_number is None, x.series_number or 0, x.series_uid))

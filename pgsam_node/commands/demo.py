@@ -64,14 +64,6 @@ def send_files(paths: list[Path], host: str, port: int, called_aet: str, calling
     return ok
 
 
-def dice(a, b) -> float:
-    import numpy as np
-
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    denom = a.sum() + b.sum()
-    return 1.0 if denom == 0 else float(2.0 * (a & b).sum() / denom)
-
-
 def run(args) -> int:
     import numpy as np
 
@@ -149,6 +141,8 @@ def run(args) -> int:
 
     seg_path = got[0]
     pred, ref_uids = read_seg_mask(seg_path, reference_paths)
+    from pgsam_node.training.metrics import dice
+
     d = dice(pred, study.mask)
     png = work / "overlay.png"
     write_overlay_png(reference_paths, study.mask, pred, png)

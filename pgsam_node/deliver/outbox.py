@@ -343,23 +343,3 @@ def requeue(
     session.add(AuditLog(actor=actor, action="outbox.requeue", target=target, detail=detail))
     log.info("outbox: re-queued %d item(s) (%s)", n, target)
     return n
-
-
-def add_outbox_job(scheduler, db: Database, settings: Settings):
-    """Recover stuck items, then run :func:`process_due` every ``send.check_interval_seconds`` on an
-    APScheduler scheduler (one instance at a time, missed runs coalesced)."""
-    recover_stuck(db)
-
-    def _job() -> None:
-        try:
-            process_due(db, settings)
-        except Exception:  # the job must keep running; the error is logged with its traceback
-            log.exception("outbox job failed")
-
-    return scheduler.add_job(_job, "interval", seconds=settings.send.check_interval_seconds, id="outbox",
-                             max_instances=1, coalesce=True, replace_existing=True)
-
-
-def items_for(session: Session, sop_instance_uids: Sequence[str]) -> list[OutboxItem]:
-    """Outbox rows for the given SOP Instance UIDs (all destinations)."""
-    return list(session.scalars(select(OutboxItem).where(OutboxItem.sop_instance_uid.in_(list(sop_instance_uids)))))

@@ -7,7 +7,6 @@ so each distinct report is encoded once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -90,8 +89,3 @@ class TextEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._cache[t] for t in texts]).astype(np.float32)
-
-
-def text_key(text: str) -> str:
-    """Stable short key of a text (for on-disk embedding caches; the text itself is not stored)."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

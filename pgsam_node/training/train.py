@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -404,8 +404,3 @@ def _checkpoint(model, opt, cfg: ModelConfig, out: Path, step: int, rng: np.rand
         tmp,
     )
     tmp.replace(out / TRAIN_STATE)
-
-
-def options_dict(opts: TrainOptions) -> dict[str, Any]:
-    d = asdict(opts)
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}

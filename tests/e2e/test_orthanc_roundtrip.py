@@ -16,14 +16,10 @@ from pgsam_node.db import Run, Study
 from pgsam_node.synth.dicom_writer import write_study
 from pgsam_node.node import Node
 from pgsam_node.encode.read import read_seg_mask
+from pgsam_node.training.metrics import dice
 
 from ..helpers import wait_for
 from ..orthanc import OrthancServer, require_orthanc
-
-
-def _dice(a, b) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def _push_and_wait(orthanc: OrthancServer, node: Node, files, study_uid: str, timeout: float = 150.0):
@@ -81,7 +77,7 @@ def test_synthetic_study_round_trip_through_orthanc(tmp_path, node_settings):
         assert ref_series == study.series_uids["T1C"], "SEG must reference the T1C (reference) series"
         pred, _ = read_seg_mask(seg_path, study.paths_by_role["T1C"])
         assert pred.shape == study.mask.shape
-        d = _dice(pred, study.mask)
+        d = dice(pred, study.mask)
         assert d > 0.5, f"Dice {d:.3f} of the SEG read back from Orthanc against the synthetic truth"
 
 
@@ -145,9 +141,9 @@ def test_tcia_study_round_trip_through_orthanc(tmp_path, node_settings, shared_d
     pred, _ = read_seg_mask(seg_path, vols.reference.paths)
     truth = load_series(sorted((study_dir / "MaskTumor").glob("*.dcm"))).array > 0
     assert pred.shape == truth.shape == direct.mask.shape
-    assert _dice(pred, direct.mask) > 0.99, "the SEG at the PACS differs from the model's own output"
+    assert dice(pred, direct.mask) > 0.99, "the SEG at the PACS differs from the model's own output"
     if model_cfg:
         # PGBM-001 is one of the two studies the bundled brain model was fine-tuned on (its
         # leave-one-out Dice is 0; see README): this checks the pipeline keeps the fit, not the model.
-        d = _dice(pred, truth)
+        d = dice(pred, truth)
         assert d > 0.2, f"brain-tumour model Dice {d:.3f} on its training study PGBM-001 through the whole node"

@@ -296,16 +296,15 @@ def test_two_destinations_and_storage_commitment(tmp_path, case):
 @pytest.mark.orthanc
 def test_scheduler_job_delivers(tmp_path, case):
     require_orthanc()
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    from pgsam_node.deliver.outbox import add_outbox_job
+    from pgsam_node.flow.scheduler import build_scheduler
+    from pgsam_node.flow.sequencer import Sequencer
 
     with OrthancServer(tmp_path / "orthanc") as orthanc:
         settings = _settings(tmp_path, [_dest(orthanc.dicom_port)], check_interval_seconds=0.2)
         db = open_database(settings)
         _, seg, (item_id,) = _queue(settings, db, case, now=dt.datetime(2000, 1, 1))  # due on the real clock
-        sched = BackgroundScheduler()
-        add_outbox_job(sched, db, settings)
+        # the outbox step of the sequencer's table, as the node schedules it
+        sched = build_scheduler([j for j in Sequencer(db, settings, None).jobs() if j.id == "outbox"])
         sched.start()
         try:
             wait_for(lambda: _item(db, item_id).state == "SENT", 20, what="outbox job to deliver")
