@@ -423,15 +423,28 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.storage_root / 'node.sqlite3'}"
 
 
+def _env_name(loc) -> str | None:
+    """The ``PGSAM_…`` environment variable (as set, any case) that supplied the key at ``loc``."""
+    want = ("PGSAM_" + "__".join(str(p) for p in loc)).upper()
+    return next((k for k in os.environ if k.upper() == want), None)
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
+    from_env = False
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(root)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{key}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"{key}: {msg}")
-    return f"invalid configuration in {source}:\n  " + "\n  ".join(lines)
+        line = f"{key}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"{key}: {msg}"
+        env = _env_name(e["loc"]) if e["loc"] else None
+        if env:
+            from_env = True
+            line = f"environment variable {env}: {line}"
+        lines.append(line)
+    where = f"{source} or the environment" if from_env and "environment" not in source else source
+    return f"invalid configuration in {where}:\n  " + "\n  ".join(lines)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:

@@ -117,7 +117,7 @@ class Node:
             # An operator's retry/reprocess makes a study READY: wake the embedded worker.
             self.web = WebServer(s, self.db, on_action=lambda _res: self.worker.wake() if self.worker else None,
                                  model_status=self.model_status)
-            self.web.start()
+            self.web.start(announce=False)
         log.info(
             "node up: DICOM %s@%s:%s%s%s",
             s.dicom.ae_title,
@@ -126,6 +126,11 @@ class Node:
             f", HL7 {s.hl7.bind}:{self.hl7.port}" if self.hl7 else "",
             f", web http://{s.web.bind}:{self.web.port}" if self.web else "",
         )
+        if self.web is not None:
+            from pgsam_node.web.server import announce_first_run_token
+
+            # Start-up succeeded: only now is the first-run token created (or recovery printed).
+            self.web.first_run_token = announce_first_run_token(self.db, s.storage_root)
         return self
 
     def model_status(self) -> dict:

@@ -2,8 +2,10 @@
 
 Output layout (``--out DIR``)::
 
-    DIR/case_<seed>/<SeriesNumber>_<role>/IM*.dcm   three MR series per study (T1, T2, T1C)
-    DIR/case_<seed>/truth.npz                        target mask on the T1C grid + affine
+    DIR/case_<seed>/<SeriesNumber>_<role>/IM*.dcm   three MR series per study (T1, T2, T1C), DICOM only
+    DIR/truth/case_<seed>.npz                        target mask on the T1C grid + affine (outside the
+                                                     case folder: ``storescu +sd +r DIR/case_<seed>``
+                                                     meets only DICOM files)
     DIR/reports.csv                                  one final report per study, for `ris import`
     DIR/manifest.json                                seeds, UIDs, findings, distractor, vendor
 """
@@ -92,12 +94,13 @@ def run(args) -> int:
     rows, manifest = [], []
     for i in range(args.cases):
         seed = args.seed + i
-        study = write_study(seed, out / f"case_{seed:06d}", report_language=args.language, vendor=args.vendor,
-                            distractor=distractor)
+        study = write_study(seed, out / f"case_{seed:06d}", truth_path=out / "truth" / f"case_{seed:06d}.npz",
+                            report_language=args.language, vendor=args.vendor, distractor=distractor)
         rows.append(report_row(study, seed))
         manifest.append({
             "seed": seed,
             "dir": str(study.out_dir.relative_to(out)),
+            "truth": str(study.mask_path.relative_to(out)),
             "study_instance_uid": study.study_uid,
             "accession_number": study.accession_number,
             "patient_id": study.patient_id,

@@ -277,6 +277,7 @@ def write_study(
     phantom_or_case_seed: Phantom | int,
     out_dir: Path | str,
     *,
+    truth_path: Path | str | None = None,
     seed: int | None = None,
     report_language: str | None = None,
     patient_name: str | None = None,
@@ -294,6 +295,8 @@ def write_study(
     phantom_or_case_seed : a :class:`Phantom`, or a seed for :func:`make_phantom` (with
         ``distractor``).
     out_dir : folder to write into (created); series go to ``out_dir/<SeriesNumber>_<role>/``.
+    truth_path : where the ground truth goes (default ``out_dir/truth.npz``; ``pgsam-node synth``
+        keeps it out of the DICOM folders so that ``storescu +sd +r`` meets only DICOM files).
     seed : seed for headers, UIDs, geometry, noise and report wording (default: the phantom's).
     report_language : "en", "zh" or None (random).
     vendor : "siemens", "ge", "philips" or None (chosen by seed).
@@ -482,7 +485,8 @@ def write_study(
 
     g = plans["T1C"].grid
     mask = ph.lesion_mask(g)
-    mask_path = out_dir / "truth.npz"
+    mask_path = Path(truth_path) if truth_path is not None else out_dir / "truth.npz"
+    mask_path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         mask_path, mask=mask, affine=g.affine(), shape=np.array(g.shape),
         sop_instance_uids=np.array(sops_by_role["T1C"]), study_instance_uid=np.array(study_uid),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
@@ -16,19 +18,55 @@ from pgsam_node.web.app import create_app
 log = logging.getLogger(__name__)
 
 
-def announce_first_run_token(db, stream=None) -> str | None:
-    """Create the first-run ``admin`` token if no token exists yet and print it ONCE on ``stream``
-    (stderr). Returns it (tests sign in with it), or None when tokens already exist."""
+RECOVERY = "pgsam-node token create admin2 --scope admin --config <node.yaml>"
+
+
+def token_file(storage_root) -> Path:
+    """Where the first-run administrator token is written (mode 0600): ``secrets/first-run-admin-token``."""
+    return Path(storage_root) / "secrets" / "first-run-admin-token"
+
+
+def announce_first_run_token(db, storage_root=None, stream=None) -> str | None:
+    """Create the first-run ``admin`` token if no token exists yet; say where it is.
+
+    Called only once start-up has succeeded (a failed start creates nothing). The token is
+    written to :func:`token_file` (0600) and shown on ``stream`` (stderr) only when that is a
+    terminal: a service's stdout/stderr end up in its log (journald, ``docker logs``), and a
+    secret never goes there. When tokens exist but none is a usable admin token, the recovery
+    command is printed instead.
+
+    Returns
+    -------
+    str or None
+        The new token (tests sign in with it), or None when tokens already existed.
+    """
+    out = stream or sys.stderr
     with db.transaction() as s:
         token = tokens.ensure_first_run_token(s)
+        usable = token is not None or tokens.has_usable_admin(s)
     if token:
-        out = stream or sys.stderr
+        where = None
+        if storage_root is not None:
+            path = token_file(storage_root)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+            os.chmod(path, 0o600)
+            where = path
         bar = "=" * 78
-        print(f"{bar}\nPG-SAM Node first run: the administrator access token (shown only this once):\n\n"
-              f"    {token}\n\nSign in to the dashboard with it, or call the API with "
-              f"'Authorization: Bearer <token>'.\nMore tokens: pgsam-node token create NAME [--scope ...]\n{bar}",
-              file=out, flush=True)
-        log.warning("first-run administrator token created and printed on the console (not logged)")
+        tty = hasattr(out, "isatty") and out.isatty()
+        shown = f"\n    {token}\n\n" if tty else "\n"
+        print(f"{bar}\nPG-SAM Node first run: an administrator access token was created.{shown}"
+              + (f"It is in {where} (mode 0600): read it, sign in, then delete the file.\n" if where else "")
+              + f"Sign in to the dashboard with it, or call the API with 'Authorization: Bearer <token>'.\n"
+              f"Lost it? {RECOVERY}\n{bar}", file=out, flush=True)
+        log.warning("first-run administrator token created%s (the token itself is never logged)",
+                    f" and written to {where}" if where else "")
+    elif not usable:
+        print(f"PG-SAM Node: no usable administrator token exists (all revoked or without the admin scope).\n"
+              f"Create one on this machine: {RECOVERY}", file=out, flush=True)
+        log.warning("no usable administrator token; create one with: %s", RECOVERY)
     return token
 
 
@@ -78,8 +116,6 @@ class WebServer:
         """
         if self._thread is not None:
             raise WebError("web server already started")
-        if announce:
-            self.first_run_token = announce_first_run_token(self.db)
         w = self.settings.web
         if bool(w.tls_cert_file) != bool(w.tls_key_file):
             raise WebError("web.tls_cert_file and web.tls_key_file go together")
@@ -101,6 +137,8 @@ class WebServer:
             self.stop()
             raise WebError(f"web server did not start on {w.bind}:{w.port} (port in use or bad TLS files?)")
         log.info("web service on %s", self.url)
+        if announce:  # only once the service is up: a failed start creates no token
+            self.first_run_token = announce_first_run_token(self.db, self.settings.storage_root)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask uvicorn to exit and join its thread."""

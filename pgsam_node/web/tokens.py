@@ -169,6 +169,12 @@ def ensure_first_run_token(session: Session) -> str | None:
     return create_token(session, FIRST_RUN_NAME, ["admin"], actor="first-run")
 
 
+def has_usable_admin(session: Session) -> bool:
+    """Whether a token with the ``admin`` scope exists and is not revoked."""
+    rows = session.scalars(select(ApiToken).where(ApiToken.revoked.is_(False))).all()
+    return any("admin" in (r.scopes or []) for r in rows)
+
+
 def touch(session: Session, token_id: int) -> None:
     """Record the last use of a token."""
     row = session.get(ApiToken, token_id)

@@ -40,7 +40,9 @@ def test_synth_command_writes_studies_reports_and_truth(tmp_path, capsys):
             assert d.Manufacturer == "Philips Medical Systems"
             series.add(d.SeriesInstanceUID)
         assert series <= {s["series_instance_uid"] for s in m["series"].values()}
-        truth = np.load(case_dir / "truth.npz")
+        # only DICOM under the case folder (storescu +sd +r stops at anything else)
+        assert all(p.suffix == ".dcm" for p in case_dir.rglob("*") if p.is_file())
+        truth = np.load(out / m["truth"])
         assert truth["mask"].shape == tuple(m["series"]["T1C"]["shape"]) and truth["mask"].sum() > 0
         assert truth["affine"].shape == (4, 4)
         f = m["findings"]
