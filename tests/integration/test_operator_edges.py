@@ -103,3 +103,13 @@ def test_first_run_token_never_on_a_log_stream_and_recovery_when_none_usable(set
         assert "pgsam-node token create admin2 --scope admin" in recovery.getvalue()
     finally:
         db.dispose()
+
+
+def test_readme_never_runs_the_venv_dicom_tools():
+    """The venv's pynetdicom storescu/echoscu/storescp shadow DCMTK's: README commands use /usr/bin/."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
+    cmds = [ln for b in blocks for ln in b.splitlines() if re.search(r"(?<![/\w-])(storescu|echoscu|storescp|findscu)\b", ln)]
+    assert not cmds, f"README runs a DCMTK tool without /usr/bin/: {cmds}"
+    assert "/usr/bin/storescu" in text and "PGSAM_CONFIG" in text and "## Troubleshooting" in text
+    assert "../shared/data/" in text and "-rs" in text
