@@ -199,6 +199,26 @@ class Hl7Settings(_Section):
     max_connections: int = Field(16, ge=1, le=1024)
     #: MSH-3 (sending application) of our ACKs.
     application: str = "PGSAM"
+    #: Hosts (IP addresses or networks, e.g. 10.1.2.0/24) that may connect; others are closed at once.
+    #: Default loopback only: name the RIS/interface engine before binding to another address.
+    allowed_hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    #: Senders (MSH-3 sending application, or MSH-3^MSH-4 application^facility) whose reports are
+    #: accepted; others get AR. Empty = any sender from an allowed host.
+    allowed_senders: list[str] = Field(default_factory=list)
+    #: Most result groups (OBR + its OBX) one message may carry; more = AR, nothing stored.
+    max_result_groups: int = Field(20, ge=1, le=10000)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, v: list[str]) -> list[str]:
+        import ipaddress as _ip
+
+        for h in v:
+            try:
+                _ip.ip_network(h, strict=False)
+            except ValueError:
+                raise ValueError(f"invalid host {h!r}: use an IP address or network (CIDR)") from None
+        return v
 
     @field_validator("accession_fields")
     @classmethod

@@ -30,6 +30,7 @@ Report text and patient identifiers never reach a log line.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 import re
 import socket
@@ -112,7 +113,8 @@ class Message:
             parts = seg.split(fs)
             name = parts[0]
             if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", name):
-                raise Hl7Reject(f"invalid segment name {name[:3]!r}", "AE", "100^Segment sequence error", name[:3])
+                # Never echo the bytes: a broken segment separator puts patient data here.
+                raise Hl7Reject("invalid segment name", "AE", "100^Segment sequence error")
             if name == "MSH":
                 # MSH-1 is the field separator itself: shift so that fields[n] is MSH-n.
                 fields = ["MSH", fs] + parts[1:]
@@ -230,7 +232,7 @@ class OruReport:
         return self.reports[0]
 
 
-def parse_oru(msg: Message, accession_fields: list[str]) -> OruReport:
+def parse_oru(msg: Message, accession_fields: list[str], max_groups: int | None = None) -> OruReport:
     """Read one ORU^R01: each OBR with the OBX segments after it is one report.
 
     Raises
@@ -246,7 +248,7 @@ def parse_oru(msg: Message, accession_fields: list[str]) -> OruReport:
     if not typ:
         raise Hl7Reject("MSH-9 message type is missing", "AE", "101^Required field missing", "MSH-9")
     if (typ, trig) != ("ORU", "R01"):
-        raise Hl7Reject(f"unsupported message type {typ}^{trig}: only ORU^R01 is accepted", "AR", "200^Unsupported message type", "MSH-9")
+        raise Hl7Reject("unsupported message type: only ORU^R01 is accepted", "AR", "200^Unsupported message type", "MSH-9")
     if not control:
         raise Hl7Reject("MSH-10 message control ID is missing", "AE", "101^Required field missing", "MSH-10")
     pid = msg.first("PID")
@@ -267,6 +269,9 @@ def parse_oru(msg: Message, accession_fields: list[str]) -> OruReport:
             groups[-1][1].append(fields)
     if not groups:
         raise Hl7Reject("OBR segment is missing", "AE", "100^Segment sequence error", "OBR")
+    if max_groups is not None and len(groups) > max_groups:
+        raise Hl7Reject(f"more than {max_groups} result groups (hl7.max_result_groups)", "AR",
+                        "207^Application internal error", "OBR")
     reports = [_group_report(msg, obr, obxs, patient_id, zds_uid, accession_fields) for obr, obxs in groups]
     return OruReport(reports, control)
 
@@ -348,6 +353,8 @@ def build_ack(msg: Message | None, code: str, application: str, text: str = "", 
     control = msg.component(f(10)) if msg else ""
     version = f(12) or "2.5"
     trig = msg.component(f(9), 2) if msg else ""
+    if not re.fullmatch(r"[A-Z0-9]{3}", trig):
+        trig = ""  # echo only a well-formed trigger event (HL7 table 0003), never arbitrary content
     enc_chars = f"{cs}{enc.repetition}{enc.escape}{enc.subcomponent}"
     ack_id = f"ACK{now}{abs(hash((control, now))) % 100000:05d}"
     segs = [
@@ -371,12 +378,17 @@ def handle_message(data: bytes, settings: Settings, db: Database, on_report: Cal
     try:
         text = decode_bytes(data)
         msg = Message(text)
-        oru = parse_oru(msg, settings.hl7.accession_fields)
+        if not sender_allowed(settings.hl7.allowed_senders, msg):
+            raise Hl7Reject("sending application/facility not allowed (hl7.allowed_senders)", "AR",
+                            "207^Application internal error", "MSH-3")
+        oru = parse_oru(msg, settings.hl7.accession_fields, settings.hl7.max_result_groups)
         try:
             with db.transaction() as s:
                 results = [store_report(s, rep, source="hl7") for rep in oru.reports]
         except ReportError as exc:
-            raise Hl7Reject(str(exc), "AE", "207^Application internal error", "OBX-5") from None
+            # The store's message may quote identifiers: log and answer with its type only.
+            log.warning("HL7 report refused by the store: %s", type(exc).__name__)
+            raise Hl7Reject("report refused by the report store", "AE", "207^Application internal error", "OBX-5") from None
         except Exception as exc:  # noqa: BLE001 - database trouble: AE so the sender retries
             log.error("HL7 report could not be stored: %s", type(exc).__name__)
             raise Hl7Reject("report could not be stored; retry later", "AE", "207^Application internal error") from None
@@ -402,6 +414,31 @@ def handle_message(data: bytes, settings: Settings, db: Database, on_report: Cal
         # Only the type: the message (and so the exception text) may hold patient data.
         log.error("HL7 message could not be processed: %s", type(exc).__name__)
         return build_ack(msg, "AE", app, "internal error processing the message", "207^Application internal error")
+
+
+def host_allowed(allowed: list[str], host: str) -> bool:
+    """Whether ``host`` (the peer's IP address) is inside one of the ``hl7.allowed_hosts`` networks."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in ipaddress.ip_network(n, strict=False) for n in allowed)
+
+
+def sender_allowed(allowed: list[str], msg: Message) -> bool:
+    """MSH-3 (and MSH-4) against ``hl7.allowed_senders`` entries ``APP`` or ``APP^FACILITY``."""
+    if not allowed:
+        return True
+    msh = msg.first("MSH")
+    app = msg.component(msg.field(msh, 3))
+    fac = msg.component(msg.field(msh, 4))
+    for entry in allowed:
+        want_app, _, want_fac = entry.partition("^")
+        if want_app == app and (not want_fac or want_fac == fac):
+            return True
+    return False
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -497,6 +534,10 @@ class Hl7Listener:
             pass
 
     def _serve_connection(self, sock: socket.socket, peer) -> None:
+        if not host_allowed(self.settings.hl7.allowed_hosts, str(peer[0])):
+            log.warning("HL7: connection from %s refused: not in hl7.allowed_hosts", peer[0])
+            sock.close()
+            return
         if not self._slots.acquire(blocking=False):
             log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", peer[0])
             sock.close()

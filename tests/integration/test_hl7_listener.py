@@ -164,3 +164,24 @@ def test_connection_limit(settings):
         first.sendall(mllp_frame(oru(control="L2")))
         assert segments(read_frame(first))["MSA"][2] == "L2"
     db.dispose()
+
+
+def test_host_outside_the_allow_list_is_closed_unread(settings):
+    settings.hl7.port = free_port()
+    settings.hl7.allowed_hosts = ["10.0.0.0/8"]  # loopback not allowed
+    db = Database(settings.database_url)
+    try:
+        with Hl7Listener(settings, db) as lst, _connect(lst.port) as s:
+            try:
+                s.sendall(mllp_frame(oru(control="H1")))
+            except OSError:
+                pass  # the listener may have closed already
+            s.settimeout(10)
+            try:
+                got = s.recv(100)
+            except ConnectionResetError:
+                got = b""
+            assert got == b""  # closed, no ACK
+        assert _reports(db) == []
+    finally:
+        db.dispose()

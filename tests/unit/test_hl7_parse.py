@@ -149,3 +149,69 @@ def test_read_frame_consumes_one_frame_at_a_time():
         t.start()
         assert read_frame(a) == b"THREE"
         t.join()
+
+
+def test_result_group_limit_refuses_the_whole_message(settings):
+    base = oru(control="G")
+    group = "\r".join(s for s in base.split("\r") if s.startswith(("OBR", "OBX")))
+    many = base + "\r".join([group] * 5) + "\r"  # 6 groups
+    assert len(parse_oru(Message(many), FIELDS, max_groups=6).reports) == 6
+    with pytest.raises(Hl7Reject, match="max_result_groups") as ei:
+        parse_oru(Message(many), FIELDS, max_groups=5)
+    assert ei.value.code == "AR"
+    settings.hl7.max_result_groups = 5
+    db = Database(settings.database_url)
+    try:
+        assert segments(handle_message(many.encode(), settings, db))["MSA"][1] == "AR"
+        with db.session() as s:
+            assert s.query(Report).count() == 0  # nothing of it stored
+    finally:
+        db.dispose()
+
+
+def test_sender_and_host_allow_lists(settings):
+    from pgsam_node.reports.hl7 import host_allowed, sender_allowed
+
+    msg = Message(oru())  # MSH-3 RIS, MSH-4 HOSP
+    assert sender_allowed([], msg)
+    assert sender_allowed(["RIS"], msg) and sender_allowed(["RIS^HOSP"], msg)
+    assert not sender_allowed(["RIS^OTHER"], msg) and not sender_allowed(["PACS"], msg)
+    assert host_allowed(["127.0.0.1/32"], "127.0.0.1") and host_allowed(["10.0.0.0/8"], "::ffff:10.1.2.3")
+    assert not host_allowed(["127.0.0.1/32"], "10.1.2.3") and not host_allowed(["127.0.0.1/32"], "not-an-ip")
+    settings.hl7.allowed_senders = ["EMR^HOSP"]
+    db = Database(settings.database_url)
+    try:
+        ack = segments(handle_message(oru().encode(), settings, db))
+        assert ack["MSA"][1] == "AR" and "allowed_senders" in ack["MSA"][3]
+        with db.session() as s:
+            assert s.query(Report).count() == 0
+    finally:
+        db.dispose()
+
+
+MARK_NAME, MARK_ID, MARK_TEXT = "ZZMARKERNAME", "ZZMARKERID77", "ZZMARKERTEXT"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a broken segment separator puts PID content where a segment name should be
+        oru(patient_id=MARK_ID).replace("\rPID|", f"\r{MARK_NAME}|").replace("DOE^JANE", MARK_NAME),
+        oru(patient_id=MARK_ID, lines=()).replace("DOE^JANE", MARK_NAME),
+        oru(patient_id=MARK_ID, msg_type=f"{MARK_NAME}^{MARK_ID}").replace("DOE^JANE", MARK_NAME),
+        oru(patient_id=MARK_ID, study_uid=f"{MARK_ID}.1", lines=(MARK_TEXT,)).replace("DOE^JANE", MARK_NAME),
+        oru(patient_id=MARK_ID, status="", lines=(MARK_TEXT,)).replace("DOE^JANE", MARK_NAME),
+        f"MSH|^~\\&|RIS|HOSP\r{MARK_NAME}{MARK_ID}{MARK_TEXT}\r",
+    ],
+)
+def test_rejects_never_echo_patient_fields_or_text(settings, caplog, text):
+    caplog.set_level("DEBUG")
+    db = Database(settings.database_url)
+    try:
+        ack = handle_message(text.encode(), settings, db).decode()
+    finally:
+        db.dispose()
+    assert segments(ack)["MSA"][1] in ("AE", "AR")
+    for marker in (MARK_NAME, MARK_ID, MARK_TEXT):
+        assert marker not in ack, f"ACK echoes {marker}"
+        assert marker not in caplog.text, f"log echoes {marker}"
