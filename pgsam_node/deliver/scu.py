@@ -88,7 +88,8 @@ def _rejection(assoc) -> SendError:
     return SendError(f"{text}: rejected transiently", permanent=False)
 
 
-def _ae(settings: Settings) -> AE:
+def client_ae(settings: Settings) -> AE:
+    """Our calling AE (``dicom.ae_title``) with every timeout set to ``send.timeout_seconds``."""
     ae = AE(ae_title=settings.dicom.ae_title)
     t = settings.send.timeout_seconds
     ae.acse_timeout = t
@@ -96,6 +97,19 @@ def _ae(settings: Settings) -> AE:
     ae.network_timeout = t
     ae.connection_timeout = t
     return ae
+
+
+def open_association(settings: Settings, dest: Destination, ae: AE):
+    """Associate with ``dest`` (TLS when ``dest.tls``); a rejection raises :class:`SendError`
+    (PS3.8 7.1.1.9), anything else returns the association (the caller checks it is established)."""
+    tls_args = (client_context(settings.dicom.tls), dest.host) if dest.tls else None
+    try:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+    except Exception as exc:  # socket errors surface as exceptions on some paths
+        raise SendError(f"cannot connect to {dest.name}: {exc}") from exc
+    if assoc.is_rejected:
+        raise _rejection(assoc)
+    return assoc
 
 
 def send_files(settings: Settings, dest: Destination, paths: Sequence[Path]) -> list[StoreOutcome]:
@@ -131,20 +145,14 @@ def send_files(settings: Settings, dest: Destination, paths: Sequence[Path]) -> 
     todo = [it for it in items if it.ds is not None]
     if not todo:
         return [it.outcome for it in items]  # type: ignore[misc]
-    ae = _ae(settings)
+    ae = client_ae(settings)
     sop_classes = sorted({str(it.ds.SOPClassUID) for it in todo})
     for uid in sop_classes:
         # Explicit VR LE first (what we write), Implicit VR LE as the universal fallback (PS3.5 10.1).
         ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     if dest.storage_commitment:
         ae.add_requested_context(StorageCommitmentPushModel)
-    tls_args = (client_context(settings.dicom.tls), dest.host) if dest.tls else None
-    try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
-    except Exception as exc:  # socket errors surface as exceptions on some paths
-        raise SendError(f"cannot connect to {dest.name}: {exc}") from exc
-    if assoc.is_rejected:
-        raise _rejection(assoc)
+    assoc = open_association(settings, dest, ae)
     if not assoc.is_established:
         accepted = assoc.accepted_contexts
         rejected = assoc.rejected_contexts
