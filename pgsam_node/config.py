@@ -197,6 +197,12 @@ class Hl7Settings(_Section):
     #: Seconds of silence on a connection before the listener closes it.
     timeout_seconds: float = Field(60.0, gt=0)
     max_connections: int = Field(16, ge=1, le=1024)
+    #: Concurrent connections from one host; more are closed at once (a dripping peer cannot take
+    #: every slot from the RIS).
+    max_connections_per_host: int = Field(4, ge=1, le=1024)
+    #: Progress deadline: once a byte arrives (after the previous ACK), the complete message must follow
+    #: within this many seconds, however steadily bytes trickle in; else the connection closes.
+    message_deadline_seconds: float = Field(30.0, gt=0)
     #: MSH-3 (sending application) of our ACKs.
     application: str = "PGSAM"
     #: Hosts (IP addresses or networks, e.g. 10.1.2.0/24) that may connect; others are closed at once.

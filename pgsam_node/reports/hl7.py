@@ -36,6 +36,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -473,6 +474,7 @@ class Hl7Listener:
         self._slots = threading.BoundedSemaphore(settings.hl7.max_connections)
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+        self._per_host: dict[str, int] = {}
 
     @property
     def port(self) -> int:
@@ -538,6 +540,22 @@ class Hl7Listener:
             log.warning("HL7: connection from %s refused: not in hl7.allowed_hosts", peer[0])
             sock.close()
             return
+        host = str(peer[0])
+        with self._open_lock:
+            if self._per_host.get(host, 0) >= self.settings.hl7.max_connections_per_host:
+                log.warning("HL7: too many connections from %s (hl7.max_connections_per_host); closing one", host)
+                sock.close()
+                return
+            self._per_host[host] = self._per_host.get(host, 0) + 1
+        try:
+            self._serve_counted(sock, peer)
+        finally:
+            with self._open_lock:
+                self._per_host[host] -= 1
+                if not self._per_host[host]:
+                    del self._per_host[host]
+
+    def _serve_counted(self, sock: socket.socket, peer) -> None:
         if not self._slots.acquire(blocking=False):
             log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", peer[0])
             sock.close()
@@ -545,7 +563,11 @@ class Hl7Listener:
         with self._open_lock:
             self._open.add(sock)
         try:
-            sock.settimeout(self.settings.hl7.timeout_seconds)
+            idle = self.settings.hl7.timeout_seconds
+            budget = self.settings.hl7.message_deadline_seconds
+            # The progress deadline runs from the first byte after the previous ACK (framed or not);
+            # an idle connection with nothing sent is governed by the idle timeout alone.
+            deadline: float | None = None
             buf = bytearray()
             limit = self.settings.hl7.max_message_bytes
             while True:
@@ -564,19 +586,32 @@ class Hl7Listener:
                         return
                     ack = handle_message(payload, self.settings, self.db, self.on_report)
                     sock.sendall(VT + ack + FS + CR)
+                    deadline = None  # the next message gets its own budget
                     continue
                 if len(buf) > limit + 2:
                     self._reject_oversized(sock, peer, limit)
                     return
+                left = idle if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("HL7: no complete message from %s within hl7.message_deadline_seconds; closing",
+                                peer[0])
+                    return
+                sock.settimeout(min(idle, left))
                 try:
                     chunk = sock.recv(65536)
                 except TimeoutError:
-                    log.info("HL7: idle connection from %s timed out", peer[0])
+                    if deadline is not None and deadline - time.monotonic() <= 0:
+                        log.warning("HL7: no complete message from %s within hl7.message_deadline_seconds; "
+                                    "closing", peer[0])
+                    else:
+                        log.info("HL7: idle connection from %s timed out", peer[0])
                     return
                 except OSError:
                     return
                 if not chunk:
                     return
+                if deadline is None:
+                    deadline = time.monotonic() + budget
                 buf += chunk
         finally:
             self._slots.release()

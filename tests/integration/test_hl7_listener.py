@@ -185,3 +185,48 @@ def test_host_outside_the_allow_list_is_closed_unread(settings):
         assert _reports(db) == []
     finally:
         db.dispose()
+
+
+def test_dripping_peers_do_not_block_a_valid_sender(settings):
+    """Slow-drip connections are cut by the progress deadline and capped per host."""
+    import time
+
+    settings.hl7.port = free_port()
+    settings.hl7.max_connections = 4
+    settings.hl7.max_connections_per_host = 3
+    settings.hl7.message_deadline_seconds = 1.0
+    settings.hl7.timeout_seconds = 60
+    db = Database(settings.database_url)
+    drips: list[socket.socket] = []
+    try:
+        with Hl7Listener(settings, db) as lst:
+            for _ in range(5):  # more than the per-host cap: the extra ones are closed at once
+                d = _connect(lst.port)
+                d.sendall(VT + b"MSH|^~\\&|")
+                drips.append(d)
+            # keep dripping: one byte each, well inside the idle timeout
+            closed = set()
+            end = time.monotonic() + 15
+            while len(closed) < len(drips) and time.monotonic() < end:
+                for i, d in enumerate(drips):
+                    if i in closed:
+                        continue
+                    try:
+                        d.sendall(b"X")
+                        d.settimeout(0.05)
+                        if d.recv(1) == b"":
+                            closed.add(i)
+                    except TimeoutError:
+                        pass
+                    except OSError:
+                        closed.add(i)
+                time.sleep(0.1)  # drip pacing (the test's own slow peer), not a wait for the listener
+            assert len(closed) == len(drips), "dripping connections were not closed by the progress deadline"
+            with _connect(lst.port) as s:
+                s.sendall(mllp_frame(oru(control="V1")))
+                assert segments(read_frame(s))["MSA"][1:3] == ["AA", "V1"]
+        assert _reports(db) == [(1, "F")]
+    finally:
+        for d in drips:
+            d.close()
+        db.dispose()
