@@ -24,12 +24,14 @@ def collect(db, limit: int = 50, required_roles=("T1", "T2", "T1C")) -> list[dic
     """Most recent studies (by last instance) with their series, as plain dicts."""
     from pgsam_node.assemble.readiness import missing_roles
     from pgsam_node.db.models import Study
+    from pgsam_node.deliver.progress import pending_delivery
 
     out = []
     with db.session() as s:
         studies = s.scalars(
             select(Study).options(selectinload(Study.series)).order_by(Study.last_instance_at.desc()).limit(limit)
         ).all()
+        delivery = pending_delivery(s, [st.id for st in studies])
         for st in studies:
             series = sorted(st.series, key=lambda x: (x.series_number is None, x.series_number or 0, x.series_uid))
             out.append({
@@ -40,6 +42,7 @@ def collect(db, limit: int = 50, required_roles=("T1", "T2", "T1C")) -> list[dic
                 "first_instance_at": st.first_instance_at.isoformat() if st.first_instance_at else None,
                 "last_instance_at": st.last_instance_at.isoformat() if st.last_instance_at else None,
                 "missing_roles": missing_roles(st, required_roles),
+                "delivery": delivery.get(st.id, []),
                 "series": [
                     {
                         "series_uid": se.series_uid,
@@ -63,6 +66,7 @@ def format_table(studies: list[dict[str, Any]]) -> str:
     if not studies:
         return "no studies received"
     from pgsam_node.assemble.readiness import format_missing
+    from pgsam_node.deliver.progress import format_delivery
 
     lines = []
     for st in studies:
@@ -71,6 +75,8 @@ def format_table(studies: list[dict[str, Any]]) -> str:
         if st.get("state_reason"):
             lines.append(f"  reason: {st['state_reason']}")
         lines.extend(format_missing(st.get("missing_roles") or []))
+        if st.get("delivery"):
+            lines.append(f"  delivery: {format_delivery(st['delivery'])}")
         lines.append(f"  {'#':>6}  {'role':<5} {'sel':<3} {'inst':>5}  {'description':<28} reason")
         for se in st["series"]:
             sn = "" if se["series_number"] is None else str(se["series_number"])

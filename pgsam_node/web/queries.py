@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pgsam_node.assemble.readiness import MODEL_ROLES, missing_roles
+from pgsam_node.deliver.progress import format_delivery, pending_delivery
 from pgsam_node.flow.retention import is_purged
 from pgsam_node.db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Series, Study, StudyState, utcnow
 
@@ -79,7 +80,12 @@ def list_studies(s: Session, state: str | None = None, limit: int = 100, offset:
         ).all()
     ) if rows else {}
     now = utcnow()
-    return total, [study_summary(r, now, counts.get(r.id, 0)) for r in rows]
+    delivery = pending_delivery(s, [r.id for r in rows])
+    out = [study_summary(r, now, counts.get(r.id, 0)) for r in rows]
+    for d in out:
+        d["delivery"] = delivery.get(d["id"], [])
+        d["delivery_text"] = format_delivery(d["delivery"]) if d["delivery"] else ""
+    return total, out
 
 
 def state_counts(s: Session) -> dict[str, int]:
