@@ -75,3 +75,17 @@ def format_missing(missing: list[dict], indent: str = "  ") -> list[str]:
         for r in m["rejected"]:
             lines.append(f"{indent}  {r['series']} -> {r['reason']}")
     return lines
+
+
+def report_wait(study: Study, settings) -> str | None:
+    """For a WAITING_REPORT study: when the wait ends and what happens then (None otherwise)."""
+    if study.state != "WAITING_REPORT" or study.waiting_since is None:
+        return None
+    import datetime as dt
+
+    end = study.waiting_since + dt.timedelta(seconds=settings.ris.wait_seconds)
+    then = ("the study FAILS (ris.on_missing_report: fail)" if settings.ris.on_missing_report == "fail"
+            else "it runs without report text (ris.on_missing_report: run_without_text)")
+    return (f"waiting for the report until {end.isoformat(timespec='seconds')} UTC "
+            f"(ris.wait_seconds={settings.ris.wait_seconds:g}); then {then}; "
+            f"run now without it: pgsam-node run-now --study UID, or the dashboard's 'Run now without report'")

@@ -20,9 +20,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def collect(db, limit: int = 50, required_roles=("T1", "T2", "T1C")) -> list[dict[str, Any]]:
+def collect(db, limit: int = 50, required_roles=("T1", "T2", "T1C"), settings=None) -> list[dict[str, Any]]:
     """Most recent studies (by last instance) with their series, as plain dicts."""
-    from pgsam_node.assemble.readiness import missing_roles
+    from pgsam_node.assemble.readiness import missing_roles, report_wait
     from pgsam_node.db.models import Study
     from pgsam_node.deliver.progress import pending_delivery
 
@@ -43,6 +43,7 @@ def collect(db, limit: int = 50, required_roles=("T1", "T2", "T1C")) -> list[dic
                 "last_instance_at": st.last_instance_at.isoformat() if st.last_instance_at else None,
                 "missing_roles": missing_roles(st, required_roles),
                 "delivery": delivery.get(st.id, []),
+                "report_wait": report_wait(st, settings) if settings is not None else None,
                 "series": [
                     {
                         "series_uid": se.series_uid,
@@ -75,6 +76,8 @@ def format_table(studies: list[dict[str, Any]]) -> str:
         if st.get("state_reason"):
             lines.append(f"  reason: {st['state_reason']}")
         lines.extend(format_missing(st.get("missing_roles") or []))
+        if st.get("report_wait"):
+            lines.append(f"  report: {st['report_wait']}")
         if st.get("delivery"):
             lines.append(f"  delivery: {format_delivery(st['delivery'])}")
         lines.append(f"  {'#':>6}  {'role':<5} {'sel':<3} {'inst':>5}  {'description':<28} reason")
@@ -91,7 +94,7 @@ def run(args) -> int:
     settings = load(args)
     db = open_database(settings)
     try:
-        studies = collect(db, args.limit, settings.assembly.required_roles)
+        studies = collect(db, args.limit, settings.assembly.required_roles, settings)
     finally:
         db.dispose()
     if args.json:

@@ -149,4 +149,17 @@ def resend(session: Session, study: Study, actor: str, remote_addr: str | None =
     return ActionResult("resend", study.id, frm, study.state, f"{n} outbox item(s) queued", n)
 
 
-ACTIONS = {"retry": retry, "reprocess": reprocess, "resend": resend}
+def run_now(session: Session, study: Study, actor: str, remote_addr: str | None = None) -> ActionResult:
+    """Run a WAITING_REPORT study now without report text (what the deadline would do, early)."""
+    frm = study.state
+    if frm != S.WAITING_REPORT.value:
+        raise ActionError(f"study is {frm}: only a study waiting for its report can run now without it")
+    study.report_ref = None
+    study.report_hash = None
+    study.waiting_since = None
+    transition(session, study, S.READY, f"run now without report by {actor}", actor=actor)
+    _audit(session, actor, "run_now", study, {"from": frm, "to": study.state}, remote_addr)
+    return ActionResult("run_now", study.id, frm, study.state, "queued to run without report text")
+
+
+ACTIONS = {"retry": retry, "reprocess": reprocess, "resend": resend, "run_now": run_now}

@@ -173,7 +173,7 @@ def run_action(request: Request, a: Auth, study_id: int, name: str):
 
 @router.post("/studies/{study_id}/{action}")
 def action(study_id: int, action: str, request: Request, a: Auth = Depends(require_auth)):
-    if action not in ("retry", "reprocess", "resend"):
+    if action not in ("retry", "reprocess", "resend", "run_now"):
         raise HTTPException(404, f"unknown action {action!r}")
     if a.via == "session" and not csrf_ok(a.csrf, request.headers.get("x-csrf-token")):
         raise HTTPException(403, "CSRF token missing or wrong")

@@ -15,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from pgsam_node.assemble.readiness import report_wait
 from pgsam_node.web import tokens
 from pgsam_node.db.models import AuditLog, OutboxState, Study
 from pgsam_node.web import queries
@@ -172,6 +173,7 @@ def study_page(study_id: int, request: Request):
         if st is None:
             return _render(request, "message.html", a, status=404, title="Not found", message=f"No study {study_id}.")
         d = queries.study_detail(s, st, c.settings.assembly.required_roles)
+        d["report_wait"] = report_wait(st, c.settings)
         series = queries.series_list(st)
         events = queries.timeline(st)
         rep = queries.report_view(s, st, a.principal.can("report-text"), c.findings_from_text)
@@ -207,7 +209,7 @@ async def study_action(study_id: int, name: str, request: Request):
     # Strict is the first line, this the second).
     if a.via == "session" and not csrf_ok(a.csrf, str(form.get("csrf") or "")):
         raise HTTPException(403, "CSRF token missing or wrong")
-    if name not in ("retry", "reprocess", "resend"):
+    if name not in ("retry", "reprocess", "resend", "run_now"):
         raise HTTPException(404, f"unknown action {name!r}")
     try:
         res = run_action(request, a, study_id, name)
