@@ -211,6 +211,8 @@ class Hl7Settings(_Section):
     #: Senders (MSH-3 sending application, or MSH-3^MSH-4 application^facility) whose reports are
     #: accepted; others get AR. Empty = any sender from an allowed host.
     allowed_senders: list[str] = Field(default_factory=list)
+    #: MLLP over TLS (same keys as ``dicom.tls``); off by default (loopback only without it).
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     #: Most result groups (OBR + its OBX) one message may carry; more = AR, nothing stored.
     max_result_groups: int = Field(20, ge=1, le=10000)
 

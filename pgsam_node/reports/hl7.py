@@ -35,6 +35,7 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from pgsam_node.config import Settings
 from pgsam_node.db.session import Database
 from pgsam_node.errors import Hl7Error, ReportError
 from pgsam_node.logsetup import uid_hash
+from pgsam_node.tls import server_context
 from pgsam_node.reports.store import IncomingReport, StoreResult, store_report
 from pgsam_node.reports.ris import parse_date, parse_datetime
 
@@ -475,6 +477,7 @@ class Hl7Listener:
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         self._per_host: dict[str, int] = {}
+        self._ssl: ssl.SSLContext | None = None
 
     @property
     def port(self) -> int:
@@ -491,6 +494,7 @@ class Hl7Listener:
                 listener._serve_connection(self.request, self.client_address)
 
         try:
+            self._ssl = server_context(self.settings.hl7.tls)  # ConfigError on a bad cert/key: refuse to start
             self._server = _Server((self.settings.hl7.bind, self._port), Handler)
         except OSError as exc:
             raise Hl7Error(f"cannot listen for HL7 on {self.settings.hl7.bind}:{self._port}: {exc.strerror}") from exc
@@ -560,6 +564,19 @@ class Hl7Listener:
             log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", peer[0])
             sock.close()
             return
+        if self._ssl is not None:
+            # The handshake counts against the progress deadline, so a silent TLS peer cannot hold a slot.
+            try:
+                sock.settimeout(self.settings.hl7.message_deadline_seconds)
+                sock = self._ssl.wrap_socket(sock, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning("HL7: TLS handshake with %s failed: %s", peer[0], type(exc).__name__)
+                self._slots.release()
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+                return
         with self._open_lock:
             self._open.add(sock)
         try:

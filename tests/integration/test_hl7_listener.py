@@ -230,3 +230,53 @@ def test_dripping_peers_do_not_block_a_valid_sender(settings):
         for d in drips:
             d.close()
         db.dispose()
+
+
+def _read_tls_frame(s) -> bytes:
+    """One MLLP frame from a TLS socket (read_frame peeks, which TLS sockets cannot)."""
+    buf = b""
+    while FS + CR not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise OSError("closed before a complete frame")
+        buf += chunk
+    return buf[buf.index(VT) + 1 : buf.index(FS + CR)]
+
+
+def test_mllp_over_tls(settings, tmp_path):
+    import ssl
+
+    from pgsam_node.config import TlsSettings
+    from pgsam_node.tls import client_context
+
+    from ..pki import make_pki
+
+    pki = make_pki(tmp_path)
+    settings.hl7.port = free_port()
+    settings.hl7.tls = TlsSettings(enabled=True, cert_file=pki / "server.pem", key_file=pki / "server.key",
+                                   ca_file=pki / "ca.pem", require_client_cert=True)
+    db = Database(settings.database_url)
+    try:
+        with Hl7Listener(settings, db) as lst:
+            good = TlsSettings(cert_file=pki / "client.pem", key_file=pki / "client.key", ca_file=pki / "ca.pem")
+            with _connect(lst.port) as raw, client_context(good).wrap_socket(raw) as s:
+                s.sendall(mllp_frame(oru(control="T1")))
+                assert segments(_read_tls_frame(s))["MSA"][1:3] == ["AA", "T1"]
+            # plain MLLP on a TLS port: no ACK, nothing stored
+            with _connect(lst.port) as s:
+                s.sendall(mllp_frame(oru(control="T2", accession="ACC2", filler="FL2")))
+                s.settimeout(10)
+                try:
+                    got = s.recv(100)
+                except (ConnectionResetError, TimeoutError):
+                    got = b""
+                assert b"MSA" not in got
+            # a client without a certificate is refused
+            nocert = TlsSettings(ca_file=pki / "ca.pem")
+            with pytest.raises((ssl.SSLError, OSError)):
+                with _connect(lst.port) as raw, client_context(nocert).wrap_socket(raw) as s:
+                    s.sendall(mllp_frame(oru(control="T3", accession="ACC3", filler="FL3")))
+                    _read_tls_frame(s)
+        assert _reports(db) == [(1, "F")]
+    finally:
+        db.dispose()
