@@ -161,7 +161,7 @@ import sys
 from types import SimpleNamespace
 from pathlib import Path
 from pynetdicom import AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
-from pgsam_node import spool
+from pgsam_node.ingest import spool
 from pgsam_node.ingest.dicomnet import dimse
 from pgsam_node.ingest.dicomnet.acceptor import Acceptor
 root = Path(sys.argv[2])
