@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from pgsam_node.config import Settings
 from pgsam_node.errors import EncodeError
+from pgsam_node.encode.preview import axis_letter as _letter
 from pgsam_node.encode.preview import window
 from pgsam_node.encode.common import SERIES_OFFSETS, AlgorithmInfo, SourceSet, log_built, output_uids, quiet_highdicom
 
@@ -28,12 +29,6 @@ def render_overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, i
         edge = m & ~ndimage.binary_erosion(m)
         rgb[edge] = c
     return rgb.astype(np.uint8)
-
-
-def _letter(v: np.ndarray) -> str:
-    # PS3.3 C.7.6.1.1.1: the dominant patient axis of a direction, L/R, P/A, H/F.
-    i = int(np.argmax(np.abs(v)))
-    return ("L", "P", "H")[i] if v[i] > 0 else ("R", "A", "F")[i]
 
 
 def _patient_orientation(ref: Dataset) -> tuple[str, str]:

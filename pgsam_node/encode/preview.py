@@ -40,8 +40,73 @@ def best_slice(*masks: np.ndarray) -> int:
     return int(np.argmax(area)) if np.any(area) else masks[0].shape[0] // 2
 
 
+def axis_letter(v) -> str:
+    """Patient direction letter of a unit vector (PS3.3 C.7.6.1.1.1): its dominant axis, L/R, P/A, H/F."""
+    v = np.asarray(v, dtype=float)
+    i = int(np.argmax(np.abs(v)))
+    return ("L", "P", "H")[i] if v[i] > 0 else ("R", "A", "F")[i]
+
+
+_OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
+
+
+def side_letters(iop) -> tuple[str, str] | None:
+    """(left edge, right edge) patient-direction letters of an image with ImageOrientationPatient ``iop``.
+
+    The row direction cosine (the first three values) points from the left edge of the displayed
+    image to its right edge, so the right edge shows its letter and the left edge the opposite
+    (an axial image in the usual orientation: R on the left, L on the right).
+    """
+    if iop is None or len(iop) != 6:
+        return None
+    right = axis_letter([float(x) for x in iop[:3]])
+    return _OPPOSITE[right], right
+
+
+def annotate(rgb: np.ndarray, legend, slice_text: str, sides: tuple[str, str] | None, max_side: int = 512) -> Image.Image:
+    """Enlarge an RGB slice to about ``max_side`` pixels and draw a legend, the slice number and R/L markers.
+
+    Parameters
+    ----------
+    rgb
+        (Y, X, 3) uint8 from :func:`overlay_rgb`.
+    legend
+        [((r, g, b), label), ...] drawn as colour swatches at the bottom left.
+    slice_text
+        Top-left text, e.g. ``"slice 12 / 24"``.
+    sides
+        From :func:`side_letters`; None draws no marker.
+    """
+    from PIL import ImageDraw
+
+    img = Image.fromarray(rgb, "RGB")
+    scale = max(1, max_side // max(img.size))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    d = ImageDraw.Draw(img)
+    d.rectangle([2, 2, 8 + 7 * len(slice_text), 16], fill=(0, 0, 0))
+    d.text((5, 4), slice_text, fill=(255, 255, 255))
+    if sides:
+        mid = img.height // 2
+        for x, letter in ((4, sides[0]), (img.width - 12, sides[1])):
+            d.rectangle([x - 2, mid - 2, x + 9, mid + 12], fill=(0, 0, 0))
+            d.text((x, mid), letter, fill=(255, 255, 0))
+    y = img.height - 16 * len(legend) - 4
+    for color, label in legend:
+        d.rectangle([2, y - 2, 24 + 7 * len(label), y + 12], fill=(0, 0, 0))
+        d.rectangle([5, y, 15, y + 10], fill=tuple(color))
+        d.text((20, y), label, fill=(255, 255, 255))
+        y += 16
+    return img
+
+
+PRED_COLOUR = (230, 40, 40)
+TRUTH_COLOUR = (40, 220, 40)
+
+
 def write_overlay_png(reference_paths: list[Path], truth: np.ndarray | None, pred: np.ndarray, out: Path) -> Path:
-    """Write the slice with the most lesion: prediction filled red, truth outlined green.
+    """Write the slice with the most lesion: prediction filled red, truth outlined green, with a
+    legend, the slice number and the patient's R/L (or A/P, H/F) at the image edges.
 
     ``reference_paths``: one file per slice of the reference grid (Z order of the masks).
     """
@@ -51,8 +116,10 @@ def write_overlay_png(reference_paths: list[Path], truth: np.ndarray | None, pre
     z = best_slice(*masks)
     ds = dcmread(reference_paths[z])
     img = ds.pixel_array.astype(np.float32)
-    outlines = [(truth[z], (40, 220, 40))] if truth is not None else []
-    rgb = overlay_rgb(img, fills=[(pred[z], (230, 40, 40))], outlines=outlines)
+    outlines = [(truth[z], TRUTH_COLOUR)] if truth is not None else []
+    rgb = overlay_rgb(img, fills=[(pred[z], PRED_COLOUR)], outlines=outlines)
+    legend = [(PRED_COLOUR, "PG-SAM prediction")] + ([(TRUTH_COLOUR, "truth (outline)")] if truth is not None else [])
+    sides = side_letters(ds.get("ImageOrientationPatient"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rgb).save(out)
+    annotate(rgb, legend, f"slice {z + 1} / {len(reference_paths)}", sides).save(out)
     return out

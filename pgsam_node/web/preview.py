@@ -14,12 +14,11 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 import pydicom
-from PIL import Image
 from sqlalchemy import select
 
 from pgsam_node.db.models import Instance, Run, Study
 from pgsam_node.logsetup import uid_hash
-from pgsam_node.encode.preview import overlay_rgb
+from pgsam_node.encode.preview import annotate, overlay_rgb, side_letters
 
 log = logging.getLogger(__name__)
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -58,15 +57,14 @@ def _seg_of_study(db, settings, study_id: int) -> tuple[hd.seg.Segmentation, Pat
     raise PreviewUnavailable("segmentation files deleted" if missing == len(candidates) else "no DICOM SEG among the outputs")
 
 
-def compose(image: np.ndarray, mask: np.ndarray, max_side: int = 512) -> bytes:
+def compose(image: np.ndarray, mask: np.ndarray, max_side: int = 512, slice_text: str = "",
+            sides: tuple[str, str] | None = None, label: str = "segmentation (SEG)") -> bytes:
     """PNG of an MR slice ``image`` (rows × cols, raw values) with ``mask`` (rows × cols, bool)
     filled and outlined in red (:func:`pgsam_node.encode.preview.overlay_rgb`); small images are
-    enlarged (nearest neighbour) to about ``max_side`` pixels."""
+    enlarged (nearest neighbour) to about ``max_side`` pixels; a legend, the slice number and the
+    patient-side markers are drawn (:func:`pgsam_node.encode.preview.annotate`)."""
     rgb = overlay_rgb(image, fills=[(mask, COLOUR)], outlines=[(mask, COLOUR)])
-    img = Image.fromarray(rgb, "RGB")
-    scale = max(1, max_side // max(img.size))
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    img = annotate(rgb, [(COLOUR, label)], slice_text or "slice", sides, max_side)
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()
@@ -157,4 +155,14 @@ def render_preview(db, settings, study_id: int) -> bytes:
         raise PreviewUnavailable(f"SEG frame {best_mask.shape} does not match the source image {pixels.shape}")
     log.debug("preview of study %s: %d voxels on the chosen slice", uid_hash(study_uid), best_area,
               extra={"study": uid_hash(study_uid)})
-    return compose(pixels, best_mask)
+    number = ds.get("InstanceNumber")
+    if best_frame is not None and int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        text = f"frame {best_frame} / {int(ds.NumberOfFrames)}"
+        iop = None
+        sfg = ds.get("SharedFunctionalGroupsSequence")
+        if sfg and "PlaneOrientationSequence" in sfg[0]:
+            iop = sfg[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    else:
+        text = f"slice (instance) {number}" if number is not None else "slice"
+        iop = ds.get("ImageOrientationPatient")
+    return compose(pixels, best_mask, slice_text=text, sides=side_letters(iop))
