@@ -57,7 +57,12 @@ def algorithm_info(checkpoint_sha256: str | None = None, name: str = "PG-SAM") -
 
 
 def segment_codes_for(settings: Settings, model_config: dict[str, Any] | None = None) -> SegmentCodes:
-    """Segment codes: the model folder's ``segment_codes`` (if any) over ``seg.segment_codes``.
+    """Segment codes, one precedence (README "Segment label and codes"):
+
+    1. ``seg.segment_codes`` set explicitly in the node's configuration (YAML or environment);
+    2. the model folder's codes (``labels[0]`` category / type / anatomy of its ``config.json``),
+       merged over the defaults;
+    3. the built-in defaults (Morphologically abnormal structure / Neoplasm / Parotid gland).
 
     Raises
     ------
@@ -66,7 +71,7 @@ def segment_codes_for(settings: Settings, model_config: dict[str, Any] | None = 
     """
     base = settings.seg.segment_codes
     override = (model_config or {}).get("segment_codes")
-    if not override:
+    if not override or "segment_codes" in settings.seg.model_fields_set:
         return base
     try:
         merged = base.model_dump()
@@ -75,6 +80,22 @@ def segment_codes_for(settings: Settings, model_config: dict[str, Any] | None = 
         return SegmentCodes.model_validate(merged)
     except Exception as exc:  # pydantic ValidationError, TypeError on non-mappings
         raise EncodeError(f"invalid segment_codes in the model configuration: {exc}") from exc
+
+
+def segment_label_for(settings: Settings, model_config: dict[str, Any] | None = None) -> str:
+    """Segment label with the same precedence as :func:`segment_codes_for`: an explicit
+    ``seg.segment_label``, else the model folder's label name (``labels[0].name``), else "Lesion"."""
+    name = (model_config or {}).get("segment_label")
+    if name and "segment_label" not in settings.seg.model_fields_set:
+        return str(name)[:64]  # PS3.3 C.8.20.4: Segment Label is LO (64 characters)
+    return settings.seg.segment_label
+
+
+def with_segment_label(settings: Settings, label: str) -> Settings:
+    """A copy of ``settings`` whose ``seg.segment_label`` is ``label`` (the encoders read it there)."""
+    if label == settings.seg.segment_label:
+        return settings
+    return settings.model_copy(update={"seg": settings.seg.model_copy(update={"segment_label": label})})
 
 
 def to_code(c: SegCode) -> Code:

@@ -74,7 +74,10 @@ def model_segment_codes(cfg) -> dict | None:
     if not labels:
         return None
     first = labels[0]
-    return {"segment_codes": {k: first[k] for k in ("category", "type", "anatomy") if k in first}}
+    out = {"segment_codes": {k: first[k] for k in ("category", "type", "anatomy") if k in first}}
+    if first.get("name"):
+        out["segment_label"] = first["name"]
+    return out
 
 
 def idempotency_key(study_uid: str, input_uids: list[str], report_hash: str | None, model_version: str) -> str:
@@ -235,6 +238,7 @@ class Pipeline:
 
     def _run(self, claim: Claim, heartbeat: Heartbeat | None, deadline: float) -> RunResult:
         from pgsam_node.encode import algorithm_info, build_outputs, segment_codes_for
+        from pgsam_node.encode.common import segment_label_for, with_segment_label
         from pgsam_node.geometry.study import build_study_volumes
         from pgsam_node.deliver.outbox import enqueue, write_output
 
@@ -295,16 +299,17 @@ class Pipeline:
         t = time.monotonic()
         cfg = getattr(predictor, "cfg", None)
         algorithm = algorithm_info(getattr(cfg, "weights_sha256", None))
+        described = model_segment_codes(cfg)
         datasets = build_outputs(
             mask=result.mask,
             prob=result.prob,
             source_paths=ref.paths,
             frame_numbers=ref.frame_numbers,
             findings=inputs.findings,
-            settings=st,
+            settings=with_segment_label(st, segment_label_for(st, described)),
             algorithm=algorithm,
             run_version=inputs.version,
-            codes=segment_codes_for(st, model_segment_codes(cfg)),
+            codes=segment_codes_for(st, described),
         )
         timings["encode"] = time.monotonic() - t
         self._check(claim, heartbeat, deadline)
