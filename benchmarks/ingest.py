@@ -228,13 +228,30 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def wait_model_loaded(web_port: int, timeout: float = 300.0) -> None:
+    import json
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/readyz", timeout=2) as r:
+                state = json.loads(r.read()).get("checks", {}).get("model", {}).get("state")
+        except Exception:  # noqa: BLE001 - 503 or not listening yet
+            state = None
+        if state in ("loaded", "failed"):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the node's model did not load")
+
+
 def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None) -> float:
-    port = free_port()
+    port, web = free_port(), free_port()
     root.mkdir()
     cfg = root / "node.yaml"
     db = f"\ndatabase: {{url: '{db_url}'}}" if db_url else ""
     cfg.write_text(
-        f"dicom: {{port: {port}, refuse_below_free_bytes: 0}}\n"
+        f"dicom: {{port: {port}, refuse_below_free_bytes: 0}}\nweb: {{port: {web}}}\n"
         f"storage: {{root: '{root / 'storage'}', min_free_bytes: 0, fsync: true}}\n"
         f"assembly: {{stable_seconds: 3600}}\nlogging: {{level: WARNING}}{db}\n"
     )
@@ -243,6 +260,9 @@ def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None) 
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_port(port)
+        # The node in service: the port opens before the model loads in the background, so wait
+        # for the load (/readyz) or its CPU would be counted against the instances.
+        wait_model_loaded(web)
         cpu0 = _cpu_seconds(proc.pid)
         dt = send(port, folder, "PGSAM")
         cpu = _cpu_seconds(proc.pid) - cpu0
