@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pgsam_node.commands import add_config_arg, load
-from pgsam_node.deliver.check import test_destination
 from pgsam_node.errors import ConfigError, SendError
 
 
@@ -19,6 +18,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from pgsam_node.deliver.check import test_destination  # pynetdicom: loaded only when run
+
     settings = load(args)
     dests = [d for d in settings.destinations if args.name in (None, d.name)]
     if not dests:
