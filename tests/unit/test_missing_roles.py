@@ -20,16 +20,34 @@ from ..dicomgen import make_mr
 from .test_spool_assemble import _encode
 
 
-def _study_without_contrast(db, settings) -> str:
+def index_study(db, settings, specs) -> str:
+    """Index one study (``specs``: (description, TR, TE, agent) per series, 3 instances each) and make it STABLE."""
     study, t0 = generate_uid(), utcnow()
-    for k, (desc, tr, te) in enumerate((("t1_se_tra", 500, 10), ("t2_tse_tra", 4000, 95), ("ep2d_perf", 1500, 30))):
+    for k, (desc, tr, te, agent) in enumerate(specs):
         series = generate_uid()
         for i in range(3):
-            ds = make_mr(study, series, i, description=desc, tr=tr, te=te, series_number=k + 1, size=96)
+            ds = make_mr(study, series, i, description=desc, tr=tr, te=te, series_number=k + 1, agent=agent, size=96)
             h = parse_header(spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1") + _encode(ds))
             index_instance(db, settings, h, "spool/x", 1, "1.2.840.10008.1.2.1", now=t0)
     later = t0 + dt.timedelta(seconds=settings.assembly.stable_seconds + 1)
     assert mark_stable(db, settings, now=later) == [study]
+    return study, later
+
+
+def signed_in_client(settings, db):
+    """A dashboard client signed in with a new first-run admin token; returns (client, token)."""
+    with db.transaction() as s:
+        admin = tokens.ensure_first_run_token(s)
+    client = TestClient(create_app(settings, db), base_url="http://127.0.0.1")
+    page = client.get("/login").text
+    nonce = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    client.post("/login", data={"token": admin, "csrf": nonce, "next": "/"}, follow_redirects=False)
+    return client, admin
+
+
+def _study_without_contrast(db, settings) -> str:
+    study, later = index_study(db, settings, (("t1_se_tra", 500, 10, None), ("t2_tse_tra", 4000, 95, None),
+                                              ("ep2d_perf", 1500, 30, None)))
     assert advance_stable(db, settings, now=later) == {study: "WAITING_SEQUENCES"}
     return study
 
@@ -55,15 +73,10 @@ def test_dashboard_and_api_show_missing_roles(settings):
     db = Database(settings.database_url)
     try:
         _study_without_contrast(db, settings)
-        with db.transaction() as s:
-            admin = tokens.ensure_first_run_token(s)
-        client = TestClient(create_app(settings, db), base_url="http://127.0.0.1")
+        client, admin = signed_in_client(settings, db)
         d = client.get("/api/v1/studies", headers={"Authorization": f"Bearer {admin}"}).json()["studies"][0]
         detail = client.get(f"/api/v1/studies/{d['id']}", headers={"Authorization": f"Bearer {admin}"}).json()
         assert detail["missing_roles"][0]["role"] == "T1C" and len(detail["missing_roles"][0]["rejected"]) == 2
-        page = client.get("/login").text
-        nonce = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-        client.post("/login", data={"token": admin, "csrf": nonce, "next": "/"}, follow_redirects=False)
         html = client.get(f"/studies/{d['id']}").text
         assert 'id="missing-roles"' in html and "T1C missing" in html and "no contrast evidence" in html
         client.close()

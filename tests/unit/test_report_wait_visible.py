@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 
 import yaml
-from fastapi.testclient import TestClient
-from pydicom.uid import generate_uid
 
-from pgsam_node.assemble.stability import mark_stable
 from pgsam_node.cli import main
 from pgsam_node.commands.status import collect, format_table
-from pgsam_node.db import Database, Study, utcnow
+from pgsam_node.db import Database, Study
 from pgsam_node.flow.advance import advance_stable
-from pgsam_node.ingest import spool
-from pgsam_node.ingest.index import index_instance, parse_header
-from pgsam_node.web import create_app, tokens
 
-from ..dicomgen import make_mr
-from .test_spool_assemble import _encode
+from .test_missing_roles import index_study, signed_in_client
 
 
 def _waiting_study(db, settings) -> str:
-    study, t0 = generate_uid(), utcnow()
-    for k, (desc, tr, te, agent) in enumerate((("t1_se_tra", 500, 10, None), ("t1_se_tra", 500, 10, "Gadovist"),
-                                               ("t2_tse_tra", 4000, 95, None))):
-        series = generate_uid()
-        for i in range(3):
-            ds = make_mr(study, series, i, description=desc, tr=tr, te=te, series_number=k + 1, agent=agent, size=96)
-            h = parse_header(spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1") + _encode(ds))
-            index_instance(db, settings, h, "spool/x", 1, "1.2.840.10008.1.2.1", now=t0)
-    later = t0 + dt.timedelta(seconds=settings.assembly.stable_seconds + 1)
-    mark_stable(db, settings, now=later)
+    study, later = index_study(db, settings, (("t1_se_tra", 500, 10, None), ("t1_se_tra", 500, 10, "Gadovist"),
+                                              ("t2_tse_tra", 4000, 95, None)))
     assert advance_stable(db, settings, now=later) == {study: "WAITING_REPORT"}
     return study
 
@@ -65,12 +49,7 @@ def test_dashboard_shows_deadline_and_api_runs_now(settings):
     db = Database(settings.database_url)
     try:
         _waiting_study(db, settings)
-        with db.transaction() as s:
-            admin = tokens.ensure_first_run_token(s)
-        client = TestClient(create_app(settings, db), base_url="http://127.0.0.1")
-        page = client.get("/login").text
-        nonce = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-        client.post("/login", data={"token": admin, "csrf": nonce, "next": "/"}, follow_redirects=False)
+        client, admin = signed_in_client(settings, db)
         sid = client.get("/api/v1/studies", headers={"Authorization": f"Bearer {admin}"}).json()["studies"][0]["id"]
         html = client.get(f"/studies/{sid}").text
         assert 'id="report-wait"' in html and "then it runs without report text" in html
