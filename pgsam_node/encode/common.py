@@ -107,6 +107,13 @@ def is_empty(mask: np.ndarray) -> bool:
     return not bool(np.any(mask))
 
 
+def sends_nothing(mask: np.ndarray, seg_settings) -> bool:
+    """The empty-result policy, decided here only (DESIGN.md "decide explicitly what an empty result
+    sends"): True when the mask is empty and ``seg.empty_result`` is ``no_seg`` (no object is built; the
+    study ends NO_FINDING). With ``empty_segment`` an empty mask still gives a SEG."""
+    return seg_settings.empty_result == "no_seg" and is_empty(mask)
+
+
 def output_uids(study_uid: str, run_version: int, model_version: str, kind: str) -> tuple[str, str]:
     """Deterministic (SeriesInstanceUID, SOPInstanceUID) for one output object.
 

@@ -29,6 +29,7 @@ from pgsam_node.encode.common import (
     load_sources,
     log_built,
     output_uids,
+    sends_nothing,
     quiet_highdicom,
     to_code,
 )
@@ -195,9 +196,9 @@ def build_seg(
     if mask.dtype != np.bool_ and not np.isin(np.unique(mask), (0, 1)).all():
         raise EncodeError("mask must be binary (0/1)")
     mask = mask.astype(np.uint8)
-    empty = is_empty(mask)
-    if empty and settings.seg.empty_result == "no_seg":
+    if sends_nothing(mask, settings.seg):
         return None
+    empty = is_empty(mask)
     return _build(
         mask, sources, findings, settings, algorithm, run_version, codes or settings.seg.segment_codes,
         "seg", omit_empty_frames=not empty, mask_encoding=settings.seg.mask_encoding,

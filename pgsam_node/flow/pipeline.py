@@ -238,7 +238,7 @@ class Pipeline:
 
     def _run(self, claim: Claim, heartbeat: Heartbeat | None, deadline: float) -> RunResult:
         from pgsam_node.encode import algorithm_info, build_outputs, segment_codes_for
-        from pgsam_node.encode.common import segment_label_for, with_segment_label
+        from pgsam_node.encode.common import segment_label_for, sends_nothing, with_segment_label
         from pgsam_node.geometry.study import build_study_volumes
         from pgsam_node.deliver.outbox import enqueue, write_output
 
@@ -292,7 +292,7 @@ class Pipeline:
         metrics["findings"] = asdict(inputs.findings) if inputs.findings is not None else None
         notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]
 
-        if n_vox == 0 and st.seg.empty_result == "no_seg":
+        if sends_nothing(result.mask, st.seg):  # the policy is encode's; checked before the encode work
             return self._no_finding(claim, run_id, timings, metrics, notes)
 
         self._mark_stage(run_id, "encode")
@@ -313,8 +313,6 @@ class Pipeline:
         )
         timings["encode"] = time.monotonic() - t
         self._check(claim, heartbeat, deadline)
-        if not datasets:  # empty mask under seg.empty_result=no_seg
-            return self._no_finding(claim, run_id, timings, metrics, notes)
 
         rel_paths = [write_output(st, ds, inputs.study_uid) for ds in datasets]
 

@@ -279,3 +279,15 @@ def test_multiframe_enhanced_source(tmp_path, settings):
     assert len(overlay) == 5
     assert overlay[0].Rows == 32 and overlay[0].SamplesPerPixel == 3
     assert_dciodvfy_clean(_save(overlay[0], tmp_path, "mf_overlay"))
+
+
+def test_empty_result_policy_is_decided_in_one_place(settings):
+    import numpy as np
+
+    from pgsam_node.encode.common import sends_nothing
+
+    empty, blob = np.zeros((2, 4, 4), np.uint8), np.ones((2, 4, 4), np.uint8)
+    settings.seg.empty_result = "no_seg"
+    assert sends_nothing(empty, settings.seg) and not sends_nothing(blob, settings.seg)
+    settings.seg.empty_result = "empty_segment"
+    assert not sends_nothing(empty, settings.seg)
