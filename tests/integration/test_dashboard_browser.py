@@ -66,7 +66,13 @@ def test_sign_in_see_study_retry(server, tmp_path):
 
     srv, db, seeded, printed = server
     token = srv.first_run_token
-    assert token and token in printed  # shown once on the console
+    # Not a terminal: the token is never printed (it would land in the service log), only written
+    # to the 0600 file the console message names.
+    assert token and token not in printed and "first-run-admin-token" in printed
+    from pgsam_node.web.server import token_file
+
+    path = token_file(srv.settings.storage_root)
+    assert path.read_text().strip() == token and (path.stat().st_mode & 0o777) == 0o600
     base = srv.url
     # the real server answers with the security headers and refuses anonymous API calls
     r = httpx.get(f"{base}/api/v1/studies")
