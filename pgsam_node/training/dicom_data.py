@@ -44,8 +44,13 @@ FOLDER_ROLES = {
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-def read_reports_csv(path: Path | None) -> dict[str, str]:
-    """``study`` -> ``report`` from a CSV (UTF-8, header row with both columns)."""
+def read_reports_csv(path: Path | None, columns: tuple[tuple[str, str], ...] = (("study", "report"),)) -> dict[str, str]:
+    """Key -> report text from a CSV (UTF-8, header row).
+
+    ``columns`` lists accepted (key column, text column) pairs, first match wins; the default is
+    ``study,report``. No file = no reports; a header with none of the pairs is an error naming
+    the file and the first pair.
+    """
     if path is None:
         return {}
     try:
@@ -53,9 +58,13 @@ def read_reports_csv(path: Path | None) -> dict[str, str]:
             rows = list(csv.DictReader(f))
     except OSError as exc:
         raise ModelError(f"cannot read reports CSV {path}: {exc}") from exc
-    if rows and not {"study", "report"} <= set(rows[0]):
-        raise ModelError(f"reports CSV {path} needs the columns 'study' and 'report'")
-    return {r["study"].strip(): r["report"] for r in rows if r.get("study")}
+    if not rows:
+        return {}
+    for key, text in columns:
+        if {key, text} <= set(rows[0]):
+            return {r[key].strip(): r[text] for r in rows if r.get(key)}
+    key, text = columns[0]
+    raise ModelError(f"reports CSV {path} needs the columns '{key}' and '{text}'")
 
 
 def _parse_findings(text: str | None) -> Findings | None:

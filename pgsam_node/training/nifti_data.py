@@ -19,7 +19,6 @@ raise :class:`~pgsam_node.errors.ModelError` naming the file.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from pgsam_node.errors import ModelError
 from pgsam_node.inference.preprocessing import StudyArrays
+from pgsam_node.training.dicom_data import read_reports_csv
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +55,7 @@ def _stem(p: Path) -> str:
 
 def read_case_reports(path: Path | None) -> dict[str, str]:
     """``case`` -> ``report_text`` from a CSV (UTF-8; ``study,report`` accepted too)."""
-    if path is None:
-        return {}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise ModelError(f"cannot read reports CSV {path}: {exc}") from exc
-    cols = set(rows[0]) if rows else set()
-    for key, text in (("case", "report_text"), ("study", "report")):
-        if {key, text} <= cols:
-            return {r[key].strip(): r[text] for r in rows if r.get(key)}
-    if not rows:
-        return {}
-    raise ModelError(f"reports CSV {path} needs the columns 'case' and 'report_text'")
+    return read_reports_csv(path, (("case", "report_text"), ("study", "report")))
 
 
 def nifti_to_lps(path: Path) -> tuple[np.ndarray, np.ndarray]:
