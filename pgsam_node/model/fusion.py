@@ -26,18 +26,25 @@ class CrossSequenceAttention(nn.Module):
     identity_init
         Start as the mean of the present sequences (zero sequence embeddings and zero output
         projections of both attentions), so a pretrained decoder sees its encoder's embedding unchanged at first.
+    attn_dim
+        Width of the attention (0 = ``dim``). A smaller width projects the tokens down first
+        (``down``) and back up through ``proj``: at a 64 x 64 embedding (4,096 positions per slice)
+        full-width attention dominates a CPU training step, and three tokens per position need
+        little width to weigh each other.
     """
 
-    def __init__(self, dim: int, num_sequences: int, num_heads: int = 4, identity_init: bool = False) -> None:
+    def __init__(self, dim: int, num_sequences: int, num_heads: int = 4, identity_init: bool = False, attn_dim: int = 0) -> None:
         super().__init__()
+        a = attn_dim or dim
         self.num_sequences = num_sequences
         self.seq_embed = nn.Parameter(torch.zeros(num_sequences, dim))
         self.norm1 = nn.LayerNorm(dim)
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pool_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.proj = nn.Linear(dim, dim)
+        self.down = nn.Linear(dim, a) if a != dim else None
+        self.self_attn = nn.MultiheadAttention(a, num_heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(a)
+        self.query = nn.Parameter(torch.zeros(1, 1, a))
+        self.pool_attn = nn.MultiheadAttention(a, num_heads, batch_first=True)
+        self.proj = nn.Linear(a, dim)
         nn.init.trunc_normal_(self.seq_embed, std=0.02)
         nn.init.trunc_normal_(self.query, std=0.02)
         if identity_init:
@@ -72,13 +79,18 @@ class CrossSequenceAttention(nn.Module):
         x = torch.where(valid[:, :, None, None, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         tokens = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, s, c) + self.seq_embed[:s].to(x.dtype)
         pad = (~valid)[:, None, :].expand(b, h * w, s).reshape(b * h * w, s)
-        t = self.norm1(tokens)
-        tokens = tokens + self.self_attn(t, t, t, key_padding_mask=pad, need_weights=False)[0]
-        t = self.norm2(tokens)
-        q = self.query.to(t.dtype).expand(b * h * w, 1, c)
-        pooled = self.pool_attn(q, t, t, key_padding_mask=pad, need_weights=False)[0][:, 0]
         # Residual path: the mean of the present sequences, so one sequence passes through.
         wts = (~pad).to(tokens.dtype)[..., None]
+        if self.down is None:
+            t = self.norm1(tokens)
+            tokens = tokens + self.self_attn(t, t, t, key_padding_mask=pad, need_weights=False)[0]
+            small = tokens
+        else:
+            small = self.down(self.norm1(tokens))
+            small = small + self.self_attn(small, small, small, key_padding_mask=pad, need_weights=False)[0]
+        t = self.norm2(small)
+        q = self.query.to(t.dtype).expand(b * h * w, 1, t.shape[-1])
+        pooled = self.pool_attn(q, t, t, key_padding_mask=pad, need_weights=False)[0][:, 0]
         mean = (tokens * wts).sum(1) / wts.sum(1).clamp_min(1.0)
         out = mean + self.proj(pooled)
         return out.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()

@@ -57,12 +57,12 @@ class PGSAM(nn.Module):
             iou_head_hidden_dim=a.iou_head_hidden_dim,
         )
         pretrained = bool(a.pretrained)
-        self.fusion = CrossSequenceAttention(a.prompt_dim, self.num_sequences, a.fusion_heads, identity_init=pretrained)
+        self.fusion = CrossSequenceAttention(a.prompt_dim, self.num_sequences, a.fusion_heads, identity_init=pretrained, attn_dim=a.fusion_dim)
         self.prompt_generator = ReportPromptGenerator(
             a.prompt_dim, text_dim=cfg.text_dim, num_tokens=a.num_sparse_tokens, hidden=a.context_hidden, use_text=cfg.use_text, zero_init=pretrained
         )
         self.detail = DetailEncoder(self.num_sequences, a.detail_channels, a.prompt_dim // 8) if a.detail_channels else None
-        self.box_head = BoxLocaliser(a.prompt_dim, a.context_hidden) if a.box_head else None
+        self.box_head = BoxLocaliser(a.prompt_dim, a.context_hidden, self.num_sequences) if a.box_head else None
         if a.encoder == "tinyvit":
             # LiteMedSAM was trained on [0, 1] images with no further normalisation.
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -87,6 +87,16 @@ class PGSAM(nn.Module):
     def img_size(self) -> int:
         return self.cfg.arch.img_size
 
+    def encode_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode single-sequence inputs: (P, K, H, W) in [0, 1] (K = 1 or 3 context slices) -> (P, C, h, w)."""
+        p, k, h, w = x.shape
+        if k == 1:
+            x = x.expand(p, 3, h, w)
+        elif k != 3:
+            raise ValueError(f"expected 1 or 3 context slices per sequence, got {k}")
+        x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
+        return self.image_encoder(x)
+
     def encode(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Encode the present sequences with the shared encoder.
 
@@ -102,15 +112,9 @@ class PGSAM(nn.Module):
         torch.Tensor
             (B, S, C, h, w); zeros for missing sequences (they are never encoded).
         """
-        b, s, k, h, w = images.shape
-        if k == 1:
-            images = images.expand(b, s, 3, h, w)
-        elif k != 3:
-            raise ValueError(f"expected 1 or 3 context slices per sequence, got {k}")
+        b, s = images.shape[:2]
         valid = valid.to(torch.bool)
-        sel = images[valid]  # (P, 3, H, W), P = present sequences
-        x = (sel - self.pixel_mean.to(sel.dtype)) / self.pixel_std.to(sel.dtype)
-        emb = self.image_encoder(x)
+        emb = self.encode_slices(images[valid])  # (P, C, h, w), P = present sequences
         out = emb.new_zeros((b, s) + tuple(emb.shape[1:]))
         out[valid] = emb
         return out
@@ -144,7 +148,8 @@ class PGSAM(nn.Module):
             (B, FINDINGS_DIM) findings vectors.
         boxes
             Optional (B, 4) box prompts ``x0, y0, x1, y1`` in input pixels (SAM's convention);
-            without them a model with a localisation head proposes its own.
+            without them a model with a localisation head proposes its own (up to
+            ``arch.max_boxes`` per slice, masks united).
         embeddings
             Optional (B, S, C, h, w) precomputed :meth:`encode` output (cached embeddings of a
             frozen encoder); ``images`` then only feed the detail branch.
@@ -173,8 +178,8 @@ class PGSAM(nn.Module):
         -------
         dict
             ``masks`` (B, 1, H, W) logits; with a localisation head also ``heat`` (B, 1, h, w)
-            logits, ``boxes`` (B, 4) used as prompts and ``found`` (B,) bool (False: the head saw
-            no lesion; the mask is then empty, logits -20).
+            logits and ``boxes`` (B, M, 4) used as prompts; when the head proposed them, ``found``
+            (B,) bool (False: the head saw no lesion; the mask is then empty, logits -20).
         """
         if images.shape[1] != self.num_sequences:
             raise ValueError(f"expected {self.num_sequences} sequences, got {images.shape[1]}")
@@ -184,36 +189,56 @@ class PGSAM(nn.Module):
         b = fused.shape[0]
         out: dict[str, torch.Tensor] = {}
         sparse, dense = self.prompt_generator(coords, hw, text_emb, text_valid, findings)
-        found = None
-        if self.box_head is not None:
-            ctx = self.prompt_generator.context_vector(text_emb, text_valid, findings, b)
-            heat = self.box_head(fused, coords, ctx)
-            out["heat"] = heat
-            if boxes is None:
-                boxes, found = boxes_from_heat(heat, self.img_size)
-            out["boxes"] = boxes
-        if boxes is not None:
-            # SAM's box prompt (two corner tokens); the report tokens are added to them so the
-            # token count, and hence a pretrained decoder's attention, is unchanged at init.
-            box_tokens, _ = self.prompt_encoder(points=None, boxes=boxes.to(fused.dtype).reshape(b, 1, 4), masks=None)
-            n = min(sparse.shape[1], box_tokens.shape[1])
-            sparse = torch.cat([box_tokens[:, :n] + sparse[:, :n].to(box_tokens.dtype), box_tokens[:, n:], sparse[:, n:]], dim=1)
         # Start from SAM's "no mask prompt" embedding so a pretrained decoder sees familiar input.
         dense = dense + self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dense.dtype)
-        pe = self.prompt_encoder.get_dense_pe().to(fused.dtype)
         detail = None
         if self.detail is not None:
             centre = images[:, :, images.shape[2] // 2]  # (B, S, H, W) centre slice of each sequence
             detail = self.detail(centre, valid.to(torch.bool))
-        masks, _ = self.mask_decoder.predict_masks(fused, pe, sparse.to(fused.dtype), dense.to(fused.dtype), detail=detail)
-        masks = masks[:, :1]  # single-mask output (SAM's first mask token)
-        if tuple(masks.shape[-2:]) != tuple(images.shape[-2:]):
-            masks = F.interpolate(masks, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        if found is not None:
-            masks = torch.where(found[:, None, None, None], masks, torch.full_like(masks, -20.0))
-            out["found"] = found
+        box_valid = None
+        if self.box_head is not None:
+            ctx = self.prompt_generator.context_vector(text_emb, text_valid, findings, b)
+            heat = self.box_head(emb, valid, coords, ctx)
+            out["heat"] = heat
+            if boxes is None:
+                boxes, box_valid = boxes_from_heat(heat, self.img_size, max_boxes=self.cfg.arch.max_boxes)
+        if boxes is not None and boxes.dim() == 2:
+            boxes = boxes[:, None]  # (B, 4) -> one box per slice
+        if boxes is not None:
+            out["boxes"] = boxes
+        if box_valid is None:
+            masks = self._decode(fused, sparse, dense, detail, boxes)
+        else:
+            # One decoder pass per proposed box, united by the maximum logit; a slice whose head
+            # found nothing gets an empty mask (logits -20) without running the decoder.
+            bi, mi = torch.nonzero(box_valid, as_tuple=True)
+            masks = torch.full((b, 1) + tuple(images.shape[-2:]), -20.0, dtype=fused.dtype, device=fused.device)
+            if len(bi):
+                per_box = self._decode(fused[bi], sparse[bi], dense[bi], None if detail is None else detail[bi], boxes[bi, mi][:, None])
+                for j, i in enumerate(bi.tolist()):
+                    masks[i] = torch.maximum(masks[i], per_box[j].to(masks.dtype))
+            out["found"] = box_valid.any(dim=1)
         out["masks"] = masks
         return out
+
+    def _decode(self, fused: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, detail: torch.Tensor | None,
+                boxes: torch.Tensor | None) -> torch.Tensor:
+        """SAM's decoder on (P, C, h, w) embeddings with (P, N, C) report tokens and optional
+        (P, 1, 4) box prompts -> (P, 1, H, W) mask logits at input resolution."""
+        p = fused.shape[0]
+        if boxes is not None:
+            # SAM's box prompt (two corner tokens); the report tokens are added to them so the
+            # token count, and hence a pretrained decoder's attention, is unchanged at init.
+            box_tokens, _ = self.prompt_encoder(points=None, boxes=boxes.to(fused.dtype).reshape(p, 1, 4), masks=None)
+            n = min(sparse.shape[1], box_tokens.shape[1])
+            sparse = torch.cat([box_tokens[:, :n] + sparse[:, :n].to(box_tokens.dtype), box_tokens[:, n:], sparse[:, n:]], dim=1)
+        pe = self.prompt_encoder.get_dense_pe().to(fused.dtype)
+        masks, _ = self.mask_decoder.predict_masks(fused, pe, sparse.to(fused.dtype), dense.to(fused.dtype), detail=detail)
+        masks = masks[:, :1]  # single-mask output (SAM's first mask token)
+        size = (self.img_size, self.img_size)
+        if tuple(masks.shape[-2:]) != size:
+            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        return masks
 
 
 def _build_image_encoder(a) -> nn.Module:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from pgsam_node.model.box_head import boxes_from_masks
 
 
 def soft_dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -32,7 +31,50 @@ def jitter_boxes(boxes: torch.Tensor, img_size: int, max_px: float, gen: torch.G
     return (boxes + sign * d).clamp(0, img_size - 1)
 
 
-def box_head_loss(model, batch: dict[str, torch.Tensor], jitter_px: float = 5.0, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def teacher_boxes(mask: torch.Tensor, img_size: int, jitter_px: float, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One teacher-forced box per slice: a random 2-D lesion component's box, jittered outwards.
+
+    Parameters
+    ----------
+    mask
+        (B, 1, H, W) reference masks in [0, 1].
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        boxes (B, 4), found (B,) bool (slice holds lesion) and the target (B, 1, H, W): the
+        reference mask inside the box (another lesion outside it is not this prompt's answer).
+    """
+    import numpy as np
+
+    from pgsam_node.model.box_head import component_boxes
+
+    b, _, h, w = mask.shape
+    arr = mask[:, 0].detach().cpu().numpy()
+    boxes = torch.zeros(b, 4)
+    found = torch.zeros(b, dtype=torch.bool)
+    for i in range(b):
+        comps = component_boxes(arr[i])
+        if comps:
+            j = int(torch.randint(len(comps), (1,), generator=gen))
+            boxes[i] = torch.from_numpy(np.asarray(comps[j], np.float32))
+            found[i] = True
+    boxes = jitter_boxes(boxes, img_size, jitter_px, gen)
+    yy = torch.arange(h, dtype=torch.float32)[None, :, None]
+    xx = torch.arange(w, dtype=torch.float32)[None, None, :]
+    inside = (xx >= boxes[:, 0, None, None].floor()) & (xx <= boxes[:, 2, None, None].ceil()) & (yy >= boxes[:, 1, None, None].floor()) & (
+        yy <= boxes[:, 3, None, None].ceil())
+    target = mask * inside[:, None].to(mask.device, mask.dtype)
+    return boxes.to(mask.device), found.to(mask.device), target
+
+
+def heat_loss(heat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Heat-map Dice + BCE against the reference mask max-pooled to the embedding grid."""
+    return soft_dice_bce(heat, F.adaptive_max_pool2d(mask, heat.shape[-2:]))
+
+
+def box_head_loss(model, batch: dict[str, torch.Tensor], jitter_px: float = 5.0, gen: torch.Generator | None = None,
+                  decoder: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss on one batch.
 
     Parameters
@@ -43,6 +85,8 @@ def box_head_loss(model, batch: dict[str, torch.Tensor], jitter_px: float = 5.0,
         ``images`` (B, S, K, H, W), ``valid`` (B, S), ``coords`` (B, 2, H, W), ``mask`` (B, 1, H, W),
         optional ``embeddings`` (B, S, C, h, w) (cached encoder output), ``text_emb`` (B, T),
         ``text_valid`` (B,), ``findings`` (B, F).
+    decoder
+        False: the localisation head alone (heat loss; no decoder pass, the cheap first stage).
 
     Returns
     -------
@@ -50,14 +94,19 @@ def box_head_loss(model, batch: dict[str, torch.Tensor], jitter_px: float = 5.0,
         (scalar loss, {"mask": .., "heat": ..}).
     """
     mask = batch["mask"]
-    boxes, found = boxes_from_masks(mask[:, 0])
-    boxes = jitter_boxes(boxes, model.img_size, jitter_px, gen)
+    if not decoder:
+        emb = batch.get("embeddings")
+        if emb is None:
+            emb = model.encode(batch["images"], batch["valid"])
+        ctx = model.prompt_generator.context_vector(batch.get("text_emb"), batch.get("text_valid"), batch.get("findings"), mask.shape[0])
+        l_heat = heat_loss(model.box_head(emb, batch["valid"], batch["coords"], ctx), mask)
+        return l_heat, {"mask": 0.0, "heat": float(l_heat.detach())}
+    boxes, found, target = teacher_boxes(mask, model.img_size, jitter_px, gen)
     out = model.forward_parts(
         batch["images"], batch["valid"], batch["coords"], batch.get("text_emb"), batch.get("text_valid"), batch.get("findings"),
         boxes=boxes, embeddings=batch.get("embeddings"),
     )
-    heat_t = F.adaptive_max_pool2d(mask, out["heat"].shape[-2:])
-    l_heat = soft_dice_bce(out["heat"], heat_t)
+    l_heat = heat_loss(out["heat"], mask)
     # Slices without lesion get no box at inference (empty mask), so only lesion slices train the decoder.
-    l_mask = soft_dice_bce(out["masks"][found], mask[found]) if bool(found.any()) else out["masks"].sum() * 0
+    l_mask = soft_dice_bce(out["masks"][found], target[found]) if bool(found.any()) else out["masks"].sum() * 0
     return l_mask + l_heat, {"mask": float(l_mask.detach()), "heat": float(l_heat.detach())}
