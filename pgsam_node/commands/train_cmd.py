@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a PG-SAM model (synthetic studies or DICOM folders with masks)")
     add_config_arg(p)
-    p.add_argument("--preset", default="tiny", help="architecture preset (tiny, vit_b, vit_l, vit_h)")
+    p.add_argument("--preset", default="tiny", help="architecture preset (tiny, litemedsam, vit_b, vit_l, vit_h)")
     p.add_argument("--out", required=True, type=Path, help="model folder to write (weights.safetensors + config.json)")
     p.add_argument("--steps", type=int, default=1200, help="optimisation steps (ignored with --epochs)")
     p.add_argument("--epochs", type=float, default=None, help="passes over the training slices (overrides --steps)")
@@ -24,8 +24,11 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--no-text", action="store_true", help="ablation: no report text/findings (learned default prompts)")
     p.add_argument("--single-sequence", nargs="?", const="T1", default=None, metavar="ROLE", help="ablation: one sequence only (default T1)")
-    p.add_argument("--data", default="synthetic", help="'synthetic', a folder of DICOM studies with masks, or a NIfTI dataset (nnU-Net raw / folder per case)")
-    p.add_argument("--reports", type=Path, default=None, help="CSV of report texts for --data DIR (case,report_text; DICOM also study,report)")
+    p.add_argument("--data", action="append", default=None,
+                   help="'synthetic' (default), a folder of DICOM studies with masks, or a NIfTI dataset (nnU-Net raw / folder per case); "
+                        "repeatable for the litemedsam preset")
+    p.add_argument("--reports", type=Path, action="append", default=None,
+                   help="CSV of report texts for the --data folder in the same position (case,report_text; DICOM also study,report)")
     p.add_argument("--studies", default=None, help="comma-separated study folder names to use from --data DIR (default all)")
     p.add_argument("--exclude-studies", default=None, help="comma-separated study folder names to leave out (e.g. the held-out fold)")
     p.add_argument("--init", type=Path, default=None, help="start from the weights of this model folder (fine-tuning; matching tensors only)")
@@ -38,6 +41,12 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("litemedsam preset (frozen pretrained encoder; see docs/model.md)")
+    g.add_argument("--steps-loc", type=int, default=300, help="localisation-head steps (cheap)")
+    g.add_argument("--steps-dec", type=int, default=40, help="prompt / fusion / decoder steps (a decoder pass each)")
+    g.add_argument("--mix-synthetic", type=int, default=4, help="synthetic studies mixed into real training data")
+    g.add_argument("--variants", type=int, default=2, help="augmentation variants per real lesion slice (1 = none); each costs an encoder pass")
+    g.add_argument("--max-slices", type=int, default=12, help="lesion-range slices per real study in the slice bank")
     p.set_defaults(func=run)
 
 
@@ -62,6 +71,12 @@ def run(args) -> int:
 
     arch = get_preset(args.preset)
     norm = NormParams()
+    if arch.box_head and arch.pretrained:
+        return _run_frozen(args, settings, sequences, command)
+    if args.data and len(args.data) > 1:
+        raise SystemExit("error: several --data folders are only supported by the litemedsam preset")
+    args.data = (args.data or ["synthetic"])[0]
+    args.reports = (args.reports or [None])[0]
     if args.data == "synthetic":
         seeds = [sources.TRAIN_SEED_BASE + i for i in range(args.cases)]
         ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress)
@@ -98,5 +113,36 @@ def run(args) -> int:
         progress=not args.no_progress,
     )
     cfg = train(opts, ts)
+    print(f"model written to {args.out} (version {cfg.version})")
+    return 0
+
+
+def _run_frozen(args, settings, sequences: list[str], command: str) -> int:
+    """``train --preset litemedsam``: the frozen-encoder recipe on real folders plus synthetic studies."""
+    from pgsam_node.model.presets import TASK_LABELS
+    from pgsam_node.training import sources
+    from pgsam_node.training.nifti_data import load_data_folder
+    from pgsam_node.training.train_frozen import FrozenTrainOptions, fit_frozen_model
+
+    folders = [d for d in (args.data or []) if d != "synthetic"]
+    reports = list(args.reports or [])
+    if len(reports) > len(folders):
+        raise SystemExit("error: more --reports than --data folders")
+    real, descs = [], []
+    for i, folder in enumerate(folders):
+        studies, desc = load_data_folder(Path(folder), reports[i] if i < len(reports) else None, settings,
+                                         include=_names(args.studies), exclude=_names(args.exclude_studies))
+        real += studies
+        descs.append(desc)
+    n_syn = args.mix_synthetic if folders else args.cases
+    synthetic = [sources.synthetic_study(sources.TRAIN_SEED_BASE + i) for i in range(n_syn)]
+    if synthetic:
+        descs.append(f"{n_syn} synthetic studies (seeds {sources.TRAIN_SEED_BASE}..{sources.TRAIN_SEED_BASE + n_syn - 1})")
+    task = args.task or ("brain-tumour" if folders else "parotid-lesion")
+    opts = FrozenTrainOptions(steps_loc=args.steps_loc, steps_dec=args.steps_dec, seed=args.seed, sequences=sequences)
+    cfg = fit_frozen_model(args.out, real, synthetic, args.preset, sequences, not args.no_text, opts, args.cache_dir / "embeddings", task,
+                           TASK_LABELS.get(task, TASK_LABELS["parotid-lesion"]), command=command, data_description="; ".join(descs),
+                           variants=args.variants, max_eval=args.max_slices, text_encoder=settings.model.text_encoder,
+                           progress=not args.no_progress)
     print(f"model written to {args.out} (version {cfg.version})")
     return 0

