@@ -9,7 +9,13 @@ Measured:
 * ``tiny`` - the bundled parotid model (``Predictor.from_dir(None)``) on a synthetic study
   (128 x 128, ``--slices-tiny`` slices, three sequences, report text);
 * ``vit_b`` - PG-SAM with the official vit_b dimensions and random weights (1024 px input) on a
-  synthetic study with ``--slices-vit-b`` slices.
+  synthetic study with ``--slices-vit-b`` slices;
+* ``litemedsam`` - a model folder on the litemedsam preset (``--litemedsam-model``, default the
+  bundled ``brain-lesion-litemedsam``) through the node's predictor (on a CPU: first pass on one
+  sequence, full model only on the selected slices) on a real TCIA study when ``../shared/data`` is
+  there, else a synthetic one; its own anchor, measured in the same run, is a plain packaged
+  LiteMedSAM encoder pass over every slice of the same study's three sequences: the ratio is what
+  slice selection, batching and embedding reuse buy.
 
 Usage: ``python benchmarks/inference.py [--slices-tiny 24] [--slices-vit-b 2] [--threads N]``.
 Prints seconds per study, per slice, peak memory and the ratios; no assertion.
@@ -93,6 +99,43 @@ def _predict(q, which: str, n_slices: int, threads: int, repeats: int) -> None:
     q.put({"seconds": best[0], "stages": best[1], "slices": n_slices, "device": str(pred.device), **_peak()})
 
 
+def _litemedsam(q, model_dir: str, threads: int) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    from pgsam_node.inference.predictor import Predictor
+    from pgsam_node.model.litemedsam import packaged_litemedsam
+    from pgsam_node.training.dicom_data import load_dicom_studies
+
+    tcia = ROOT / ".." / "shared" / "data" / "tcia-pgbm"
+    if tcia.is_dir():
+        st = load_dicom_studies(tcia, ROOT / "config" / "tcia-pgbm-reports.csv", include=["PGBM-001_19911119"])[0]
+    else:
+        st = _study(24)
+    pred = Predictor.from_dir(model_dir, device="auto", batch_size=8, embedding_cache_slices=256)
+    pred.text_embedding(st.report)  # load the text encoder outside the timing
+    t = time.perf_counter()
+    res = pred.predict(st.volumes, st.valid, st.findings, st.report, st.affine)
+    node_s = time.perf_counter() - t
+    net = packaged_litemedsam().to(pred.device)
+    from pgsam_node.geometry.normalize import NormParams
+    from pgsam_node.inference.preprocessing import prepare_study
+
+    prep = prepare_study(st.volumes, st.valid, st.affine, ["T1", "T2", "T1C"], 256, NormParams())
+    x = torch.from_numpy(prep.images.reshape(-1, 256, 256)[prep.seq_valid.reshape(-1)])  # every present (slice, sequence)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(x), 8):
+            net.image_encoder(x[i : i + 8, None].expand(-1, 3, 256, 256).to(pred.device))
+        if pred.device.type == "cuda":
+            torch.cuda.synchronize()
+    plain_s = time.perf_counter() - t
+    q.put({"seconds": node_s, "plain_encoder_seconds": plain_s, "slices": int(prep.images.shape[0]), "encodes_plain": int(len(x)),
+           "encodes_node": pred.embeddings.misses, "notes": res.notes, "mask_voxels": int(np.asarray(res.mask).sum()),
+           "device": str(pred.device), "study": st.case_id, **_peak()})
+
+
 def _run(target, *args):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -110,6 +153,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-vit-b", action="store_true")
+    ap.add_argument("--skip-litemedsam", action="store_true")
+    ap.add_argument("--litemedsam-model", type=Path, default=ROOT / "pgsam_node" / "resources" / "models" / "brain-lesion-litemedsam")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -128,6 +173,13 @@ def main() -> int:
     if "vit_b" in rows:
         full = rows["vit_b"]["seconds"] / args.slices_vit_b * args.slices_tiny
         print(f"vit_b extrapolated to a {args.slices_tiny}-slice study: {full:.1f} s ({full / a:.1f} anchors)")
+    if not args.skip_litemedsam:
+        r = _run(_litemedsam, str(args.litemedsam_model), args.threads)
+        rows["litemedsam"] = r
+        print(f"litemedsam ({args.litemedsam_model.name}) on {r['study']} ({r['slices']} slices, {r['device']}): node {r['seconds']:.1f} s/study "
+              f"({r['encodes_node']} encoder passes) vs plain packaged-LiteMedSAM encoder over every slice and sequence "
+              f"{r['plain_encoder_seconds']:.1f} s ({r['encodes_plain']} passes): ratio {r['seconds'] / r['plain_encoder_seconds']:.2f}; "
+              f"{'; '.join(r['notes'])}; peak RSS {r['max_rss_mb']:.0f} MB")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

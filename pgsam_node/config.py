@@ -250,6 +250,13 @@ class ModelSettings(_Section):
     batch_size: int = Field(8, ge=1)
     #: Probability threshold of the mask; None = the model folder's own (``threshold`` in its config.json).
     threshold: float | None = Field(None, gt=0, lt=1)
+    #: Which slices a localisation-head model (litemedsam) encodes: ``auto`` = only those a cheap
+    #: first pass selects when running on a CPU, every slice on a GPU; ``all``; ``selective``.
+    slice_selection: Literal["auto", "all", "selective"] = "auto"
+    #: First pass: every n-th slice is probed with one sequence; selected slices keep n neighbours.
+    probe_stride: int = Field(2, ge=1, le=8)
+    #: Encoder outputs kept in memory (one per slice and sequence, about 2 MiB each for litemedsam).
+    embedding_cache_slices: int = Field(72, ge=0, le=4096)
 
 
 class SegCode(_Section):

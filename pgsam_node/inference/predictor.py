@@ -26,6 +26,10 @@ from pgsam_node.geometry.normalize import NormParams
 
 log = logging.getLogger(__name__)
 
+#: First-pass heat-map probability above which a probed slice is kept (lower than the box
+#: threshold: the probe sees one sequence, and a missed slice cannot be recovered later).
+PROBE_THRESHOLD = 0.3
+
 #: The bundled parotid model (trained on synthetic studies, see docs/model.md).
 BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "resources" / "models" / "parotid-tiny"
 
@@ -144,7 +148,10 @@ class Predictor:
         Folder of the text encoder (None = the packaged all-MiniLM-L6-v2); loaded on first use.
     """
 
-    def __init__(self, model, cfg, device, batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None) -> None:
+    def __init__(self, model, cfg, device, batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None,
+                 slice_selection: str = "auto", probe_stride: int = 2, embedding_cache_slices: int = 72) -> None:
+        from pgsam_node.inference.selective import EmbeddingLRU
+
         self.model = model
         self.cfg = cfg
         self.device = device
@@ -152,25 +159,37 @@ class Predictor:
         self.threshold = float(cfg.threshold if threshold is None else threshold)
         self._text_encoder_dir = text_encoder
         self._text_encoder: Any = None
+        self.slice_selection = slice_selection
+        self.probe_stride = max(1, int(probe_stride))
+        self.embeddings = EmbeddingLRU(embedding_cache_slices if getattr(model, "box_head", None) is not None else 0)
 
     @classmethod
     def from_dir(cls, path: str | Path | None = None, device: str = "auto", batch_size: int = 8,
-                 text_encoder: str | Path | None = None, threshold: float | None = None) -> Predictor:
-        """Load a model folder (None = the bundled parotid model)."""
+                 text_encoder: str | Path | None = None, threshold: float | None = None, **options: Any) -> Predictor:
+        """Load a model folder (None = the bundled parotid model); ``options`` as :class:`Predictor`'s."""
         from pgsam_node.model.checkpoint import load_model_dir
 
         path = Path(path) if path else BUNDLED_MODEL_DIR
         dev = resolve_device(device)
         model, cfg = load_model_dir(path, dev)
         log.info("loaded model %s on %s", cfg.version, dev)
-        return cls(model, cfg, dev, batch_size=batch_size, text_encoder=text_encoder, threshold=threshold)
+        return cls(model, cfg, dev, batch_size=batch_size, text_encoder=text_encoder, threshold=threshold, **options)
 
     @classmethod
     def from_settings(cls, m: ModelSettings) -> Predictor:
         """The one loader: the model the ``model`` settings section names (``path``, ``device``,
-        ``batch_size``, ``text_encoder``, ``threshold``)."""
+        ``batch_size``, ``text_encoder``, ``threshold``, ``slice_selection``, ``probe_stride``,
+        ``embedding_cache_slices``)."""
         return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder,
-                            threshold=m.threshold)
+                            threshold=m.threshold, slice_selection=m.slice_selection, probe_stride=m.probe_stride,
+                            embedding_cache_slices=m.embedding_cache_slices)
+
+    @property
+    def selective(self) -> bool:
+        """Whether :meth:`predict` encodes only the slices a first pass selects (see :mod:`.selective`)."""
+        if getattr(self.model, "box_head", None) is None or self.slice_selection == "all":
+            return False
+        return self.slice_selection == "selective" or self.device.type == "cpu"
 
     @property
     def model_version(self) -> str:
@@ -247,41 +266,74 @@ class Predictor:
         t1 = time.perf_counter()
 
         z = prep.images.shape[0]
-        logits = np.zeros((z, a.img_size, a.img_size), dtype=np.float32)
+        logits = np.full((z, a.img_size, a.img_size), -20.0, dtype=np.float32)
         use_cuda = self.device.type == "cuda"
+        notes: list[str] = []
+
+        def inputs(ks: list[int]):
+            items = [slice_inputs(prep, k, self.cfg.context_slices, a.img_size) for k in ks]
+            b = len(ks)
+            temb = tval = None
+            if emb is not None:
+                temb = torch.from_numpy(np.repeat(emb[None], b, 0)).to(self.device)
+                tval = torch.ones(b, dtype=torch.bool, device=self.device)
+            return (torch.from_numpy(np.stack([i[0] for i in items])).to(self.device), torch.from_numpy(np.stack([i[1] for i in items])).to(self.device),
+                    torch.from_numpy(np.stack([i[2] for i in items])).to(self.device), temb, tval,
+                    torch.from_numpy(np.repeat(fvec[None], b, 0)).to(self.device))
+
+        todo = [k for k in range(z) if prep.seq_valid[k].any()]
         with torch.inference_mode():
-            for start in range(0, z, self.batch_size):
-                ks = [k for k in range(start, min(z, start + self.batch_size)) if prep.seq_valid[k].any()]
-                if not ks:
-                    logits[start : start + self.batch_size] = -20.0
-                    continue
-                items = [slice_inputs(prep, k, self.cfg.context_slices, a.img_size) for k in ks]
-                imgs = torch.from_numpy(np.stack([i[0] for i in items])).to(self.device)
-                vld = torch.from_numpy(np.stack([i[1] for i in items])).to(self.device)
-                crd = torch.from_numpy(np.stack([i[2] for i in items])).to(self.device)
-                b = len(ks)
-                temb = tval = None
-                if emb is not None:
-                    temb = torch.from_numpy(np.repeat(emb[None], b, 0)).to(self.device)
-                    tval = torch.ones(b, dtype=torch.bool, device=self.device)
-                fv = torch.from_numpy(np.repeat(fvec[None], b, 0)).to(self.device)
+            if self.selective:
+                todo = self._first_pass(prep, inputs, notes)
+            for start in range(0, len(todo), self.batch_size):
+                ks = todo[start : start + self.batch_size]
+                imgs, vld, crd, temb, tval, fv = inputs(ks)
                 with torch.autocast("cuda", enabled=use_cuda):
-                    out = self.model(imgs, vld, crd, temb, tval, fv)
+                    cached = None
+                    if self.embeddings.capacity or self.selective:
+                        from pgsam_node.inference.selective import embed
+
+                        cached = embed(self.model, imgs, vld, self.embeddings, self.batch_size)
+                    out = self.model(imgs, vld, crd, temb, tval, fv, embeddings=cached)
                 res = out[:, 0].float().cpu().numpy()
                 for j, k in enumerate(ks):
                     logits[k] = res[j]
-                for k in range(start, min(z, start + self.batch_size)):
-                    if k not in ks:
-                        logits[k] = -20.0
         t2 = time.perf_counter()
         y, x = prep.shape_yx
         prob = expit(resize_slices(logits, (y, x))).astype(np.float32)
         mask = prob >= self.threshold
-        notes: list[str] = []
         if postprocess:
             voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
             min_vox = max(1, int(round(self.cfg.min_component_mm3 / max(voxel_mm3, 1e-6))))
-            mask, notes = side_filter(mask, affine, prep.centre_lps, findings, min_vox)
+            mask, side_notes = side_filter(mask, affine, prep.centre_lps, findings, min_vox)
+            notes += side_notes
         t3 = time.perf_counter()
         secs = {"prepare": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
         return InferenceResult(mask=mask.astype(np.uint8), prob=prob, seconds=secs, notes=notes)
+
+    def _first_pass(self, prep, inputs, notes: list[str]) -> list[int]:
+        """Probe every ``probe_stride``-th slice with one sequence; return the slices to run in full."""
+        import torch
+
+        from pgsam_node.inference.selective import candidate_slices, embed, first_pass_role
+
+        seqs = list(self.cfg.sequences)
+        role = first_pass_role(seqs, prep.seq_valid)
+        z = prep.images.shape[0]
+        if role is None:
+            return []
+        probe = [k for k in range(0, z, self.probe_stride) if prep.seq_valid[k, role]]
+        found: dict[int, bool] = {}
+        for start in range(0, len(probe), self.batch_size):
+            ks = probe[start : start + self.batch_size]
+            imgs, _vld, crd, temb, tval, fv = inputs(ks)
+            want = torch.zeros(len(ks), len(seqs), dtype=torch.bool, device=self.device)
+            want[:, role] = True
+            emb = embed(self.model, imgs, want, self.embeddings, self.batch_size)
+            ctx = self.model.prompt_generator.context_vector(temb, tval, fv, len(ks))
+            heat = self.model.box_head(emb, want, crd, ctx)
+            hit = (torch.sigmoid(heat.float()) > PROBE_THRESHOLD).flatten(1).any(dim=1).cpu().numpy()
+            found.update({k: bool(h) for k, h in zip(ks, hit)})
+        todo = [k for k in candidate_slices(found, z, self.probe_stride) if prep.seq_valid[k].any()]
+        notes.append(f"first pass on {seqs[role]}: {len(probe)} slice(s) probed, {len(todo)} of {z} selected")
+        return todo
