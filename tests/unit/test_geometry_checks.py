@@ -40,7 +40,8 @@ def _combine(tmp_path, parts):
     series, for_uid = generate_uid(), generate_uid()
     paths = []
     for n, (aff, shape, modify) in enumerate(parts):
-        paths += MRSeries.from_volume(_vals(aff, shape), aff, series_uid=series, frame_of_reference_uid=for_uid, modify=modify, seed=n).write(tmp_path / f"part{n}")
+        spec = MRSeries.from_volume(_vals(aff, shape), aff, series_uid=series, frame_of_reference_uid=for_uid, modify=modify, seed=n)
+        paths += spec.write(tmp_path / f"part{n}")
     return paths
 
 

@@ -180,7 +180,8 @@ def test_build_study_volumes_puts_roles_on_reference_grid(tmp_path):
     def write(name, func, sub):
         r, c, sp, sh = GRIDS[name]
         aff = _affine(name)
-        return MRSeries.from_volume(func(world_points(aff, sh)).astype(np.float32), aff, study_uid=study_uid, frame_of_reference_uid=for_uid).write(tmp_path / sub)
+        values = func(world_points(aff, sh)).astype(np.float32)
+        return MRSeries.from_volume(values, aff, study_uid=study_uid, frame_of_reference_uid=for_uid).write(tmp_path / sub)
 
     t1c = write("axial", smooth_field, "t1c")
     t2 = write("coronal", lambda p: 2 * smooth_field(p), "t2")
@@ -216,7 +217,8 @@ def test_frame_of_reference_policy(tmp_path):
     vals = smooth_field(world_points(aff, GRIDS["axial"][3])).astype(np.float32)
     a = MRSeries.from_volume(vals, aff, frame_of_reference_uid="1.2.3.4").write(tmp_path / "a")
     aff2 = _affine("coronal")
-    b = MRSeries.from_volume(smooth_field(world_points(aff2, GRIDS["coronal"][3])).astype(np.float32), aff2, frame_of_reference_uid="1.2.3.5").write(tmp_path / "b")
+    vals2 = smooth_field(world_points(aff2, GRIDS["coronal"][3])).astype(np.float32)
+    b = MRSeries.from_volume(vals2, aff2, frame_of_reference_uid="1.2.3.5").write(tmp_path / "b")
     with pytest.raises(GeometryError) as ei:
         build_study_volumes({"T1C": a, "T2": b}, GeometrySettings(frame_of_reference_policy="refuse"))
     assert ei.value.reason == "frame_of_reference_mismatch"
