@@ -23,7 +23,8 @@ from pgsam_node.config import load_settings  # noqa: E402
 from pgsam_node.db import open_database  # noqa: E402
 from pgsam_node.encode import algorithm_info, build_seg, load_sources, validate_seg  # noqa: E402
 from pgsam_node.deliver.outbox import process_due, queue_outputs  # noqa: E402
-from tests.dicom_tools import blob_mask, make_mr_series  # noqa: E402
+from tests.dicom_tools import blob_mask  # noqa: E402
+from tests.factories import Geometry, MRSeries  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 
@@ -45,7 +46,8 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        paths, _ = make_mr_series(tmp / "mr", a.slices, a.rows, a.cols)
+        source = MRSeries(n_slices=a.slices, geometry=Geometry(rows=a.rows, columns=a.cols), instance_numbers="shuffled")
+        paths = source.write(tmp / "mr")
         mask = blob_mask((a.slices, a.rows, a.cols))
         port = free_port()
         settings = load_settings(None, storage={"root": str(tmp / "node"), "fsync": False},

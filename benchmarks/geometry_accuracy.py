@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pgsam_node.geometry import load_series, mask_to_reference, resample_to  # noqa: E402
-from tests.geometry_phantoms import smooth_field, sphere, world_points, write_series  # noqa: E402
+from tests.factories import MRSeries  # noqa: E402
+from tests.geometry_phantoms import smooth_field, sphere, world_points  # noqa: E402
 from tests.unit.test_geometry_resample import GRIDS, SPHERE_CENTRE, SPHERE_R, _affine  # noqa: E402
 
 PAIRS = [("coronal", "axial"), ("oblique30", "axial"), ("axial", "oblique30"), ("sagittal", "coronal"), ("small_fov", "axial")]
@@ -32,7 +33,7 @@ PAIRS = [("coronal", "axial"), ("oblique30", "axial"), ("axial", "oblique30"), (
 def _load(tmp: Path, name: str, func) -> object:
     aff = _affine(name)
     vals = func(world_points(aff, GRIDS[name][3])).astype(np.float32)
-    return load_series(write_series(tmp / f"{name}_{func.__name__}", vals, aff))
+    return load_series(MRSeries.from_volume(vals, aff).write(tmp / f"{name}_{func.__name__}"))
 
 
 def main() -> None:

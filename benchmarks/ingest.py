@@ -27,11 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.factories import Geometry, MRSeries  # noqa: E402
 
 
 def free_port() -> int:
@@ -51,30 +50,9 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 def make_instances(folder: Path, n: int, size: int = 256) -> list[Path]:
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        p = folder / f"mr{i:05d}.dcm"
-        ds = FileDataset(str(p), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientID, ds.PatientName, ds.Modality = "BENCH", "Bench^Ingest", "MR"
-        ds.SeriesDescription, ds.ProtocolName, ds.SeriesNumber, ds.InstanceNumber = "t2_tse_tra", "t2_tse_tra", 3, i + 1
-        ds.RepetitionTime, ds.EchoTime, ds.ScanningSequence, ds.SequenceVariant = 4000, 95, "SE", "SK"
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, i * 1.0], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.9, 0.9], 1.0
-        ds.Rows = ds.Columns = size
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-    return paths
+    """``n`` slices of one MR series (``size`` x ``size``, 16-bit) from the test-data factory."""
+    series = MRSeries(n_slices=n, geometry=Geometry(rows=size, columns=size), patient_id="BENCH", patient_name="Bench^Ingest")
+    return series.write(folder)
 
 
 #: This DCMTK build leaves Nagle's algorithm on unless TCP_NODELAY=1 is set (DCMTK's documented

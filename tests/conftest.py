@@ -8,6 +8,7 @@ import pytest
 
 from pgsam_node.config import load_settings
 
+from .factories import MRSeries
 from .helpers import SHARED_DATA, free_port
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -49,3 +50,20 @@ def pg_url():
     with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def mr_files(tmp_path):
+    """Write an MR series from the factory under ``tmp_path``.
+
+    ``mr_files(name="mr", **knobs)`` takes any :class:`tests.factories.MRSeries` knob and returns
+    (paths, datasets), both in slice order. Instance numbers are shuffled unless a knob says
+    otherwise, so code that trusts InstanceNumber fails.
+    """
+
+    def write(name: str = "mr", **knobs):
+        knobs.setdefault("instance_numbers", "shuffled")
+        spec = MRSeries(**knobs)
+        return spec.write(tmp_path / name), spec.datasets()
+
+    return write

@@ -1,4 +1,4 @@
-"""Test helpers for DICOM outputs: synthetic MR series, dciodvfy, dcmqi and a tiny NIfTI reader."""
+"""Test helpers for DICOM outputs: dciodvfy, dcmqi and a tiny NIfTI reader (MR inputs: tests.factories)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
 
 BIN = Path(sys.executable).parent
 
@@ -40,77 +39,6 @@ def assert_dciodvfy_clean(path: Path) -> list[str]:
     errors, warnings = dciodvfy(path)
     assert not errors, f"dciodvfy errors in {path.name}:\n" + "\n".join(errors)
     return warnings
-
-
-def make_mr_series(
-    folder: Path,
-    n_slices: int = 6,
-    rows: int = 32,
-    cols: int = 24,
-    spacing: tuple[float, float] = (0.9, 0.8),
-    slice_gap: float = 3.0,
-    orientation: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
-    shuffle: bool = True,
-    study_uid: str | None = None,
-    seed: int = 0,
-) -> tuple[list[Path], list[Dataset]]:
-    """Write a synthetic single-frame MR series; returns (paths, datasets) in Z order.
-
-    Files are written in a shuffled instance order so that code relying on file order fails.
-    """
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid, for_uid = generate_uid(), generate_uid()
-    iop = np.asarray(orientation, float)
-    normal = np.cross(iop[:3], iop[3:])
-    origin = np.array([-10.0, -20.0, 30.0])
-    order = rng.permutation(n_slices) if shuffle else np.arange(n_slices)
-    paths, dss = [], []
-    for z in range(n_slices):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.PatientName = "Synthetic^Patient"
-        ds.PatientID = "SYN001"
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "F"
-        ds.StudyInstanceUID = study_uid
-        ds.StudyDate, ds.StudyTime = "20240101", "120000"
-        ds.StudyID = "1"
-        ds.AccessionNumber = "ACC001"
-        ds.ReferringPhysicianName = "Ref^Doc"
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 5
-        ds.SeriesDescription = "T1 post"
-        ds.Modality = "MR"
-        ds.Manufacturer = "Synthetic"
-        ds.FrameOfReferenceUID = for_uid
-        ds.PositionReferenceIndicator = ""
-        ds.InstanceNumber = int(order[z]) + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
-        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
-        ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = 500, 10, 1
-        ds.MagneticFieldStrength = 3
-        ds.ImagedNucleus = "1H"
-        ds.SliceThickness = slice_gap
-        ds.ImagePositionPatient = [float(v) for v in origin + normal * slice_gap * z]
-        ds.ImageOrientationPatient = [float(v) for v in iop]
-        ds.PixelSpacing = list(spacing)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, cols
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = (rng.integers(0, 4000, size=(rows, cols), dtype=np.uint16)).tobytes()
-        p = folder / f"img{order[z]:03d}.dcm"
-        ds.save_as(p, enforce_file_format=True)
-        paths.append(p)
-        dss.append(ds)
-    return paths, dss
 
 
 def blob_mask(shape: tuple[int, int, int], seed: int = 1) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Seed data for the operations tests: a study that went through the state machine, with real
-DICOM files (a synthetic MR series written with pydicom and a SEG built with highdicom) under the
+DICOM files (synthetic MR series from :mod:`tests.factories` and a SEG built with highdicom) under the
 storage root, series with roles, a run, outbox items and a report.
 
 Seeding goes through :func:`pgsam_node.db.lifecycle.transition`, so the timeline is what the pipeline
@@ -29,7 +29,7 @@ from pgsam_node.db.models import (
 )
 from pgsam_node.db.lifecycle import transition
 
-from .dicomgen import make_mr
+from .factories import Geometry, MRSeries
 
 S = StudyState
 REPORT_TEXT = "MRI parotid: 23 mm well-circumscribed lesion in the right superficial lobe, likely pleomorphic adenoma."
@@ -48,30 +48,10 @@ class Seeded:
     output_paths: list[str] = field(default_factory=list)
 
 
-def mr_series(study_uid: str, series_uid: str, n: int = 6, size: int = 48, series_number: int = 5,
-              description: str = "T1 POST GD") -> list[FileDataset]:
-    """A small axial MR series (n slices of size × size, 1 mm pixels, 3 mm slices) with a smooth
-    bright blob, built on the shared :func:`tests.dicomgen.make_mr` header."""
-    rng = np.random.default_rng(7)
-    frame_uid = generate_uid()
-    yy, xx = np.mgrid[:size, :size]
-    blob = 400 + 300 * np.exp(-(((yy - size / 2) ** 2 + (xx - size / 2) ** 2) / (size * 4)))
-    out = []
-    for k in range(n):
-        base = make_mr(study_uid, series_uid, k, description=description, size=size, series_number=series_number)
-        ds = FileDataset(None, base, file_meta=base.file_meta, preamble=b"\0" * 128)
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PatientID, ds.PatientName = "OPS-TEST-0001", "Test^Ops"
-        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID = "20261123", "101500", "1"
-        ds.AccessionNumber, ds.ReferringPhysicianName = "ACC-OPS-1", ""
-        ds.Manufacturer = "Synthetic"
-        ds.ImagePositionPatient = [0.0, 0.0, 3.0 * k]
-        ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 3.0
-        img = blob + rng.normal(0, 20, (size, size))
-        ds.PixelData = np.clip(img, 0, 4095).astype(np.uint16).tobytes()
-        out.append(ds)
-    return out
+#: The seeded series' patient, study and grid (48 x 48 pixels of 1 mm, 3 mm slices) for the factory.
+OPS_SERIES = {"patient_id": "OPS-TEST-0001", "patient_name": "Test^Ops", "study_date": "20261123", "study_time": "101500",
+              "manufacturer": "Synthetic", "pixels": "blob",
+              "geometry": Geometry(rows=48, columns=48, pixel_spacing=(1.0, 1.0), slice_spacing=3.0, origin=(0.0, 0.0, 0.0))}
 
 
 def segment_description() -> hd.seg.SegmentDescription:
@@ -113,10 +93,10 @@ def seed_study(db, storage_root: Path, state: str = "DONE", with_seg: bool = Tru
     ``age_days`` back-dates the state change (for retention).
     """
     study_uid, t1c_uid, t2_uid = generate_uid(), generate_uid(), generate_uid()
-    sources = mr_series(study_uid, t1c_uid)
-    for ds in sources:
-        ds.AccessionNumber = accession
-    t2 = mr_series(study_uid, t2_uid, n=3, series_number=3, description="T2 TSE AX")
+    sources = MRSeries(study_uid=study_uid, series_uid=t1c_uid, n_slices=6, series_number=5, description="T1 POST GD",
+                       accession_number=accession, **OPS_SERIES).datasets()
+    t2 = MRSeries(study_uid=study_uid, series_uid=t2_uid, n_slices=3, series_number=3, description="T2 TSE AX",
+                  accession_number="ACC-OPS-1", **OPS_SERIES).datasets()
     inst_paths: list[str] = []
     with db.transaction() as s:
         st = Study(study_uid=study_uid, patient_id="OPS-TEST-0001", accession_number=accession, study_date="20261123",

@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from pgsam_node.config import load_settings
 from pgsam_node.db.models import Instance
 from pgsam_node.ingest.dicomnet import dimse, pdu
-from tests.dicomgen import make_mr
+from tests.factories import Geometry, mr_instance
 from tests.helpers import free_port, wait_for
 from tests.integration.ingest_fixtures import running_listener
 from tests.integration.test_acceptor import RawClient, _ctx, _encode_dataset
@@ -186,7 +186,7 @@ def test_ingest_fuzz(tmp_path, caplog):
             assert c.associate([_ctx(1, MRImageStorage, ExplicitVRLittleEndian)])[0] == pdu.A_ASSOCIATE_AC
             msg = 0
             for sop_uid, ok in _uid_cases():
-                ds = make_mr(study, generate_uid(), 0)
+                ds = mr_instance(study, generate_uid(), 0)
                 ds.SOPInstanceUID = sop_uid
                 ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
                 data = _encode_dataset(ds)
@@ -198,7 +198,7 @@ def test_ingest_fuzz(tmp_path, caplog):
 
             series = [generate_uid() for _ in range(4)]
             for i in range(N_MUTATED):
-                ds = make_mr(study, rng.choice(series), i, size=16)
+                ds = mr_instance(study, rng.choice(series), i, geometry=Geometry(rows=16, columns=16))
                 ds.PatientName, ds.PatientID = MARKER_NAME, MARKER_ID
                 data = _mutate(rng, _encode_dataset(ds))
                 msg += 1
@@ -240,7 +240,7 @@ def test_ingest_fuzz(tmp_path, caplog):
         assert cut and max(cut) < 5, cut
 
         if shutil.which("/usr/bin/storescu"):
-            clean = make_mr(generate_uid(), generate_uid(), 0)
+            clean = mr_instance(generate_uid(), generate_uid(), 0)
             path = tmp_path / "clean.dcm"
             clean.save_as(path, enforce_file_format=True)
             r = subprocess.run(["/usr/bin/storescu", "-aec", "PGSAM", "127.0.0.1", str(lst.port), str(path)],

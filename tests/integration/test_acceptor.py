@@ -25,7 +25,7 @@ from pgsam_node.config import load_settings
 from pgsam_node.ingest.dicomnet import dimse
 from pgsam_node.ingest.dicomnet import pdu
 from pgsam_node.ingest.index import parse_header
-from tests.dicomgen import make_mr
+from tests.factories import mr_instance
 from tests.helpers import free_port
 
 from .ingest_fixtures import running_listener, scu
@@ -143,7 +143,7 @@ def _still_serves(port: int) -> None:
     ae = scu()
     assoc = ae.associate("127.0.0.1", port, ae_title="PGSAM")
     assert assoc.is_established
-    status = assoc.send_c_store(make_mr(generate_uid(), generate_uid(), 0))
+    status = assoc.send_c_store(mr_instance(generate_uid(), generate_uid(), 0))
     assoc.release()
     assert status.Status == 0x0000
 
@@ -210,7 +210,7 @@ def test_garbage_and_protocol_violations_abort_only_that_association(listener):
 def test_data_set_abandoned_mid_transfer_leaves_nothing(listener):
     lst, db, settings = listener
     c = _associated(lst.port)
-    ds = make_mr(generate_uid(), generate_uid(), 0)
+    ds = mr_instance(generate_uid(), generate_uid(), 0)
     data = _encode_dataset(ds)
     cmd = {dimse.COMMAND_FIELD: dimse.C_STORE_RQ, dimse.MESSAGE_ID: 1, dimse.AFFECTED_SOP_CLASS_UID: MRImageStorage,
            dimse.AFFECTED_SOP_INSTANCE_UID: ds.SOPInstanceUID, dimse.PRIORITY: 0, dimse.COMMAND_DATA_SET_TYPE: 1}
@@ -244,7 +244,7 @@ def test_unsupported_operation_gets_0211_and_association_continues(listener):
     c = _associated(lst.port)
     find = {dimse.COMMAND_FIELD: 0x0020, dimse.MESSAGE_ID: 4, dimse.AFFECTED_SOP_CLASS_UID: MRImageStorage,
             dimse.PRIORITY: 0}
-    rsp = c.message(1, find, _encode_dataset(make_mr(generate_uid(), generate_uid(), 0)))
+    rsp = c.message(1, find, _encode_dataset(mr_instance(generate_uid(), generate_uid(), 0)))
     assert rsp[dimse.COMMAND_FIELD] == 0x8020 and rsp[dimse.STATUS] == 0x0211
     assert rsp[dimse.ERROR_COMMENT]
     assert c.release() == pdu.A_RELEASE_RP
@@ -256,7 +256,7 @@ def test_request_and_data_set_uids_disagree_is_refused(listener):
     storescp), filed under neither UID; the association continues."""
     lst, db, settings = listener
     c = _associated(lst.port, _ctx(1, MRImageStorage, ImplicitVRLittleEndian))
-    ds = make_mr(generate_uid(), generate_uid(), 0)
+    ds = mr_instance(generate_uid(), generate_uid(), 0)
     wrong = generate_uid()
     cmd = {dimse.COMMAND_FIELD: dimse.C_STORE_RQ, dimse.MESSAGE_ID: 2, dimse.AFFECTED_SOP_CLASS_UID: MRImageStorage,
            dimse.AFFECTED_SOP_INSTANCE_UID: wrong, dimse.PRIORITY: 0}
@@ -285,7 +285,7 @@ def test_series_after_its_first_instance_uses_the_scan_and_indexes_the_same(list
 
     lst, db, _ = listener
     study, series = generate_uid(), generate_uid()
-    datasets = [make_mr(study, series, i) for i in range(6)]
+    datasets = [mr_instance(study, series, i) for i in range(6)]
     ae = scu()
     assoc = ae.associate("127.0.0.1", lst.port, ae_title="PGSAM")
     for ds in datasets:
@@ -315,7 +315,7 @@ def test_more_open_associations_than_database_pool_connections(tmp_path):
     n_assoc, per = 20, 3
     with running_listener(settings) as (lst, db):
         first = scu().associate("127.0.0.1", lst.port, ae_title="PGSAM")
-        assert first.send_c_store(make_mr(study, series, 0)).Status == 0  # study and series exist
+        assert first.send_c_store(mr_instance(study, series, 0)).Status == 0  # study and series exist
         first.release()
         barrier = threading.Barrier(n_assoc)
         statuses: list[int] = []
@@ -327,7 +327,7 @@ def test_more_open_associations_than_database_pool_connections(tmp_path):
             assoc = ae.associate("127.0.0.1", lst.port, ae_title="PGSAM")
             barrier.wait(30)  # all associations open before anyone stores
             for i in range(per):
-                st = assoc.send_c_store(make_mr(study, series, 1 + k * per + i))
+                st = assoc.send_c_store(mr_instance(study, series, 1 + k * per + i))
                 with lock:
                     statuses.append(int(st.Status) if "Status" in st else -1)
             assoc.release()

@@ -269,10 +269,10 @@ def test_clean_storescu_after_the_attacks(tmp_path):
     """DCMTK's storescu is served normally by a listener with every limit at its default."""
     if not shutil.which("/usr/bin/storescu"):
         pytest.skip("DCMTK storescu not installed")
-    from tests.dicomgen import make_mr
+    from tests.factories import mr_instance
 
     settings = _settings(tmp_path)
-    ds = make_mr(generate_uid(), generate_uid(), 1)
+    ds = mr_instance(generate_uid(), generate_uid(), 1)
     path = tmp_path / "one.dcm"
     ds.save_as(path, enforce_file_format=True)
     with running_listener(settings) as (lst, _db):

@@ -25,7 +25,8 @@ from pgsam_node.deliver.stow import capability_check, send_stow
 from pgsam_node.errors import SendError
 
 from ..helpers import free_port
-from ..opsdata import make_seg, mr_series
+from ..factories import MRSeries, mr_instance
+from ..opsdata import make_seg
 from ..orthanc import OrthancServer
 from ..pki import make_pki
 
@@ -44,7 +45,7 @@ def need_plugin():
 
 def _study():
     st = generate_uid()
-    mr = mr_series(st, generate_uid(), n=3)
+    mr = MRSeries(study_uid=st, n_slices=3).datasets()
     seg, _ = make_seg(mr, [36, 64, 16])
     return mr, seg
 
@@ -71,7 +72,7 @@ def test_outbox_stow_partial_failure_and_idempotent_resend(settings, tmp_path, n
         settings = _with_dest(settings, dest)
         db = open_database(settings)
         mr, seg = _study()
-        broken = mr_series(str(seg.StudyInstanceUID), generate_uid(), n=1)[0]
+        broken = mr_instance(str(seg.StudyInstanceUID))
         del broken.SeriesInstanceUID  # Orthanc refuses it: FailureReason 0xC000 in FailedSOPSequence
         _queue(settings, db, [seg, broken], "web")
 

@@ -17,7 +17,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import MRImageStorage, SegmentationStorage
 
 from ..helpers import PROJECT_ROOT, free_port, wait_for, wait_port
-from ..opsdata import make_seg, mr_series
+from ..factories import MRSeries
+from ..opsdata import make_seg
 
 ORTHANC = "/usr/sbin/Orthanc"
 LUA = PROJECT_ROOT / "deploy" / "orthanc" / "autorouting.lua"
@@ -86,7 +87,7 @@ def test_stable_mr_study_is_forwarded_once(orthanc, node_scp):
     dicom_port, rest, log = orthanc
     _port, got = node_scp
     study_uid = generate_uid()
-    t1c = mr_series(study_uid, generate_uid(), n=4)
+    t1c = MRSeries(study_uid=study_uid, n_slices=4, series_number=5, description="T1 POST GD").datasets()
     _store(dicom_port, t1c)
     wait_for(lambda: len(got) >= 4, 30, what="MR series forwarded by the Lua script")
     assert sorted(u for _m, u in got) == sorted(d.SOPInstanceUID for d in t1c)
@@ -99,7 +100,7 @@ def test_stable_mr_study_is_forwarded_once(orthanc, node_scp):
     assert len(studies) == 1
     wait_for(lambda: httpx.get(f"{rest}/studies/{studies[0]}").json()["IsStable"], 30, what="study stable after SEG")
     # A late MR series afterwards is forwarded alone (it also proves the SEG's stable event ran).
-    t2 = mr_series(study_uid, generate_uid(), n=2, series_number=3, description="T2 late")
+    t2 = MRSeries(study_uid=study_uid, n_slices=2, series_number=3, description="T2 late").datasets()
     _store(dicom_port, t2)
     wait_for(lambda: len(got) >= 6, 30, what="late MR series forwarded")
     uids = [u for _m, u in got]

@@ -13,7 +13,8 @@ from pgsam_node.db import open_database
 from pgsam_node.encode import algorithm_info, build_seg
 from pgsam_node.deliver.outbox import _claim, all_sent_for_study, enqueue, process_due, queue_outputs, recover_stuck
 
-from ..dicom_tools import blob_mask, make_mr_series
+from ..dicom_tools import blob_mask
+from ..factories import Geometry, MRSeries
 from ..helpers import free_port
 
 pytestmark = pytest.mark.postgres
@@ -64,7 +65,8 @@ def test_delivery_on_postgres(pg_url, tmp_path):
         settings = load_settings(None, storage={"root": str(tmp_path), "fsync": False}, database={"url": pg_url},
                                  destinations=[{"name": "pacs", "ae_title": "STORESCP", "host": "127.0.0.1", "port": port}])
         db = open_database(settings)
-        paths, dss = make_mr_series(tmp_path / "mr", n_slices=3, rows=16, cols=16)
+        source = MRSeries(n_slices=3, geometry=Geometry(rows=16, columns=16), instance_numbers="shuffled")
+        paths, dss = source.write(tmp_path / "mr"), source.datasets()
         seg = build_seg(blob_mask((3, 16, 16)), paths, None, settings, algorithm_info("d" * 64), 1)
         with db.transaction() as s:
             st = Study(study_uid=dss[0].StudyInstanceUID, state="SENDING")

@@ -17,7 +17,7 @@ from pgsam_node.assemble.stability import mark_stable
 from pgsam_node.config import load_settings
 from pgsam_node.db import Instance, Series, Study, StudyEvent, utcnow
 
-from ..dicomgen import make_mr
+from ..factories import Geometry, mr_instance
 from ..helpers import free_port, wait_for
 from .ingest_fixtures import running_listener, scu
 
@@ -40,7 +40,7 @@ def _counts(db):
 
 def test_echo_and_store_persist_before_ack(settings):
     study, series = generate_uid(), generate_uid()
-    dsets = [make_mr(study, series, i) for i in range(5)]
+    dsets = [mr_instance(study, series, i) for i in range(5)]
     with running_listener(settings) as (listener, db):
         ae = scu()
         assoc = ae.associate("127.0.0.1", listener.port, ae_title="PGSAM")
@@ -77,12 +77,12 @@ def test_echo_and_store_persist_before_ack(settings):
 
 def test_resend_is_idempotent(settings):
     study, series = generate_uid(), generate_uid()
-    dsets = [make_mr(study, series, i) for i in range(3)]
+    dsets = [mr_instance(study, series, i) for i in range(3)]
     with running_listener(settings) as (listener, db):
         assert _store(listener.port, dsets) == [0, 0, 0]
         with db.session() as s:
             received = {r.sop_instance_uid: r.received_at for r in s.scalars(select(Instance))}
-        changed = make_mr(study, series, 0, seed=99, sop_uid=dsets[0].SOPInstanceUID)
+        changed = mr_instance(study, series, 0, seed=99, sop_uid=dsets[0].SOPInstanceUID)
         assert _store(listener.port, dsets + [changed]) == [0, 0, 0, 0]
         assert _counts(db) == (1, 1, 3)
         with db.session() as s:
@@ -121,7 +121,7 @@ def test_allow_list_rejects_unknown_calling_ae_at_association(tmp_path):
         assert _assoc_result(listener.port, "ROUTER") == "accepted"
         assert listener.counters["rejected"] == 2
         # the listener still stores for an allowed caller
-        assert _store(listener.port, [make_mr(generate_uid(), generate_uid())], aet="PACS") == [0]
+        assert _store(listener.port, [mr_instance(generate_uid(), generate_uid())], aet="PACS") == [0]
 
 
 def test_free_disk_watermark_rejects_transiently(tmp_path):
@@ -134,7 +134,7 @@ def test_free_disk_watermark_rejects_transiently(tmp_path):
 
 
 def test_reserve_gives_out_of_resources_and_keeps_serving(settings):
-    ds = make_mr(generate_uid(), generate_uid())
+    ds = mr_instance(generate_uid(), generate_uid())
     with running_listener(settings) as (listener, db):
         settings.storage.min_free_bytes = 1 << 62
         assert _store(listener.port, [ds]) == [0xA700]
@@ -146,11 +146,11 @@ def test_reserve_gives_out_of_resources_and_keeps_serving(settings):
 
 
 def test_unparseable_and_uidless_datasets_get_c210(settings, tmp_path):
-    no_study = make_mr(generate_uid(), generate_uid())
+    no_study = mr_instance(generate_uid(), generate_uid())
     del no_study.StudyInstanceUID
     # A Part-10 file whose data set is garbage: pynetdicom sends a file path as raw bytes.
     garbage = tmp_path / "garbage.dcm"
-    good = make_mr(generate_uid(), generate_uid())
+    good = mr_instance(generate_uid(), generate_uid())
     good.save_as(garbage, enforce_file_format=True)
     raw = garbage.read_bytes()
     meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
@@ -187,10 +187,10 @@ def test_max_associations(tmp_path):
 def test_late_instance_reopens_stable_study(settings):
     study, series = generate_uid(), generate_uid()
     with running_listener(settings) as (listener, db):
-        assert _store(listener.port, [make_mr(study, series, 0)]) == [0]
+        assert _store(listener.port, [mr_instance(study, series, 0)]) == [0]
         later = utcnow() + dt.timedelta(seconds=settings.assembly.stable_seconds + 1)
         assert mark_stable(db, settings, now=later) == [study]
-        assert _store(listener.port, [make_mr(study, series, 1)]) == [0]
+        assert _store(listener.port, [mr_instance(study, series, 1)]) == [0]
         with db.session() as s:
             st = s.scalars(select(Study)).one()
             assert st.state == "RECEIVING"
@@ -207,7 +207,7 @@ def test_concurrent_associations_same_study(settings):
 
     def send(k):
         try:
-            results.extend(_store(listener.port, [make_mr(study, series[k], i, description=f"s{k} t1_se", tr=500, te=10)
+            results.extend(_store(listener.port, [mr_instance(study, series[k], i, role="T1", description=f"s{k} t1_se")
                                                   for i in range(6)], aet=f"SCU{k}"))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
@@ -229,8 +229,7 @@ def test_postgres_index_concurrent_and_stable(settings, pg_url):
     study = generate_uid()
     series = [generate_uid() for _ in range(2)]
     results, errors = [], []
-    dsets = [[make_mr(study, series[k], i, description="t1_se_tra" if k else "t2_tse_tra", tr=500 if k else 4000,
-                      te=10 if k else 95) for i in range(5)] for k in range(2)]
+    dsets = [[mr_instance(study, series[k], i, role="T1" if k else "T2") for i in range(5)] for k in range(2)]
 
     def send(k):
         try:
@@ -253,7 +252,7 @@ def test_postgres_index_concurrent_and_stable(settings, pg_url):
         with db.session() as s:
             roles = sorted((x.role, x.instance_count, x.role_selected) for x in s.scalars(select(Series)))
         assert roles == [("T1", 5, True), ("T2", 5, True)]
-        assert _store(listener.port, [make_mr(study, series[1], 7, description="t1_se_tra", tr=500, te=10)]) == [0]
+        assert _store(listener.port, [mr_instance(study, series[1], 7, role="T1")]) == [0]
         with db.session() as s:
             assert s.scalars(select(Study)).one().state == "RECEIVING"
 
@@ -276,7 +275,7 @@ def test_tls_listener(tmp_path):
         ctx.check_hostname = False
         assoc = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM", tls_args=(ctx, None))
         assert assoc.is_established
-        assert int(assoc.send_c_store(make_mr(generate_uid(), generate_uid())).Status) == 0
+        assert int(assoc.send_c_store(mr_instance(generate_uid(), generate_uid())).Status) == 0
         assoc.release()
         plain = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM")
         assert not plain.is_established  # no clear-text DICOM on a TLS port
@@ -286,8 +285,8 @@ def test_tls_listener(tmp_path):
 def test_resend_into_another_series_moves_only_under_overwrite_same_source(settings):
     settings.dicom.resend_policy = "overwrite_same_source"
     study = generate_uid()
-    first = make_mr(study, generate_uid(), 0)
-    moved = make_mr(study, generate_uid(), 0, sop_uid=first.SOPInstanceUID)
+    first = mr_instance(study, generate_uid(), 0)
+    moved = mr_instance(study, generate_uid(), 0, sop_uid=first.SOPInstanceUID)
     with running_listener(settings) as (listener, db):
         assert _store(listener.port, [first, moved]) == [0, 0]
         assert _counts(db) == (1, 2, 1)
@@ -309,7 +308,7 @@ def test_truncated_transfer_stores_nothing_and_listener_keeps_serving(settings, 
 
     if not shutil.which("storescu"):
         pytest.skip("DCMTK storescu not installed")
-    big = make_mr(generate_uid(), generate_uid(), 0, size=2048)
+    big = mr_instance(generate_uid(), generate_uid(), 0, geometry=Geometry(rows=2048, columns=2048))
     big.NumberOfFrames = 6  # ~50 MB: the sender is still streaming when it is killed
     big.PixelData = np.zeros((6, 2048, 2048), dtype=np.uint16).tobytes()
     path = tmp_path / "big.dcm"
@@ -328,4 +327,4 @@ def test_truncated_transfer_stores_nothing_and_listener_keeps_serving(settings, 
         wait_for(lambda: not listener.active_associations, 30, what="association gone")
         assert _counts(db) == (0, 0, 0)
         assert not list(settings.spool_dir.rglob("*.dcm")) and not leftover_tmp(settings.tmp_dir)
-        assert _store(listener.port, [make_mr(generate_uid(), generate_uid())]) == [0]
+        assert _store(listener.port, [mr_instance(generate_uid(), generate_uid())]) == [0]

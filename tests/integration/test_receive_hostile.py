@@ -16,7 +16,7 @@ from sqlalchemy import select
 from pgsam_node.config import load_settings
 from pgsam_node.db.models import AuditLog, Instance, Study
 from pgsam_node.ingest.dicomnet import dimse
-from tests.dicomgen import make_mr
+from tests.factories import mr_instance
 from tests.helpers import free_port
 
 from .ingest_fixtures import running_listener
@@ -61,12 +61,12 @@ def test_long_uids_are_refused_never_truncated(settings):
     two 65-character Study UIDs with a common 64-character prefix: refused, nothing replaced."""
     study, series = generate_uid(), generate_uid()
     legit_uid = ("1.2.826.0.1.3680043.8.498." + "1" * 64)[:64]
-    legit = make_mr(study, series, 0, sop_uid=legit_uid)
+    legit = mr_instance(study, series, 0, sop_uid=legit_uid)
     long_uid = legit_uid + ".77"
-    hostile = make_mr(study, series, 1, seed=5, sop_uid=long_uid)
+    hostile = mr_instance(study, series, 1, seed=5, sop_uid=long_uid)
     prefix = ("1.2.826.0.1.3680043.8.498." + "2" * 64)[:64]
-    a = make_mr(prefix + "1", generate_uid(), 0)
-    b = make_mr(prefix + "2", generate_uid(), 1)
+    a = mr_instance(prefix + "1", generate_uid(), 0)
+    b = mr_instance(prefix + "2", generate_uid(), 1)
     with running_listener(settings) as (lst, db):
         assert _store_raw(lst.port, [(legit_uid, _ds_bytes(legit))]) == [0]
         before = (settings.storage_root / _rows(db)[legit_uid]).read_bytes()
@@ -81,7 +81,7 @@ def test_long_uids_are_refused_never_truncated(settings):
 
 @pytest.mark.parametrize("bad", ["1.2.3.\u00e94", "1.2.3.abc", "1.2..3"])
 def test_invalid_request_uid_gets_c210_not_a700(settings, bad):
-    ds = make_mr(generate_uid(), generate_uid(), 0)
+    ds = mr_instance(generate_uid(), generate_uid(), 0)
     data = _ds_bytes(ds)
     with running_listener(settings) as (lst, db):
         # The request's UID as raw bytes (UTF-8 for the non-ASCII one).
@@ -111,7 +111,7 @@ def test_invalid_request_uid_gets_c210_not_a700(settings, bad):
 
 def test_repeated_sop_instance_uid_element_is_read_as_pydicom_reads_it(settings):
     """A second (0008,0018) after (0020,0013): pydicom reads the second value, so does the node."""
-    ds = make_mr(generate_uid(), generate_uid(), 0)
+    ds = mr_instance(generate_uid(), generate_uid(), 0)
     first, second = ds.SOPInstanceUID, generate_uid()
     data = _ds_bytes(ds)
     inst_number = data.index(b"\x20\x00\x13\x00")  # (0020,0013) in explicit VR LE
@@ -130,8 +130,8 @@ def test_repeated_sop_instance_uid_element_is_read_as_pydicom_reads_it(settings)
 def _resend_case(settings, policy, other_series: bool, calling2: str):
     settings.dicom.resend_policy = policy
     study, series = generate_uid(), generate_uid()
-    first = make_mr(study, series, 0)
-    again = make_mr(study if not other_series else generate_uid(), generate_uid() if other_series else series, 0,
+    first = mr_instance(study, series, 0)
+    again = mr_instance(study if not other_series else generate_uid(), generate_uid() if other_series else series, 0,
                     seed=42, sop_uid=first.SOPInstanceUID)
     lst_ctx = running_listener(settings)
     lst, db = lst_ctx.__enter__()
@@ -182,7 +182,7 @@ def test_overwrite_same_source_still_protects_against_other_sources(settings):
 
 
 def test_identical_resend_from_another_ae_is_idempotent(settings):
-    ds = make_mr(generate_uid(), generate_uid(), 0)
+    ds = mr_instance(generate_uid(), generate_uid(), 0)
     with running_listener(settings) as (lst, db):
         assert _store_raw(lst.port, [(ds.SOPInstanceUID, _ds_bytes(ds))], calling="PACSA") == [0]
         assert _store_raw(lst.port, [(ds.SOPInstanceUID, _ds_bytes(ds))], calling="PACSB") == [0]
@@ -196,11 +196,11 @@ def _deflate(data: bytes) -> bytes:
 
 
 def test_deflate_bomb_is_refused_and_normal_deflate_is_stored(settings):
-    ds = make_mr(generate_uid(), generate_uid(), 0)
+    ds = mr_instance(generate_uid(), generate_uid(), 0)
     data = _ds_bytes(ds)
     # A legitimate deflated data set, then one whose tail inflates to 256 MB of zeros.
     good = _deflate(data)
-    bomb_ds = make_mr(generate_uid(), generate_uid(), 1)
+    bomb_ds = mr_instance(generate_uid(), generate_uid(), 1)
     z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     bomb = z.compress(_ds_bytes(bomb_ds))
     chunk = b"\x00" * (1 << 20)
@@ -230,7 +230,7 @@ def test_unscannable_header_parse_is_bounded(settings, monkeypatch):
 
     monkeypatch.setattr(listener_mod, "parse_header", spy)
     settings.dicom.max_header_parse_bytes = 1 << 20
-    ds = make_mr(generate_uid(), generate_uid(), 0)
+    ds = mr_instance(generate_uid(), generate_uid(), 0)
     ds.add_new(0x00291010, "OB", b"\x00" * (40 << 20))
     data = _ds_bytes(ds)
     with running_listener(settings) as (lst, db):

@@ -15,7 +15,8 @@ import pytest
 
 from pgsam_node.encode import algorithm_info, build_seg, load_sources, validate_seg
 
-from ..dicom_tools import blob_mask, make_mr_series, assert_dciodvfy_clean
+from ..dicom_tools import assert_dciodvfy_clean, blob_mask
+from ..factories import Geometry
 from ..orthanc import OrthancServer
 from .test_dicomweb_stow import DICOMWEB, PLUGIN
 
@@ -40,10 +41,10 @@ def _part(body: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("cols, encoding, served", [(260, "binary", False), (260, "fractional", True), (48, "binary", True)])
-def test_orthanc_frames_by_encoding(settings, tmp_path, cols, encoding, served):
+def test_orthanc_frames_by_encoding(settings, tmp_path, mr_files, cols, encoding, served):
     if not PLUGIN.exists():
         pytest.skip("Debian package orthanc-dicomweb not installed (deploy/install-system-deps.sh)")
-    paths, dss = make_mr_series(tmp_path / "mr", n_slices=4, rows=40, cols=cols)
+    paths, dss = mr_files(n_slices=4, geometry=Geometry(rows=40, columns=cols))
     mask = blob_mask((4, 40, cols))
     settings = settings.model_copy(update={"seg": settings.seg.model_copy(update={"mask_encoding": encoding})})
     seg = build_seg(mask, paths, None, settings, algorithm_info("e" * 64), 1)

@@ -25,7 +25,8 @@ from pgsam_node.deliver.outbox import (
     write_output,
 )
 
-from ..dicom_tools import assert_dciodvfy_clean, blob_mask, make_mr_series
+from ..dicom_tools import assert_dciodvfy_clean, blob_mask
+from ..factories import Geometry
 from ..helpers import free_port, wait_for
 from ..orthanc import OrthancServer, require_orthanc
 
@@ -48,8 +49,8 @@ def _dest(port, name="pacs", aet="ORTHANC", **kw):
 
 
 @pytest.fixture
-def case(tmp_path):
-    paths, dss = make_mr_series(tmp_path / "mr", n_slices=5, rows=32, cols=24)
+def case(mr_files):
+    paths, dss = mr_files(n_slices=5, geometry=Geometry(rows=32, columns=24))
     return paths, dss, blob_mask((5, 32, 24))
 
 

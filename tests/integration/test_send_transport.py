@@ -19,7 +19,8 @@ from pgsam_node.encode import algorithm_info, build_seg
 from pgsam_node.deliver.outbox import enqueue, process_due, write_output
 from pgsam_node.tls import server_context
 
-from ..dicom_tools import assert_dciodvfy_clean, blob_mask, make_mr_series
+from ..dicom_tools import assert_dciodvfy_clean, blob_mask
+from ..factories import Geometry, MRSeries
 from ..helpers import free_port
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -52,7 +53,8 @@ class Scp:
 
 
 def _run(tmp_path, scp, tls=None, **send):
-    paths, dss = make_mr_series(tmp_path / "mr", n_slices=4, rows=16, cols=16)
+    source = MRSeries(n_slices=4, geometry=Geometry(rows=16, columns=16), instance_numbers="shuffled")
+    paths = source.write(tmp_path / "mr")
     mask = blob_mask((4, 16, 16))
     settings = load_settings(
         None, storage={"root": str(tmp_path / "node"), "fsync": False},

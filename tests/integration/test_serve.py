@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 
 from pgsam_node.ingest.spool import leftover_tmp
 
-from ..dicomgen import write_series
+from ..factories import mr_study
 from ..helpers import PROJECT_ROOT, free_port, wait_for, wait_port
 
 pytestmark = pytest.mark.skipif(not shutil.which("storescu"), reason="DCMTK storescu/echoscu not installed")
@@ -77,10 +77,10 @@ def node(tmp_path):
 def test_echoscu_storescu_status_and_clean_shutdown(node, tmp_path):
     r = subprocess.run(["echoscu", "-aec", "PGSAM", "127.0.0.1", str(node.port)], env=ENV, capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    study = generate_uid()
-    write_series(tmp_path / "t1", 4, study, description="t1_se_tra", tr=500, te=10, series_number=1)
-    write_series(tmp_path / "t1c", 4, study, description="t1_se_tra", tr=500, te=10, agent="Dotarem", series_number=2)
-    write_series(tmp_path / "t2", 5, study, description="t2_tse_tra", series_number=3)
+    specs = mr_study({"T1": 4, "T1C": 4, "T2": 5})  # SeriesNumber 1, 2, 3
+    for role, spec in specs.items():
+        spec.write(tmp_path / role.lower())
+    study = specs["T1"].study_uid
     r = subprocess.run(["storescu", "-aec", "PGSAM", "-aet", "PACS", "+sd", "+r", "127.0.0.1", str(node.port),
                         str(tmp_path / "t1"), str(tmp_path / "t1c"), str(tmp_path / "t2")],
                        env=ENV, capture_output=True, text=True, timeout=120)
@@ -139,11 +139,11 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path):
     import pydicom
     from sqlalchemy import create_engine, text
 
-    from ..dicomgen import make_mr
+    from ..factories import Geometry, mr_instance
 
     node = Node(tmp_path).start()
     study, series = generate_uid(), generate_uid()
-    dsets = [make_mr(study, series, i, size=96) for i in range(200)]
+    dsets = [mr_instance(study, series, i, geometry=Geometry(rows=96, columns=96)) for i in range(200)]
     acked, errors = [], []
     t = threading.Thread(target=_acked_sender, args=(node.port, dsets, acked, errors))
     t.start()
@@ -194,13 +194,13 @@ def small_tmpfs(tmp_path):
 def test_disk_full_gives_a700_and_keeps_every_acknowledged_instance(tmp_path, small_tmpfs):
     import pydicom
 
-    from ..dicomgen import make_mr
+    from ..factories import Geometry, mr_instance
 
     node = Node(tmp_path, storage={"root": str(small_tmpfs), "min_free_bytes": 0},
                 database={"url": f"sqlite:///{tmp_path / 'index.sqlite3'}"}).start()
     try:
         study, series = generate_uid(), generate_uid()
-        dsets = [make_mr(study, series, i, size=256) for i in range(40)]  # ~5 MB into a 3 MB disk
+        dsets = [mr_instance(study, series, i, geometry=Geometry(rows=256, columns=256)) for i in range(40)]  # ~5 MB into a 3 MB disk
         from .ingest_fixtures import scu
 
         assoc = scu().associate("127.0.0.1", node.port, ae_title="PGSAM")

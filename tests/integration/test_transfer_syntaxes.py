@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from pgsam_node.db import Instance
 
-from ..dicomgen import make_mr
+from ..factories import mr_instance
 from .ingest_fixtures import running_listener
 
 # (name, encoder command before input/output, transfer syntax, storescu proposal option, 8-bit, lossless).
@@ -34,7 +34,7 @@ CODECS = [
 def test_compressed_instance_stored_as_received(settings, tmp_path, name, tool, ts, propose, eight_bit, lossless):
     if not shutil.which(tool[0]) or not shutil.which("storescu"):
         pytest.skip(f"{tool[0]} / storescu not installed")
-    src = make_mr(generate_uid(), generate_uid(), 0, size=64, bits=8 if eight_bit else 16, seed=5)
+    src = mr_instance(generate_uid(), generate_uid(), 0, bits_allocated=8 if eight_bit else 16, seed=5)
     plain, packed = tmp_path / "plain.dcm", tmp_path / "packed.dcm"
     src.save_as(plain, enforce_file_format=True)
     subprocess.run(tool + [str(plain), str(packed)], check=True, capture_output=True, timeout=60)

@@ -23,14 +23,16 @@ from pgsam_node.encode import (
 from pgsam_node.errors import EncodeError
 from pgsam_node.findings import Findings
 
-from ..dicom_tools import assert_dciodvfy_clean, blob_mask, make_mr_series
+from ..dicom_tools import assert_dciodvfy_clean, blob_mask
+from ..factories import Geometry
 
 ALG = algorithm_info("0123456789abcdef" * 4)
+GRID = Geometry(rows=32, columns=24)  # 0.9 x 0.8 mm pixels, 3 mm slices
 
 
 @pytest.fixture
-def series(tmp_path):
-    return make_mr_series(tmp_path / "mr", n_slices=6, rows=32, cols=24)
+def series(mr_files):
+    return mr_files(n_slices=6, geometry=GRID)
 
 
 def _save(ds, tmp_path, name):
@@ -48,7 +50,7 @@ def test_binary_seg_round_trip_and_dciodvfy(series, settings, tmp_path):
     assert seg.SeriesNumber == settings.seg.series_number_base + 2
     assert seg.SeriesDescription == "PG-SAM lesion"
     assert seg.Manufacturer == "PG-SAM Node"
-    assert seg.PatientID == "SYN001" and seg.StudyInstanceUID == dss[0].StudyInstanceUID
+    assert seg.PatientID == "TEST001" and seg.StudyInstanceUID == dss[0].StudyInstanceUID
     assert seg.FrameOfReferenceUID == dss[0].FrameOfReferenceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == dss[0].SeriesInstanceUID
     # every encoded frame references a source instance of the reference series
@@ -235,24 +237,24 @@ def test_validate_detects_tampering(series, settings):
         validate_seg(seg, mask[::-1].copy(), src)
 
 
-def test_oblique_series(tmp_path, settings):
+def test_oblique_series(tmp_path, settings, mr_files):
     c, s = np.cos(0.3), np.sin(0.3)
     # rotated in-plane and tilted: row and column directions orthonormal, neither axis-aligned
     row = np.array([c, s, 0.0])
     col = np.array([-s * c, c * c, s])
     col /= np.linalg.norm(col)
-    paths, _ = make_mr_series(tmp_path / "obl", orientation=tuple(row) + tuple(col))
+    paths, _ = mr_files("obl", n_slices=6, geometry=Geometry(rows=32, columns=24, orientation=tuple(row) + tuple(col)))
     mask = blob_mask((6, 32, 24))
     seg = build_seg(mask, paths, None, settings, ALG, 1)
     validate_seg(seg, mask, load_sources(paths))
     assert_dciodvfy_clean(_save(seg, tmp_path, "obl"))
 
 
-def test_multiframe_enhanced_source(tmp_path, settings):
+def test_multiframe_enhanced_source(tmp_path, settings, mr_files):
     """An Enhanced (multi-frame) source: frames reference (instance, frame number)."""
     import highdicom as hd
 
-    _, dss = make_mr_series(tmp_path / "sf", n_slices=5, shuffle=False)
+    _, dss = mr_files("sf", n_slices=5, geometry=GRID, instance_numbers="ascending")
     enh = hd.legacy.LegacyConvertedEnhancedMRImage(
         legacy_datasets=dss, series_instance_uid=pydicom.uid.generate_uid(), series_number=7,
         sop_instance_uid=pydicom.uid.generate_uid(), instance_number=1,

@@ -9,7 +9,8 @@ from pydicom.uid import generate_uid
 from pgsam_node.errors import GeometryError
 from pgsam_node.geometry import load_series, resample_to
 
-from ..geometry_phantoms import AXIAL, SAGITTAL, make_affine, rotation, smooth_field, world_points, write_series
+from ..factories import MRSeries
+from ..geometry_phantoms import AXIAL, SAGITTAL, make_affine, rotation, smooth_field, world_points
 
 SHAPE = (8, 16, 18)
 SPACING = (3.0, 1.5, 1.25)
@@ -39,12 +40,13 @@ def _combine(tmp_path, parts):
     series, for_uid = generate_uid(), generate_uid()
     paths = []
     for n, (aff, shape, modify) in enumerate(parts):
-        paths += write_series(tmp_path / f"part{n}", _vals(aff, shape), aff, series_uid=series, for_uid=for_uid, modify=modify, seed=n)
+        spec = MRSeries.from_volume(_vals(aff, shape), aff, series_uid=series, frame_of_reference_uid=for_uid, modify=modify, seed=n)
+        paths += spec.write(tmp_path / f"part{n}")
     return paths
 
 
 def test_clean_series_has_no_notes(tmp_path):
-    vol = load_series(write_series(tmp_path / "s", _vals(), AFF))
+    vol = load_series(MRSeries.from_volume(_vals(), AFF).write(tmp_path / "s"))
     assert vol.warnings == [] and vol.shape == SHAPE
     np.testing.assert_allclose(vol.affine, AFF, atol=1e-5)
 
@@ -60,41 +62,41 @@ def test_missing_geometry(tmp_path):
         if k == 3:
             del ds.ImageOrientationPatient
 
-    assert _reason(write_series(tmp_path / "s", _vals(), AFF, modify=drop)) == "missing_geometry"
+    assert _reason(MRSeries.from_volume(_vals(), AFF, modify=drop).write(tmp_path / "s")) == "missing_geometry"
 
 
 def test_files_of_two_series(tmp_path):
-    a = write_series(tmp_path / "a", _vals(), AFF)
-    b = write_series(tmp_path / "b", _vals(), AFF)
+    a = MRSeries.from_volume(_vals(), AFF).write(tmp_path / "a")
+    b = MRSeries.from_volume(_vals(), AFF).write(tmp_path / "b")
     assert _reason(a + b) == "mixed_series"
 
 
 def test_single_slice(tmp_path):
-    assert _reason(write_series(tmp_path / "s", _vals()[:1], AFF)) == "single_slice"
+    assert _reason(MRSeries.from_volume(_vals()[:1], AFF).write(tmp_path / "s")) == "single_slice"
 
 
 def test_duplicate_positions(tmp_path):
     pos = _positions()
     pos[5] = pos[4]
-    assert _reason(write_series(tmp_path / "s", _vals(), AFF, positions=pos)) == "duplicate_positions"
+    assert _reason(MRSeries.from_volume(_vals(), AFF, positions=pos).write(tmp_path / "s")) == "duplicate_positions"
 
 
 def test_missing_slices(tmp_path):
-    paths = sorted(write_series(tmp_path / "s", _vals(), AFF))
-    del paths[3]  # file names start with the slice index
+    paths = MRSeries.from_volume(_vals(), AFF, path_order="slice").write(tmp_path / "s")
+    del paths[3]  # the paths come in slice order
     assert _reason(paths) == "missing_slices"
 
 
 def test_uneven_spacing(tmp_path):
     pos = _positions()
     pos[4:] += np.array([0, 0, 1.0])  # one step of 4 mm among 3 mm steps
-    assert _reason(write_series(tmp_path / "s", _vals(), AFF, positions=pos)) == "uneven_spacing"
+    assert _reason(MRSeries.from_volume(_vals(), AFF, positions=pos).write(tmp_path / "s")) == "uneven_spacing"
 
 
 def test_spacing_tolerance_is_respected(tmp_path):
     pos = _positions()
     pos[4:] += np.array([0, 0, 0.1])  # 3.3% longer step
-    paths = write_series(tmp_path / "s", _vals(), AFF, positions=pos)
+    paths = MRSeries.from_volume(_vals(), AFF, positions=pos).write(tmp_path / "s")
     assert _reason(paths, spacing_tolerance=0.02) == "uneven_spacing"
     load_series(paths, spacing_tolerance=0.05)
 
@@ -102,7 +104,7 @@ def test_spacing_tolerance_is_respected(tmp_path):
 def test_inconsistent_in_plane_positions(tmp_path):
     pos = _positions()
     pos[2] += np.array([2.0, 0, 0])  # one slice shifted sideways
-    assert _reason(write_series(tmp_path / "s", _vals(), AFF, positions=pos)) == "inconsistent_positions"
+    assert _reason(MRSeries.from_volume(_vals(), AFF, positions=pos).write(tmp_path / "s")) == "inconsistent_positions"
 
 
 def test_localizer_frames_removed(tmp_path):
@@ -114,7 +116,7 @@ def test_localizer_frames_removed(tmp_path):
     paths = _combine(tmp_path, [(AFF, SHAPE, None), (loc_aff, (3, 16, 18), loc)])
     vol = load_series(paths)
     assert _codes(vol) == ["localizer_removed"] and vol.shape == SHAPE
-    only = write_series(tmp_path / "only", _vals(loc_aff, (3, 16, 18)), loc_aff, modify=loc)
+    only = MRSeries.from_volume(_vals(loc_aff, (3, 16, 18)), loc_aff, modify=loc).write(tmp_path / "only")
     assert _reason(only) == "localizer"
 
 
@@ -133,7 +135,7 @@ def test_non_parallel_slices(tmp_path):
         r = rotation("x", 1.5 * k)
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in np.concatenate([r @ AXIAL[0], r @ AXIAL[1]])]
 
-    assert _reason(write_series(tmp_path / "s", _vals(), AFF, modify=tilt)) == "non_parallel"
+    assert _reason(MRSeries.from_volume(_vals(), AFF, modify=tilt).write(tmp_path / "s")) == "non_parallel"
 
 
 def test_multiple_stacks_in_one_series(tmp_path):
@@ -149,11 +151,11 @@ def test_frame_of_reference_mixed_inside_series(tmp_path):
         if k % 2:
             ds.FrameOfReferenceUID = "1.2.3.999"
 
-    assert _reason(write_series(tmp_path / "s", _vals(), AFF, modify=fr)) == "frame_of_reference_mixed"
+    assert _reason(MRSeries.from_volume(_vals(), AFF, modify=fr).write(tmp_path / "s")) == "frame_of_reference_mixed"
 
 
 def test_no_frame_of_reference_is_noted(tmp_path):
-    vol = load_series(write_series(tmp_path / "s", _vals(), AFF, for_uid=None))
+    vol = load_series(MRSeries.from_volume(_vals(), AFF, frame_of_reference_uid=None).write(tmp_path / "s"))
     assert _codes(vol) == ["no_frame_of_reference"] and vol.frame_of_reference_uid is None
 
 
@@ -162,11 +164,11 @@ def test_gantry_tilt_is_noted_and_resampled_exactly(tmp_path):
     step_dir = rotation("x", 20) @ np.array([0, 0, 1.0])
     shape = (24, 40, 44)
     tilted = make_affine([-30.0, -30.0, -10.0], AXIAL[0], AXIAL[1], (2.0, 1.5, 1.4), slice_dir=step_dir)
-    vol = load_series(write_series(tmp_path / "t", _vals(tilted, shape), tilted))
+    vol = load_series(MRSeries.from_volume(_vals(tilted, shape), tilted).write(tmp_path / "t"))
     assert _codes(vol) == ["gantry_tilt"]
     np.testing.assert_allclose(vol.affine, tilted, atol=1e-5)
     ref_aff = make_affine([-20.0, -20.0, 0.0], AXIAL[0], AXIAL[1], (2.5, 1.6, 1.6))
-    ref = load_series(write_series(tmp_path / "r", _vals(ref_aff, (10, 20, 20)), ref_aff))
+    ref = load_series(MRSeries.from_volume(_vals(ref_aff, (10, 20, 20)), ref_aff).write(tmp_path / "r"))
     values, valid = resample_to(vol, ref)
     truth = smooth_field(world_points(ref.affine, ref.shape))
     assert valid.mean() > 0.5
@@ -178,16 +180,14 @@ def test_multiframe_without_functional_groups(tmp_path):
         ds.NumberOfFrames = 2
         ds.PixelData = ds.PixelData * 2
 
-    paths = write_series(tmp_path / "s", _vals()[:2], AFF, modify=multi)
+    paths = MRSeries.from_volume(_vals()[:2], AFF, modify=multi).write(tmp_path / "s")
     assert _reason(paths) == "missing_geometry"
 
 
 def test_enhanced_frame_without_position(tmp_path):
     import pydicom
 
-    from ..geometry_phantoms import write_enhanced
-
-    path, _ = write_enhanced(tmp_path / "e.dcm", _vals(), AFF)
+    path, _ = MRSeries.from_volume(_vals(), AFF).write_enhanced(tmp_path / "e.dcm")
     ds = pydicom.dcmread(path)
     del ds.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence
     ds.save_as(path)
@@ -197,9 +197,7 @@ def test_enhanced_frame_without_position(tmp_path):
 def test_enhanced_localizer_frame_type(tmp_path):
     import pydicom
 
-    from ..geometry_phantoms import write_enhanced
-
-    path, order = write_enhanced(tmp_path / "e.dcm", _vals(), AFF)  # frame 1 = top slice
+    path, order = MRSeries.from_volume(_vals(), AFF).write_enhanced(tmp_path / "e.dcm")  # frame 1 = top slice
     ds = pydicom.dcmread(path)
     ds.PerFrameFunctionalGroupsSequence[0].MRImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
     ds.save_as(path)
@@ -212,19 +210,19 @@ def test_invalid_orientation_and_spacing(tmp_path):
     def skew(k, ds):
         ds.ImageOrientationPatient = [1, 0, 0, 0.3, 0.95, 0]
 
-    assert _reason(write_series(tmp_path / "a", _vals(), AFF, modify=skew)) == "invalid_orientation"
+    assert _reason(MRSeries.from_volume(_vals(), AFF, modify=skew).write(tmp_path / "a")) == "invalid_orientation"
 
     def zero(k, ds):
         ds.PixelSpacing = [0, 1.25]
 
-    assert _reason(write_series(tmp_path / "b", _vals(), AFF, modify=zero)) == "invalid_spacing"
+    assert _reason(MRSeries.from_volume(_vals(), AFF, modify=zero).write(tmp_path / "b")) == "invalid_spacing"
 
 
 def test_secondary_capture_with_plane_attributes_is_noted(tmp_path):
     def sc(k, ds):
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
 
-    vol = load_series(write_series(tmp_path / "s", _vals(), AFF, modify=sc))
+    vol = load_series(MRSeries.from_volume(_vals(), AFF, modify=sc).write(tmp_path / "s"))
     assert _codes(vol) == ["secondary_capture"]
     np.testing.assert_allclose(vol.affine, AFF, atol=1e-5)
 
@@ -238,8 +236,8 @@ def test_two_echoes_in_one_series_name_the_varying_attribute(tmp_path):
 
         return f
 
-    paths = write_series(tmp_path / "e1", _vals(), AFF, series_uid=series, for_uid=for_uid, modify=echo(12))
-    paths += write_series(tmp_path / "e2", _vals(), AFF, series_uid=series, for_uid=for_uid, modify=echo(90), seed=3)
+    paths = MRSeries.from_volume(_vals(), AFF, series_uid=series, frame_of_reference_uid=for_uid, modify=echo(12)).write(tmp_path / "e1")
+    paths += MRSeries.from_volume(_vals(), AFF, series_uid=series, frame_of_reference_uid=for_uid, modify=echo(90), seed=3).write(tmp_path / "e2")
     with pytest.raises(GeometryError) as ei:
         load_series(paths)
     assert ei.value.reason == "duplicate_positions"
@@ -251,15 +249,13 @@ def test_enhanced_stack_ids_are_separate_stacks(tmp_path):
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence
 
-    from ..geometry_phantoms import write_enhanced
-
     # one slab of 8 slices and, further up, a second slab of 3 slices with the same matrix
     aff2 = AFF.copy()
     aff2[:3, 3] += [0, 0, 60.0]
     vals = np.concatenate([_vals(), _vals(aff2, (3,) + SHAPE[1:])])
     positions = np.concatenate([_positions(), _positions(aff2, 3)])
     step_aff = AFF.copy()
-    path, order = write_enhanced(tmp_path / "e.dcm", vals, step_aff, frame_order=list(range(11)))
+    path, order = MRSeries.from_volume(vals, step_aff).write_enhanced(tmp_path / "e.dcm", frame_order=list(range(11)))
     ds = pydicom.dcmread(path)
     for n, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
         fg.PlanePositionSequence[0].ImagePositionPatient = [f"{v:.6f}" for v in positions[n]]

@@ -11,7 +11,8 @@ import numpy as np
 
 from pgsam_node.cli import main
 
-from ..geometry_phantoms import AXIAL, CORONAL, make_affine, smooth_field, world_points, write_series
+from ..factories import MRSeries
+from ..geometry_phantoms import AXIAL, CORONAL, make_affine, smooth_field, world_points
 from ..helpers import PROJECT_ROOT
 
 AX = make_affine([-10.0, -12.0, 20.0], AXIAL[0], AXIAL[1], (3.0, 1.5, 1.25))
@@ -19,7 +20,7 @@ COR = make_affine([-12.0, -15.0, 45.0], CORONAL[0], CORONAL[1], (2.0, 1.5, 1.5))
 
 
 def _series(path, aff, shape, **kw):
-    return write_series(path, smooth_field(world_points(aff, shape)).astype(np.float32), aff, **kw)
+    return MRSeries.from_volume(smooth_field(world_points(aff, shape)).astype(np.float32), aff, **kw).write(path)
 
 
 def _json_lines(text):
@@ -41,8 +42,8 @@ def test_inspect_reports_each_series(tmp_path, capsys):
 
 def test_study_command_subprocess(tmp_path):
     for_uid = "1.2.826.0.1.3680043.8.498.77"
-    _series(tmp_path / "t1c", AX, (6, 12, 14), for_uid=for_uid)
-    _series(tmp_path / "t2", COR, (10, 16, 20), for_uid=for_uid)
+    _series(tmp_path / "t1c", AX, (6, 12, 14), frame_of_reference_uid=for_uid)
+    _series(tmp_path / "t2", COR, (10, 16, 20), frame_of_reference_uid=for_uid)
     env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
     cmd = [sys.executable, "-m", "pgsam_node", "geometry", "study", "--role", f"T1C={tmp_path / 't1c'}", "--role", f"T2={tmp_path / 't2'}"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
@@ -51,7 +52,7 @@ def test_study_command_subprocess(tmp_path):
     assert out["reference_role"] == "T1C" and out["reference"]["shape_zyx"] == [6, 12, 14]
     assert out["coverage"]["T1C"] == 1.0 and 0 < out["coverage"]["T2"] <= 1.0
     # the refusal path: different frames of reference under the default "refuse" policy
-    _series(tmp_path / "t1", AX, (6, 12, 14), for_uid="1.2.3.4")
+    _series(tmp_path / "t1", AX, (6, 12, 14), frame_of_reference_uid="1.2.3.4")
     res = subprocess.run(cmd + ["--role", f"T1={tmp_path / 't1'}"], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert json.loads(res.stdout.strip().splitlines()[-1])["reason"] == "frame_of_reference_mismatch"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pydicom
 import pytest
@@ -9,12 +11,13 @@ from pydicom.uid import RLELossless
 
 from pgsam_node.geometry import load_series
 
-from ..geometry_phantoms import CORONAL, centred_affine, rotation, smooth_field, world_points, write_enhanced, write_series
+from ..factories import MRSeries
+from ..geometry_phantoms import CORONAL, centred_affine, rotation, smooth_field, world_points
 
 SHAPE = (12, 36, 40)  # >= 32 px: the OpenJPEG encoder needs it for its default resolution levels
 _R = rotation("y", 20) @ rotation("x", 30)
 AFFINE = centred_affine([3.0, -7.0, 15.0], _R @ CORONAL[0], _R @ CORONAL[1], (2.5, 1.4, 1.1), SHAPE)
-UIDS = dict(study_uid="1.2.826.0.1.3680043.8.498.10", series_uid="1.2.826.0.1.3680043.8.498.11", for_uid="1.2.826.0.1.3680043.8.498.12")
+UIDS = dict(study_uid="1.2.826.0.1.3680043.8.498.10", series_uid="1.2.826.0.1.3680043.8.498.11", frame_of_reference_uid="1.2.826.0.1.3680043.8.498.12")
 
 
 @pytest.fixture
@@ -23,9 +26,9 @@ def values():
 
 
 def test_enhanced_equals_single_frame(tmp_path, values):
-    single = load_series(write_series(tmp_path / "single", values, AFFINE, **UIDS))
+    single = load_series(MRSeries.from_volume(values, AFFINE, **UIDS).write(tmp_path / "single"))
     order = [5, 0, 11, 3, 7, 1, 9, 2, 10, 4, 8, 6]
-    path, _ = write_enhanced(tmp_path / "enh.dcm", values, AFFINE, frame_order=order, **UIDS)
+    path, _ = MRSeries.from_volume(values, AFFINE, **UIDS).write_enhanced(tmp_path / "enh.dcm", frame_order=order)
     enh = load_series([path])
     np.testing.assert_array_equal(enh.array, single.array)
     np.testing.assert_allclose(enh.affine, single.affine, atol=1e-9)
@@ -46,7 +49,7 @@ def test_legacy_converted_enhanced_from_highdicom(tmp_path, values):
     (functional groups as highdicom lays them out, PS3.3 A.71); both load identically."""
     import highdicom as hd
 
-    paths = write_series(tmp_path / "single", values, AFFINE, **UIDS)
+    paths = MRSeries.from_volume(values, AFFINE, **UIDS).write(tmp_path / "single")
     single = load_series(paths)
     legacy = [pydicom.dcmread(p) for p in paths]
     for ds in legacy:  # highdicom's converter wants a few more attributes
@@ -70,17 +73,9 @@ def test_legacy_converted_enhanced_from_highdicom(tmp_path, values):
 
 
 def test_rle_compressed_pixels_decode_identically(tmp_path, values):
-    paths = write_series(tmp_path / "plain", values, AFFINE, **UIDS)
-    plain = load_series(paths)
-    comp_dir = tmp_path / "rle"
-    comp_dir.mkdir()
-    comp = []
-    for p in paths:
-        ds = pydicom.dcmread(p)
-        ds.compress(RLELossless)
-        q = comp_dir / p.name
-        ds.save_as(q, enforce_file_format=True)
-        comp.append(q)
+    spec = MRSeries.from_volume(values, AFFINE, **UIDS)
+    plain = load_series(spec.write(tmp_path / "plain"))
+    comp = replace(spec, transfer_syntax=RLELossless).write(tmp_path / "rle")  # same slices, RLE-encoded
     assert pydicom.dcmread(comp[0]).file_meta.TransferSyntaxUID == RLELossless
     vol = load_series(comp)
     np.testing.assert_array_equal(vol.array, plain.array)
@@ -91,18 +86,12 @@ def test_rle_compressed_pixels_decode_identically(tmp_path, values):
 def test_jpeg_family_lossless_decodes(tmp_path, values, syntax):
     """JPEG-LS lossless (.80) and JPEG 2000 lossless (.90), decoded through pydicom's plugins
     (pylibjpeg-libjpeg / pylibjpeg-openjpeg); encoded with whatever encoder is installed."""
-    paths = write_series(tmp_path / "plain", values, AFFINE, **UIDS)
-    plain = load_series(paths)
-    comp = []
-    for p in paths:
-        d = pydicom.dcmread(p)
-        try:
-            d.compress(syntax)
-        except Exception as exc:  # noqa: BLE001 - encoder plugin absent
-            pytest.skip(f"no encoder for {syntax} installed to build the test file: {exc}")
-        q = tmp_path / f"c_{p.name}"
-        d.save_as(q, enforce_file_format=True)
-        comp.append(q)
+    spec = MRSeries.from_volume(values, AFFINE, **UIDS)
+    plain = load_series(spec.write(tmp_path / "plain"))
+    try:
+        comp = replace(spec, transfer_syntax=syntax).write(tmp_path / "comp")
+    except Exception as exc:  # noqa: BLE001 - encoder plugin absent
+        pytest.skip(f"no encoder for {syntax} installed to build the test file: {exc}")
     assert str(pydicom.dcmread(comp[0]).file_meta.TransferSyntaxUID) == syntax
     vol = load_series(comp)
     np.testing.assert_array_equal(vol.array, plain.array)

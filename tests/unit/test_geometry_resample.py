@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pydicom
 import pytest
 
 from pgsam_node.config import GeometrySettings
 from pgsam_node.errors import GeometryError
 from pgsam_node.geometry import build_study_volumes, load_series, mask_to_reference, resample_to
 
+from ..factories import MRSeries
 from ..geometry_phantoms import (
     AXIAL,
     CORONAL,
@@ -18,7 +20,6 @@ from ..geometry_phantoms import (
     smooth_field,
     sphere,
     world_points,
-    write_series,
 )
 
 CENTRE = np.array([5.0, -3.0, 10.0])
@@ -46,7 +47,7 @@ def _write(tmp_path, name, func):
     r, c, sp, sh = GRIDS[name]
     aff = _affine(name)
     values = func(world_points(aff, sh))
-    return write_series(tmp_path / name, values.astype(np.float32), aff, seed=hash(name) % 1000), aff
+    return MRSeries.from_volume(values.astype(np.float32), aff, seed=hash(name) % 1000).write(tmp_path / name), aff
 
 
 def test_loader_follows_dicom_plane_equation(tmp_path):
@@ -59,7 +60,7 @@ def test_loader_follows_dicom_plane_equation(tmp_path):
     aff[:3, 2] = [0, 0, 4.0]
     aff[:3, 3] = [10, 20, 30]
     arr = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
-    vol = load_series(write_series(tmp_path / "s", arr, aff, integer=True))
+    vol = load_series(MRSeries.from_volume(arr.astype(np.uint16), aff).write(tmp_path / "s"))
     assert vol.shape == (2, 3, 5)
     assert vol.spacing == pytest.approx((4.0, 2.0, 3.0))
     np.testing.assert_allclose(vol.index_to_lps([1, 0, 0]), [13, 20, 30], atol=1e-6)
@@ -86,7 +87,9 @@ def test_loaded_affine_matches_written_grid(tmp_path, name):
     assert np.abs(vol.array - expected).max() < 0.01
     assert vol.frame_numbers == [None] * vol.shape[0]
     assert len(set(vol.sop_uids)) == vol.shape[0]
-    assert [p.name.split("_")[0] for p in vol.paths] == [f"{k:04d}" for k in range(vol.shape[0])]
+    # the files are listed in slice order: file k holds slice k's position
+    positions = [[float(v) for v in pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient] for p in vol.paths]
+    np.testing.assert_allclose(positions, [aff[:3, 3] + k * aff[:3, 2] for k in range(vol.shape[0])], atol=1e-4)
 
 
 # Maximum absolute / RMS error of trilinear resampling of smooth_field (range ~40..160) at
@@ -177,7 +180,8 @@ def test_build_study_volumes_puts_roles_on_reference_grid(tmp_path):
     def write(name, func, sub):
         r, c, sp, sh = GRIDS[name]
         aff = _affine(name)
-        return write_series(tmp_path / sub, func(world_points(aff, sh)).astype(np.float32), aff, study_uid=study_uid, for_uid=for_uid)
+        values = func(world_points(aff, sh)).astype(np.float32)
+        return MRSeries.from_volume(values, aff, study_uid=study_uid, frame_of_reference_uid=for_uid).write(tmp_path / sub)
 
     t1c = write("axial", smooth_field, "t1c")
     t2 = write("coronal", lambda p: 2 * smooth_field(p), "t2")
@@ -211,9 +215,10 @@ def test_build_study_volumes_puts_roles_on_reference_grid(tmp_path):
 def test_frame_of_reference_policy(tmp_path):
     aff = _affine("axial")
     vals = smooth_field(world_points(aff, GRIDS["axial"][3])).astype(np.float32)
-    a = write_series(tmp_path / "a", vals, aff, for_uid="1.2.3.4")
+    a = MRSeries.from_volume(vals, aff, frame_of_reference_uid="1.2.3.4").write(tmp_path / "a")
     aff2 = _affine("coronal")
-    b = write_series(tmp_path / "b", smooth_field(world_points(aff2, GRIDS["coronal"][3])).astype(np.float32), aff2, for_uid="1.2.3.5")
+    vals2 = smooth_field(world_points(aff2, GRIDS["coronal"][3])).astype(np.float32)
+    b = MRSeries.from_volume(vals2, aff2, frame_of_reference_uid="1.2.3.5").write(tmp_path / "b")
     with pytest.raises(GeometryError) as ei:
         build_study_volumes({"T1C": a, "T2": b}, GeometrySettings(frame_of_reference_policy="refuse"))
     assert ei.value.reason == "frame_of_reference_mismatch"
@@ -225,8 +230,8 @@ def test_frame_of_reference_policy(tmp_path):
 def test_unusable_role_is_dropped_with_its_reason(tmp_path):
     aff = _affine("axial")
     vals = smooth_field(world_points(aff, GRIDS["axial"][3])).astype(np.float32)
-    good = write_series(tmp_path / "good", vals, aff, for_uid="1.2.3.4")
-    bad = write_series(tmp_path / "bad", vals[:1], aff, for_uid="1.2.3.4")  # one slice
+    good = MRSeries.from_volume(vals, aff, frame_of_reference_uid="1.2.3.4").write(tmp_path / "good")
+    bad = MRSeries.from_volume(vals[:1], aff, frame_of_reference_uid="1.2.3.4").write(tmp_path / "bad")  # one slice
     sv = build_study_volumes({"T1C": bad, "T2": good}, GeometrySettings())
     assert sv.reference_role == "T2" and set(sv.channels) == {"T2"}
     assert [n.code for n in sv.notes] == ["single_slice"]

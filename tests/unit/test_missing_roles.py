@@ -16,7 +16,7 @@ from pgsam_node.ingest import spool
 from pgsam_node.ingest.index import index_instance, parse_header
 from pgsam_node.web import create_app, tokens
 
-from ..dicomgen import make_mr
+from ..factories import Geometry, mr_instance
 from .test_spool_assemble import _encode
 
 
@@ -26,7 +26,8 @@ def index_study(db, settings, specs) -> str:
     for k, (desc, tr, te, agent) in enumerate(specs):
         series = generate_uid()
         for i in range(3):
-            ds = make_mr(study, series, i, description=desc, tr=tr, te=te, series_number=k + 1, agent=agent, size=96)
+            ds = mr_instance(study, series, i, description=desc, tr=tr, te=te, series_number=k + 1, agent=agent,
+                             geometry=Geometry(rows=96, columns=96))
             h = parse_header(spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1") + _encode(ds))
             index_instance(db, settings, h, "spool/x", 1, "1.2.840.10008.1.2.1", now=t0)
     later = t0 + dt.timedelta(seconds=settings.assembly.stable_seconds + 1)

@@ -90,11 +90,11 @@ def test_unknown_destination_and_missing_file_are_dead(settings):
 
 
 def test_write_output_atomic_and_idempotent(settings, tmp_path):
-    from ..dicom_tools import make_mr_series
+    from ..factories import mr_instance
 
-    _, dss = make_mr_series(tmp_path / "mr", n_slices=1)
-    rel = write_output(settings, dss[0], dss[0].StudyInstanceUID)
-    assert rel == write_output(settings, dss[0], dss[0].StudyInstanceUID)
+    ds = mr_instance()
+    rel = write_output(settings, ds, ds.StudyInstanceUID)
+    assert rel == write_output(settings, ds, ds.StudyInstanceUID)
     p = settings.storage_root / rel
     assert p.is_file() and not list(p.parent.glob("*.tmp*"))
 

@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 from pgsam_node.encode.preview import PRED_COLOUR, TRUTH_COLOUR, side_letters, write_overlay_png
 from pgsam_node.web.preview import COLOUR, compose
 
-from ..dicomgen import make_mr
+from ..factories import Geometry, mr_instance
 
 
 def test_side_letters_follow_the_row_direction():
@@ -35,7 +35,7 @@ def test_overlay_png_has_legend_slice_and_markers(tmp_path):
     paths = []
     for i in range(3):
         p = tmp_path / f"{i}.dcm"
-        make_mr(study, series, i, size=64).save_as(p, enforce_file_format=True)
+        mr_instance(study, series, i, geometry=Geometry(rows=64, columns=64)).save_as(p, enforce_file_format=True)
         paths.append(p)
     pred = np.zeros((3, 64, 64), np.uint8)
     pred[1, 40:50, 40:50] = 1

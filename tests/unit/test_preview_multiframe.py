@@ -13,12 +13,13 @@ from pgsam_node.db import Database
 from pgsam_node.db.models import Instance, Run, Series, Study
 from pgsam_node.web.preview import largest_slice, render_preview
 
-from ..opsdata import mr_series, segment_description
+from ..factories import Geometry, MRSeries
+from ..opsdata import segment_description
 
 
 def test_multiframe_source(settings):
     study_uid = generate_uid()
-    frames = mr_series(study_uid, generate_uid(), n=5)
+    frames = MRSeries(study_uid=study_uid, n_slices=5, geometry=Geometry(rows=48, columns=48), pixels="blob").datasets()
     enh = hd.legacy.LegacyConvertedEnhancedMRImage(frames, series_instance_uid=generate_uid(), series_number=7,
                                                   sop_instance_uid=generate_uid(), instance_number=1)
     mask = np.zeros((5, 48, 48), bool)

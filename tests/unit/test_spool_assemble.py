@@ -16,7 +16,7 @@ from pgsam_node.db import Database, Series, Study, utcnow
 from pgsam_node.errors import StorageFullError, UnparseableDatasetError
 from pgsam_node.ingest.index import index_instance, parse_header
 
-from ..dicomgen import make_mr
+from ..factories import mr_instance
 
 
 def _encode(ds) -> bytes:
@@ -28,7 +28,7 @@ def _encode(ds) -> bytes:
 
 
 def test_part10_written_from_raw_bytes_reads_back_identical(settings):
-    ds = make_mr(generate_uid(), generate_uid())
+    ds = mr_instance(generate_uid(), generate_uid())
     data = _encode(ds)
     meta = spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "PACS")
     rel = spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
@@ -90,11 +90,10 @@ def test_mark_stable_is_time_based_and_selects_roles(settings):
     try:
         study = generate_uid()
         t0 = utcnow()
-        for k, (desc, agent) in enumerate((("t1_se_tra", None), ("t1_se_tra", "Gadovist"), ("t2_tse_tra", None))):
+        for k, (role, agent) in enumerate((("T1", None), ("T1C", "Gadovist"), ("T2", None))):
             series = generate_uid()
             for i in range(3 + k):
-                ds = make_mr(study, series, i, description=desc, agent=agent, series_number=k + 1,
-                             tr=500 if "t1" in desc else 4000, te=10 if "t1" in desc else 95)
+                ds = mr_instance(study, series, i, role=role, agent=agent, series_number=k + 1)
                 h = parse_header(spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1") + _encode(ds))
                 index_instance(db, settings, h, "spool/x", 1, "1.2.840.10008.1.2.1", now=t0)
         stable = settings.assembly.stable_seconds
@@ -114,7 +113,7 @@ def test_mark_stable_is_time_based_and_selects_roles(settings):
 def test_reindex_spool_indexes_files_without_rows(settings):
     from pgsam_node.ingest.index import reindex_spool
 
-    ds = make_mr(generate_uid(), generate_uid(), description="t1_se_tra", tr=500, te=10)
+    ds = mr_instance(generate_uid(), generate_uid(), role="T1")
     rel = spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     spool.write_instance(settings, rel, (spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1"),
                                          _encode(ds)))

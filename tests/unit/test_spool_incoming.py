@@ -12,7 +12,7 @@ from pgsam_node.ingest import spool
 from pgsam_node.errors import ReceiveError, StorageFullError
 from tests.helpers import wait_for
 
-from ..dicomgen import make_mr
+from ..factories import mr_instance
 from .test_spool_assemble import _encode
 
 
@@ -21,7 +21,7 @@ def _meta(ds):
 
 
 def test_streamed_fragments_commit_to_a_readable_part10_file(settings):
-    ds = make_mr(generate_uid(), generate_uid())
+    ds = mr_instance(generate_uid(), generate_uid())
     data = _encode(ds)
     f = spool.IncomingFile(settings, _meta(ds))
     for i in range(0, len(data), 1000):  # many small fragments, as PDVs arrive
@@ -39,7 +39,7 @@ def test_streamed_fragments_commit_to_a_readable_part10_file(settings):
 
 
 def test_commit_without_replace_never_overwrites(settings):
-    ds = make_mr(generate_uid(), generate_uid())
+    ds = mr_instance(generate_uid(), generate_uid())
     rel = spool.spool_relpath(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     first = spool.IncomingFile(settings, _meta(ds))
     first.write(b"first")
@@ -56,7 +56,7 @@ def test_commit_without_replace_never_overwrites(settings):
 
 
 def test_reserve_is_checked_while_streaming(settings):
-    ds = make_mr(generate_uid(), generate_uid())
+    ds = mr_instance(generate_uid(), generate_uid())
     f = spool.IncomingFile(settings, _meta(ds))
     free = spool.free_bytes(settings.storage_root)
     # Leave room for the first step only: the reserve is crossed half-way through the data set.
@@ -70,7 +70,7 @@ def test_reserve_is_checked_while_streaming(settings):
 
 
 def test_data_set_size_cap(settings):
-    ds = make_mr(generate_uid(), generate_uid())
+    ds = mr_instance(generate_uid(), generate_uid())
     f = spool.IncomingFile(settings, _meta(ds), max_bytes=2 << 20)
     with pytest.raises(ReceiveError, match="max_dataset_bytes"):
         for _ in range(64):
@@ -79,7 +79,7 @@ def test_data_set_size_cap(settings):
 
 
 def test_discard_and_reserve_leave_nothing(settings):
-    ds = make_mr(generate_uid(), generate_uid())
+    ds = mr_instance(generate_uid(), generate_uid())
     f = spool.IncomingFile(settings, _meta(ds))
     f.write(b"\0" * 1000)
     f.discard()
@@ -95,7 +95,7 @@ def test_temp_files_are_made_ahead_used_once_and_removed_on_close(settings):
     try:
         wait_for(lambda: len(list(settings.tmp_dir.iterdir())) == 2, 10, 0.01, what="two files made ahead")
         assert not spool.leftover_tmp(settings.tmp_dir), "empty files made ahead are not leftovers"
-        ds = make_mr(generate_uid(), generate_uid())
+        ds = mr_instance(generate_uid(), generate_uid())
         f = spool.IncomingFile(settings, _meta(ds), ahead)
         assert "-ahead-" in f.tmp
         f.write(_encode(ds))
