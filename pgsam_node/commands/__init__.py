@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 
@@ -28,3 +29,11 @@ def load(args) -> Settings:
 def add_config_arg(p: argparse.ArgumentParser) -> None:
     """The ``--config FILE`` option every command shares."""
     p.add_argument("--config", "-c", metavar="FILE", default=None, help="YAML configuration file")
+
+
+def cli_actor() -> str:
+    """Who runs the command, for the audit log: ``cli:<login user>`` (``cli`` when unknown)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"

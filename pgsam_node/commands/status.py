@@ -88,6 +88,14 @@ def format_table(studies: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _switches(db):
+    """The operator pause switches (:mod:`pgsam_node.db.switches`)."""
+    from pgsam_node.db import switches
+
+    with db.session() as s:
+        return switches.read_all(s)
+
+
 def run(args) -> int:
     from pgsam_node.db import open_database
 
@@ -95,10 +103,15 @@ def run(args) -> int:
     db = open_database(settings)
     try:
         studies = collect(db, args.limit, settings.assembly.required_roles, settings)
+        node_switches = _switches(db)
     finally:
         db.dispose()
     if args.json:
-        print(json.dumps({"studies": studies}, indent=2))
+        print(json.dumps({"switches": {n: st.as_dict() for n, st in node_switches.items()}, "studies": studies},
+                         indent=2))
     else:
+        from pgsam_node.db.switches import summary
+
+        print(f"node: {summary(node_switches)}")
         print(format_table(studies))
     return 0

@@ -5,10 +5,9 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 
-from pgsam_node.commands import add_config_arg
+from pgsam_node.commands import add_config_arg, cli_actor
 from pgsam_node.db import open_database
 from pgsam_node.web.tokens import SCOPES, create_token, list_tokens, revoke_token
 from pgsam_node.commands import load
@@ -32,24 +31,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
 def run(args) -> int:
     settings = load(args)
     db = open_database(settings)
     try:
         if args.token_action == "create":
             with db.transaction() as s:
-                token = create_token(s, args.name, args.scope, actor=_actor())
+                token = create_token(s, args.name, args.scope, actor=cli_actor())
             print(token)
         elif args.token_action == "revoke":
             with db.transaction() as s:
-                revoke_token(s, args.name, actor=_actor())
+                revoke_token(s, args.name, actor=cli_actor())
             print(f"token {args.name} revoked")
         else:
             with db.session() as s:

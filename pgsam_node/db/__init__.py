@@ -5,6 +5,7 @@ from pgsam_node.db.models import (
     AuditLog,
     Base,
     Instance,
+    NodeSwitch,
     OutboxItem,
     OutboxState,
     Report,

@@ -279,3 +279,19 @@ class Metric(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[float] = mapped_column(Float, default=0.0)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class NodeSwitch(Base):
+    """An operator pause switch (``receiving``, ``processing``, ``sending``); no row = running.
+
+    See :mod:`pgsam_node.db.switches`. Kept in the database so every process (listener, workers
+    on other machines, the outbox job) obeys the same switch, and a restart keeps it.
+    """
+
+    __tablename__ = "node_switches"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    changed_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text)

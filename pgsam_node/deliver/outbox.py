@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from pgsam_node.config import Destination, Settings
 from pgsam_node.db.models import AuditLog, Metric, OutboxItem, OutboxState, utcnow
+from pgsam_node.db import switches
 from pgsam_node.db.session import Database
 from pgsam_node.errors import SendError
 from pgsam_node.logsetup import uid_hash
@@ -139,7 +140,8 @@ def recover_stuck(db: Database, now: dt.datetime | None = None) -> int:
 
 
 def _claim(db: Database, now: dt.datetime, limit: int) -> list[int]:
-    """Claim up to ``limit`` due items atomically (PENDING → SENDING, attempts + 1).
+    """Claim up to ``limit`` due items atomically (PENDING → SENDING, attempts + 1); none while
+    sending is paused (:mod:`pgsam_node.db.switches`).
 
     PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` so concurrent workers take disjoint items;
     SQLite ignores FOR UPDATE, and the conditional UPDATE (``WHERE state='PENDING'``) with a
@@ -147,6 +149,9 @@ def _claim(db: Database, now: dt.datetime, limit: int) -> list[int]:
     """
     claimed: list[int] = []
     with db.transaction() as s:
+        if switches.is_paused(s, switches.SENDING):
+            # Operator pause: nothing is claimed, so attempts, backoff and dead-lettering stand still.
+            return claimed
         q = (select(OutboxItem.id).where(OutboxItem.state == PENDING, OutboxItem.next_attempt_at <= now)
              .order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(limit))
         if not db.is_sqlite:
@@ -206,6 +211,7 @@ def _finish(s: Session, settings: Settings, item: OutboxItem, outcome: StoreOutc
 
 def process_due(db: Database, settings: Settings, now: dt.datetime | None = None, limit: int = 100) -> dict[str, int]:
     """Deliver every due item once: claim, send (one association per destination), record.
+    While the operator has paused sending, nothing is claimed (all counts 0).
 
     Parameters
     ----------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from pgsam_node.config import Settings
-from pgsam_node.db import Database, Study, StudyState, utcnow
+from pgsam_node.db import Database, Study, StudyState, switches, utcnow
 from pgsam_node.logsetup import uid_hash
 from pgsam_node.db.lifecycle import transition
 
@@ -47,10 +47,14 @@ def claim_next(db: Database, worker_id: str, lease_seconds: float, now: dt.datet
     Returns
     -------
     Claim or None
-        None when the queue is empty (or every READY row is locked by other workers).
+        None when the queue is empty (or every READY row is locked by other workers), or while
+        the operator has paused processing (:mod:`pgsam_node.db.switches`): READY studies stay
+        READY, read in the claim's own transaction.
     """
     now = now or utcnow()
     with db.transaction() as s:
+        if switches.is_paused(s, switches.PROCESSING):
+            return None
         q = select(Study).where(Study.state == StudyState.READY.value).order_by(Study.state_changed_at, Study.id).limit(1)
         if not db.is_sqlite:
             # PostgreSQL: rows another worker is claiming are skipped, not waited for.

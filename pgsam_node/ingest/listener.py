@@ -7,7 +7,9 @@ Association policy (checked when the A-ASSOCIATE-RQ arrives, PS3.8 7.1.1.9):
   everyone) -> A-ASSOCIATE-RJ permanent, service-user, "calling AE title not recognised";
 * free disk below ``dicom.refuse_below_free_bytes`` -> A-ASSOCIATE-RJ transient,
   service-provider (presentation), "temporary congestion", so the PACS retries later;
-* more than ``dicom.max_associations`` at once -> transient "local limit exceeded".
+* more than ``dicom.max_associations`` at once -> transient "local limit exceeded";
+* receiving paused by the operator (:mod:`pgsam_node.db.switches`) -> transient, service-provider
+  (presentation), "temporary congestion": see :func:`receiving_paused_rejection`.
 
 C-STORE (PS3.4 B.2.3): the data set is streamed, fragment by fragment as it arrives, into a
 temporary Part-10 file in the accepted transfer syntax (byte for byte, nothing decoded); its
@@ -31,6 +33,7 @@ from pathlib import Path
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
+from pgsam_node.db import switches
 from pgsam_node.ingest import headscan
 from pgsam_node.ingest import spool
 from pgsam_node.ingest.dicomnet import dimse
@@ -91,12 +94,17 @@ class Listener:
     on_release
         Optional callback ``f(study_uids: set[str])`` called when an association that stored
         instances ends (a hint for an early stability check; stability itself is time-based).
+    paused
+        Callable answering whether receiving is paused, asked once per association request;
+        default: the ``receiving`` switch in ``db`` (:func:`pgsam_node.db.switches.paused_now`).
     """
 
-    def __init__(self, settings, db, on_release: Callable[[set[str]], None] | None = None):
+    def __init__(self, settings, db, on_release: Callable[[set[str]], None] | None = None,
+                 paused: Callable[[], bool] | None = None):
         self.settings = settings
         self.db = db
         self.on_release = on_release
+        self.paused = paused if paused is not None else (lambda: switches.paused_now(db, switches.RECEIVING))
         # pydicom's warnings about malformed elements quote their values (patient names, IDs):
         # every record is made safe at creation, whoever configured logging.
         install_redaction()
@@ -189,6 +197,8 @@ class Listener:
                 log.warning("association from %s@%s rejected: %d bytes free, below dicom.refuse_below_free_bytes",
                             safe_ae(calling), host, free)
                 rejection = Rejection(2, 3, 1, "temporary congestion")
+        if rejection is None:
+            rejection = receiving_paused_rejection(self.paused, calling, host)
         if rejection is not None:
             with self._lock:
                 self.counters["rejected"] += 1
@@ -230,6 +240,26 @@ class Listener:
     def _count(self, key: str) -> None:
         with self._lock:
             self.counters[key] += 1
+
+
+def receiving_paused_rejection(paused: Callable[[], bool], calling: str, host: str | None) -> Rejection | None:
+    """The A-ASSOCIATE-RJ for a new association while the operator has paused receiving, else None.
+
+    PS3.8 9.3.4: result 2 *rejected-transient*, source 3 *DICOM UL service-provider (presentation
+    related function)*, reason 1 *temporary-congestion* — the same answer as the disk reserve. A
+    transient rejection tells the PACS to keep the images and retry later (source 1 / reason 1,
+    service-user "no reason given", would say nothing about when); the node loses nothing
+    because it stored nothing. Associations already open are not affected. A switch that
+    cannot be read (database down) does not refuse: the C-STORE then answers 0xA700 itself.
+    """
+    try:
+        if not paused():
+            return None
+    except Exception as exc:  # noqa: BLE001 - the hook must never break the acceptor
+        log.warning("receiving switch unreadable (%s); association admitted", type(exc).__name__)
+        return None
+    log.warning("association from %s@%s rejected: receiving paused by the operator", safe_ae(calling), host)
+    return Rejection(2, 3, 1, "receiving paused by the operator")
 
 
 #: Bytes of a data set kept in memory for the identity scan (the UIDs sit in the first few hundred).

@@ -7,12 +7,13 @@ import logging
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from pgsam_node.flow.actions import ActionError
 from pgsam_node.db.models import OutboxState, Run, Study, StudyState
 from pgsam_node.logsetup import uid_hash
-from pgsam_node.web import queries
+from pgsam_node.web import operations, queries
 from pgsam_node.web.auth import Auth, client_addr
 from pgsam_node.web.auth import csrf_ok
 
@@ -30,6 +31,12 @@ def require_auth(request: Request) -> Auth:
     if a is None:
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
     return a
+
+
+def _csrf(request: Request, a: Auth) -> None:
+    """A POST through a dashboard session must carry the session's CSRF token in ``X-CSRF-Token``."""
+    if a.via == "session" and not csrf_ok(a.csrf, request.headers.get("x-csrf-token")):
+        raise HTTPException(403, "CSRF token missing or wrong")
 
 
 def _study(s, study_id: int) -> Study:
@@ -175,8 +182,43 @@ def run_action(request: Request, a: Auth, study_id: int, name: str):
 def action(study_id: int, action: str, request: Request, a: Auth = Depends(require_auth)):
     if action not in ("retry", "reprocess", "resend", "run_now"):
         raise HTTPException(404, f"unknown action {action!r}")
-    if a.via == "session" and not csrf_ok(a.csrf, request.headers.get("x-csrf-token")):
-        raise HTTPException(403, "CSRF token missing or wrong")
+    _csrf(request, a)
     res = run_action(request, a, study_id, action)
     return {"action": res.action, "study_id": res.study_id, "from_state": res.from_state, "to_state": res.to_state,
             "message": res.message, "outbox_requeued": res.outbox_requeued}
+
+
+# ---- node-wide operator tools: pause switches, test destination ---------------------------------
+class SwitchChange(BaseModel):
+    """Optional body of a pause: a note kept with the switch and in the audit log."""
+
+    reason: str | None = None
+
+
+@router.get("/switches")
+def get_switches(request: Request, a: Auth = Depends(require_auth)):
+    return {"switches": {n: st.as_dict() for n, st in operations.switch_states(request).items()}}
+
+
+@router.post("/switches/{what}/{verb}")
+def set_switch(what: str, verb: str, request: Request, body: SwitchChange | None = None,
+               a: Auth = Depends(require_auth)):
+    """``POST /switches/{receiving|processing|sending|all}/{pause|resume}``."""
+    if verb not in ("pause", "resume"):
+        raise HTTPException(404, f"unknown verb {verb!r}; pause or resume")
+    _csrf(request, a)
+    changed = operations.change_switches(request, a, what, verb == "pause", body.reason if body else None)
+    return {"changed": [c.name for c in changed],
+            "switches": {n: st.as_dict() for n, st in operations.switch_states(request).items()}}
+
+
+@router.get("/destinations")
+def get_destinations(request: Request, a: Auth = Depends(require_auth)):
+    return {"destinations": operations.destinations(request)}
+
+
+@router.post("/destinations/{name}/test")
+def destination_test(name: str, request: Request, a: Auth = Depends(require_auth)):
+    """C-ECHO / DICOMweb check; 200 with ``ok`` false when the destination fails the check."""
+    _csrf(request, a)
+    return operations.check_destination(request, a, name).as_dict()

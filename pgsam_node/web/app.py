@@ -63,8 +63,9 @@ def create_app(settings, db, actions: Any = None, findings_from_text=None, on_ac
         the newest run did not record them (``Run.metrics["findings"]``); default
         :func:`pgsam_node.reports.parse.parse_report`.
     on_action
-        Called with the :class:`~pgsam_node.flow.actions.ActionResult` after an action committed
-        (the node passes one that wakes its embedded worker).
+        Called with the :class:`~pgsam_node.flow.actions.ActionResult` after an action committed,
+        or with the list of changed :class:`~pgsam_node.db.switches.SwitchState` after a pause or
+        resume (the node passes one that wakes its embedded worker).
     model_status
         Callable returning the embedded worker's model load state (``state``: "loading", "loaded",
         "failed", ...), shown by ``/readyz`` under ``checks.model``; a failed load makes it 503.

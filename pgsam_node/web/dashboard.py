@@ -14,11 +14,12 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from pgsam_node.assemble.readiness import report_wait
 from pgsam_node.web import tokens
 from pgsam_node.db.models import AuditLog, OutboxState, Study
-from pgsam_node.web import queries
+from pgsam_node.web import operations, queries
 from pgsam_node.web.api import STATES, run_action
 from pgsam_node.web.auth import Auth, client_addr
 from pgsam_node.web.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, csrf_ok
@@ -84,6 +85,10 @@ def _read_flash(request: Request) -> dict | None:
 def _render(request: Request, name: str, a: Auth | None, status: int = 200, **context) -> HTMLResponse:
     context.setdefault("refresh", 0)
     context.update(user=a.principal if a else None, csrf=a.csrf if a else None, flash=_read_flash(request))
+    if a is not None:
+        # The paused-parts banner on every page (one small read).
+        states = context.get("switches") or operations.switch_states(request)
+        context["paused"] = [st for st in states.values() if st.paused]
     return templates.TemplateResponse(request, name, context, status_code=status)
 
 
@@ -199,8 +204,8 @@ def study_preview(study_id: int, request: Request):
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
 
-@router.post("/studies/{study_id}/action/{name}")
-async def study_action(study_id: int, name: str, request: Request):
+async def _form_auth(request: Request) -> tuple[Auth, dict]:
+    """The principal of a dashboard POST and its form; 401 without one, 403 on a bad CSRF token."""
     a = _auth(request)
     if a is None:
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
@@ -209,6 +214,12 @@ async def study_action(study_id: int, name: str, request: Request):
     # Strict is the first line, this the second).
     if a.via == "session" and not csrf_ok(a.csrf, str(form.get("csrf") or "")):
         raise HTTPException(403, "CSRF token missing or wrong")
+    return a, dict(form)
+
+
+@router.post("/studies/{study_id}/action/{name}")
+async def study_action(study_id: int, name: str, request: Request):
+    a, _form = await _form_auth(request)
     if name not in ("retry", "reprocess", "resend", "run_now"):
         raise HTTPException(404, f"unknown action {name!r}")
     try:
@@ -242,3 +253,40 @@ def outbox_page(request: Request, state: str | None = None):
         items = queries.outbox_items(s, state=state)
     return _render(request, "outbox.html", a, items=items, state=state, states=states)
 
+
+
+# ---- node-wide operator tools ------------------------------------------------------------------
+@router.get("/node", response_class=HTMLResponse)
+def node_page(request: Request):
+    a = _auth(request)
+    if a is None:
+        return _login_redirect(request)
+    return _render(request, "node.html", a, switches=operations.switch_states(request),
+                   destinations=operations.destinations(request), can_act=a.principal.can("actions"))
+
+
+@router.post("/node/switches/{what}/{verb}")
+async def node_switch(what: str, verb: str, request: Request):
+    a, form = await _form_auth(request)
+    if verb not in ("pause", "resume"):
+        raise HTTPException(404, f"unknown verb {verb!r}")
+    try:
+        changed = await run_in_threadpool(operations.change_switches, request, a, what, verb == "pause",
+                                          str(form.get("reason") or "") or None)
+    except HTTPException as exc:
+        if exc.status_code != 422:
+            raise
+        flash = _flash_param(request, f"{verb} refused: {exc.detail}", "bad")
+    else:
+        done = "paused" if verb == "pause" else "resumed"
+        names = ", ".join(c.name for c in changed)
+        flash = _flash_param(request, f"{done}: {names}" if changed else f"nothing to do: already {done}", "ok")
+    return RedirectResponse(f"/node?{flash}", status_code=303)
+
+
+@router.post("/node/destinations/{name}/test")
+async def node_destination_test(name: str, request: Request):
+    a, _form = await _form_auth(request)
+    res = await run_in_threadpool(operations.check_destination, request, a, name)
+    msg = f"OK {res.message}" if res.ok else f"{name} failed: {res.message}"
+    return RedirectResponse(f"/node?{_flash_param(request, msg, 'ok' if res.ok else 'bad')}", status_code=303)

@@ -18,6 +18,7 @@ Metrics
 ``pgsam_storage_free_bytes``                free space of the storage root
 ``pgsam_node_counter{name}``                counters other processes persist in the ``metrics`` table
 ``pgsam_database_up``                       1 when the scrape could read the database
+``pgsam_paused{what}``                      1 while the operator has paused receiving / processing / sending
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, text
 
+from pgsam_node.db import switches
 from pgsam_node.db.models import Instance, Metric, OutboxItem, OutboxState, Run, Study, StudyState
 from pgsam_node.ingest.spool import free_bytes
 
@@ -88,6 +90,12 @@ class DatabaseCollector(Collector):
             run_rows = s.execute(select(Run.status, Run.stage_seconds)).all()
             out_rows = s.execute(select(OutboxItem.state, OutboxItem.attempts, OutboxItem.last_error)).all()
             counters = s.execute(select(Metric.name, Metric.value)).all()
+            paused = switches.read_all(s)
+
+        pg = GaugeMetricFamily("pgsam_paused", "1 while the operator has paused this part of the node", labels=["what"])
+        for name, st in paused.items():
+            pg.add_metric([name], 1 if st.paused else 0)
+        yield pg
 
         c = CounterMetricFamily("pgsam_instances_received", "DICOM instances received and indexed")
         c.add_metric([], n_inst)

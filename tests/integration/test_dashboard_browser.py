@@ -123,3 +123,63 @@ def test_sign_in_see_study_retry(server, tmp_path):
         st = s.get(Study, seeded["failed"].study_id)
         assert st.state == "READY" and st.events[-1].actor == "admin"
     wait_for(lambda: srv._thread.is_alive(), 2, what="server thread alive")
+
+
+def test_node_page_pause_resume_and_test_destination(settings, tmp_path):
+    """Chromium on the Node page: pause receiving (banner on every page), test a destination that
+    answers C-ECHO (a real pynetdicom peer), resume."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pgsam_node.config import Destination
+    from pgsam_node.db import switches
+    from ..helpers import free_port
+
+    peer = AE(ae_title="ECHOPEER")
+    peer.add_supported_context(Verification)
+    peer_port = free_port()
+    peer_server = peer.start_server(("127.0.0.1", peer_port), block=False)
+    settings.destinations = [Destination(name="pacs", ae_title="ECHOPEER", host="127.0.0.1", port=peer_port)]
+    db = Database(settings.database_url)
+    srv = WebServer(settings, db)
+    srv.start()
+    token = srv.first_run_token
+    driver = None
+    try:
+        driver = _chrome()
+        wait = WebDriverWait(driver, 30)
+        driver.get(f"{srv.url}/node")
+        wait.until(EC.presence_of_element_located((By.ID, "token"))).send_keys(token)
+        driver.find_element(By.ID, "signin").click()
+        wait.until(EC.presence_of_element_located((By.ID, "switches")))
+        assert driver.find_element(By.ID, "switch-receiving-state").text == "running"
+
+        driver.find_element(By.ID, "pause-receiving").click()
+        wait.until(EC.alert_is_present()).accept()
+        wait.until(lambda d: d.find_element(By.ID, "switch-receiving-state").text == "PAUSED")
+        assert "paused: receiving" in driver.find_element(By.ID, "flash").text
+        with db.session() as s:
+            assert switches.is_paused(s, "receiving") and not switches.is_paused(s, "sending")
+        driver.get(f"{srv.url}/")
+        assert "receiving (by admin" in wait.until(EC.presence_of_element_located((By.ID, "paused-banner"))).text
+        _shot(driver, tmp_path, "04-paused-banner")
+
+        driver.find_element(By.LINK_TEXT, "manage").click()
+        wait.until(EC.presence_of_element_located((By.ID, "test-1"))).click()
+        flash = wait.until(EC.presence_of_element_located((By.ID, "flash")))
+        assert flash.text.startswith("OK pacs: C-ECHO success from ECHOPEER@127.0.0.1") and "ok" in flash.get_attribute("class")
+        _shot(driver, tmp_path, "05-destination-ok")
+
+        driver.find_element(By.ID, "resume-receiving").click()
+        wait.until(EC.alert_is_present()).accept()
+        wait.until(lambda d: d.find_element(By.ID, "switch-receiving-state").text == "running")
+        assert not driver.find_elements(By.ID, "paused-banner")
+    finally:
+        if driver is not None:
+            driver.quit()
+        srv.stop()
+        peer_server.shutdown()
+        db.dispose()
