@@ -26,7 +26,7 @@ from pgsam_node.flow.worker import WorkerLoop, claim_next
 from pgsam_node.db.lifecycle import transition
 from pgsam_node.reports.hl7 import Hl7Listener, mllp_frame, read_frame
 
-from ..dicomgen import make_mr, write_series
+from ..factories import MRSeries, mr_instance
 from ..helpers import free_port
 from ..hl7_messages import oru, segments
 from ..opsdata import seed_study
@@ -51,7 +51,7 @@ def _spool_files(settings) -> list:
 
 def test_paused_receiving_rejects_transient_and_resume_accepts(settings):
     study, series = generate_uid(), generate_uid()
-    ds = make_mr(study, series, 0)
+    ds = mr_instance(study, series, 0)
     with running_listener(settings) as (listener, db):
         ae = scu()
         # An association opened before the pause finishes its work.
@@ -73,7 +73,7 @@ def test_paused_receiving_rejects_transient_and_resume_accepts(settings):
         _pause(db, "receiving", False)
         assoc = ae.associate("127.0.0.1", listener.port, ae_title="PGSAM")
         assert assoc.is_established
-        ds2 = make_mr(study, series, 1)
+        ds2 = mr_instance(study, series, 1)
         assert int(assoc.send_c_store(ds2).Status) == 0x0000
         assoc.release()
         assert _instances(db) == 2
@@ -82,7 +82,7 @@ def test_paused_receiving_rejects_transient_and_resume_accepts(settings):
 @pytest.mark.skipif(not shutil.which(STORESCU), reason="DCMTK storescu not installed (Debian package dcmtk)")
 def test_paused_receiving_refuses_dcmtk_storescu_and_stores_nothing(settings, tmp_path):
     study = generate_uid()
-    files = write_series(tmp_path / "t2", 3, study, description="t2_tse_tra", series_number=3)
+    files = MRSeries(n_slices=3, study_uid=study, description="t2_tse_tra", series_number=3).write(tmp_path / "t2")
     with running_listener(settings) as (listener, db):
         _pause(db, "receiving")
         args = [STORESCU, "-aec", "PGSAM", "-aet", "PACS", "+sd", "+r", "127.0.0.1", str(listener.port), str(tmp_path / "t2")]
@@ -257,7 +257,7 @@ def test_cli_pause_survives_a_serve_restart(tmp_path):
     from .test_serve import Node
 
     study = generate_uid()
-    write_series(tmp_path / "t2", 3, study, description="t2_tse_tra", series_number=3)
+    MRSeries(n_slices=3, study_uid=study, description="t2_tse_tra", series_number=3).write(tmp_path / "t2")
     node = Node(tmp_path).start()
     send = [STORESCU, "-aec", "PGSAM", "-aet", "PACS", "+sd", "+r", "127.0.0.1", str(node.port), str(tmp_path / "t2")]
     try:
