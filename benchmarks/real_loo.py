@@ -72,7 +72,7 @@ def build(args):
     primary = {st.case_id: ("T2" if "FLAIR" in st.volumes else "T1C") for st, _ in real}
     t = time.perf_counter()
     bank = build_bank(real, base, SEQUENCES, cache, NormParams(), variants=args.variants, max_eval=args.max_eval, n_neg=1, max_aug=args.max_aug,
-                      primary=primary, progress=True)
+                      primary=primary, progress=True, mirror=True)
     synth_train = [(synthetic_study(TRAIN_SEED_BASE + i), "synthetic") for i in range(args.synthetic)]
     bank = build_bank(synth_train, base, SEQUENCES, cache, NormParams(), variants=1, max_eval=6, n_neg=1, bank=bank, progress=True)
     synth_eval = [(synthetic_study(EVAL_SEED_BASE + i), "synthetic-eval") for i in range(args.synthetic_eval)]
@@ -97,6 +97,7 @@ def main() -> int:  # noqa: C901 - one linear script
     ap.add_argument("--steps-loc", type=int, default=300)
     ap.add_argument("--steps-dec", type=int, default=40)
     ap.add_argument("--batch-dec", type=int, default=4)
+    ap.add_argument("--lr-loc", type=float, default=2e-3)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -110,7 +111,9 @@ def main() -> int:  # noqa: C901 - one linear script
     from pgsam_node.model.text_encoder import TextEncoder
     from pgsam_node.training.train_frozen import predict_case
 
-    temb = TextEncoder(None).encode([c.text or "" for c in bank.cases])
+    enc = TextEncoder(None)
+    temb = enc.encode([c.text or "" for c in bank.cases])
+    temb_m = enc.encode([c.mirrored_text or "" for c in bank.cases])
     real_idx = [i for i, c in enumerate(bank.cases) if c.kind == "real"]
     syn_idx = [i for i, c in enumerate(bank.cases) if c.kind == "synthetic"]
     syn_eval = [i for i, c in enumerate(bank.cases) if c.kind == "synthetic-eval"]
@@ -126,13 +129,13 @@ def main() -> int:  # noqa: C901 - one linear script
     for k, v in tiny.items():
         rows[k]["tiny"] = v
     variants = {"pgsam": (True, SEQUENCES), "no-text": (False, SEQUENCES), "single": (True, [args.single])}
-    opts_kw = {"steps_loc": args.steps_loc, "steps_dec": args.steps_dec, "batch_dec": args.batch_dec}
+    opts_kw = {"steps_loc": args.steps_loc, "steps_dec": args.steps_dec, "batch_dec": args.batch_dec, "lr_loc": args.lr_loc}
     last = None
     for held in real_idx_eval:
         c = bank.cases[held]
         train_cases = [i for i in real_idx if i != held] + syn_idx
         for name, (use_text, seqs) in variants.items():
-            model, rec = train_one(bank, train_cases, use_text, seqs, temb, opts_kw)
+            model, rec = train_one(bank, train_cases, use_text, seqs, temb, temb_m, opts_kw)
             pred = predict_case(model, bank, held, temb[held] if use_text else None)
             rows[c.case_id][name] = dice(pred, c.eval_masks.astype(bool))
             rows[c.case_id][name + "_train_s"] = rec["seconds_loc"] + rec["seconds_dec"]
@@ -155,14 +158,15 @@ def main() -> int:  # noqa: C901 - one linear script
     return 0
 
 
-def train_one(bank, train_cases, use_text, seqs, temb, opts_kw):
+def train_one(bank, train_cases, use_text, seqs, temb, temb_m, opts_kw):
     from pgsam_node.model.pgsam import build_model
     from pgsam_node.model.presets import ModelConfig, get_preset
     from pgsam_node.training.train_frozen import FrozenTrainOptions, train_frozen
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=get_preset("litemedsam"), sequences=list(seqs), use_text=use_text, context_slices=1))
-    rec = train_frozen(model, bank, train_cases, FrozenTrainOptions(sequences=list(seqs), **opts_kw), temb if use_text else None)
+    rec = train_frozen(model, bank, train_cases, FrozenTrainOptions(sequences=list(seqs), **opts_kw), temb if use_text else None,
+                       text_emb_mirror=temb_m if use_text else None)
     return model, rec
 
 

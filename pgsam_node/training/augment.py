@@ -116,3 +116,39 @@ def augment_slice(
             x = t[0, 0].numpy()
         out[i] = np.clip(x, 0.0, 1.0)
     return out.astype(np.float32), np.clip(m, 0.0, 1.0).astype(np.float32), c.astype(np.float32)
+
+
+_SIDE_SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}
+
+
+def mirror_report(text: str | None) -> str | None:
+    """The report of the mirrored patient: every "left" and "right" swapped (case kept)."""
+    import re
+
+    if not text:
+        return text
+    return re.sub(r"\b(left|right|Left|Right|LEFT|RIGHT)\b", lambda m: _SIDE_SWAP[m.group(1)], text)
+
+
+def mirror_findings(f):
+    """Findings of the mirrored patient (side and negated sides swapped)."""
+    from dataclasses import replace
+
+    if f is None:
+        return None
+    swap = {"left": "right", "right": "left"}
+    return replace(f, side=swap.get(f.side, f.side), negated_sides=[swap.get(s, s) for s in f.negated_sides])
+
+
+def mirror_slice(images: np.ndarray, mask: np.ndarray, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The slice of the mirrored patient (reflected through the body's mid-sagittal plane).
+
+    The image columns are reversed and the left-right coordinate negated, so the lesion that lay
+    at the patient's left now lies at the patient's right, and the caller swaps the report's sides
+    (:func:`mirror_report`, :func:`mirror_findings`): a new, laterality-consistent training case
+    whose report says "right" where the original said "left". Input and output shapes (S, H, W),
+    (H, W), (2, H, W); coords channel 0 is left-right (LPS x from the body centre), 1 anterior-posterior.
+    """
+    c = coords[:, :, ::-1].copy()
+    c[0] = -c[0]
+    return np.ascontiguousarray(images[:, :, ::-1]), np.ascontiguousarray(mask[:, ::-1]), c

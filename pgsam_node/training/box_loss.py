@@ -15,9 +15,10 @@ from torch.nn import functional as F
 
 
 
-def soft_dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean of BCE and (1 - soft Dice) over a batch; logits and target (B, 1, H, W)."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def soft_dice_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
+    """Mean of BCE (positives weighted by ``pos_weight``) and (1 - soft Dice) over a batch; logits and target (B, 1, H, W)."""
+    pw = torch.tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw)
     p = torch.sigmoid(logits)
     inter = (p * target).sum(dim=(1, 2, 3))
     dice = (2 * inter + 1) / (p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
@@ -68,9 +69,14 @@ def teacher_boxes(mask: torch.Tensor, img_size: int, jitter_px: float, gen: torc
     return boxes.to(mask.device), found.to(mask.device), target
 
 
+#: Weight of lesion cells in the heat-map BCE: lesions cover a few per cent of a slice (MS plaques a
+#: few cells), and an unweighted BCE teaches the head to say "nothing" everywhere.
+HEAT_POS_WEIGHT = 10.0
+
+
 def heat_loss(heat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Heat-map Dice + BCE against the reference mask max-pooled to the embedding grid."""
-    return soft_dice_bce(heat, F.adaptive_max_pool2d(mask, heat.shape[-2:]))
+    """Heat-map Dice + weighted BCE against the reference mask max-pooled to the embedding grid."""
+    return soft_dice_bce(heat, F.adaptive_max_pool2d(mask, heat.shape[-2:]), pos_weight=HEAT_POS_WEIGHT)
 
 
 def box_head_loss(model, batch: dict[str, torch.Tensor], jitter_px: float = 5.0, gen: torch.Generator | None = None,

@@ -33,7 +33,7 @@ from pgsam_node.findings import Findings, findings_vector
 from pgsam_node.geometry.normalize import NormParams
 from pgsam_node.inference.preprocessing import StudyArrays, prepare_study
 from pgsam_node.model.coords import patient_coordinate_map
-from pgsam_node.training.augment import AugmentOptions, augment_slice
+from pgsam_node.training.augment import AugmentOptions, augment_slice, mirror_findings, mirror_report, mirror_slice
 from pgsam_node.training.embed_cache import EmbeddingCache
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,14 @@ class BankCase:
     def findings_vec(self) -> np.ndarray:
         return np.asarray(findings_vector(self.findings), dtype=np.float32)
 
+    @property
+    def mirrored_text(self) -> str | None:
+        return mirror_report(self.text)
+
+    @property
+    def mirrored_findings_vec(self) -> np.ndarray:
+        return np.asarray(findings_vector(mirror_findings(self.findings)), dtype=np.float32)
+
 
 @dataclass
 class BankItem:
@@ -80,6 +88,8 @@ class BankItem:
     coords: np.ndarray
     valid: np.ndarray
     emb: np.ndarray
+    #: The mirrored patient (:func:`.augment.mirror_slice`): the report's sides are swapped for it.
+    mirrored: bool = False
 
     @property
     def lesion(self) -> bool:
@@ -154,6 +164,7 @@ def build_bank(
     batch_size: int = 8,
     progress: bool = False,
     bank: SliceBank | None = None,
+    mirror: bool = False,
 ) -> SliceBank:
     """Prepare, augment and encode the bank's slices.
 
@@ -169,6 +180,9 @@ def build_bank(
         kind or case id -> role of the anchor's sequence (default: the first of T1C, T2, T1 present).
     bank
         Append to this bank (same sequences) instead of starting a new one.
+    mirror
+        Add the mirrored patient of each augmented lesion slice (report sides swapped), so a
+        lesion seen only on one side still teaches the report's "left" and "right".
     """
     img = model.img_size
     if bank is None:
@@ -189,15 +203,18 @@ def build_bank(
         lesion_ev = [k for k in ev if p.mask[k].max() >= 0.5]
         aug_slices = [lesion_ev[i] for i in np.linspace(0, len(lesion_ev) - 1, min(max_aug, len(lesion_ev))).astype(int)] if lesion_ev else []
         todo = [(k, 0) for k in ev + neg] + [(k, v) for v in range(1, variants) for k in aug_slices]
+        todo += [(k, -1) for k in aug_slices] if mirror else []
         for k, v in todo:
             x = p.images[k]  # (S, H, W)
             m = p.mask[k]
             crd = patient_coordinate_map(p.affine, k, p.shape_yx, (img, img), p.centre_lps)
-            if v:
+            if v > 0:
                 x, m, crd = augment_slice(x, p.seq_valid[k], m, crd, np.random.default_rng(_seed(st.case_id, k, v, seed)), aug)
+            elif v < 0:
+                x, m, crd = mirror_slice(x, m, crd)
             x8 = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
             it = BankItem(ci, k, v, x8, np.round(np.clip(m, 0, 1) * 255).astype(np.uint8), crd.astype(np.float16),
-                          p.seq_valid[k].copy(), np.zeros(0, np.float16))
+                          p.seq_valid[k].copy(), np.zeros(0, np.float16), mirrored=v < 0)
             bank.items.append(it)
             for s in np.flatnonzero(it.valid):
                 pending.append((it, int(s), np.repeat(x8[s][None].astype(np.float32) / 255.0, 3, axis=0)))

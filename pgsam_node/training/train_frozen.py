@@ -69,17 +69,24 @@ class BankSampler:
         Bank case indices to train on.
     text_emb
         (N_cases, T) sentence embeddings per bank case, or None (no-text model).
+    text_emb_mirror
+        (N_cases, T) embeddings of the side-swapped reports (for mirrored items).
     """
 
-    def __init__(self, bank: SliceBank, cases: list[int], opts: FrozenTrainOptions, text_emb: np.ndarray | None, rng: np.random.Generator) -> None:
+    def __init__(self, bank: SliceBank, cases: list[int], opts: FrozenTrainOptions, text_emb: np.ndarray | None, rng: np.random.Generator,
+                 text_emb_mirror: np.ndarray | None = None) -> None:
         self.bank, self.opts, self.text_emb, self.rng = bank, opts, text_emb, rng
+        self.text_emb_mirror = text_emb_mirror
         self.seq_idx = [bank.sequences.index(s) for s in opts.sequences]
         items = bank.items_of(cases)
         self.pools: dict[tuple[str, bool], list[int]] = {}
         keep = {id(it) for it in items}
+        #: float32 embeddings of the model's sequences, converted once (a batch is then a copy).
+        self.emb32: dict[int, torch.Tensor] = {}
         for i, it in enumerate(bank.items):
             if id(it) in keep and it.valid[self.seq_idx].any():
                 self.pools.setdefault((bank.cases[it.case].kind, it.lesion), []).append(i)
+                self.emb32[i] = torch.from_numpy(it.emb[self.seq_idx].astype(np.float32))
         if not self.pools:
             raise ValueError("no training slice in the bank for these cases")
 
@@ -100,7 +107,8 @@ class BankSampler:
         imgs, msks, vals, crds, embs, temb, tval, fvec = [], [], [], [], [], [], [], []
         none_vec = np.asarray(findings_vector(None), dtype=np.float32)
         for _ in range(n):
-            it = bank.items[self._pick()]
+            idx = self._pick()
+            it = bank.items[idx]
             case = bank.cases[it.case]
             v = it.valid[s_idx].copy()
             present = np.flatnonzero(v)
@@ -108,10 +116,9 @@ class BankSampler:
                 v[rng.choice(present)] = False
             x = it.images[s_idx].astype(np.float32) / 255.0
             x[~v] = 0.0
-            e = it.emb[s_idx].astype(np.float32)
-            e[~v] = 0.0
-            has_text = self.text_emb is not None and bool(case.text)
-            f = case.findings_vec
+            e = self.emb32[idx] * torch.from_numpy(v.astype(np.float32))[:, None, None, None]
+            has_text = self.text_emb is not None and bool(case.text) and (not it.mirrored or self.text_emb_mirror is not None)
+            f = case.mirrored_findings_vec if it.mirrored else case.findings_vec
             r = rng.random()
             if r < o.p_text_drop:
                 has_text = False
@@ -122,7 +129,11 @@ class BankSampler:
             vals.append(v)
             crds.append(it.coords.astype(np.float32))
             embs.append(e)
-            temb.append(self.text_emb[it.case] if self.text_emb is not None else np.zeros(1, np.float32))
+            if self.text_emb is None:
+                temb.append(np.zeros(1, np.float32))
+            else:
+                src = self.text_emb_mirror if (it.mirrored and self.text_emb_mirror is not None) else self.text_emb
+                temb.append(src[it.case])
             tval.append(has_text)
             fvec.append(f)
         return {
@@ -130,7 +141,7 @@ class BankSampler:
             "mask": torch.from_numpy(np.stack(msks))[:, None],
             "valid": torch.from_numpy(np.stack(vals)),
             "coords": torch.from_numpy(np.stack(crds)),
-            "embeddings": torch.from_numpy(np.stack(embs)),
+            "embeddings": torch.stack(embs),
             "text_emb": torch.from_numpy(np.stack(temb)).float() if self.text_emb is not None else None,
             "text_valid": torch.from_numpy(np.array(tval, dtype=bool)),
             "findings": torch.from_numpy(np.stack(fvec)).float(),
@@ -165,7 +176,7 @@ def _run_stage(model, sampler: BankSampler, groups: list[dict], steps: int, batc
 
 
 def train_frozen(model, bank: SliceBank, cases: list[int], opts: FrozenTrainOptions, text_emb: np.ndarray | None = None,
-                 on_step: Callable[[str, int, dict], None] | None = None) -> dict:
+                 on_step: Callable[[str, int, dict], None] | None = None, text_emb_mirror: np.ndarray | None = None) -> dict:
     """Train a frozen-encoder PG-SAM in place on the bank's ``cases``.
 
     Parameters
@@ -174,6 +185,8 @@ def train_frozen(model, bank: SliceBank, cases: list[int], opts: FrozenTrainOpti
         PG-SAM with a localisation head, built with ``opts.sequences``.
     text_emb
         (N_cases, T) report embeddings per bank case (None for a no-text model).
+    text_emb_mirror
+        (N_cases, T) embeddings of the side-swapped reports, for the bank's mirrored items.
 
     Returns
     -------
@@ -187,7 +200,8 @@ def train_frozen(model, bank: SliceBank, cases: list[int], opts: FrozenTrainOpti
     gen = torch.Generator().manual_seed(opts.seed)
     for p in list(model.image_encoder.parameters()) + list(model.prompt_encoder.parameters()):
         p.requires_grad_(False)
-    sampler = BankSampler(bank, cases, opts, text_emb if model.cfg.use_text else None, rng)
+    sampler = BankSampler(bank, cases, opts, text_emb if model.cfg.use_text else None, rng,
+                          text_emb_mirror if model.cfg.use_text else None)
     model.train()
     model.image_encoder.eval()
     pg = model.prompt_generator
@@ -212,9 +226,41 @@ def train_frozen(model, bank: SliceBank, cases: list[int], opts: FrozenTrainOpti
             "loss_loc_first_last": ends(loc), "loss_dec_first_last": ends(dec), "train_cases": [bank.cases[c].case_id for c in cases]}
 
 
+def drop_wrong_side(logits: torch.Tensor, coords: torch.Tensor, findings) -> torch.Tensor:
+    """The node's report-side rule on 2-D slices: lesion components whose centre lies on a side the
+    report excludes get logits -20 (as :func:`pgsam_node.inference.predictor.side_filter` does in 3-D).
+
+    logits (B, 1, H, W), coords (B, 2, H, W) (channel 0: left-right from the body centre, + = left).
+    """
+    from scipy import ndimage
+
+    if findings is None:
+        return logits
+    allowed = {"left", "right"}
+    if findings.side in ("left", "right"):
+        allowed = {findings.side}
+    allowed -= {s for s in (findings.negated_sides or []) if s in ("left", "right")} - ({findings.side} if findings.side else set())
+    if allowed == {"left", "right"}:
+        return logits
+    out = logits.clone()
+    pos = (logits[:, 0] > 0).cpu().numpy()
+    lr = coords[:, 0].cpu().numpy()
+    for i in range(pos.shape[0]):
+        lab, n = ndimage.label(pos[i])
+        for j in range(1, n + 1):
+            side = "left" if lr[i][lab == j].mean() >= 0 else "right"
+            if side not in allowed:
+                out[i, 0][torch.from_numpy(lab == j)] = -20.0
+    return out
+
+
 @torch.inference_mode()
-def predict_case(model, bank: SliceBank, case: int, text_emb: np.ndarray | None = None, batch: int = 8, use_findings: bool = True) -> np.ndarray:
+def predict_case(model, bank: SliceBank, case: int, text_emb: np.ndarray | None = None, batch: int = 8, use_findings: bool = True,
+                 side_rule: bool = True) -> np.ndarray:
     """Mask of a bank case's evaluation slices (variant 0) on the original grid.
+
+    With ``side_rule`` the node's post-processing rule is applied: components on a side the
+    report excludes are dropped (the report's findings are used only when the model uses text).
 
     Returns
     -------
@@ -239,6 +285,8 @@ def predict_case(model, bank: SliceBank, case: int, text_emb: np.ndarray | None 
         tval = torch.ones(b, dtype=torch.bool) if has_text else None
         fv = torch.from_numpy(np.repeat(fvec[None], b, 0))
         logits = model(images, valid, coords, temb, tval, fv, embeddings=emb)
+        if side_rule and model.cfg.use_text:
+            logits = drop_wrong_side(logits, coords, c.findings)
         up = F.interpolate(logits.float(), size=tuple(c.shape_yx), mode="bilinear", align_corners=False)[:, 0]
         out[s : s + b] = (up > 0).numpy()
     return out
@@ -263,6 +311,7 @@ def fit_frozen_model(
     text_encoder=None,
     progress: bool = False,
     arch_overrides: dict | None = None,
+    mirror: bool = True,
 ):
     """Build the slice bank, train with :func:`train_frozen` and write the model folder ``out``.
 
@@ -301,18 +350,19 @@ def fit_frozen_model(
         bank_model.load_state_dict(model.state_dict(), strict=False)  # same random encoder as the model's
     cache = EmbeddingCache(Path(cache_dir), f"{preset}:{arch.pretrained}:{_base_id() if arch.pretrained else 'random-seed-' + str(opts.seed)}")
     bank = build_bank([(st, "real") for st in real], bank_model, ["T1", "T2", "T1C"], cache, NormParams(), variants=variants,
-                      max_eval=max_eval, n_neg=1, max_aug=max_aug, progress=progress)
+                      max_eval=max_eval, n_neg=1, max_aug=max_aug, progress=progress, mirror=mirror)
     bank = build_bank([(st, "synthetic") for st in synthetic], bank_model, ["T1", "T2", "T1C"], cache, NormParams(), variants=1,
                       max_eval=6, n_neg=1, bank=bank, progress=progress)
-    text_emb = None
+    text_emb = text_emb_mirror = None
     if use_text:
         from pgsam_node.model.text_encoder import TextEncoder
 
         enc = TextEncoder(text_encoder)
         cfg.text_encoder, cfg.text_dim = enc.name, enc.dim
         text_emb = enc.encode([c.text or "" for c in bank.cases])
+        text_emb_mirror = enc.encode([c.mirrored_text or "" for c in bank.cases])
     opts.sequences = list(sequences)
-    rec = train_frozen(model, bank, list(range(len(bank.cases))), opts, text_emb)
+    rec = train_frozen(model, bank, list(range(len(bank.cases))), opts, text_emb, text_emb_mirror=text_emb_mirror)
     cfg.training = {
         "command": command,
         "recipe": "frozen encoder (pgsam_node.training.train_frozen)",

@@ -176,3 +176,36 @@ def test_fit_frozen_model_writes_a_loadable_folder(tmp_path):
     st = real[0]
     res = pred.predict(st.volumes, st.valid, st.findings, st.report, st.affine)
     assert res.mask.shape == st.mask.shape and any("probed" in n for n in res.notes)
+
+
+def test_mirrored_patient_swaps_image_coordinates_and_report():
+    from pgsam_node.findings import Findings
+    from pgsam_node.training.augment import mirror_findings, mirror_report, mirror_slice
+
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    coords = patient_coordinate_map(affine, 0, (32, 32), (32, 32), np.array([16.0, 16.0, 0.0]))
+    mask = np.zeros((32, 32), np.float32)
+    mask[10:14, 22:28] = 1.0  # patient left
+    x, m, c = mirror_slice(np.stack([mask] * 3), mask, coords)
+    assert c[0][m > 0.5].mean() < 0 < coords[0][mask > 0.5].mean()  # now at the patient's right
+    assert np.allclose(c[1], coords[1][:, ::-1])  # anterior-posterior unchanged
+    assert np.array_equal(x[0], m)
+    assert mirror_report("Mass in the Left parotid; the right gland is normal.") == "Mass in the Right parotid; the left gland is normal."
+    assert mirror_report("bright, leftover") == "bright, leftover"  # whole words only
+    f = mirror_findings(Findings(side="left", negated_sides=["right"]))
+    assert f.side == "right" and f.negated_sides == ["left"]
+
+
+def test_side_rule_drops_components_on_the_excluded_side():
+    from pgsam_node.findings import Findings
+    from pgsam_node.training.train_frozen import drop_wrong_side
+
+    logits = torch.full((1, 1, 16, 16), -5.0)
+    logits[0, 0, 4:8, 2:5] = 5.0  # image left = patient right here (coords below)
+    logits[0, 0, 4:8, 11:14] = 5.0
+    coords = torch.zeros(1, 2, 16, 16)
+    coords[0, 0] = torch.linspace(-1, 1, 16)[None, :]  # + = patient left towards the image's right
+    out = drop_wrong_side(logits, coords, Findings(side="left"))
+    assert (out[0, 0, 4:8, 11:14] > 0).all() and (out[0, 0, 4:8, 2:5] < 0).all()
+    assert torch.equal(drop_wrong_side(logits, coords, Findings(side=None)), logits)
+    assert torch.equal(drop_wrong_side(logits, coords, None), logits)
