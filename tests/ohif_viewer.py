@@ -134,11 +134,13 @@ class ViewerServer:
             def log_message(self, *args: object) -> None:  # quiet; statuses are kept in .requests
                 pass
 
-            def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None) -> None:
+            def _send(self, status: int, body: bytes, ctype: str, extra: dict[str, str] | None = None,
+                      cache: bool = False) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
-                self.send_header("Cache-Control", "no-store")
+                # The build's files are immutable (hashed names): cached between page loads.
+                self.send_header("Cache-Control", "max-age=3600" if cache else "no-store")
                 for k, v in (extra or {}).items():
                     self.send_header(k, v)
                 self.end_headers()
@@ -164,7 +166,7 @@ class ViewerServer:
                 ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
                 if target.suffix == ".wasm":
                     ctype = "application/wasm"
-                self._send(200, target.read_bytes(), ctype)
+                self._send(200, target.read_bytes(), ctype, cache=target.name != "index.html")
 
             def _proxy(self) -> None:
                 headers = {k: v for k, v in self.headers.items() if k.lower() in _FORWARD_REQ}

@@ -196,7 +196,9 @@ def test_ohif_draws_the_node_seg_on_the_demo_study(viewer_env, node_settings, tm
     it where highdicom (independently of OHIF) reads its voxels, on the source slices."""
     t = time.monotonic()
     study = write_study(DEMO_SEED, tmp_path / "study", report_language="en")
-    settings = node_settings(dicom={"port": viewer_env.node_port, "allowed_calling_aets": ["ORTHANC"]})
+    # A long worker lease: on a loaded 2-core machine a 6 s lease can lapse mid-inference.
+    settings = node_settings(dicom={"port": viewer_env.node_port, "allowed_calling_aets": ["ORTHANC"]},
+                             worker={"lease_seconds": 60.0})
     settings.destinations = [{"name": "orthanc", "ae_title": viewer_env.orthanc.aet, "host": "127.0.0.1",
                               "port": viewer_env.orthanc.dicom_port}]
     csv_path = tmp_path / "reports.csv"
@@ -204,7 +206,7 @@ def test_ohif_draws_the_node_seg_on_the_demo_study(viewer_env, node_settings, tm
     with Node(settings, web=False) as node:
         assert import_csv(csv_path, settings, node.db).inserted == 1
         files = [p for paths in study.paths_by_role.values() for p in paths]
-        out_uids, _ = push_and_wait(viewer_env.orthanc, node, files, study.study_uid)
+        out_uids, _ = push_and_wait(viewer_env.orthanc, node, files, study.study_uid, timeout=300.0)
     viewer_env.timings["demo_node_round_trip_s"] = time.monotonic() - t
     seg_path = fetch_from_orthanc(viewer_env.orthanc, out_uids[0], tmp_path)
     seg = dcmread(seg_path)
@@ -248,6 +250,7 @@ def test_ohif_draws_our_seg_on_a_tcia_study(viewer_env, shared_data, tmp_path, r
                               expected_mask=mask, colour=tuple(settings.seg.display_color), label="tcia", full=False)
     assert all(v.ok for v in verdicts.values()), _failures(verdicts)
     seg_requests = [(p, code) for p, code in viewer_env.viewer.requests[n_before:] if str(seg.SOPInstanceUID) in p]
+    print("OHIF's requests for the SEG:", seg_requests)
     assert seg_requests and all(code == 200 for _, code in seg_requests), seg_requests
     assert not any("/frames" in p for p, _ in seg_requests), f"OHIF fetched the SEG frame by frame: {seg_requests}"
 
