@@ -227,7 +227,9 @@ const vpId = S.viewportGridService.getActiveViewportId();
 const vp = vpId && cs.getEnabledElements().map(e => e.viewport).find(v => v.id === vpId);
 if (!vp || !vp.getImageIds || !vp.getImageIds().length || !vp.getCurrentImageId()) return null;
 const segs = S.segmentationService.getSegmentationRepresentations(vpId) || [];
-return {viewportId: vpId, imageIds: vp.getImageIds().length, current: vp.getCurrentImageId(),
+const vpState = S.viewportGridService.getState().viewports.get(vpId);
+return {viewportId: vpId, viewportDisplaySets: vpState ? vpState.displaySetInstanceUIDs : null,
+        imageIds: vp.getImageIds().length, current: vp.getCurrentImageId(),
         segmentations: segs.map(r => r.segmentationId),
         displaySets: S.displaySetService.getActiveDisplaySets().map(d => ({uid: d.displaySetInstanceUID,
             series: d.SeriesInstanceUID, modality: d.Modality}))};
@@ -274,6 +276,7 @@ class OhifPage:
         self.driver = driver
         self.viewer = viewer
         self.segmentation_id: str | None = None
+        self.debug_dir: Path | None = None  # where load_seg saves the page when it times out
         self.captures = 0          # screenshots taken, and the seconds they took (for the timings)
         self.capture_s = 0.0
 
@@ -286,27 +289,52 @@ class OhifPage:
 
     def load_seg(self, seg_description: str, seg_series_uid: str, ref_series_uid: str, timeout: float = 90.0) -> dict:
         """Double-click the SEG in the study browser, accept "Do you want to open this
-        Segmentation?", wait until the segmentation is on the viewport showing ``ref_series_uid``."""
+        Segmentation?", wait until the segmentation is on the viewport showing ``ref_series_uid``.
+
+        The double-click is repeated (at most 3 times) while the viewport has not taken the SEG:
+        the study browser re-renders while the study's series arrive and can swallow a click.
+        On a timeout the page is saved as ``load-seg-timeout.png`` in ``debug_dir``."""
         from selenium.webdriver.common.action_chains import ActionChains
         from selenium.webdriver.common.by import By
 
-        item = wait_for(lambda: self.driver.find_element(By.XPATH, f"//*[normalize-space(text())={_xpath_str(seg_description)}]"),
-                        timeout, interval=0.25, what=f"study browser item {seg_description!r}")
-        ActionChains(self.driver).double_click(item).perform()
-        yes = wait_for(lambda: next((b for b in self.driver.find_elements(By.XPATH, "//button[normalize-space(.)='Yes']")
-                                     if b.is_displayed()), None), timeout, interval=0.25, what="the 'open this Segmentation?' prompt")
-        yes.click()
+        def seg_in_viewport() -> bool:
+            st = self.state() or {}
+            uids = [d["uid"] for d in st.get("displaySets", []) if d["series"] == seg_series_uid]
+            return bool(uids) and uids[0] in (st.get("viewportDisplaySets") or [])
 
-        def hydrated() -> dict | None:
-            st = self.state()
-            if not st:
-                return None
-            seg = [d for d in st["displaySets"] if d["series"] == seg_series_uid]
-            if not seg or seg[0]["uid"] not in st["segmentations"]:
-                return None
-            return st if f"/series/{ref_series_uid}/" in st["current"] else None
+        try:
+            for attempt in range(3):
+                item = wait_for(lambda: self.driver.find_element(
+                    By.XPATH, f"//*[normalize-space(text())={_xpath_str(seg_description)}]"),
+                    timeout, interval=0.25, what=f"study browser item {seg_description!r}")
+                ActionChains(self.driver).double_click(item).perform()
+                try:
+                    wait_for(seg_in_viewport, 10.0, interval=0.25, what="the SEG in the viewport")
+                    break
+                except AssertionError:
+                    if attempt == 2:
+                        raise
+            yes = wait_for(lambda: next((b for b in self.driver.find_elements(By.XPATH, "//button[normalize-space(.)='Yes']")
+                                         if b.is_displayed()), None), timeout, interval=0.25,
+                           what="the 'open this Segmentation?' prompt")
+            yes.click()
 
-        st = wait_for(hydrated, timeout, interval=0.25, what="the SEG hydrated on the referenced series")
+            def hydrated() -> dict | None:
+                st = self.state()
+                if not st:
+                    return None
+                seg = [d for d in st["displaySets"] if d["series"] == seg_series_uid]
+                if not seg or seg[0]["uid"] not in st["segmentations"]:
+                    return None
+                return st if f"/series/{ref_series_uid}/" in st["current"] else None
+
+            st = wait_for(hydrated, timeout, interval=0.25, what="the SEG hydrated on the referenced series")
+        except AssertionError as exc:
+            if self.debug_dir is not None:
+                self.debug_dir.mkdir(parents=True, exist_ok=True)
+                self.driver.save_screenshot(str(self.debug_dir / "load-seg-timeout.png"))
+            errors = [e["message"][:300] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"][-5:]
+            raise AssertionError(f"{exc}; page state {self.state()}; browser errors {errors}") from exc
         self.segmentation_id = next(d["uid"] for d in st["displaySets"] if d["series"] == seg_series_uid)
         return st
 

@@ -139,43 +139,46 @@ def view_and_check(env: ViewerEnv, out: Path, *, study_uid: str, seg: Dataset, r
                    expected_mask: np.ndarray, colour: tuple[int, int, int], label: str,
                    full: bool = True) -> dict[int, OverlayVerdict]:
     """Open the study in OHIF, hydrate ``seg``, and check the overlay on :func:`slices_to_check`
-    (``full`` or not) of ``expected_mask`` (Z order of ``ref_dss``). Screenshots and verdicts go to ``out`` and a
-    copy to ``.work/artefacts/ohif/<out's name>``."""
+    (``full`` or not) of ``expected_mask`` (Z order of ``ref_dss``). Screenshots, verdicts and
+    timings go to ``out``, copied (also when something fails) to ``.work/artefacts/ohif/<name>``."""
     out.mkdir(parents=True, exist_ok=True)
     page = env.page
-    t = time.monotonic()
-    page.open_study(study_uid)
-    env.timings[f"{label}_open_study_s"] = time.monotonic() - t
-    t = time.monotonic()
-    page.load_seg(str(seg.SeriesDescription), str(seg.SeriesInstanceUID), str(ref_dss[0].SeriesInstanceUID))
-    env.timings[f"{label}_load_seg_s"] = time.monotonic() - t
-    t, n0, c0 = time.monotonic(), page.captures, page.capture_s
+    page.debug_dir = out
     verdicts: dict[int, OverlayVerdict] = {}
-    for z in slices_to_check(expected_mask, full):
-        ds = ref_dss[z]
-        page.show_slice(str(ds.SOPInstanceUID))
-        mapping, current = page.mapping(ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing,
-                                        int(ds.Rows), int(ds.Columns))
-        assert f"/instances/{ds.SOPInstanceUID}/" in current, f"the viewport shows {current}, not slice {z}"
-        page.set_segment_visible(True)
-        shown = page.stable_screenshot(mapping.viewport)
-        page.set_segment_visible(False)
-        hidden = page.stable_screenshot(mapping.viewport)
-        expected = project_mask(expected_mask[z], mapping)
-        verdicts[z] = check_overlay(shown, hidden, expected, colour)
-        _save(out, f"{label}-z{z:03d}", shown, hidden, expected)
-    env.timings[f"{label}_check_{len(verdicts)}_slices_s"] = time.monotonic() - t
-    env.timings[f"{label}_screenshots"] = page.captures - n0
-    env.timings[f"{label}_screenshots_s"] = page.capture_s - c0
-    (out / f"{label}-verdicts.json").write_text(json.dumps(
-        {str(z): {**asdict(v), "ok": v.ok} for z, v in verdicts.items()}, indent=1))
-    (out / "timings.json").write_text(json.dumps({k: round(v, 2) for k, v in env.timings.items()}, indent=1))
-    keep = ARTEFACTS / out.name
-    shutil.rmtree(keep, ignore_errors=True)
-    shutil.copytree(out, keep)
-    print(f"\nOHIF screenshots and verdicts: {keep}")
-    for z, v in verdicts.items():
-        print(f"  {label} slice {z}: {'ok' if v.ok else 'FAIL'}: {v}")
+    try:
+        t = time.monotonic()
+        page.open_study(study_uid)
+        env.timings[f"{label}_open_study_s"] = time.monotonic() - t
+        t = time.monotonic()
+        page.load_seg(str(seg.SeriesDescription), str(seg.SeriesInstanceUID), str(ref_dss[0].SeriesInstanceUID))
+        env.timings[f"{label}_load_seg_s"] = time.monotonic() - t
+        t, n0, c0 = time.monotonic(), page.captures, page.capture_s
+        for z in slices_to_check(expected_mask, full):
+            ds = ref_dss[z]
+            page.show_slice(str(ds.SOPInstanceUID))
+            mapping, current = page.mapping(ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing,
+                                            int(ds.Rows), int(ds.Columns))
+            assert f"/instances/{ds.SOPInstanceUID}/" in current, f"the viewport shows {current}, not slice {z}"
+            page.set_segment_visible(True)
+            shown = page.stable_screenshot(mapping.viewport)
+            page.set_segment_visible(False)
+            hidden = page.stable_screenshot(mapping.viewport)
+            expected = project_mask(expected_mask[z], mapping)
+            verdicts[z] = check_overlay(shown, hidden, expected, colour)
+            _save(out, f"{label}-z{z:03d}", shown, hidden, expected)
+        env.timings[f"{label}_check_{len(verdicts)}_slices_s"] = time.monotonic() - t
+        env.timings[f"{label}_screenshots"] = page.captures - n0
+        env.timings[f"{label}_screenshots_s"] = page.capture_s - c0
+    finally:
+        (out / f"{label}-verdicts.json").write_text(json.dumps(
+            {str(z): {**asdict(v), "ok": v.ok} for z, v in verdicts.items()}, indent=1))
+        (out / "timings.json").write_text(json.dumps({k: round(v, 2) for k, v in env.timings.items()}, indent=1))
+        keep = ARTEFACTS / out.name
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(out, keep)
+        print(f"\nOHIF screenshots and verdicts: {keep}")
+        for z, v in verdicts.items():
+            print(f"  {label} slice {z}: {'ok' if v.ok else 'FAIL'}: {v}")
     return verdicts
 
 
