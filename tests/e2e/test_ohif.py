@@ -77,7 +77,10 @@ def viewer_env(tmp_path_factory):
     t_install = time.monotonic() - t0
     work = tmp_path_factory.mktemp("ohif-env")
     node_port = free_port()
-    orthanc = OrthancServer(work / "orthanc", modalities={"pgsam": (NODE_AET, "127.0.0.1", node_port)}, extra=DICOMWEB)
+    # Orthanc 1.10 has no bind address (HttpBindAddresses came in 1.12.x): its REST API refuses
+    # remote clients (RemoteAccessAllowed false) and its DICOM port only takes the node's AE.
+    orthanc = OrthancServer(work / "orthanc", modalities={"pgsam": (NODE_AET, "127.0.0.1", node_port)}, extra=DICOMWEB,
+                            always_allow_store=False)
     viewer = driver = None
     try:
         orthanc.start()
