@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sysdeps demo lint test test-unit bench clean
+.PHONY: setup sysdeps ohif demo lint test test-unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,11 @@ setup: $(STAMP)
 sysdeps:
 	./deploy/install-system-deps.sh
 
+# The prebuilt OHIF viewer (npm @ohif/app, pinned version and digest) for tests/e2e/test_ohif.py,
+# unpacked into .work/ohif/ (git-ignored). Needs node + npm and the npm registry.
+ohif:
+	./deploy/install-ohif.sh
+
 demo: setup
 	$(BIN)/pgsam-node demo
 
@@ -28,7 +33,7 @@ lint: setup
 	$(BIN)/ruff check pgsam_node
 	$(BIN)/mypy
 
-test: setup sysdeps lint
+test: setup sysdeps ohif lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -rs
 
 test-unit: setup

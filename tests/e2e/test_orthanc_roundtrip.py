@@ -6,52 +6,19 @@ from __future__ import annotations
 import csv
 import glob
 
-import httpx
 import numpy as np
 from pydicom import dcmread
 
 from pgsam_node.commands.ris_cmd import import_csv
 from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
-from pgsam_node.db import Run, Study
+from pgsam_node.db import Study
 from pgsam_node.synth.dicom_writer import write_study
 from pgsam_node.node import Node
 from pgsam_node.encode.read import read_seg_mask
 from pgsam_node.training.metrics import dice
 
-from ..helpers import wait_for
 from ..orthanc import OrthancServer, require_orthanc
-
-
-def _push_and_wait(orthanc: OrthancServer, node: Node, files, study_uid: str, timeout: float = 150.0):
-    for f in files:
-        orthanc.upload(f)
-    orth_study = [s for s in orthanc.get("/studies") if orthanc.get(f"/studies/{s}")["MainDicomTags"]["StudyInstanceUID"] == study_uid][0]
-    # Orthanc pushes the study to the node (C-STORE SCU), as an auto-routing rule would.
-    r = httpx.post(f"{orthanc.url}/modalities/pgsam/store", json={"Resources": [orth_study], "Synchronous": True}, timeout=120)
-    r.raise_for_status()
-
-    def done():
-        with node.db.session() as s:
-            st = s.query(Study).filter_by(study_uid=study_uid).one_or_none()
-            if st is not None and st.state in ("FAILED", "NO_FINDING"):
-                raise AssertionError(f"study ended {st.state}: {st.state_reason}")
-            return st is not None and st.state == "DONE"
-
-    wait_for(done, timeout, interval=0.3, what="study DONE")
-    with node.db.session() as s:
-        st = s.query(Study).filter_by(study_uid=study_uid).one()
-        runs = s.query(Run).filter_by(study_id=st.id).all()
-        assert len(runs) == 1
-        return runs[0].output_uids, st
-
-
-def _fetch_from_orthanc(orthanc: OrthancServer, sop_uid: str, tmp_path):
-    ids = orthanc.find_instance(sop_uid)
-    assert len(ids) == 1, "the SEG is not stored exactly once in Orthanc"
-    data = httpx.get(f"{orthanc.url}/instances/{ids[0]}/file", timeout=30).content
-    path = tmp_path / "seg-from-orthanc.dcm"
-    path.write_bytes(data)
-    return path
+from .pacs_flow import fetch_from_orthanc, push_and_wait
 
 
 def test_synthetic_study_round_trip_through_orthanc(tmp_path, node_settings):
@@ -69,8 +36,8 @@ def test_synthetic_study_round_trip_through_orthanc(tmp_path, node_settings):
         with node:
             assert import_csv(csv_path, settings, node.db).inserted == 1
             files = [p for paths in study.paths_by_role.values() for p in paths]
-            out_uids, st = _push_and_wait(orthanc, node, files, study.study_uid)
-        seg_path = _fetch_from_orthanc(orthanc, out_uids[0], tmp_path)
+            out_uids, st = push_and_wait(orthanc, node, files, study.study_uid)
+        seg_path = fetch_from_orthanc(orthanc, out_uids[0], tmp_path)
         seg = dcmread(seg_path)
         assert seg.Modality == "SEG"
         ref_series = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
@@ -123,12 +90,12 @@ def test_tcia_study_round_trip_through_orthanc(tmp_path, node_settings, shared_d
         files = [p for sub in ("T1prereg", "T1post", "T2reg", "MaskTumor") for p in sorted((study_dir / sub).glob("*.dcm"))]
         with node:
             import_csv(csv_path, settings, node.db)
-            out_uids, st = _push_and_wait(orthanc, node, files, str(first.StudyInstanceUID))
+            out_uids, st = push_and_wait(orthanc, node, files, str(first.StudyInstanceUID))
             with node.db.session() as s:
                 roles = {se.description: (se.role, se.role_selected) for se in s.query(Study).filter_by(id=st.id).one().series}
         assert roles["T1post"] == ("T1C", True) and roles["T1pre_reg"] == ("T1", True) and roles["T2_reg"] == ("T2", True)
         assert roles["Mask_Tumor"][0] == "OTHER"
-        seg_path = _fetch_from_orthanc(orthanc, out_uids[0], tmp_path)
+        seg_path = fetch_from_orthanc(orthanc, out_uids[0], tmp_path)
         seg = dcmread(seg_path)
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
     # What the PACS got equals the model run directly on the same volumes and report.
