@@ -10,8 +10,8 @@ Measured:
   (128 x 128, ``--slices-tiny`` slices, three sequences, report text);
 * ``vit_b`` - PG-SAM with the official vit_b dimensions and random weights (1024 px input) on a
   synthetic study with ``--slices-vit-b`` slices;
-* ``litemedsam`` - a model folder on the litemedsam preset (``--litemedsam-model``, default the
-  bundled ``brain-lesion-litemedsam``) through the node's predictor (on a CPU: first pass on one
+* ``litemedsam`` - a model folder on the litemedsam preset (``--litemedsam-model``; without one,
+  the preset as built, whose untrained head selects few slices) through the node's predictor (on a CPU: first pass on one
   sequence, full model only on the selected slices) on a real TCIA study when ``../shared/data`` is
   there, else a synthetic one; its own anchor, measured in the same run, is a plain packaged
   LiteMedSAM encoder pass over every slice of the same study's three sequences: the ratio is what
@@ -113,7 +113,17 @@ def _litemedsam(q, model_dir: str, threads: int) -> None:
         st = load_dicom_studies(tcia, ROOT / "config" / "tcia-pgbm-reports.csv", include=["PGBM-001_19911119"])[0]
     else:
         st = _study(24)
-    pred = Predictor.from_dir(model_dir, device="auto", batch_size=8, embedding_cache_slices=256)
+    if Path(model_dir).is_dir():
+        pred = Predictor.from_dir(model_dir, device="auto", batch_size=8, embedding_cache_slices=256)
+    else:  # no trained folder: the preset as built (untrained head), which says so in the output
+        from pgsam_node.inference.predictor import resolve_device
+        from pgsam_node.model.pgsam import build_model
+        from pgsam_node.model.presets import ModelConfig, get_preset
+
+        torch.manual_seed(0)
+        cfg = ModelConfig(arch=get_preset("litemedsam"), name="litemedsam-untrained", version="litemedsam-untrained", context_slices=1)
+        dev = resolve_device("auto")
+        pred = Predictor(build_model(cfg).to(dev).eval(), cfg, dev, batch_size=8, embedding_cache_slices=256)
     pred.text_embedding(st.report)  # load the text encoder outside the timing
     t = time.perf_counter()
     res = pred.predict(st.volumes, st.valid, st.findings, st.report, st.affine)
@@ -154,7 +164,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-vit-b", action="store_true")
     ap.add_argument("--skip-litemedsam", action="store_true")
-    ap.add_argument("--litemedsam-model", type=Path, default=ROOT / "pgsam_node" / "resources" / "models" / "brain-lesion-litemedsam")
+    ap.add_argument("--litemedsam-model", type=Path, default=ROOT / "runs" / "brain-lesion-litemedsam",
+                    help="model folder on the litemedsam preset (absent: the untrained preset)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -176,7 +187,8 @@ def main() -> int:
     if not args.skip_litemedsam:
         r = _run(_litemedsam, str(args.litemedsam_model), args.threads)
         rows["litemedsam"] = r
-        print(f"litemedsam ({args.litemedsam_model.name}) on {r['study']} ({r['slices']} slices, {r['device']}): node {r['seconds']:.1f} s/study "
+        which = args.litemedsam_model.name if args.litemedsam_model.is_dir() else "untrained preset"
+        print(f"litemedsam ({which}) on {r['study']} ({r['slices']} slices, {r['device']}): node {r['seconds']:.1f} s/study "
               f"({r['encodes_node']} encoder passes) vs plain packaged-LiteMedSAM encoder over every slice and sequence "
               f"{r['plain_encoder_seconds']:.1f} s ({r['encodes_plain']} passes): ratio {r['seconds'] / r['plain_encoder_seconds']:.2f}; "
               f"{'; '.join(r['notes'])}; peak RSS {r['max_rss_mb']:.0f} MB")
