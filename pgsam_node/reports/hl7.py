@@ -41,6 +41,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import hl7
+import hl7.util
+from hl7.mllp.streams import CARRIAGE_RETURN as CR, END_BLOCK as FS, START_BLOCK as VT
+
 from pgsam_node.config import Settings
 from pgsam_node.db.session import Database
 from pgsam_node.errors import Hl7Error, ReportError
@@ -50,8 +54,6 @@ from pgsam_node.reports.store import IncomingReport, StoreResult, store_report
 from pgsam_node.reports.ris import parse_date, parse_datetime
 
 log = logging.getLogger(__name__)
-
-VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 
 #: MSH-18 character sets we decode (HL7 table 0211).
 _CHARSETS = {
@@ -73,6 +75,8 @@ _CHARSETS = {
 }
 _TEXT_TYPES = {"FT", "TX", "ST", "CF", ""}
 STUDY_UID_CODE = "113014"
+#: The MSH an ACK is built from when the message could not be parsed at all.
+_BLANK = "MSH|^~\\&|"
 
 
 class Hl7Reject(Hl7Error):
@@ -86,131 +90,111 @@ class Hl7Reject(Hl7Error):
 
 
 # ---------------------------------------------------------------------------------------------
-# Parsing
+# Parsing (python-hl7)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Encoding:
-    field: str = "|"
-    component: str = "^"
-    repetition: str = "~"
-    escape: str = "\\"
-    subcomponent: str = "&"
+#: Escape sequences (HL7 v2.5 2.7) python-hl7 does not map the way a report needs: highlighting
+#: carries no text, a line break is a newline (python-hl7 maps it to a segment separator, CR).
+_ESCAPE_MAP = {
+    "H": "", "N": "",
+    ".br": "\n", ".BR": "\n", ".sp": "\n", ".SP": "\n", ".ce": "", ".CE": "",
+    ".fi": "", ".nf": "", ".in": "", ".ti": "", ".sk": "",
+}
+
+
+class _WithholdFieldContents(logging.Filter):
+    """python-hl7 logs the whole field when it cannot decode an escape sequence; a report field
+    is report text or a patient identifier, so keep the event and withhold the field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = "python-hl7 could not decode an HL7 escape sequence (field contents withheld)"
+        record.args = ()
+        record.exc_info = record.exc_text = record.stack_info = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+hl7.util.logger.addFilter(_WithholdFieldContents())
 
 
 class Message:
-    """A parsed HL7 v2 message: segments as lists of raw (still escaped) fields."""
+    """One HL7 v2 message parsed by python-hl7 (``hl7.parse``), after the checks the intake needs.
+
+    ``segments`` pairs each segment's name with its :class:`hl7.Segment`; in a segment ``seg[n]``
+    is field n (MSH-n for the MSH segment, as in python-hl7).
+    """
 
     def __init__(self, text: str):
         text = text.strip("\r\n\x0b\x1c")
         segs = [s for s in re.split(r"\r\n|\r|\n", text) if s.strip()]
         if not segs or not segs[0].startswith("MSH") or len(segs[0]) < 8:
             raise Hl7Reject("message does not start with an MSH segment", "AE", "100^Segment sequence error", "MSH")
-        msh = segs[0]
-        fs = msh[3]
-        enc = msh[4:8]
-        if fs.isalnum() or len(set(enc + fs)) < 5:
+        fs, enc = segs[0][3], segs[0][4:8]
+        if len(set(enc + fs)) < 5 or not all(c.isprintable() and not c.isalnum() and not c.isspace() for c in enc + fs):
             raise Hl7Reject("invalid MSH-1/MSH-2 encoding characters", "AE", "102^Data type error", "MSH-2")
-        self.enc = Encoding(fs, enc[0], enc[1], enc[2], enc[3])
-        self.segments: list[tuple[str, list[str]]] = []
-        for seg in segs:
-            parts = seg.split(fs)
-            name = parts[0]
-            if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", name):
-                # Never echo the bytes: a broken segment separator puts patient data here.
-                raise Hl7Reject("invalid segment name", "AE", "100^Segment sequence error")
-            if name == "MSH":
-                # MSH-1 is the field separator itself: shift so that fields[n] is MSH-n.
-                fields = ["MSH", fs] + parts[1:]
-            else:
-                fields = parts
-            self.segments.append((name, fields))
+        names = [seg.split(fs, 1)[0] for seg in segs]
+        if not all(re.fullmatch(r"[A-Z][A-Z0-9]{2}", name) for name in names):
+            # Never echo the bytes: a broken segment separator puts patient data here.
+            raise Hl7Reject("invalid segment name", "AE", "100^Segment sequence error")
+        if fs not in segs[0][4:]:
+            segs[0] += fs  # MSH-2 alone: python-hl7 reads the encoding characters up to the next separator
+        try:
+            self.hl7 = hl7.parse("\r".join(segs))
+        except (hl7.HL7Exception, ValueError, IndexError):
+            raise Hl7Reject("message could not be parsed", "AE", "102^Data type error") from None
+        self.segments: list[tuple[str, hl7.Segment]] = list(zip(names, self.hl7))
 
-    def all(self, name: str) -> list[list[str]]:
-        return [f for n, f in self.segments if n == name]
+    def all(self, name: str) -> list[hl7.Segment]:
+        return [seg for n, seg in self.segments if n == name]
 
-    def first(self, name: str) -> list[str] | None:
-        seg = self.all(name)
-        return seg[0] if seg else None
+    def first(self, name: str) -> hl7.Segment | None:
+        segs = self.all(name)
+        return segs[0] if segs else None
 
-    def field(self, seg: list[str] | None, n: int) -> str:
-        if seg is None or n >= len(seg):
+    def get(self, seg: hl7.Segment | None, field: int, component: int = 1, rep: int = 1) -> str:
+        """Component ``component`` (1-based) of repetition ``rep`` of field ``field``, first
+        subcomponent, unescaped and stripped; "" where the message has no such part."""
+        if seg is None:
             return ""
-        return seg[n]
-
-    def component(self, value: str, n: int = 1, rep: int = 0) -> str:
-        """Component ``n`` (1-based) of repetition ``rep``, unescaped."""
-        reps = value.split(self.enc.repetition) if value else [""]
-        if rep >= len(reps):
+        try:
+            value = seg.extract_field(field_num=field, repeat_num=rep, component_num=component)
+        except IndexError:
             return ""
-        comps = reps[rep].split(self.enc.component)
-        if n > len(comps):
-            return ""
-        return self.unescape(comps[n - 1].split(self.enc.subcomponent)[0]).strip()
+        except ValueError:
+            raise Hl7Reject("undecodable escape sequence", "AE", "102^Data type error") from None
+        return str(value).strip()
 
-    def get(self, path: str) -> str:
-        """``"OBR-18"`` → first component of that field of the first such segment, unescaped."""
-        name, _, num = path.partition("-")
-        return self.component(self.field(self.first(name), int(num)))
+    def raw(self, seg: hl7.Segment | None, field: int) -> str:
+        """Field ``field`` as sent (still escaped); "" when absent."""
+        return str(seg[field]) if seg is not None and field < len(seg) else ""
 
-    def unescape(self, s: str) -> str:
-        """Decode HL7 escape sequences (HL7 v2.5 2.7.4): \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\ \\Xhh\\."""
-        e = self.enc.escape
-        if e not in s:
-            return s
-        out: list[str] = []
-        i = 0
-        while i < len(s):
-            c = s[i]
-            if c != e:
-                out.append(c)
-                i += 1
-                continue
-            j = s.find(e, i + 1)
-            if j < 0:
-                out.append(s[i:])
-                break
-            seq = s[i + 1 : j]
-            i = j + 1
-            up = seq.upper()
-            if up == "F":
-                out.append(self.enc.field)
-            elif up == "S":
-                out.append(self.enc.component)
-            elif up == "T":
-                out.append(self.enc.subcomponent)
-            elif up == "R":
-                out.append(self.enc.repetition)
-            elif up == "E":
-                out.append(e)
-            elif up in (".BR", ".SP"):
-                out.append("\n")
-            elif up.startswith("X") and re.fullmatch(r"X([0-9A-F]{2})+", up):
-                raw = bytes.fromhex(seq[1:])
-                try:
-                    out.append(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    out.append(raw.decode("latin-1"))
-            elif up in ("H", "N") or up.startswith((".IN", ".TI", ".CE", ".SK", ".FI", ".NF", "C", "M", "Z")):
-                continue  # highlighting / formatting / charset switch: no text of its own
-            else:
-                out.append(e + seq + e)
-        return "".join(out)
+    def unescape(self, value: str) -> str:
+        """Decode HL7 escape sequences (HL7 v2.5 2.7.4) with python-hl7: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\,
+        \\.br\\ as a newline, \\Xhh\\ hex data (each byte one ISO 8859-1 character), highlighting dropped."""
+        try:
+            return str(self.hl7.unescape(value, _ESCAPE_MAP))
+        except ValueError:
+            raise Hl7Reject("undecodable escape sequence", "AE", "102^Data type error") from None
 
-    def text_lines(self, value: str) -> list[str]:
+    def text_lines(self, seg: hl7.Segment | None, field: int) -> list[str]:
         """All repetitions of a text field (OBX-5 of FT/TX), unescaped."""
-        return [self.unescape(r) for r in value.split(self.enc.repetition)]
+        if seg is None or field >= len(seg):
+            return [""]
+        return [self.unescape(str(rep)) for rep in seg[field]]
+
+    def escape(self, value: str) -> str:
+        """Escape our own free text for an ACK (python-hl7), on one line."""
+        return str(self.hl7.escape("".join(c if c.isprintable() else " " for c in value)))
 
 
 def decode_bytes(data: bytes) -> str:
     """Decode a message using its MSH-18 character set (UTF-8 when absent)."""
-    head = data[:1024].decode("latin-1")
+    head = re.split(r"[\r\n]", data[:1024].decode("latin-1"), maxsplit=1)[0]
     charset = ""
-    first = re.split(r"[\r\n]", head, maxsplit=1)[0]
-    if first.startswith("MSH") and len(first) > 3:
-        parts = first.split(first[3])
-        # parts[k] is MSH-(k+1); MSH-18 is parts[17].
-        if len(parts) > 17:
-            charset = parts[17].split(first[4:5] or "^")[0].strip().upper()
+    if head.startswith("MSH") and len(head) > 8 and head[3] in head[8:]:
+        try:
+            charset = hl7.parse(head).segment("MSH").extract_field(field_num=18).strip().upper()
+        except (hl7.HL7Exception, ValueError, IndexError):
+            charset = ""
     codec = _CHARSETS.get(charset)
     if codec is None:
         raise Hl7Reject(f"unsupported character set MSH-18 {charset!r}", "AE", "102^Data type error", "MSH-18")
@@ -245,9 +229,8 @@ def parse_oru(msg: Message, accession_fields: list[str], max_groups: int | None 
         refused: nothing of it is stored).
     """
     msh = msg.first("MSH")
-    mtype = msg.field(msh, 9)
-    typ, trig = msg.component(mtype, 1), msg.component(mtype, 2)
-    control = msg.component(msg.field(msh, 10))
+    typ, trig = msg.get(msh, 9, 1), msg.get(msh, 9, 2)
+    control = msg.get(msh, 10)
     if not typ:
         raise Hl7Reject("MSH-9 message type is missing", "AE", "101^Required field missing", "MSH-9")
     if (typ, trig) != ("ORU", "R01"):
@@ -257,19 +240,18 @@ def parse_oru(msg: Message, accession_fields: list[str], max_groups: int | None 
     pid = msg.first("PID")
     if pid is None:
         raise Hl7Reject("PID segment is missing", "AE", "100^Segment sequence error", "PID")
-    patient_id = msg.component(msg.field(pid, 3))
+    patient_id = msg.get(pid, 3)
     if not patient_id:
         raise Hl7Reject("PID-3 patient ID is missing", "AE", "101^Required field missing", "PID-3")
-    zds = msg.first("ZDS")
-    zds_uid = msg.component(msg.field(zds, 1)) if zds is not None else ""
+    zds_uid = msg.get(msg.first("ZDS"), 1)
 
     # ORDER_OBSERVATION groups (HL7 v2.5 7.3.1): an OBR and the OBX segments that follow it.
-    groups: list[tuple[list[str], list[list[str]]]] = []
-    for name, fields in msg.segments:
+    groups: list[tuple[hl7.Segment, list[hl7.Segment]]] = []
+    for name, seg in msg.segments:
         if name == "OBR":
-            groups.append((fields, []))
+            groups.append((seg, []))
         elif name == "OBX" and groups:
-            groups[-1][1].append(fields)
+            groups[-1][1].append(seg)
     if not groups:
         raise Hl7Reject("OBR segment is missing", "AE", "100^Segment sequence error", "OBR")
     if max_groups is not None and len(groups) > max_groups:
@@ -280,15 +262,14 @@ def parse_oru(msg: Message, accession_fields: list[str], max_groups: int | None 
 
 
 def _group_report(
-    msg: Message, obr: list[str], obxs: list[list[str]], patient_id: str, zds_uid: str, accession_fields: list[str]
+    msg: Message, obr: hl7.Segment, obxs: list[hl7.Segment], patient_id: str, zds_uid: str, accession_fields: list[str]
 ) -> IncomingReport:
-    placer = msg.component(msg.field(obr, 2))
-    filler = msg.component(msg.field(obr, 3))
+    placer = msg.get(obr, 2)
+    filler = msg.get(obr, 3)
     accession = ""
     for path in accession_fields:
         name, _, num = path.partition("-")
-        seg = obr if name == "OBR" else msg.first(name)
-        accession = msg.component(msg.field(seg, int(num)))
+        accession = msg.get(obr if name == "OBR" else msg.first(name), int(num))
         if accession:
             break
     # Text and StudyInstanceUID from OBX; OBX-11 as the status when OBR-25 is empty.
@@ -296,34 +277,31 @@ def _group_report(
     study_uid = ""
     obx_status = ""
     for obx in obxs:
-        vtype = msg.component(msg.field(obx, 2)).upper()
-        ident = msg.field(obx, 3)
-        code = msg.component(ident, 1)
-        value = msg.field(obx, 5)
-        if code == STUDY_UID_CODE or "study instance uid" in msg.component(ident, 2).lower():
-            study_uid = msg.component(value)
+        vtype = msg.get(obx, 2).upper()
+        if msg.get(obx, 3, 1) == STUDY_UID_CODE or "study instance uid" in msg.get(obx, 3, 2).lower():
+            study_uid = msg.get(obx, 5)
             continue
         if vtype not in _TEXT_TYPES:
             continue
-        lines.extend(msg.text_lines(value))
-        obx_status = obx_status or msg.component(msg.field(obx, 11))
+        lines.extend(msg.text_lines(obx, 5))
+        obx_status = obx_status or msg.get(obx, 11)
     study_uid = study_uid or zds_uid
     if study_uid and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", study_uid):
         raise Hl7Reject("StudyInstanceUID (OBX 113014 / ZDS-1) is not a valid UID", "AE", "102^Data type error", "OBX-5")
     text = "\n".join(lines).strip("\n")
     if not text.strip():
         raise Hl7Reject("no report text (OBX-5 of an FT/TX/ST OBX)", "AE", "101^Required field missing", "OBX-5")
-    status = (msg.component(msg.field(obr, 25)) or obx_status).upper()
+    status = (msg.get(obr, 25) or obx_status).upper()
     if not status:
         raise Hl7Reject("result status is missing (OBR-25 or OBX-11)", "AE", "101^Required field missing", "OBR-25")
     if not (accession or filler or placer or study_uid):
         raise Hl7Reject("no accession number, order number or StudyInstanceUID", "AE", "101^Required field missing", "OBR-3")
     rtime = None
-    for raw in (msg.field(obr, 22), msg.field(obr, 7), msg.field(msg.first("MSH"), 7)):
-        rtime = parse_datetime(msg.component(raw))
+    for seg, n in ((obr, 22), (obr, 7), (msg.first("MSH"), 7)):
+        rtime = parse_datetime(msg.get(seg, n))
         if rtime:
             break
-    sdate = parse_date(msg.component(msg.field(obr, 7)))
+    sdate = parse_date(msg.get(obr, 7))
     return IncomingReport(
         status=status,
         report_text=text,
@@ -337,38 +315,59 @@ def _group_report(
 
 
 def build_ack(msg: Message | None, code: str, application: str, text: str = "", err: str = "", location: str = "") -> bytes:
-    """An ACK (MSA-1 ``code``) for ``msg``; with ERR when ``code`` is not AA."""
-    enc = msg.enc if msg else Encoding()
-    fs, cs = enc.field, enc.component
-    msh = msg.first("MSH") if msg else None
+    """An ACK (MSA-1 ``code``) for ``msg``, built with python-hl7 in ``msg``'s encoding characters;
+    with ERR when ``code`` is not AA.
 
-    def f(n: int) -> str:
-        return msg.field(msh, n) if msg else ""
+    Only MSH-3/4/10/11/12, a well-formed MSH-9 trigger event and our own (escaped) reason are echoed:
+    never a patient field or report text.
+    """
+    try:
+        return _ack(msg or Message(_BLANK), code, application, text, err, location)
+    except Exception as exc:  # noqa: BLE001 - an ACK must always come out: in the default encoding then
+        log.warning("HL7: ACK in the message's encoding characters failed (%s)", type(exc).__name__)
+        return _ack(Message(_BLANK), code, application, text, err, location)
 
-    def esc(s: str) -> str:
-        # Escape our own free text (PS: HL7 v2.5 2.7.4) so a reason cannot break the message.
-        out = s.replace(enc.escape, f"{enc.escape}E{enc.escape}")
-        for ch, tag in ((fs, "F"), (cs, "S"), (enc.repetition, "R"), (enc.subcomponent, "T")):
-            out = out.replace(ch, f"{enc.escape}{tag}{enc.escape}")
-        return out.replace("\r", " ").replace("\n", " ")
 
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
-    control = msg.component(f(10)) if msg else ""
-    version = f(12) or "2.5"
-    trig = msg.component(f(9), 2) if msg else ""
+def _ack(msg: Message, code: str, application: str, text: str, err: str, location: str) -> bytes:
+    src = msg.first("MSH")
+    fs, enc = msg.raw(src, 1), msg.raw(src, 2)[:4]
+    ack = hl7.parse(f"MSH{fs}{enc}{fs}\rMSA{fs}" + (f"\rERR{fs}" if code != "AA" else ""))
+    msh, msa = ack.segment("MSH"), ack.segment("MSA")
+    trig, control = _echo(msg, src, 9, 2), _echo(msg, src, 10, 1)
     if not re.fullmatch(r"[A-Z0-9]{3}", trig):
         trig = ""  # echo only a well-formed trigger event (HL7 table 0003), never arbitrary content
-    enc_chars = f"{cs}{enc.repetition}{enc.escape}{enc.subcomponent}"
-    ack_id = f"ACK{now}{abs(hash((control, now))) % 100000:05d}"
-    segs = [
-        fs.join(["MSH", enc_chars, esc(application), "", f(3), f(4), now, "", f"ACK{cs}{trig}{cs}ACK" if trig else "ACK", ack_id, f(11) or "P", version]),
-        fs.join(["MSA", code, esc(control)] + ([esc(text[:200])] if text else [])),
-    ]
+    msh.assign_field(msg.escape(application), 3)
+    msh.assign_field(msg.raw(src, 3), 5)
+    msh.assign_field(msg.raw(src, 4), 6)
+    msh.assign_field(dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S"), 7)
+    for i, part in enumerate(["ACK", trig, "ACK"] if trig else ["ACK"], start=1):
+        msh.assign_field(part, 9, 1, i)
+    msh.assign_field(hl7.generate_message_control_id(), 10)
+    msh.assign_field(msg.raw(src, 11) or "P", 11)
+    msh.assign_field(msg.raw(src, 12) or "2.5", 12)
+    msa.assign_field(code, 1)
+    msa.assign_field(msg.escape(control), 2)
+    if text:
+        msa.assign_field(msg.escape(text[:200]), 3)
     if code != "AA":
+        errseg = ack.segment("ERR")
         loc = location.split("-")
-        loc_field = f"{loc[0]}{cs}1{cs}{loc[1]}" if len(loc) == 2 else (loc[0] if loc and loc[0] else "")
-        segs.append(fs.join(["ERR", "", loc_field, f"{err}{cs}HL70357" if err else "", "E", "", "", "", esc(text[:200])]))
-    return ("\r".join(segs) + "\r").encode("utf-8")
+        for i, part in enumerate([loc[0], "1", loc[1]] if len(loc) == 2 else [loc[0]], start=1):
+            errseg.assign_field(part, 2, 1, i)
+        if err:
+            for i, part in enumerate([*err.split("^"), "HL70357"], start=1):
+                errseg.assign_field(part, 3, 1, i)
+        errseg.assign_field("E", 4)
+        errseg.assign_field(msg.escape(text[:200]), 8)
+    return str(ack).encode("utf-8")
+
+
+def _echo(msg: Message, seg: hl7.Segment | None, field: int, component: int) -> str:
+    # An ACK must always come out: a field that cannot be decoded is not echoed.
+    try:
+        return msg.get(seg, field, component)
+    except Hl7Reject:
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,8 +434,7 @@ def sender_allowed(allowed: list[str], msg: Message) -> bool:
     if not allowed:
         return True
     msh = msg.first("MSH")
-    app = msg.component(msg.field(msh, 3))
-    fac = msg.component(msg.field(msh, 4))
+    app, fac = msg.get(msh, 3), msg.get(msh, 4)
     for entry in allowed:
         want_app, _, want_fac = entry.partition("^")
         if want_app == app and (not want_fac or want_fac == fac):

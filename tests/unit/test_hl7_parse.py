@@ -215,3 +215,20 @@ def test_rejects_never_echo_patient_fields_or_text(settings, caplog, text):
     for marker in (MARK_NAME, MARK_ID, MARK_TEXT):
         assert marker not in ack, f"ACK echoes {marker}"
         assert marker not in caplog.text, f"log echoes {marker}"
+
+
+def test_undecodable_escapes_keep_the_report_and_withhold_the_field(settings, caplog):
+    """python-hl7 logs the whole field when it cannot decode an escape: the filter withholds it."""
+    caplog.set_level("DEBUG")
+    line = f"{MARK_TEXT} \\Q\\ odd \\XZZ\\ hex \\\\ empty"
+    db = Database(settings.database_url)
+    try:
+        ack = segments(handle_message(oru(lines=(line,)).encode(), settings, db))
+        with db.session() as s:
+            stored = s.query(Report).one().report_text
+    finally:
+        db.dispose()
+    assert ack["MSA"][1] == "AA"
+    assert stored.startswith(MARK_TEXT) and "odd" in stored and "hex" in stored
+    assert MARK_TEXT not in caplog.text
+    assert "field contents withheld" in caplog.text
