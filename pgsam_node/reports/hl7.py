@@ -33,16 +33,17 @@ import datetime as dt
 import ipaddress
 import logging
 import re
+import asyncio
 import socket
-import socketserver
 import ssl
 import threading
-import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import hl7
 import hl7.util
+from hl7.mllp import HL7StreamReader, HL7StreamWriter, start_hl7_server
 from hl7.mllp.streams import CARRIAGE_RETURN as CR, END_BLOCK as FS, START_BLOCK as VT
 
 from pgsam_node.config import Settings
@@ -442,14 +443,11 @@ def sender_allowed(allowed: list[str], msg: Message) -> bool:
     return False
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-
-
 class Hl7Listener:
-    """MLLP server for ORU^R01 reports.
+    """MLLP server for ORU^R01 reports, on python-hl7's asyncio MLLP streams (``hl7.mllp``).
+
+    The event loop runs in one daemon thread; storing a message (blocking database work) runs in a
+    thread pool of ``hl7.max_connections`` workers, so a slow store never stalls other connections.
 
     Parameters
     ----------
@@ -469,36 +467,45 @@ class Hl7Listener:
         self._port = settings.hl7.port if port is None else port
         if self._port is None:
             raise Hl7Error("hl7.port is not set")
-        self._server: _Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
-        self._slots = threading.BoundedSemaphore(settings.hl7.max_connections)
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        self._per_host: dict[str, int] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._ssl: ssl.SSLContext | None = None
+        # Touched only on the event loop's thread.
+        self._connections: dict[asyncio.Task, HL7StreamWriter] = {}
+        self._per_host: dict[str, int] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        if self._server is None or not self._server.sockets:
+            return (self.settings.hl7.bind, int(self._port or 0))
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return (str(host), int(port))
 
     @property
     def port(self) -> int:
-        if self._server is not None:
-            return self._server.server_address[1]
-        return int(self._port or 0)
+        return self.address[1]
 
     def start(self) -> Hl7Listener:
         """Bind and serve in a daemon thread (returns at once)."""
-        listener = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                listener._serve_connection(self.request, self.client_address)
-
-        try:
-            self._ssl = server_context(self.settings.hl7.tls)  # ConfigError on a bad cert/key: refuse to start
-            self._server = _Server((self.settings.hl7.bind, self._port), Handler)
-        except OSError as exc:
-            raise Hl7Error(f"cannot listen for HL7 on {self.settings.hl7.bind}:{self._port}: {exc.strerror}") from exc
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="hl7-mllp", daemon=True)
+        hl7s = self.settings.hl7
+        self._ssl = server_context(hl7s.tls)  # ConfigError on a bad cert/key: refuse to start
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="hl7-mllp", daemon=True)
         self._thread.start()
-        log.info("HL7 MLLP listener on %s:%d", self.settings.hl7.bind, self.port)
+        self._loop = loop
+        self._pool = ThreadPoolExecutor(max_workers=hl7s.max_connections, thread_name_prefix="hl7-store")
+        # The reader's limit is the message size: a longer frame (or that much noise) is refused.
+        serve = start_hl7_server(self._on_connection, hl7s.bind, self._port, limit=hl7s.max_message_bytes,
+                                 reuse_address=True)
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(serve, loop).result(timeout=30)
+        except OSError as exc:
+            self.stop()
+            raise Hl7Error(f"cannot listen for HL7 on {hl7s.bind}:{self._port}: {exc.strerror}") from exc
+        log.info("HL7 MLLP listener on %s:%d", hl7s.bind, self.port)
         return self
 
     def stop(self) -> None:
@@ -507,19 +514,33 @@ class Hl7Listener:
         A message being stored when ``stop`` is called is either committed and acknowledged or
         not acknowledged at all (the sender resends it): nothing acknowledged is lost.
         """
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        with self._open_lock:
-            for sock in list(self._open):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        loop = self._loop
+        if loop is None:
+            return
+        if loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
+                log.warning("HL7 listener shutdown: %s", type(exc).__name__)
+            loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        loop.close()
+        self._loop = None
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._connections.values():
+            writer.transport.abort()
+        if self._connections:
+            # Each connection ends once its store (if any) has finished: nothing is left half done.
+            await asyncio.wait(list(self._connections), timeout=20)
+        self._server = None
 
     def __enter__(self) -> Hl7Listener:
         return self.start()
@@ -527,121 +548,92 @@ class Hl7Listener:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # -- one connection ------------------------------------------------------------------------
-    def _reject_oversized(self, sock: socket.socket, peer, limit: int) -> None:
-        # The rest of the frame cannot be resynchronised cheaply: answer AR and close.
-        log.warning("HL7: frame over hl7.max_message_bytes from %s; closing", peer[0])
-        ack = build_ack(None, "AR", self.settings.hl7.application, f"message larger than {limit} bytes", "207^Application internal error")
-        try:
-            sock.sendall(VT + ack + FS + CR)
-        except OSError:
-            pass
-
-    def _serve_connection(self, sock: socket.socket, peer) -> None:
-        if not host_allowed(self.settings.hl7.allowed_hosts, str(peer[0])):
-            log.warning("HL7: connection from %s refused: not in hl7.allowed_hosts", peer[0])
-            sock.close()
-            return
+    # -- one connection (on the event loop) ----------------------------------------------------
+    async def _on_connection(self, reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
         host = str(peer[0])
-        with self._open_lock:
-            if self._per_host.get(host, 0) >= self.settings.hl7.max_connections_per_host:
-                log.warning("HL7: too many connections from %s (hl7.max_connections_per_host); closing one", host)
-                sock.close()
-                return
-            self._per_host[host] = self._per_host.get(host, 0) + 1
+        hl7s = self.settings.hl7
+        task = asyncio.current_task()
         try:
-            self._serve_counted(sock, peer)
-        finally:
-            with self._open_lock:
+            if not host_allowed(hl7s.allowed_hosts, host):
+                log.warning("HL7: connection from %s refused: not in hl7.allowed_hosts", host)
+                return
+            if self._per_host.get(host, 0) >= hl7s.max_connections_per_host:
+                log.warning("HL7: too many connections from %s (hl7.max_connections_per_host); closing one", host)
+                return
+            if len(self._connections) >= hl7s.max_connections:
+                log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", host)
+                return
+            assert task is not None
+            self._connections[task] = writer
+            self._per_host[host] = self._per_host.get(host, 0) + 1
+            try:
+                await self._serve(reader, writer, host)
+            finally:
                 self._per_host[host] -= 1
                 if not self._per_host[host]:
                     del self._per_host[host]
+                self._connections.pop(task, None)
+        except Exception as exc:  # noqa: BLE001 - a connection's trouble ends that connection only
+            log.warning("HL7: connection from %s ended: %s", host, type(exc).__name__)
+        finally:
+            writer.close()
 
-    def _serve_counted(self, sock: socket.socket, peer) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", peer[0])
-            sock.close()
-            return
+    async def _serve(self, reader: HL7StreamReader, writer: HL7StreamWriter, host: str) -> None:
+        hl7s = self.settings.hl7
         if self._ssl is not None:
             # The handshake counts against the progress deadline, so a silent TLS peer cannot hold a slot.
             try:
-                sock.settimeout(self.settings.hl7.message_deadline_seconds)
-                sock = self._ssl.wrap_socket(sock, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                log.warning("HL7: TLS handshake with %s failed: %s", peer[0], type(exc).__name__)
-                self._slots.release()
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                await writer.start_tls(self._ssl, ssl_handshake_timeout=hl7s.message_deadline_seconds)
+            except (TimeoutError, OSError, ssl.SSLError) as exc:
+                log.warning("HL7: TLS handshake with %s failed: %s", host, type(exc).__name__)
                 return
-        with self._open_lock:
-            self._open.add(sock)
+        loop = asyncio.get_running_loop()
+        while True:
+            # Bytes before a start block are ignored (MLLP). An idle connection is governed by the
+            # idle timeout; once the start block is in, the message has the progress deadline.
+            if await self._read(reader, writer, host, VT, hl7s.timeout_seconds, "idle") is None:
+                return
+            block = await self._read(reader, writer, host, FS + CR, hl7s.message_deadline_seconds, "deadline")
+            if block is None:
+                return
+            assert self._pool is not None
+            ack = await loop.run_in_executor(self._pool, handle_message, block[:-2], self.settings, self.db, self.on_report)
+            writer.writeblock(ack)
+            await writer.drain()
+
+    async def _read(self, reader: HL7StreamReader, writer: HL7StreamWriter, host: str, until: bytes, seconds: float,
+                    why: str) -> bytes | None:
+        """Bytes through ``until`` within ``seconds``; None when the connection is to end."""
         try:
-            idle = self.settings.hl7.timeout_seconds
-            budget = self.settings.hl7.message_deadline_seconds
-            # The progress deadline runs from the first byte after the previous ACK (framed or not);
-            # an idle connection with nothing sent is governed by the idle timeout alone.
-            deadline: float | None = None
-            buf = bytearray()
-            limit = self.settings.hl7.max_message_bytes
-            while True:
-                # Drop anything before a start block (MLLP: bytes outside a frame are ignored).
-                start = buf.find(VT)
-                if start < 0:
-                    buf.clear()
-                elif start > 0:
-                    del buf[:start]
-                end = buf.find(FS + CR) if buf else -1
-                if buf and end >= 0:
-                    payload = bytes(buf[1:end])
-                    del buf[: end + 2]
-                    if len(payload) > limit:
-                        self._reject_oversized(sock, peer, limit)
-                        return
-                    ack = handle_message(payload, self.settings, self.db, self.on_report)
-                    sock.sendall(VT + ack + FS + CR)
-                    deadline = None  # the next message gets its own budget
-                    continue
-                if len(buf) > limit + 2:
-                    self._reject_oversized(sock, peer, limit)
-                    return
-                left = idle if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    log.warning("HL7: no complete message from %s within hl7.message_deadline_seconds; closing",
-                                peer[0])
-                    return
-                sock.settimeout(min(idle, left))
-                try:
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    if deadline is not None and deadline - time.monotonic() <= 0:
-                        log.warning("HL7: no complete message from %s within hl7.message_deadline_seconds; "
-                                    "closing", peer[0])
-                    else:
-                        log.info("HL7: idle connection from %s timed out", peer[0])
-                    return
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                if deadline is None:
-                    deadline = time.monotonic() + budget
-                buf += chunk
-        finally:
-            self._slots.release()
-            with self._open_lock:
-                self._open.discard(sock)
-            try:
-                sock.close()
-            except OSError:
-                pass
+            return await asyncio.wait_for(reader.readuntil(until), seconds)
+        except TimeoutError:
+            if why == "idle":
+                log.info("HL7: idle connection from %s timed out", host)
+            else:
+                log.warning("HL7: no complete message from %s within hl7.message_deadline_seconds; closing", host)
+        except asyncio.LimitOverrunError:
+            await self._reject_oversized(writer, host)
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        return None
+
+    async def _reject_oversized(self, writer: HL7StreamWriter, host: str) -> None:
+        # The rest of the frame cannot be resynchronised cheaply: answer AR and close.
+        limit = self.settings.hl7.max_message_bytes
+        log.warning("HL7: frame over hl7.max_message_bytes from %s; closing", host)
+        writer.writeblock(build_ack(None, "AR", self.settings.hl7.application, f"message larger than {limit} bytes",
+                                    "207^Application internal error"))
+        try:
+            await writer.drain()
+        except OSError:
+            pass
 
 
 def mllp_frame(message: str | bytes) -> bytes:
     """Wrap one HL7 message in an MLLP frame (for senders and tests)."""
     data = message.encode("utf-8") if isinstance(message, str) else message
-    return VT + data + FS + CR
+    return VT + data + FS + CR  # what hl7.mllp's MLLPStreamWriter.writeblock sends
 
 
 def read_frame(sock: socket.socket, timeout: float = 10.0) -> bytes:

@@ -129,7 +129,7 @@ def test_binds_only_configured_address(settings):
     settings.hl7.bind = "127.0.0.1"
     db = Database(settings.database_url)
     with Hl7Listener(settings, db) as lst:
-        assert lst._server.server_address[0] == "127.0.0.1"
+        assert lst.address[0] == "127.0.0.1"
         # Another local address of this host (127.0.0.2 is loopback on Linux but not bound here).
         with socket.socket() as probe:
             probe.settimeout(1)
