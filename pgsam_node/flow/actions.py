@@ -18,6 +18,7 @@ from pgsam_node.errors import PipelineError
 from pgsam_node.flow.retention import is_purged
 from pgsam_node.flow.worker import release
 from pgsam_node.logsetup import uid_hash
+from pgsam_node.reports.wait import detach_report
 from pgsam_node.db.lifecycle import transition
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,7 @@ def run_now(session: Session, study: Study, actor: str, remote_addr: str | None 
     frm = study.state
     if frm != S.WAITING_REPORT.value:
         raise ActionError(f"study is {frm}: only a study waiting for its report can run now without it")
-    study.report_ref = None
-    study.report_hash = None
+    detach_report(study)
     study.waiting_since = None
     transition(session, study, S.READY, f"run now without report by {actor}", actor=actor)
     _audit(session, actor, "run_now", study, {"from": frm, "to": study.state}, remote_addr)

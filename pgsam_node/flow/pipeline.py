@@ -88,24 +88,6 @@ def idempotency_key(study_uid: str, input_uids: list[str], report_hash: str | No
     return h.hexdigest()
 
 
-def _report_text(settings: Settings, db: Database, study: Study) -> str | None:
-    """The matched report's text (embedded table by id, else the RIS again)."""
-    from pgsam_node.db import Report
-
-    if not study.report_ref:
-        return None
-    if study.report_ref.startswith("reports:"):
-        with db.session() as s:
-            rep = s.get(Report, int(study.report_ref.split(":", 1)[1]))
-            return rep.report_text if rep else None
-    from pgsam_node.reports.ris import StudyKey, find_report
-
-    match = find_report(
-        StudyKey(study.accession_number, study.study_uid, study.patient_id, study.study_date), settings, db
-    )
-    return match.text if match else None
-
-
 def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInputs:
     from pgsam_node.reports.parse import parse_report
 
@@ -120,7 +102,8 @@ def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInput
             insts = s.scalars(select(Instance).where(Instance.series_id == se.id)).all()
             paths_by_role[role] = [settings.storage_root / i.path for i in insts]
             input_uids += [i.sop_instance_uid for i in insts]
-        text = _report_text(settings, db, study)
+        # The report the wait step matched travels on the study row (reports.wait): no second RIS search.
+        text = study.report_text if study.report_ref else None
         return StudyInputs(
             study_id=study.id,
             study_uid=study.study_uid,

@@ -66,9 +66,19 @@ def _lookup(study: Study, settings: Settings, node_db: Database | None) -> tuple
 
 
 def _attach(study: Study, match: ReportMatch) -> None:
+    # The match travels on the study row (identity, version hash and text): the run uses exactly
+    # this report, and a later amendment is found by check_amendments (new hash), never hidden.
     study.report_ref = match.ref
     study.report_hash = match.hash
+    study.report_text = match.text
     study.report_note = match.note
+
+
+def detach_report(study: Study) -> None:
+    """Forget the matched report: the study runs without report text."""
+    study.report_ref = None
+    study.report_hash = None
+    study.report_text = None
 
 
 def attach_report_or_wait(
@@ -121,8 +131,7 @@ def _apply_deadline(session: Session, study: Study, settings: Settings) -> str:
     if settings.ris.on_missing_report == "fail":
         transition(session, study, StudyState.FAILED, REASON_DEADLINE_FAIL + (f" ({study.report_note})" if study.report_note else ""))
         return "failed"
-    study.report_ref = None
-    study.report_hash = None
+    detach_report(study)
     transition(session, study, StudyState.READY, REASON_DEADLINE)
     return "ready"
 
