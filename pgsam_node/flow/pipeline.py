@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from pgsam_node.config import Settings
-from pgsam_node.db import Database, Instance, OutboxItem, OutboxState, Run, Series, Study, StudyState, utcnow
+from pgsam_node.db import Database, Instance, OutboxItem, OutboxState, Run, Study, StudyState, utcnow
 from pgsam_node.errors import GeometryError, InferenceError, NodeError, PipelineError, RisError
 from pgsam_node.findings import Findings
 from pgsam_node.logsetup import uid_hash
@@ -369,34 +368,3 @@ def finish_sent(db: Database, now: dt.datetime | None = None) -> list[str]:
                 dead = [i for i in items if i.state == OutboxState.DEAD.value]
                 transition(s, study, StudyState.FAILED, f"delivery failed permanently to {dead[0].destination}: {dead[0].last_error}")
     return done
-
-
-def study_summary(db: Database, study_uid: str) -> dict:
-    """States timeline, stage timings and run metrics of a study (for the demo and the CLI)."""
-    with db.session() as s:
-        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
-        if study is None:
-            raise PipelineError("unknown study", reason="unknown_study")
-        runs = s.scalars(select(Run).where(Run.study_id == study.id).order_by(Run.id)).all()
-        series = s.scalars(select(Series).where(Series.study_id == study.id)).all()
-        return {
-            "state": study.state,
-            "reason": study.state_reason,
-            "timeline": [
-                {"at": e.at.isoformat(timespec="milliseconds"), "from": e.from_state, "to": e.to_state, "reason": e.reason}
-                for e in study.events
-            ],
-            "series": [
-                {"description": se.description, "role": se.role, "selected": se.role_selected, "reason": se.role_reason, "instances": se.instance_count}
-                for se in series
-            ],
-            "runs": [
-                {"version": r.version, "status": r.status, "model": r.model_version,
-                 "stage_seconds": r.stage_seconds, "metrics": r.metrics, "outputs": r.output_paths}
-                for r in runs
-            ],
-        }
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)
