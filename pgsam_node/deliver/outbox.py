@@ -100,6 +100,14 @@ def enqueue(
     return items
 
 
+def write_outputs(settings: Settings, study_uid: str, datasets: Sequence[Dataset]) -> list[str]:
+    """:func:`write_output` for each dataset, in order; the paths relative to the storage root.
+
+    No database work: a run writes its files before it opens the transaction that queues them.
+    """
+    return [write_output(settings, ds, study_uid) for ds in datasets]
+
+
 def queue_outputs(
     session: Session,
     settings: Settings,
@@ -108,17 +116,24 @@ def queue_outputs(
     run_id: int | None,
     datasets: Sequence[Dataset],
     now: dt.datetime | None = None,
+    paths: Sequence[str] | None = None,
 ) -> list[OutboxItem]:
-    """Write each output (atomically, under ``outputs/``) and queue it for every configured
-    destination. Returns the outbox rows (empty when no destination is configured: nothing to
-    deliver, logged at WARNING). The caller commits; writing before the commit means a crash
-    leaves at most an orphan file, never a row without its file.
+    """Queue each output for every configured destination, its file already in place.
+
+    ``paths`` are the files :func:`write_outputs` wrote for ``datasets`` (the pipeline writes them
+    before its transaction, so no row lock waits on disk); without ``paths`` the files are written
+    here. Either way each file is renamed into place before the caller commits the rows: a crash
+    leaves at most an orphan file, never a row without its file. Returns the outbox rows (empty when
+    no destination is configured: nothing to deliver, logged at WARNING). The caller commits.
     """
+    if paths is None:
+        paths = write_outputs(settings, study_uid, datasets)
+    if len(paths) != len(datasets):
+        raise ValueError(f"{len(datasets)} dataset(s) but {len(paths)} path(s)")
     if not settings.destinations:
         log.warning("no destinations configured: %d output(s) written but not queued", len(datasets))
     items: list[OutboxItem] = []
-    for ds in datasets:
-        rel = write_output(settings, ds, study_uid)
+    for ds, rel in zip(datasets, paths):
         items.extend(enqueue(session, study_id, run_id, rel, ds, settings.destinations, now=now))
     return items
 

@@ -222,7 +222,7 @@ class Pipeline:
         from pgsam_node.encode import algorithm_info, build_outputs, segment_codes_for
         from pgsam_node.encode.common import segment_label_for, sends_nothing, with_segment_label
         from pgsam_node.geometry.study import build_study_volumes
-        from pgsam_node.deliver.outbox import enqueue, write_output
+        from pgsam_node.deliver.outbox import queue_outputs, write_outputs
 
         st = self.settings
         timings: dict[str, float] = {}
@@ -296,7 +296,8 @@ class Pipeline:
         timings["encode"] = time.monotonic() - t
         self._check(claim, heartbeat, deadline)
 
-        rel_paths = [write_output(st, ds, inputs.study_uid) for ds in datasets]
+        # Files renamed into place (fsync) before the transaction that queues them commits.
+        rel_paths = write_outputs(st, inputs.study_uid, datasets)
 
         with self.db.transaction() as s:
             study = s.get(Study, claim.study_id)
@@ -309,9 +310,8 @@ class Pipeline:
             study.notes = _merge_notes(study.notes, notes)
             release(s, study)
             transition(s, study, StudyState.ENCODED, f"{len(datasets)} object(s) encoded", actor=claim.worker_id)
+            queue_outputs(s, st, study.id, inputs.study_uid, run.id, datasets, paths=rel_paths)
             if st.destinations:
-                for ds, rel in zip(datasets, rel_paths):
-                    enqueue(s, study.id, run.id, rel, ds, st.destinations)
                 transition(s, study, StudyState.SENDING, f"queued for {', '.join(d.name for d in st.destinations)}", actor=claim.worker_id)
             else:
                 transition(s, study, StudyState.DONE, "no destinations configured; outputs kept locally", actor=claim.worker_id)

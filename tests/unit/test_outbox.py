@@ -22,8 +22,10 @@ from pgsam_node.deliver.outbox import (
     enqueue,
     outbox_counts,
     process_due,
+    queue_outputs,
     requeue,
     write_output,
+    write_outputs,
 )
 from pgsam_node.deliver.scu import classify_status
 
@@ -97,6 +99,34 @@ def test_write_output_atomic_and_idempotent(settings, tmp_path):
     assert rel == write_output(settings, dss[0], dss[0].StudyInstanceUID)
     p = settings.storage_root / rel
     assert p.is_file() and not list(p.parent.glob("*.tmp*"))
+
+
+def test_outputs_written_before_the_transaction_are_queued_as_they_are(settings, tmp_path):
+    """The pipeline's order: files renamed into place first, then one transaction queues them."""
+    from ..dicom_tools import make_mr_series
+
+    from pgsam_node.config import Destination
+
+    settings = settings.model_copy(update={"destinations": [Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104),
+                                                            Destination(name="archive", ae_title="ARCH", host="127.0.0.1", port=105)]})
+    _, dss = make_mr_series(tmp_path / "mr", n_slices=2)
+    study_uid = str(dss[0].StudyInstanceUID)
+    paths = write_outputs(settings, study_uid, dss)
+    assert all((settings.storage_root / p).is_file() for p in paths)
+    written = [(settings.storage_root / p).stat().st_mtime_ns for p in paths]
+    db = open_database(settings)
+    try:
+        with db.transaction() as s:
+            st = Study(study_uid=study_uid, state="ENCODED")
+            s.add(st)
+            s.flush()
+            with pytest.raises(ValueError, match="path"):
+                queue_outputs(s, settings, st.id, study_uid, None, dss, paths=paths[:1])
+            items = queue_outputs(s, settings, st.id, study_uid, None, dss, now=T0, paths=paths)
+        assert [(settings.storage_root / p).stat().st_mtime_ns for p in paths] == written  # not written again
+        assert sorted((i.path, i.destination) for i in items) == sorted((p, d) for p in paths for d in ("pacs", "archive"))
+    finally:
+        db.dispose()
 
 
 def test_requeue_and_resend_command(settings, tmp_path):
