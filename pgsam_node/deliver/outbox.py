@@ -325,15 +325,14 @@ def requeue(
     dead: bool = False,
     actor: str = "cli",
     now: dt.datetime | None = None,
-) -> int:
+) -> list[OutboxItem]:
     """Put items back to PENDING with attempts reset (operator action, audited).
 
     ``item_id``: that item; ``study_uid``: every item of that study not in flight; ``dead``: every
-    DEAD item. Studies of re-queued items that had ended (DONE, FAILED) go back to SENDING, so the
-    outbox job closes them again. Returns the number re-queued. The caller commits.
+    DEAD item. Returns the items re-queued (an item being sent is left alone); what becomes of
+    their studies is ``flow.actions.resend_items``'s decision. The caller commits.
     """
-    from pgsam_node.db.models import Study, StudyState
-    from pgsam_node.db.lifecycle import transition
+    from pgsam_node.db.models import Study
 
     q = select(OutboxItem)
     if item_id is not None:
@@ -341,7 +340,7 @@ def requeue(
     elif study_uid is not None:
         sid = session.scalar(select(Study.id).where(Study.study_uid == study_uid))
         if sid is None:
-            return 0
+            return []
         q = q.where(OutboxItem.study_id == sid)
     elif dead:
         q = q.where(OutboxItem.state == DEAD)
@@ -349,12 +348,8 @@ def requeue(
         raise ValueError("requeue needs study_uid, item_id or dead=True")
     items = list(session.scalars(q).all())
     n = reset_items(session, items, now)
-    for sid in {it.study_id for it in items if it.study_id is not None and it.state == PENDING}:
-        study = session.get(Study, sid)
-        if study is not None and study.state in (StudyState.DONE.value, StudyState.FAILED.value):
-            transition(session, study, StudyState.SENDING, f"resend by {actor}", actor=actor, force=True)
     detail: dict[str, Any] = {"count": n}
     target = f"item:{item_id}" if item_id is not None else (f"study:{uid_hash(study_uid)}" if study_uid else "dead")
     session.add(AuditLog(actor=actor, action="outbox.requeue", target=target, detail=detail))
     log.info("outbox: re-queued %d item(s) (%s)", n, target)
-    return n
+    return [it for it in items if it.state == PENDING]

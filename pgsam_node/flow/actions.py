@@ -162,4 +162,26 @@ def run_now(session: Session, study: Study, actor: str, remote_addr: str | None 
     return ActionResult("run_now", study.id, frm, study.state, "queued to run without report text")
 
 
+def resend_items(
+    session: Session,
+    *,
+    study_uid: str | None = None,
+    item_id: int | None = None,
+    dead: bool = False,
+    actor: str = "cli",
+) -> int:
+    """``pgsam-node resend``: outbox items back to the queue (:func:`pgsam_node.deliver.outbox.requeue`,
+    audited); studies of re-queued items that had ended (DONE, FAILED) go back to SENDING, so the
+    outbox step closes them again. Returns the number re-queued. The caller commits.
+    """
+    from pgsam_node.deliver.outbox import requeue
+
+    items = requeue(session, study_uid=study_uid, item_id=item_id, dead=dead, actor=actor)
+    for sid in {it.study_id for it in items if it.study_id is not None}:
+        study = session.get(Study, sid)
+        if study is not None and study.state in (S.DONE.value, S.FAILED.value):
+            transition(session, study, S.SENDING, f"resend by {actor}", actor=actor, force=True)
+    return len(items)
+
+
 ACTIONS = {"retry": retry, "reprocess": reprocess, "resend": resend, "run_now": run_now}

@@ -9,7 +9,7 @@ from pgsam_node.config import load_settings
 from pgsam_node.db import Database, Study, StudyState
 from pgsam_node.reports.hl7 import Hl7Listener, mllp_frame, read_frame
 from pgsam_node.reports.parse import parse_report
-from pgsam_node.reports.wait import attach_report_or_wait, check_amendments, check_waiting
+from pgsam_node.flow.advance import attach_report_or_wait, check_amendments, check_waiting
 from pgsam_node.reports.ris import StudyKey, find_report
 from pgsam_node.db.lifecycle import transition
 

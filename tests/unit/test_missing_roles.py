@@ -8,7 +8,7 @@ import re
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from pgsam_node.assemble.stability import mark_stable
+from pgsam_node.flow.advance import mark_stable
 from pgsam_node.commands.status import collect, format_table
 from pgsam_node.db import Database, utcnow
 from pgsam_node.flow.advance import advance_stable

@@ -23,11 +23,11 @@ from pgsam_node.deliver.outbox import (
     outbox_counts,
     process_due,
     queue_outputs,
-    requeue,
     write_output,
     write_outputs,
 )
 from pgsam_node.deliver.scu import classify_status
+from pgsam_node.flow.actions import resend_items
 
 from ..helpers import PROJECT_ROOT
 
@@ -141,7 +141,7 @@ def test_requeue_and_resend_command(settings, tmp_path):
             it.state, it.attempts, it.permanent_failure = "DEAD", 3, True
         ids = [i.id for i in items]
     with db.transaction() as s:
-        assert requeue(s, item_id=ids[0], now=T0) == 1
+        assert resend_items(s, item_id=ids[0]) == 1
     with db.session() as s:
         it = s.get(OutboxItem, ids[0])
         assert (it.state, it.attempts, it.permanent_failure) == ("PENDING", 0, False)
@@ -150,7 +150,7 @@ def test_requeue_and_resend_command(settings, tmp_path):
         assert s.scalars(select(AuditLog).where(AuditLog.action == "outbox.requeue")).first() is not None
     with pytest.raises(ValueError):
         with db.transaction() as s:
-            requeue(s)
+            resend_items(s)
     db.dispose()
     # the CLI, as an operator runs it: --dead takes the remaining dead item
     cfg = tmp_path / "node.yaml"

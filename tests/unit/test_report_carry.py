@@ -12,7 +12,8 @@ from pgsam_node.db import Database, Series, Study, StudyState
 from pgsam_node.db.lifecycle import transition
 from pgsam_node.flow.pipeline import gather_inputs
 from pgsam_node.reports.ris import dispose_engines
-from pgsam_node.reports.wait import REASON_AMENDED, attach_report_or_wait, check_amendments
+from pgsam_node.flow.advance import attach_report_or_wait, check_amendments
+from pgsam_node.reports.wait import REASON_AMENDED
 
 from ..ris_scenario import CUSTOM_COLUMNS, create_site_ris
 
