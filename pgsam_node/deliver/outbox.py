@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from pgsam_node.config import Destination, Settings
+from pgsam_node.config import Destination, SendSettings, Settings
 from pgsam_node.db.models import AuditLog, Metric, OutboxItem, OutboxState, utcnow
 from pgsam_node.db.session import Database
 from pgsam_node.errors import SendError
@@ -39,9 +39,10 @@ METRIC_DEAD = "outbox_dead_total"
 METRIC_WARNING = "outbox_stored_with_warning_total"
 
 
-def backoff_seconds(settings: Settings, attempts: int) -> float:
-    """Delay before the next try after ``attempts`` failed tries: ``min(base * 2**(attempts-1), max)``."""
-    base, cap = settings.send.backoff_base_seconds, settings.send.backoff_max_seconds
+def backoff_seconds(send: SendSettings, attempts: int) -> float:
+    """Delay before the next try after ``attempts`` failed tries: ``min(base * 2**(attempts-1), max)``
+    (``send.backoff_base_seconds``, ``send.backoff_max_seconds``)."""
+    base, cap = send.backoff_base_seconds, send.backoff_max_seconds
     return float(min(base * (2 ** max(0, attempts - 1)), cap))
 
 
@@ -210,7 +211,7 @@ def _finish(s: Session, settings: Settings, item: OutboxItem, outcome: StoreOutc
                   extra={"sop": uid_hash(item.sop_instance_uid), "permanent": bool(outcome.permanent)})
         return
     item.state = PENDING
-    delay = backoff_seconds(settings, item.attempts)
+    delay = backoff_seconds(settings.send, item.attempts)
     item.next_attempt_at = now + dt.timedelta(seconds=delay)
     summary["retry"] += 1
     bump_metric(s, METRIC_RETRY)

@@ -100,7 +100,7 @@ def attach_report_or_wait(
         The report attached (study now READY), or None (study now WAITING_REPORT; with
         ``ris.wait_seconds`` 0 the missing-report policy applied at once).
     """
-    decision = decide_on_arrival(study, settings, node_db, now)
+    decision = decide_on_arrival(study, settings.ris, node_db, now)
     _apply(session, study, decision)
     return decision.match
 
@@ -168,7 +168,7 @@ def check_waiting(db: Database, settings: Settings, now: dt.datetime) -> WaitSum
             study = s.get(Study, sid, with_for_update=True)
             if study is None or study.state != StudyState.WAITING_REPORT.value:
                 continue  # another worker moved it meanwhile
-            decision = decide_waiting(study, settings, db, now)
+            decision = decide_waiting(study, settings.ris, db, now)
             _apply(s, study, decision)
             if decision.outcome == "ris_down":
                 log.warning("study %s: RIS unavailable; still waiting", uid_hash(study.study_uid))
@@ -200,7 +200,7 @@ def check_amendments(db: Database, settings: Settings, now: dt.datetime) -> Wait
             study = s.get(Study, sid, with_for_update=True)
             if study is None or study.state not in finished:
                 continue
-            decision = decide_amendment(study, settings, db)
+            decision = decide_amendment(study, settings.ris, db)
             if decision.outcome == "ris_down":
                 out.ris_down.append(sid)
             if decision.outcome != "rerun":

@@ -172,7 +172,7 @@ def study_summaries(
         if detail:
             d.update(
                 missing_roles=missing_roles(st, roles),
-                report_wait=report_wait(st, settings) if settings is not None else None,
+                report_wait=report_wait(st, settings.ris) if settings is not None else None,
                 patient_id=st.patient_id,
                 notes=list(st.notes or []),
                 report_ref=st.report_ref,

@@ -46,7 +46,7 @@ import hl7.util
 from hl7.mllp import HL7StreamReader, HL7StreamWriter, start_hl7_server
 from hl7.mllp.streams import CARRIAGE_RETURN as CR, END_BLOCK as FS, START_BLOCK as VT
 
-from pgsam_node.config import Settings
+from pgsam_node.config import Hl7Settings, Settings
 from pgsam_node.db.session import Database
 from pgsam_node.errors import Hl7Error, ReportError
 from pgsam_node.logsetup import uid_hash
@@ -374,17 +374,21 @@ def _echo(msg: Message, seg: hl7.Segment | None, field: int, component: int) -> 
 # ---------------------------------------------------------------------------------------------
 # Processing and MLLP listener
 # ---------------------------------------------------------------------------------------------
-def handle_message(data: bytes, settings: Settings, db: Database, on_report: Callable[[StoreResult], None] | None = None) -> bytes:
-    """Parse, store and acknowledge one message (the payload between MLLP frame bytes)."""
+def handle_message(data: bytes, hl7s: Hl7Settings, db: Database, on_report: Callable[[StoreResult], None] | None = None) -> bytes:
+    """Parse, store and acknowledge one message (the payload between MLLP frame bytes).
+
+    ``hl7s`` is the ``hl7`` settings section (ACK application, allowed senders, accession fields,
+    result-group limit).
+    """
     msg: Message | None = None
-    app = settings.hl7.application
+    app = hl7s.application
     try:
         text = decode_bytes(data)
         msg = Message(text)
-        if not sender_allowed(settings.hl7.allowed_senders, msg):
+        if not sender_allowed(hl7s.allowed_senders, msg):
             raise Hl7Reject("sending application/facility not allowed (hl7.allowed_senders)", "AR",
                             "207^Application internal error", "MSH-3")
-        oru = parse_oru(msg, settings.hl7.accession_fields, settings.hl7.max_result_groups)
+        oru = parse_oru(msg, hl7s.accession_fields, hl7s.max_result_groups)
         try:
             with db.transaction() as s:
                 results = [store_report(s, rep, source="hl7") for rep in oru.reports]
@@ -598,7 +602,8 @@ class Hl7Listener:
             if block is None:
                 return
             assert self._pool is not None
-            ack = await loop.run_in_executor(self._pool, handle_message, block[:-2], self.settings, self.db, self.on_report)
+            ack = await loop.run_in_executor(self._pool, handle_message, block[:-2], self.settings.hl7, self.db,
+                                             self.on_report)
             writer.writeblock(ack)
             await writer.drain()
 

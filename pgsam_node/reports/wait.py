@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from pgsam_node.config import RisSettings, Settings
+from pgsam_node.config import RisSettings
 from pgsam_node.db.models import Study, StudyState
 from pgsam_node.db.session import Database
 from pgsam_node.errors import RisError
@@ -62,10 +62,10 @@ def naive_utc(now: dt.datetime) -> dt.datetime:
     return now.astimezone(dt.timezone.utc).replace(tzinfo=None) if now.tzinfo else now
 
 
-def _lookup(study: Study, settings: Settings, node_db: Database | None) -> tuple[ReportMatch | None, str | None]:
+def _lookup(study: Study, ris: RisSettings, node_db: Database | None) -> tuple[ReportMatch | None, str | None]:
     """(match, note); raises RisError when the RIS is down."""
     try:
-        return lookup_report(StudyKey.from_study(study), settings, node_db)
+        return lookup_report(StudyKey.from_study(study), ris, node_db)
     except AmbiguousReportError as exc:
         return None, exc.note
 
@@ -98,7 +98,7 @@ def _deadline(study: Study, ris: RisSettings) -> tuple[str, tuple[StudyState, st
     return "ready", (StudyState.READY, REASON_DEADLINE)
 
 
-def decide_on_arrival(study: Study, settings: Settings, node_db: Database | None, now: dt.datetime) -> ReportDecision:
+def decide_on_arrival(study: Study, ris: RisSettings, node_db: Database | None, now: dt.datetime) -> ReportDecision:
     """READY vs WAITING_REPORT for a study whose images are complete (STABLE / WAITING_SEQUENCES,
     or already WAITING_REPORT).
 
@@ -106,6 +106,8 @@ def decide_on_arrival(study: Study, settings: Settings, node_db: Database | None
     ----------
     study
         The study row (in the caller's session; the caller commits).
+    ris
+        The ``ris`` settings (``wait_seconds``, ``on_missing_report`` and the matching rules).
     node_db
         The node database, for the embedded report table.
     now
@@ -114,7 +116,7 @@ def decide_on_arrival(study: Study, settings: Settings, node_db: Database | None
     now = naive_utc(now)
     ris_down = False
     try:
-        match, note = _lookup(study, settings, node_db)
+        match, note = _lookup(study, ris, node_db)
     except RisError as exc:
         match, note, ris_down = None, f"RIS unavailable: {exc}", True
     if match is not None:
@@ -126,38 +128,38 @@ def decide_on_arrival(study: Study, settings: Settings, node_db: Database | None
         study.waiting_since = now
     if not waiting:
         moves.append((StudyState.WAITING_REPORT, "waiting for the report" + (f" ({note})" if note else "")))
-    if settings.ris.wait_seconds <= 0 and not ris_down:  # a RIS that is down never ends the wait
-        outcome, move = _deadline(study, settings.ris)
+    if ris.wait_seconds <= 0 and not ris_down:  # a RIS that is down never ends the wait
+        outcome, move = _deadline(study, ris)
         return ReportDecision(outcome, [*moves, move])
     return ReportDecision("waiting", moves)
 
 
-def decide_waiting(study: Study, settings: Settings, node_db: Database | None, now: dt.datetime) -> ReportDecision:
+def decide_waiting(study: Study, ris: RisSettings, node_db: Database | None, now: dt.datetime) -> ReportDecision:
     """A WAITING_REPORT study, looked at again: found, still waiting, RIS down, or past its deadline."""
     now = naive_utc(now)
     if study.waiting_since is None:
         study.waiting_since = now
     try:
-        match, note = _lookup(study, settings, node_db)
+        match, note = _lookup(study, ris, node_db)
     except RisError as exc:
         study.report_note = f"RIS unavailable: {exc}"
         return ReportDecision("ris_down")
     if match is not None:
         return _found(study, match)
     study.report_note = note
-    if now >= study.waiting_since + dt.timedelta(seconds=settings.ris.wait_seconds):
-        outcome, move = _deadline(study, settings.ris)
+    if now >= study.waiting_since + dt.timedelta(seconds=ris.wait_seconds):
+        outcome, move = _deadline(study, ris)
         return ReportDecision(outcome, [move])
     return ReportDecision("waiting")
 
 
-def decide_amendment(study: Study, settings: Settings, node_db: Database | None) -> ReportDecision:
+def decide_amendment(study: Study, ris: RisSettings, node_db: Database | None) -> ReportDecision:
     """A finished study whose matched report may have changed: a new hash → READY (a re-run).
 
     A RIS that is down or an ambiguous match changes nothing.
     """
     try:
-        match, _ = _lookup(study, settings, node_db)
+        match, _ = _lookup(study, ris, node_db)
     except RisError:
         return ReportDecision("ris_down")
     if match is None or match.hash == study.report_hash:

@@ -43,7 +43,7 @@ def test_hl7_report_releases_waiting_study(pg_url, tmp_path):
                 st = s.get(Study, sid)
                 assert st.state == "READY" and st.report_hash
 
-            m = find_report(StudyKey.from_study(st), settings, db)
+            m = find_report(StudyKey.from_study(st), settings.ris, db)
             f = parse_report(m.text)
             assert (f.side, f.lobe, f.size_mm, f.diagnosis, f.negated_sides) == ("left", "superficial", 23.0, "pleomorphic_adenoma", ["right"])
 

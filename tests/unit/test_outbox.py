@@ -43,7 +43,7 @@ def _ds(uid="1.2.3.4.5"):
 
 def test_backoff_is_exponential_and_capped(settings):
     s = settings.model_copy(update={"send": settings.send.model_copy(update={"backoff_base_seconds": 10, "backoff_max_seconds": 100})})
-    assert [backoff_seconds(s, a) for a in range(1, 7)] == [10, 20, 40, 80, 100, 100]
+    assert [backoff_seconds(s.send, a) for a in range(1, 7)] == [10, 20, 40, 80, 100, 100]
 
 
 @pytest.mark.parametrize("status,ok,permanent", [
