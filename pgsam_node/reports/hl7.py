@@ -472,7 +472,7 @@ class Hl7Listener:
         if self._port is None:
             raise Hl7Error("hl7.port is not set")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ssl: ssl.SSLContext | None = None
