@@ -30,7 +30,8 @@ from pgsam_node.logsetup import setup_logging  # noqa: E402
 from pgsam_node.synth.minipacs import MiniPacs  # noqa: E402
 from pgsam_node.synth.dicom_writer import write_study  # noqa: E402
 from pgsam_node.node import Node  # noqa: E402
-from pgsam_node.flow.pipeline import study_summary  # noqa: E402
+from pgsam_node.db import Study  # noqa: E402
+from pgsam_node.flow.summary import study_summaries  # noqa: E402
 
 TCIA = ROOT.parent / "shared" / "data" / "tcia-pgbm"
 
@@ -62,14 +63,15 @@ def run_one(name: str, files: list[Path], study_uid: str, report_csv: Path, work
         t_ack = time.monotonic()
         got = pacs.wait_for(1, timeout=300)
         t_seg = time.monotonic()
-        summary = study_summary(node.db, study_uid)
+        with node.db.session() as s:
+            summary = study_summaries(s, [s.query(Study).filter_by(study_uid=study_uid).one()], detail=True)[0]
     finally:
         node.stop()
         pacs.stop()
     if not got:
-        raise SystemExit(f"{name}: no SEG arrived (state {summary['state']}: {summary['reason']})")
-    ev = {e["to"]: _parse(e["at"]) for e in summary["timeline"]}
-    run = summary["runs"][-1]
+        raise SystemExit(f"{name}: no SEG arrived (state {summary['state']}: {summary['state_reason']})")
+    ev = {e["to_state"]: _parse(e["at"]) for e in summary["timeline"]}
+    run = summary["runs"][0]  # newest first
     stages = dict(run["stage_seconds"])
     total = t_seg - t_ack
     waiting = (ev["STABLE"] - ev["RECEIVING"]).total_seconds() - (t_ack - t0)

@@ -194,13 +194,13 @@ class Hl7Settings(_Section):
     accession_fields: list[str] = Field(default_factory=lambda: ["OBR-18", "OBR-3"])
     #: Largest accepted message (bytes, MLLP frame content); larger frames get AR and a close.
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    #: Seconds of silence on a connection before the listener closes it.
+    #: Seconds a connection may wait for its next message (MLLP start block) before the listener closes it.
     timeout_seconds: float = Field(60.0, gt=0)
     max_connections: int = Field(16, ge=1, le=1024)
     #: Concurrent connections from one host; more are closed at once (a dripping peer cannot take
     #: every slot from the RIS).
     max_connections_per_host: int = Field(4, ge=1, le=1024)
-    #: Progress deadline: once a byte arrives (after the previous ACK), the complete message must follow
+    #: Progress deadline: once a message's start block arrives, the complete message must follow
     #: within this many seconds, however steadily bytes trickle in; else the connection closes.
     message_deadline_seconds: float = Field(30.0, gt=0)
     #: MSH-3 (sending application) of our ACKs.

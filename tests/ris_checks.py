@@ -9,7 +9,7 @@ from pgsam_node.reports.ris import AmbiguousReportError, StudyKey, find_report, 
 
 def check_matching(settings, db) -> None:
     def find(acc, suid, pid, day="20261120"):
-        return find_report(StudyKey(acc, suid, pid, day), settings, db)
+        return find_report(StudyKey(acc, suid, pid, day), settings.ris, db)
 
     m = find("A1", "1.2.840.1.1", "P1")
     assert (m.matched_by, m.status, m.version, m.status_class) == ("accession_number", "C", 3, "amended")
@@ -17,7 +17,7 @@ def check_matching(settings, db) -> None:
     assert len(m.hash) == 64
 
     # Preliminary only: none, with a note; with use_preliminary: the preliminary one.
-    m, note = lookup_report(StudyKey("A2", None, "P2", "20261120"), settings, db)
+    m, note = lookup_report(StudyKey("A2", None, "P2", "20261120"), settings.ris, db)
     assert m is None and "preliminary" in note
     settings.ris.use_preliminary = True
     try:
@@ -38,14 +38,14 @@ def check_matching(settings, db) -> None:
     # Outside the window: nothing.
     assert find(None, None, "P7", "20261120") is None
     # The study has its own accession: a patient report under another accession is another exam.
-    m, note = lookup_report(StudyKey("A5-OTHER", None, "P5", "20261120"), settings, db)
+    m, note = lookup_report(StudyKey("A5-OTHER", None, "P5", "20261120"), settings.ris, db)
     assert m is None and "another accession" in note
     # Two exams of the patient in the window: ambiguous, never guessed.
     with pytest.raises(AmbiguousReportError) as ei:
         find(None, None, "P6", "20261120")
     assert ei.value.candidates == 2 and "ambiguous" in ei.value.note
     # Accession collision with another patient: ignored and noted.
-    m, note = lookup_report(StudyKey("A8", None, "P8", "20261120"), settings, db)
+    m, note = lookup_report(StudyKey("A8", None, "P8", "20261120"), settings.ris, db)
     assert m is None and "another patient" in note
     # Unknown status: not a report of record.
     assert find("A9", None, "P9") is None

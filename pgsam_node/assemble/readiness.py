@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from pgsam_node.config import RisSettings
 from pgsam_node.db import SequenceRole, Series, Study
 
 log = logging.getLogger(__name__)
@@ -77,15 +78,15 @@ def format_missing(missing: list[dict], indent: str = "  ") -> list[str]:
     return lines
 
 
-def report_wait(study: Study, settings) -> str | None:
+def report_wait(study: Study, ris: RisSettings) -> str | None:
     """For a WAITING_REPORT study: when the wait ends and what happens then (None otherwise)."""
     if study.state != "WAITING_REPORT" or study.waiting_since is None:
         return None
     import datetime as dt
 
-    end = study.waiting_since + dt.timedelta(seconds=settings.ris.wait_seconds)
-    then = ("the study FAILS (ris.on_missing_report: fail)" if settings.ris.on_missing_report == "fail"
+    end = study.waiting_since + dt.timedelta(seconds=ris.wait_seconds)
+    then = ("the study FAILS (ris.on_missing_report: fail)" if ris.on_missing_report == "fail"
             else "it runs without report text (ris.on_missing_report: run_without_text)")
     return (f"waiting for the report until {end.isoformat(timespec='seconds')} UTC "
-            f"(ris.wait_seconds={settings.ris.wait_seconds:g}); then {then}; "
+            f"(ris.wait_seconds={ris.wait_seconds:g}); then {then}; "
             f"run now without it: pgsam-node run-now --study UID, or the dashboard's 'Run now without report'")

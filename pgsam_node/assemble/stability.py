@@ -29,16 +29,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Iterable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
-from pgsam_node.db import lifecycle as state
 from pgsam_node.assemble.classify import classify_series, rules_for, shared_exam_values
-from pgsam_node.db.models import Study, StudyState, utcnow
-from pgsam_node.ingest.index import _sqlite_write_lock
+from pgsam_node.db.models import Study, StudyState
 from pgsam_node.logsetup import uid_hash
 
 log = logging.getLogger(__name__)
@@ -221,47 +216,16 @@ def apply_roles(study: Study, settings) -> dict[str, Choice]:
     return choices
 
 
-def mark_stable(db, settings, now: dt.datetime | None = None) -> list[str]:
-    """Move RECEIVING studies quiet for ``assembly.stable_seconds`` to STABLE.
+def settle(study: Study, settings, now: dt.datetime) -> str | None:
+    """Whether a RECEIVING study is complete: no instance for ``assembly.stable_seconds``.
 
-    Parameters
-    ----------
-    db
-        :class:`~pgsam_node.db.Database`.
-    settings
-        Node settings.
-    now
-        Naive UTC "now" (tests); default :func:`~pgsam_node.db.utcnow`.
-
-    Returns
-    -------
-    list of str
-        StudyInstanceUIDs moved to STABLE.
+    When it is, its series are re-classified and one per role selected (:func:`apply_roles`) and the
+    reason for STABLE is returned; None otherwise. The caller holds the study row (and the ingest
+    writer lock) so no instance commits between this check and its state change (``flow.advance``).
     """
-    now = now or utcnow()
-    cutoff = now - dt.timedelta(seconds=settings.assembly.stable_seconds)
-    with db.session() as s:
-        candidates = list(s.scalars(
-            select(Study.id).where(Study.state == StudyState.RECEIVING.value, Study.last_instance_at <= cutoff)
-            .order_by(Study.last_instance_at)
-        ))
-    moved: list[str] = []
-    for study_id in candidates:
-        # SQLite: hold the index's writer lock so no instance commits between check and move.
-        lock = _sqlite_write_lock if db.is_sqlite else nullcontext()
-        with lock, db.transaction() as s:
-            # Re-check under a row lock: an instance may have arrived since the query above.
-            study = s.scalars(
-                select(Study).where(Study.id == study_id).with_for_update()
-                .options(selectinload(Study.series))
-            ).first()
-            if study is None or study.state != StudyState.RECEIVING.value or study.last_instance_at > cutoff:
-                continue
-            choices = apply_roles(study, settings)
-            quiet = (now - study.last_instance_at).total_seconds()
-            roles = ", ".join(f"{r}={'yes' if r in choices else 'missing'}" for r in SEQUENCE_ROLES)
-            state.transition(s, study, StudyState.STABLE,
-                             f"no instance for {quiet:.0f} s (stable_seconds={settings.assembly.stable_seconds:g}); {roles}",
-                             actor="assemble")
-            moved.append(study.study_uid)
-    return moved
+    quiet = (now - study.last_instance_at).total_seconds()
+    if study.state != StudyState.RECEIVING.value or quiet < settings.assembly.stable_seconds:
+        return None
+    choices = apply_roles(study, settings)
+    roles = ", ".join(f"{r}={'yes' if r in choices else 'missing'}" for r in SEQUENCE_ROLES)
+    return f"no instance for {quiet:.0f} s (stable_seconds={settings.assembly.stable_seconds:g}); {roles}"

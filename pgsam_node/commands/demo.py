@@ -72,7 +72,7 @@ def run(args) -> int:
     from pgsam_node.synth.minipacs import MiniPacs
     from pgsam_node.synth.dicom_writer import write_study
     from pgsam_node.node import Node
-    from pgsam_node.flow.pipeline import study_summary
+    from pgsam_node.flow.summary import study_summaries
     from pgsam_node.commands.ris_cmd import import_csv
     from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
     from pgsam_node.encode.preview import write_overlay_png
@@ -131,7 +131,9 @@ def run(args) -> int:
             return 1
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            summary = study_summary(node.db, study.study_uid)
+            with node.db.session() as s:
+                st = s.query(Study).filter_by(study_uid=study.study_uid).one()
+                summary = study_summaries(s, [st], detail=True, settings=settings)[0]
             if summary["state"] == "DONE":
                 break
             time.sleep(0.2)
@@ -146,18 +148,19 @@ def run(args) -> int:
     d = dice(pred, study.mask)
     png = work / "overlay.png"
     write_overlay_png(reference_paths, study.mask, pred, png)
-    run_info = summary["runs"][-1] if summary["runs"] else {}
+    run_info = summary["runs"][0] if summary["runs"] else {}  # newest first
     _say("")
     _say("================ PG-SAM Node demo summary ================")
     _say(f"study state      : {summary['state']}")
     _say("timeline         :")
     for ev in summary["timeline"]:
-        _say(f"  {ev['at']}  {ev['from'] or '':>17} -> {ev['to']:<17} {ev['reason'] or ''}")
+        _say(f"  {ev['at']}  {ev['from_state'] or '':>17} -> {ev['to_state']:<17} {ev['reason'] or ''}")
     _say("sequence roles   :")
     for se in summary["series"]:
-        _say(f"  {se['description'] or '?':<28} {se['role'] or '-':<6} {'(selected)' if se['selected'] else '':<11} {se['reason'] or ''}")
+        _say(f"  {se['description'] or '?':<28} {se['role'] or '-':<6} {'(selected)' if se['role_selected'] else '':<11} "
+             f"{se['role_reason'] or ''}")
     _say("stage seconds    : " + ", ".join(f"{k} {v:.2f}" for k, v in (run_info.get("stage_seconds") or {}).items()))
-    _say(f"model            : {run_info.get('model')}")
+    _say(f"model            : {run_info.get('model_version')}")
     _say(f"report findings  : side={study.findings.side} lobe={study.findings.lobe} size={study.findings.size_mm} mm diagnosis={study.findings.diagnosis}")
     _say(f"last ack -> SEG  : {t_seg - t_acked:.1f} s (assembly.stable_seconds={settings.assembly.stable_seconds})")
     _say(f"Dice vs truth    : {d:.3f}  (predicted {int(pred.sum())} voxels, truth {int(np.asarray(study.mask).sum())})")

@@ -23,13 +23,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from pgsam_node.deliver.outbox import outbox_counts, requeue
+    from pgsam_node.deliver.outbox import outbox_counts
+    from pgsam_node.flow.actions import resend_items
 
     settings = load(args)
     db = open_database(settings)
     try:
         with db.transaction() as s:
-            n = requeue(s, study_uid=args.study, item_id=args.item, dead=args.dead, actor="cli")
+            n = resend_items(s, study_uid=args.study, item_id=args.item, dead=args.dead, actor="cli")
         with db.session() as s:
             counts = outbox_counts(s)
     finally:

@@ -220,7 +220,7 @@ def run_lookup(args) -> int:
     try:
         key = StudyKey(args.accession, args.study_uid, args.patient_id, args.study_date)
         try:
-            match, note = lookup_report(key, settings, db)
+            match, note = lookup_report(key, settings.ris, db)
         except RisError as exc:
             print(f"pgsam-node: RIS unavailable: {exc}", file=sys.stderr)
             return 3

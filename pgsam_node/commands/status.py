@@ -20,46 +20,18 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def collect(db, limit: int = 50, required_roles=("T1", "T2", "T1C"), settings=None) -> list[dict[str, Any]]:
-    """Most recent studies (by last instance) with their series, as plain dicts."""
-    from pgsam_node.assemble.readiness import missing_roles, report_wait
+def collect(db, limit: int = 50, settings=None) -> list[dict[str, Any]]:
+    """The most recent studies (by last instance), each as the one study summary with its parts
+    (:func:`pgsam_node.flow.summary.study_summaries`, ``detail=True``): the keys the REST API's
+    ``GET /studies/{id}`` returns."""
     from pgsam_node.db.models import Study
-    from pgsam_node.deliver.progress import pending_delivery
+    from pgsam_node.flow.summary import study_summaries
 
-    out = []
     with db.session() as s:
         studies = s.scalars(
             select(Study).options(selectinload(Study.series)).order_by(Study.last_instance_at.desc()).limit(limit)
         ).all()
-        delivery = pending_delivery(s, [st.id for st in studies])
-        for st in studies:
-            series = sorted(st.series, key=lambda x: (x.series_number is None, x.series_number or 0, x.series_uid))
-            out.append({
-                "study_uid": st.study_uid,
-                "accession_number": st.accession_number,
-                "state": st.state,
-                "state_reason": st.state_reason,
-                "first_instance_at": st.first_instance_at.isoformat() if st.first_instance_at else None,
-                "last_instance_at": st.last_instance_at.isoformat() if st.last_instance_at else None,
-                "missing_roles": missing_roles(st, required_roles),
-                "delivery": delivery.get(st.id, []),
-                "report_wait": report_wait(st, settings) if settings is not None else None,
-                "series": [
-                    {
-                        "series_uid": se.series_uid,
-                        "series_number": se.series_number,
-                        "description": se.description,
-                        "modality": se.modality,
-                        "sop_class_uid": se.sop_class_uid,
-                        "role": se.role,
-                        "selected": bool(se.role_selected),
-                        "reason": se.role_reason,
-                        "instances": se.instance_count,
-                    }
-                    for se in series
-                ],
-            })
-    return out
+        return study_summaries(s, studies, detail=True, settings=settings)
 
 
 def format_table(studies: list[dict[str, Any]]) -> str:
@@ -83,8 +55,8 @@ def format_table(studies: list[dict[str, Any]]) -> str:
         lines.append(f"  {'#':>6}  {'role':<5} {'sel':<3} {'inst':>5}  {'description':<28} reason")
         for se in st["series"]:
             sn = "" if se["series_number"] is None else str(se["series_number"])
-            lines.append(f"  {sn:>6}  {se['role'] or '-':<5} {'*' if se['selected'] else '':<3} {se['instances']:>5}"
-                         f"  {(se['description'] or '')[:28]:<28} {se['reason'] or ''}")
+            lines.append(f"  {sn:>6}  {se['role'] or '-':<5} {'*' if se['role_selected'] else '':<3} {se['instance_count']:>5}"
+                         f"  {(se['description'] or '')[:28]:<28} {se['role_reason'] or ''}")
     return "\n".join(lines)
 
 
@@ -102,7 +74,7 @@ def run(args) -> int:
     settings = load(args)
     db = open_database(settings)
     try:
-        studies = collect(db, args.limit, settings.assembly.required_roles, settings)
+        studies = collect(db, args.limit, settings)
         node_switches = _switches(db)
     finally:
         db.dispose()

@@ -86,6 +86,9 @@ class Study(Base):
     #: Matched report (reports.id in the embedded table, or the RIS key as text) and its hash.
     report_ref: Mapped[str | None] = mapped_column(String(128))
     report_hash: Mapped[str | None] = mapped_column(String(64))
+    #: The matched report's text, exactly as the wait step matched it (patient data: never logged):
+    #: the run reads it here instead of searching the RIS again. Set and cleared with ``report_ref``.
+    report_text: Mapped[str | None] = mapped_column(Text)
     report_note: Mapped[str | None] = mapped_column(Text)
     #: Geometry / assembly warnings recorded on the study (list of {code, message}).
     notes: Mapped[list[Any]] = mapped_column(JSON, default=list)

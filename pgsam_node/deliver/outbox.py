@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from pgsam_node.config import Destination, Settings
+from pgsam_node.config import Destination, SendSettings, Settings
 from pgsam_node.db.models import AuditLog, Metric, OutboxItem, OutboxState, utcnow
 from pgsam_node.db import switches
 from pgsam_node.db.session import Database
@@ -40,9 +40,10 @@ METRIC_DEAD = "outbox_dead_total"
 METRIC_WARNING = "outbox_stored_with_warning_total"
 
 
-def backoff_seconds(settings: Settings, attempts: int) -> float:
-    """Delay before the next try after ``attempts`` failed tries: ``min(base * 2**(attempts-1), max)``."""
-    base, cap = settings.send.backoff_base_seconds, settings.send.backoff_max_seconds
+def backoff_seconds(send: SendSettings, attempts: int) -> float:
+    """Delay before the next try after ``attempts`` failed tries: ``min(base * 2**(attempts-1), max)``
+    (``send.backoff_base_seconds``, ``send.backoff_max_seconds``)."""
+    base, cap = send.backoff_base_seconds, send.backoff_max_seconds
     return float(min(base * (2 ** max(0, attempts - 1)), cap))
 
 
@@ -101,6 +102,14 @@ def enqueue(
     return items
 
 
+def write_outputs(settings: Settings, study_uid: str, datasets: Sequence[Dataset]) -> list[str]:
+    """:func:`write_output` for each dataset, in order; the paths relative to the storage root.
+
+    No database work: a run writes its files before it opens the transaction that queues them.
+    """
+    return [write_output(settings, ds, study_uid) for ds in datasets]
+
+
 def queue_outputs(
     session: Session,
     settings: Settings,
@@ -109,17 +118,24 @@ def queue_outputs(
     run_id: int | None,
     datasets: Sequence[Dataset],
     now: dt.datetime | None = None,
+    paths: Sequence[str] | None = None,
 ) -> list[OutboxItem]:
-    """Write each output (atomically, under ``outputs/``) and queue it for every configured
-    destination. Returns the outbox rows (empty when no destination is configured: nothing to
-    deliver, logged at WARNING). The caller commits; writing before the commit means a crash
-    leaves at most an orphan file, never a row without its file.
+    """Queue each output for every configured destination, its file already in place.
+
+    ``paths`` are the files :func:`write_outputs` wrote for ``datasets`` (the pipeline writes them
+    before its transaction, so no row lock waits on disk); without ``paths`` the files are written
+    here. Either way each file is renamed into place before the caller commits the rows: a crash
+    leaves at most an orphan file, never a row without its file. Returns the outbox rows (empty when
+    no destination is configured: nothing to deliver, logged at WARNING). The caller commits.
     """
+    if paths is None:
+        paths = write_outputs(settings, study_uid, datasets)
+    if len(paths) != len(datasets):
+        raise ValueError(f"{len(datasets)} dataset(s) but {len(paths)} path(s)")
     if not settings.destinations:
         log.warning("no destinations configured: %d output(s) written but not queued", len(datasets))
     items: list[OutboxItem] = []
-    for ds in datasets:
-        rel = write_output(settings, ds, study_uid)
+    for ds, rel in zip(datasets, paths):
         items.extend(enqueue(session, study_id, run_id, rel, ds, settings.destinations, now=now))
     return items
 
@@ -200,7 +216,7 @@ def _finish(s: Session, settings: Settings, item: OutboxItem, outcome: StoreOutc
                   extra={"sop": uid_hash(item.sop_instance_uid), "permanent": bool(outcome.permanent)})
         return
     item.state = PENDING
-    delay = backoff_seconds(settings, item.attempts)
+    delay = backoff_seconds(settings.send, item.attempts)
     item.next_attempt_at = now + dt.timedelta(seconds=delay)
     summary["retry"] += 1
     bump_metric(s, METRIC_RETRY)
@@ -316,15 +332,14 @@ def requeue(
     dead: bool = False,
     actor: str = "cli",
     now: dt.datetime | None = None,
-) -> int:
+) -> list[OutboxItem]:
     """Put items back to PENDING with attempts reset (operator action, audited).
 
     ``item_id``: that item; ``study_uid``: every item of that study not in flight; ``dead``: every
-    DEAD item. Studies of re-queued items that had ended (DONE, FAILED) go back to SENDING, so the
-    outbox job closes them again. Returns the number re-queued. The caller commits.
+    DEAD item. Returns the items re-queued (an item being sent is left alone); what becomes of
+    their studies is ``flow.actions.resend_items``'s decision. The caller commits.
     """
-    from pgsam_node.db.models import Study, StudyState
-    from pgsam_node.db.lifecycle import transition
+    from pgsam_node.db.models import Study
 
     q = select(OutboxItem)
     if item_id is not None:
@@ -332,7 +347,7 @@ def requeue(
     elif study_uid is not None:
         sid = session.scalar(select(Study.id).where(Study.study_uid == study_uid))
         if sid is None:
-            return 0
+            return []
         q = q.where(OutboxItem.study_id == sid)
     elif dead:
         q = q.where(OutboxItem.state == DEAD)
@@ -340,12 +355,8 @@ def requeue(
         raise ValueError("requeue needs study_uid, item_id or dead=True")
     items = list(session.scalars(q).all())
     n = reset_items(session, items, now)
-    for sid in {it.study_id for it in items if it.study_id is not None and it.state == PENDING}:
-        study = session.get(Study, sid)
-        if study is not None and study.state in (StudyState.DONE.value, StudyState.FAILED.value):
-            transition(session, study, StudyState.SENDING, f"resend by {actor}", actor=actor, force=True)
     detail: dict[str, Any] = {"count": n}
     target = f"item:{item_id}" if item_id is not None else (f"study:{uid_hash(study_uid)}" if study_uid else "dead")
     session.add(AuditLog(actor=actor, action="outbox.requeue", target=target, detail=detail))
     log.info("outbox: re-queued %d item(s) (%s)", n, target)
-    return n
+    return [it for it in items if it.state == PENDING]

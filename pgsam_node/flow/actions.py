@@ -18,6 +18,7 @@ from pgsam_node.errors import PipelineError
 from pgsam_node.flow.retention import is_purged
 from pgsam_node.flow.worker import release
 from pgsam_node.logsetup import uid_hash
+from pgsam_node.reports.wait import detach_report
 from pgsam_node.db.lifecycle import transition
 
 log = logging.getLogger(__name__)
@@ -154,12 +155,33 @@ def run_now(session: Session, study: Study, actor: str, remote_addr: str | None 
     frm = study.state
     if frm != S.WAITING_REPORT.value:
         raise ActionError(f"study is {frm}: only a study waiting for its report can run now without it")
-    study.report_ref = None
-    study.report_hash = None
+    detach_report(study)
     study.waiting_since = None
     transition(session, study, S.READY, f"run now without report by {actor}", actor=actor)
     _audit(session, actor, "run_now", study, {"from": frm, "to": study.state}, remote_addr)
     return ActionResult("run_now", study.id, frm, study.state, "queued to run without report text")
+
+
+def resend_items(
+    session: Session,
+    *,
+    study_uid: str | None = None,
+    item_id: int | None = None,
+    dead: bool = False,
+    actor: str = "cli",
+) -> int:
+    """``pgsam-node resend``: outbox items back to the queue (:func:`pgsam_node.deliver.outbox.requeue`,
+    audited); studies of re-queued items that had ended (DONE, FAILED) go back to SENDING, so the
+    outbox step closes them again. Returns the number re-queued. The caller commits.
+    """
+    from pgsam_node.deliver.outbox import requeue
+
+    items = requeue(session, study_uid=study_uid, item_id=item_id, dead=dead, actor=actor)
+    for sid in {it.study_id for it in items if it.study_id is not None}:
+        study = session.get(Study, sid)
+        if study is not None and study.state in (S.DONE.value, S.FAILED.value):
+            transition(session, study, S.SENDING, f"resend by {actor}", actor=actor, force=True)
+    return len(items)
 
 
 ACTIONS = {"retry": retry, "reprocess": reprocess, "resend": resend, "run_now": run_now}

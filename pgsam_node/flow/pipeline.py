@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from pgsam_node.config import Settings
-from pgsam_node.db import Database, Instance, OutboxItem, OutboxState, Run, Series, Study, StudyState, utcnow
+from pgsam_node.db import Database, Instance, OutboxItem, OutboxState, Run, Study, StudyState, utcnow
 from pgsam_node.errors import GeometryError, InferenceError, NodeError, PipelineError, RisError
 from pgsam_node.findings import Findings
 from pgsam_node.logsetup import uid_hash
@@ -88,24 +87,6 @@ def idempotency_key(study_uid: str, input_uids: list[str], report_hash: str | No
     return h.hexdigest()
 
 
-def _report_text(settings: Settings, db: Database, study: Study) -> str | None:
-    """The matched report's text (embedded table by id, else the RIS again)."""
-    from pgsam_node.db import Report
-
-    if not study.report_ref:
-        return None
-    if study.report_ref.startswith("reports:"):
-        with db.session() as s:
-            rep = s.get(Report, int(study.report_ref.split(":", 1)[1]))
-            return rep.report_text if rep else None
-    from pgsam_node.reports.ris import StudyKey, find_report
-
-    match = find_report(
-        StudyKey(study.accession_number, study.study_uid, study.patient_id, study.study_date), settings, db
-    )
-    return match.text if match else None
-
-
 def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInputs:
     from pgsam_node.reports.parse import parse_report
 
@@ -120,7 +101,8 @@ def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInput
             insts = s.scalars(select(Instance).where(Instance.series_id == se.id)).all()
             paths_by_role[role] = [settings.storage_root / i.path for i in insts]
             input_uids += [i.sop_instance_uid for i in insts]
-        text = _report_text(settings, db, study)
+        # The report the wait step matched travels on the study row (reports.wait): no second RIS search.
+        text = study.report_text if study.report_ref else None
         return StudyInputs(
             study_id=study.id,
             study_uid=study.study_uid,
@@ -240,7 +222,7 @@ class Pipeline:
         from pgsam_node.encode import algorithm_info, build_outputs, segment_codes_for
         from pgsam_node.encode.common import segment_label_for, sends_nothing, with_segment_label
         from pgsam_node.geometry.study import build_study_volumes
-        from pgsam_node.deliver.outbox import enqueue, write_output
+        from pgsam_node.deliver.outbox import queue_outputs, write_outputs
 
         st = self.settings
         timings: dict[str, float] = {}
@@ -314,7 +296,8 @@ class Pipeline:
         timings["encode"] = time.monotonic() - t
         self._check(claim, heartbeat, deadline)
 
-        rel_paths = [write_output(st, ds, inputs.study_uid) for ds in datasets]
+        # Files renamed into place (fsync) before the transaction that queues them commits.
+        rel_paths = write_outputs(st, inputs.study_uid, datasets)
 
         with self.db.transaction() as s:
             study = s.get(Study, claim.study_id)
@@ -327,9 +310,8 @@ class Pipeline:
             study.notes = _merge_notes(study.notes, notes)
             release(s, study)
             transition(s, study, StudyState.ENCODED, f"{len(datasets)} object(s) encoded", actor=claim.worker_id)
+            queue_outputs(s, st, study.id, inputs.study_uid, run.id, datasets, paths=rel_paths)
             if st.destinations:
-                for ds, rel in zip(datasets, rel_paths):
-                    enqueue(s, study.id, run.id, rel, ds, st.destinations)
                 transition(s, study, StudyState.SENDING, f"queued for {', '.join(d.name for d in st.destinations)}", actor=claim.worker_id)
             else:
                 transition(s, study, StudyState.DONE, "no destinations configured; outputs kept locally", actor=claim.worker_id)
@@ -386,34 +368,3 @@ def finish_sent(db: Database, now: dt.datetime | None = None) -> list[str]:
                 dead = [i for i in items if i.state == OutboxState.DEAD.value]
                 transition(s, study, StudyState.FAILED, f"delivery failed permanently to {dead[0].destination}: {dead[0].last_error}")
     return done
-
-
-def study_summary(db: Database, study_uid: str) -> dict:
-    """States timeline, stage timings and run metrics of a study (for the demo and the CLI)."""
-    with db.session() as s:
-        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
-        if study is None:
-            raise PipelineError("unknown study", reason="unknown_study")
-        runs = s.scalars(select(Run).where(Run.study_id == study.id).order_by(Run.id)).all()
-        series = s.scalars(select(Series).where(Series.study_id == study.id)).all()
-        return {
-            "state": study.state,
-            "reason": study.state_reason,
-            "timeline": [
-                {"at": e.at.isoformat(timespec="milliseconds"), "from": e.from_state, "to": e.to_state, "reason": e.reason}
-                for e in study.events
-            ],
-            "series": [
-                {"description": se.description, "role": se.role, "selected": se.role_selected, "reason": se.role_reason, "instances": se.instance_count}
-                for se in series
-            ],
-            "runs": [
-                {"version": r.version, "status": r.status, "model": r.model_version,
-                 "stage_seconds": r.stage_seconds, "metrics": r.metrics, "outputs": r.output_paths}
-                for r in runs
-            ],
-        }
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)

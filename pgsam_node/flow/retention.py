@@ -172,6 +172,7 @@ def cleanup(db, settings, now: dt.datetime | None = None, dry_run: bool = False)
             note = {"code": PURGED_NOTE, "message": f"files deleted after {settings.retention.days:g} days",
                     "at": now.isoformat()}
             study.notes = [*(study.notes or []), note]
+            study.report_text = None  # the run's copy of the report goes with the files (its source keeps it)
             s.add(AuditLog(actor="retention", action="retention.purge", target=f"study:{sid}",
                            detail={"state": study.state, "instances": len(instances)}))
             log.info("retention: purged files of study %s", uid_hash(study.study_uid),

@@ -14,7 +14,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from pgsam_node.assemble.stability import mark_stable
+from pgsam_node.flow.advance import mark_stable
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ the worker both come from this table, so the order of the stages is written down
 ============================  ==========  ==============================================================
 states                        step        handler
 ============================  ==========  ==============================================================
-RECEIVING                     assembly    ``assemble.stability.mark_stable`` (quiet for stable_seconds)
+RECEIVING                     assembly    ``flow.advance.mark_stable`` (quiet for stable_seconds)
 STABLE, WAITING_SEQUENCES     advance     ``flow.advance.advance_stable`` (roles present? report found?)
-WAITING_REPORT, DONE          reports     ``reports.wait.check_waiting`` / ``check_amendments``
+WAITING_REPORT, DONE          reports     ``flow.advance.check_waiting`` / ``check_amendments``
 READY                         run         ``flow.pipeline.Pipeline.process`` (the worker, leased claim)
 RUNNING                       leases      ``flow.worker.requeue_expired`` (lease expired → READY)
 ENCODED, SENDING              outbox      ``deliver.outbox.process_due`` + ``flow.pipeline.finish_sent``
@@ -60,7 +60,7 @@ def _advance(db: Database, settings: Settings) -> bool:
 
 
 def _reports(db: Database, settings: Settings) -> bool:
-    from pgsam_node.reports.wait import check_amendments, check_waiting
+    from pgsam_node.flow.advance import check_amendments, check_waiting
 
     now = utcnow()
     check_waiting(db, settings, now)

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -246,6 +247,12 @@ class IndexResult:
 
 #: SQLite has one writer: serialise our writes in-process rather than spin on busy errors.
 _sqlite_write_lock = threading.Lock()
+
+
+def write_lock(db) -> AbstractContextManager:
+    """The lock under which no instance is indexed (SQLite; PostgreSQL relies on row locks): held
+    by the assembly step between its stability check and the study's state change."""
+    return _sqlite_write_lock if db.is_sqlite else nullcontext()
 
 
 def index_instance(

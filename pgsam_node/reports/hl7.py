@@ -33,15 +33,20 @@ import datetime as dt
 import ipaddress
 import logging
 import re
+import asyncio
 import socket
-import socketserver
 import ssl
 import threading
-import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pgsam_node.config import Settings
+import hl7
+import hl7.util
+from hl7.mllp import HL7StreamReader, HL7StreamWriter, start_hl7_server
+from hl7.mllp.streams import CARRIAGE_RETURN as CR, END_BLOCK as FS, START_BLOCK as VT
+
+from pgsam_node.config import Hl7Settings, Settings
 from pgsam_node.db.session import Database
 from pgsam_node.errors import Hl7Error, ReportError
 from pgsam_node.logsetup import uid_hash
@@ -50,8 +55,6 @@ from pgsam_node.reports.store import IncomingReport, StoreResult, store_report
 from pgsam_node.reports.ris import parse_date, parse_datetime
 
 log = logging.getLogger(__name__)
-
-VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 
 #: MSH-18 character sets we decode (HL7 table 0211).
 _CHARSETS = {
@@ -73,6 +76,8 @@ _CHARSETS = {
 }
 _TEXT_TYPES = {"FT", "TX", "ST", "CF", ""}
 STUDY_UID_CODE = "113014"
+#: The MSH an ACK is built from when the message could not be parsed at all.
+_BLANK = "MSH|^~\\&|"
 
 
 class Hl7Reject(Hl7Error):
@@ -86,131 +91,111 @@ class Hl7Reject(Hl7Error):
 
 
 # ---------------------------------------------------------------------------------------------
-# Parsing
+# Parsing (python-hl7)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Encoding:
-    field: str = "|"
-    component: str = "^"
-    repetition: str = "~"
-    escape: str = "\\"
-    subcomponent: str = "&"
+#: Escape sequences (HL7 v2.5 2.7) python-hl7 does not map the way a report needs: highlighting
+#: carries no text, a line break is a newline (python-hl7 maps it to a segment separator, CR).
+_ESCAPE_MAP = {
+    "H": "", "N": "",
+    ".br": "\n", ".BR": "\n", ".sp": "\n", ".SP": "\n", ".ce": "", ".CE": "",
+    ".fi": "", ".nf": "", ".in": "", ".ti": "", ".sk": "",
+}
+
+
+class _WithholdFieldContents(logging.Filter):
+    """python-hl7 logs the whole field when it cannot decode an escape sequence; a report field
+    is report text or a patient identifier, so keep the event and withhold the field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = "python-hl7 could not decode an HL7 escape sequence (field contents withheld)"
+        record.args = ()
+        record.exc_info = record.exc_text = record.stack_info = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+hl7.util.logger.addFilter(_WithholdFieldContents())
 
 
 class Message:
-    """A parsed HL7 v2 message: segments as lists of raw (still escaped) fields."""
+    """One HL7 v2 message parsed by python-hl7 (``hl7.parse``), after the checks the intake needs.
+
+    ``segments`` pairs each segment's name with its :class:`hl7.Segment`; in a segment ``seg[n]``
+    is field n (MSH-n for the MSH segment, as in python-hl7).
+    """
 
     def __init__(self, text: str):
         text = text.strip("\r\n\x0b\x1c")
         segs = [s for s in re.split(r"\r\n|\r|\n", text) if s.strip()]
         if not segs or not segs[0].startswith("MSH") or len(segs[0]) < 8:
             raise Hl7Reject("message does not start with an MSH segment", "AE", "100^Segment sequence error", "MSH")
-        msh = segs[0]
-        fs = msh[3]
-        enc = msh[4:8]
-        if fs.isalnum() or len(set(enc + fs)) < 5:
+        fs, enc = segs[0][3], segs[0][4:8]
+        if len(set(enc + fs)) < 5 or not all(c.isprintable() and not c.isalnum() and not c.isspace() for c in enc + fs):
             raise Hl7Reject("invalid MSH-1/MSH-2 encoding characters", "AE", "102^Data type error", "MSH-2")
-        self.enc = Encoding(fs, enc[0], enc[1], enc[2], enc[3])
-        self.segments: list[tuple[str, list[str]]] = []
-        for seg in segs:
-            parts = seg.split(fs)
-            name = parts[0]
-            if not re.fullmatch(r"[A-Z][A-Z0-9]{2}", name):
-                # Never echo the bytes: a broken segment separator puts patient data here.
-                raise Hl7Reject("invalid segment name", "AE", "100^Segment sequence error")
-            if name == "MSH":
-                # MSH-1 is the field separator itself: shift so that fields[n] is MSH-n.
-                fields = ["MSH", fs] + parts[1:]
-            else:
-                fields = parts
-            self.segments.append((name, fields))
+        names = [seg.split(fs, 1)[0] for seg in segs]
+        if not all(re.fullmatch(r"[A-Z][A-Z0-9]{2}", name) for name in names):
+            # Never echo the bytes: a broken segment separator puts patient data here.
+            raise Hl7Reject("invalid segment name", "AE", "100^Segment sequence error")
+        if fs not in segs[0][4:]:
+            segs[0] += fs  # MSH-2 alone: python-hl7 reads the encoding characters up to the next separator
+        try:
+            self.hl7 = hl7.parse("\r".join(segs))
+        except (hl7.HL7Exception, ValueError, IndexError):
+            raise Hl7Reject("message could not be parsed", "AE", "102^Data type error") from None
+        self.segments: list[tuple[str, hl7.Segment]] = list(zip(names, self.hl7))
 
-    def all(self, name: str) -> list[list[str]]:
-        return [f for n, f in self.segments if n == name]
+    def all(self, name: str) -> list[hl7.Segment]:
+        return [seg for n, seg in self.segments if n == name]
 
-    def first(self, name: str) -> list[str] | None:
-        seg = self.all(name)
-        return seg[0] if seg else None
+    def first(self, name: str) -> hl7.Segment | None:
+        segs = self.all(name)
+        return segs[0] if segs else None
 
-    def field(self, seg: list[str] | None, n: int) -> str:
-        if seg is None or n >= len(seg):
+    def get(self, seg: hl7.Segment | None, field: int, component: int = 1, rep: int = 1) -> str:
+        """Component ``component`` (1-based) of repetition ``rep`` of field ``field``, first
+        subcomponent, unescaped and stripped; "" where the message has no such part."""
+        if seg is None:
             return ""
-        return seg[n]
-
-    def component(self, value: str, n: int = 1, rep: int = 0) -> str:
-        """Component ``n`` (1-based) of repetition ``rep``, unescaped."""
-        reps = value.split(self.enc.repetition) if value else [""]
-        if rep >= len(reps):
+        try:
+            value = seg.extract_field(field_num=field, repeat_num=rep, component_num=component)
+        except IndexError:
             return ""
-        comps = reps[rep].split(self.enc.component)
-        if n > len(comps):
-            return ""
-        return self.unescape(comps[n - 1].split(self.enc.subcomponent)[0]).strip()
+        except ValueError:
+            raise Hl7Reject("undecodable escape sequence", "AE", "102^Data type error") from None
+        return str(value).strip()
 
-    def get(self, path: str) -> str:
-        """``"OBR-18"`` → first component of that field of the first such segment, unescaped."""
-        name, _, num = path.partition("-")
-        return self.component(self.field(self.first(name), int(num)))
+    def raw(self, seg: hl7.Segment | None, field: int) -> str:
+        """Field ``field`` as sent (still escaped); "" when absent."""
+        return str(seg[field]) if seg is not None and field < len(seg) else ""
 
-    def unescape(self, s: str) -> str:
-        """Decode HL7 escape sequences (HL7 v2.5 2.7.4): \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\.br\\ \\Xhh\\."""
-        e = self.enc.escape
-        if e not in s:
-            return s
-        out: list[str] = []
-        i = 0
-        while i < len(s):
-            c = s[i]
-            if c != e:
-                out.append(c)
-                i += 1
-                continue
-            j = s.find(e, i + 1)
-            if j < 0:
-                out.append(s[i:])
-                break
-            seq = s[i + 1 : j]
-            i = j + 1
-            up = seq.upper()
-            if up == "F":
-                out.append(self.enc.field)
-            elif up == "S":
-                out.append(self.enc.component)
-            elif up == "T":
-                out.append(self.enc.subcomponent)
-            elif up == "R":
-                out.append(self.enc.repetition)
-            elif up == "E":
-                out.append(e)
-            elif up in (".BR", ".SP"):
-                out.append("\n")
-            elif up.startswith("X") and re.fullmatch(r"X([0-9A-F]{2})+", up):
-                raw = bytes.fromhex(seq[1:])
-                try:
-                    out.append(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    out.append(raw.decode("latin-1"))
-            elif up in ("H", "N") or up.startswith((".IN", ".TI", ".CE", ".SK", ".FI", ".NF", "C", "M", "Z")):
-                continue  # highlighting / formatting / charset switch: no text of its own
-            else:
-                out.append(e + seq + e)
-        return "".join(out)
+    def unescape(self, value: str) -> str:
+        """Decode HL7 escape sequences (HL7 v2.5 2.7.4) with python-hl7: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\,
+        \\.br\\ as a newline, \\Xhh\\ hex data (each byte one ISO 8859-1 character), highlighting dropped."""
+        try:
+            return str(self.hl7.unescape(value, _ESCAPE_MAP))
+        except ValueError:
+            raise Hl7Reject("undecodable escape sequence", "AE", "102^Data type error") from None
 
-    def text_lines(self, value: str) -> list[str]:
+    def text_lines(self, seg: hl7.Segment | None, field: int) -> list[str]:
         """All repetitions of a text field (OBX-5 of FT/TX), unescaped."""
-        return [self.unescape(r) for r in value.split(self.enc.repetition)]
+        if seg is None or field >= len(seg):
+            return [""]
+        return [self.unescape(str(rep)) for rep in seg[field]]
+
+    def escape(self, value: str) -> str:
+        """Escape our own free text for an ACK (python-hl7), on one line."""
+        return str(self.hl7.escape("".join(c if c.isprintable() else " " for c in value)))
 
 
 def decode_bytes(data: bytes) -> str:
     """Decode a message using its MSH-18 character set (UTF-8 when absent)."""
-    head = data[:1024].decode("latin-1")
+    head = re.split(r"[\r\n]", data[:1024].decode("latin-1"), maxsplit=1)[0]
     charset = ""
-    first = re.split(r"[\r\n]", head, maxsplit=1)[0]
-    if first.startswith("MSH") and len(first) > 3:
-        parts = first.split(first[3])
-        # parts[k] is MSH-(k+1); MSH-18 is parts[17].
-        if len(parts) > 17:
-            charset = parts[17].split(first[4:5] or "^")[0].strip().upper()
+    if head.startswith("MSH") and len(head) > 8 and head[3] in head[8:]:
+        try:
+            charset = hl7.parse(head).segment("MSH").extract_field(field_num=18).strip().upper()
+        except (hl7.HL7Exception, ValueError, IndexError):
+            charset = ""
     codec = _CHARSETS.get(charset)
     if codec is None:
         raise Hl7Reject(f"unsupported character set MSH-18 {charset!r}", "AE", "102^Data type error", "MSH-18")
@@ -245,9 +230,8 @@ def parse_oru(msg: Message, accession_fields: list[str], max_groups: int | None 
         refused: nothing of it is stored).
     """
     msh = msg.first("MSH")
-    mtype = msg.field(msh, 9)
-    typ, trig = msg.component(mtype, 1), msg.component(mtype, 2)
-    control = msg.component(msg.field(msh, 10))
+    typ, trig = msg.get(msh, 9, 1), msg.get(msh, 9, 2)
+    control = msg.get(msh, 10)
     if not typ:
         raise Hl7Reject("MSH-9 message type is missing", "AE", "101^Required field missing", "MSH-9")
     if (typ, trig) != ("ORU", "R01"):
@@ -257,19 +241,18 @@ def parse_oru(msg: Message, accession_fields: list[str], max_groups: int | None 
     pid = msg.first("PID")
     if pid is None:
         raise Hl7Reject("PID segment is missing", "AE", "100^Segment sequence error", "PID")
-    patient_id = msg.component(msg.field(pid, 3))
+    patient_id = msg.get(pid, 3)
     if not patient_id:
         raise Hl7Reject("PID-3 patient ID is missing", "AE", "101^Required field missing", "PID-3")
-    zds = msg.first("ZDS")
-    zds_uid = msg.component(msg.field(zds, 1)) if zds is not None else ""
+    zds_uid = msg.get(msg.first("ZDS"), 1)
 
     # ORDER_OBSERVATION groups (HL7 v2.5 7.3.1): an OBR and the OBX segments that follow it.
-    groups: list[tuple[list[str], list[list[str]]]] = []
-    for name, fields in msg.segments:
+    groups: list[tuple[hl7.Segment, list[hl7.Segment]]] = []
+    for name, seg in msg.segments:
         if name == "OBR":
-            groups.append((fields, []))
+            groups.append((seg, []))
         elif name == "OBX" and groups:
-            groups[-1][1].append(fields)
+            groups[-1][1].append(seg)
     if not groups:
         raise Hl7Reject("OBR segment is missing", "AE", "100^Segment sequence error", "OBR")
     if max_groups is not None and len(groups) > max_groups:
@@ -280,15 +263,14 @@ def parse_oru(msg: Message, accession_fields: list[str], max_groups: int | None 
 
 
 def _group_report(
-    msg: Message, obr: list[str], obxs: list[list[str]], patient_id: str, zds_uid: str, accession_fields: list[str]
+    msg: Message, obr: hl7.Segment, obxs: list[hl7.Segment], patient_id: str, zds_uid: str, accession_fields: list[str]
 ) -> IncomingReport:
-    placer = msg.component(msg.field(obr, 2))
-    filler = msg.component(msg.field(obr, 3))
+    placer = msg.get(obr, 2)
+    filler = msg.get(obr, 3)
     accession = ""
     for path in accession_fields:
         name, _, num = path.partition("-")
-        seg = obr if name == "OBR" else msg.first(name)
-        accession = msg.component(msg.field(seg, int(num)))
+        accession = msg.get(obr if name == "OBR" else msg.first(name), int(num))
         if accession:
             break
     # Text and StudyInstanceUID from OBX; OBX-11 as the status when OBR-25 is empty.
@@ -296,34 +278,31 @@ def _group_report(
     study_uid = ""
     obx_status = ""
     for obx in obxs:
-        vtype = msg.component(msg.field(obx, 2)).upper()
-        ident = msg.field(obx, 3)
-        code = msg.component(ident, 1)
-        value = msg.field(obx, 5)
-        if code == STUDY_UID_CODE or "study instance uid" in msg.component(ident, 2).lower():
-            study_uid = msg.component(value)
+        vtype = msg.get(obx, 2).upper()
+        if msg.get(obx, 3, 1) == STUDY_UID_CODE or "study instance uid" in msg.get(obx, 3, 2).lower():
+            study_uid = msg.get(obx, 5)
             continue
         if vtype not in _TEXT_TYPES:
             continue
-        lines.extend(msg.text_lines(value))
-        obx_status = obx_status or msg.component(msg.field(obx, 11))
+        lines.extend(msg.text_lines(obx, 5))
+        obx_status = obx_status or msg.get(obx, 11)
     study_uid = study_uid or zds_uid
     if study_uid and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", study_uid):
         raise Hl7Reject("StudyInstanceUID (OBX 113014 / ZDS-1) is not a valid UID", "AE", "102^Data type error", "OBX-5")
     text = "\n".join(lines).strip("\n")
     if not text.strip():
         raise Hl7Reject("no report text (OBX-5 of an FT/TX/ST OBX)", "AE", "101^Required field missing", "OBX-5")
-    status = (msg.component(msg.field(obr, 25)) or obx_status).upper()
+    status = (msg.get(obr, 25) or obx_status).upper()
     if not status:
         raise Hl7Reject("result status is missing (OBR-25 or OBX-11)", "AE", "101^Required field missing", "OBR-25")
     if not (accession or filler or placer or study_uid):
         raise Hl7Reject("no accession number, order number or StudyInstanceUID", "AE", "101^Required field missing", "OBR-3")
     rtime = None
-    for raw in (msg.field(obr, 22), msg.field(obr, 7), msg.field(msg.first("MSH"), 7)):
-        rtime = parse_datetime(msg.component(raw))
+    for seg, n in ((obr, 22), (obr, 7), (msg.first("MSH"), 7)):
+        rtime = parse_datetime(msg.get(seg, n))
         if rtime:
             break
-    sdate = parse_date(msg.component(msg.field(obr, 7)))
+    sdate = parse_date(msg.get(obr, 7))
     return IncomingReport(
         status=status,
         report_text=text,
@@ -337,54 +316,79 @@ def _group_report(
 
 
 def build_ack(msg: Message | None, code: str, application: str, text: str = "", err: str = "", location: str = "") -> bytes:
-    """An ACK (MSA-1 ``code``) for ``msg``; with ERR when ``code`` is not AA."""
-    enc = msg.enc if msg else Encoding()
-    fs, cs = enc.field, enc.component
-    msh = msg.first("MSH") if msg else None
+    """An ACK (MSA-1 ``code``) for ``msg``, built with python-hl7 in ``msg``'s encoding characters;
+    with ERR when ``code`` is not AA.
 
-    def f(n: int) -> str:
-        return msg.field(msh, n) if msg else ""
+    Only MSH-3/4/10/11/12, a well-formed MSH-9 trigger event and our own (escaped) reason are echoed:
+    never a patient field or report text.
+    """
+    try:
+        return _ack(msg or Message(_BLANK), code, application, text, err, location)
+    except Exception as exc:  # noqa: BLE001 - an ACK must always come out: in the default encoding then
+        log.warning("HL7: ACK in the message's encoding characters failed (%s)", type(exc).__name__)
+        return _ack(Message(_BLANK), code, application, text, err, location)
 
-    def esc(s: str) -> str:
-        # Escape our own free text (PS: HL7 v2.5 2.7.4) so a reason cannot break the message.
-        out = s.replace(enc.escape, f"{enc.escape}E{enc.escape}")
-        for ch, tag in ((fs, "F"), (cs, "S"), (enc.repetition, "R"), (enc.subcomponent, "T")):
-            out = out.replace(ch, f"{enc.escape}{tag}{enc.escape}")
-        return out.replace("\r", " ").replace("\n", " ")
 
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S")
-    control = msg.component(f(10)) if msg else ""
-    version = f(12) or "2.5"
-    trig = msg.component(f(9), 2) if msg else ""
+def _ack(msg: Message, code: str, application: str, text: str, err: str, location: str) -> bytes:
+    src = msg.first("MSH")
+    fs, enc = msg.raw(src, 1), msg.raw(src, 2)[:4]
+    ack = hl7.parse(f"MSH{fs}{enc}{fs}\rMSA{fs}" + (f"\rERR{fs}" if code != "AA" else ""))
+    msh, msa = ack.segment("MSH"), ack.segment("MSA")
+    trig, control = _echo(msg, src, 9, 2), _echo(msg, src, 10, 1)
     if not re.fullmatch(r"[A-Z0-9]{3}", trig):
         trig = ""  # echo only a well-formed trigger event (HL7 table 0003), never arbitrary content
-    enc_chars = f"{cs}{enc.repetition}{enc.escape}{enc.subcomponent}"
-    ack_id = f"ACK{now}{abs(hash((control, now))) % 100000:05d}"
-    segs = [
-        fs.join(["MSH", enc_chars, esc(application), "", f(3), f(4), now, "", f"ACK{cs}{trig}{cs}ACK" if trig else "ACK", ack_id, f(11) or "P", version]),
-        fs.join(["MSA", code, esc(control)] + ([esc(text[:200])] if text else [])),
-    ]
+    msh.assign_field(msg.escape(application), 3)
+    msh.assign_field(msg.raw(src, 3), 5)
+    msh.assign_field(msg.raw(src, 4), 6)
+    msh.assign_field(dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d%H%M%S"), 7)
+    for i, part in enumerate(["ACK", trig, "ACK"] if trig else ["ACK"], start=1):
+        msh.assign_field(part, 9, 1, i)
+    msh.assign_field(hl7.generate_message_control_id(), 10)
+    msh.assign_field(msg.raw(src, 11) or "P", 11)
+    msh.assign_field(msg.raw(src, 12) or "2.5", 12)
+    msa.assign_field(code, 1)
+    msa.assign_field(msg.escape(control), 2)
+    if text:
+        msa.assign_field(msg.escape(text[:200]), 3)
     if code != "AA":
+        errseg = ack.segment("ERR")
         loc = location.split("-")
-        loc_field = f"{loc[0]}{cs}1{cs}{loc[1]}" if len(loc) == 2 else (loc[0] if loc and loc[0] else "")
-        segs.append(fs.join(["ERR", "", loc_field, f"{err}{cs}HL70357" if err else "", "E", "", "", "", esc(text[:200])]))
-    return ("\r".join(segs) + "\r").encode("utf-8")
+        for i, part in enumerate([loc[0], "1", loc[1]] if len(loc) == 2 else [loc[0]], start=1):
+            errseg.assign_field(part, 2, 1, i)
+        if err:
+            for i, part in enumerate([*err.split("^"), "HL70357"], start=1):
+                errseg.assign_field(part, 3, 1, i)
+        errseg.assign_field("E", 4)
+        errseg.assign_field(msg.escape(text[:200]), 8)
+    return str(ack).encode("utf-8")
+
+
+def _echo(msg: Message, seg: hl7.Segment | None, field: int, component: int) -> str:
+    # An ACK must always come out: a field that cannot be decoded is not echoed.
+    try:
+        return msg.get(seg, field, component)
+    except Hl7Reject:
+        return ""
 
 
 # ---------------------------------------------------------------------------------------------
 # Processing and MLLP listener
 # ---------------------------------------------------------------------------------------------
-def handle_message(data: bytes, settings: Settings, db: Database, on_report: Callable[[StoreResult], None] | None = None) -> bytes:
-    """Parse, store and acknowledge one message (the payload between MLLP frame bytes)."""
+def handle_message(data: bytes, hl7s: Hl7Settings, db: Database, on_report: Callable[[StoreResult], None] | None = None) -> bytes:
+    """Parse, store and acknowledge one message (the payload between MLLP frame bytes).
+
+    ``hl7s`` is the ``hl7`` settings section (ACK application, allowed senders, accession fields,
+    result-group limit).
+    """
     msg: Message | None = None
-    app = settings.hl7.application
+    app = hl7s.application
     try:
         text = decode_bytes(data)
         msg = Message(text)
-        if not sender_allowed(settings.hl7.allowed_senders, msg):
+        if not sender_allowed(hl7s.allowed_senders, msg):
             raise Hl7Reject("sending application/facility not allowed (hl7.allowed_senders)", "AR",
                             "207^Application internal error", "MSH-3")
-        oru = parse_oru(msg, settings.hl7.accession_fields, settings.hl7.max_result_groups)
+        oru = parse_oru(msg, hl7s.accession_fields, hl7s.max_result_groups)
         try:
             with db.transaction() as s:
                 results = [store_report(s, rep, source="hl7") for rep in oru.reports]
@@ -435,8 +439,7 @@ def sender_allowed(allowed: list[str], msg: Message) -> bool:
     if not allowed:
         return True
     msh = msg.first("MSH")
-    app = msg.component(msg.field(msh, 3))
-    fac = msg.component(msg.field(msh, 4))
+    app, fac = msg.get(msh, 3), msg.get(msh, 4)
     for entry in allowed:
         want_app, _, want_fac = entry.partition("^")
         if want_app == app and (not want_fac or want_fac == fac):
@@ -444,14 +447,11 @@ def sender_allowed(allowed: list[str], msg: Message) -> bool:
     return False
 
 
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-
-
 class Hl7Listener:
-    """MLLP server for ORU^R01 reports.
+    """MLLP server for ORU^R01 reports, on python-hl7's asyncio MLLP streams (``hl7.mllp``).
+
+    The event loop runs in one daemon thread; storing a message (blocking database work) runs in a
+    thread pool of ``hl7.max_connections`` workers, so a slow store never stalls other connections.
 
     Parameters
     ----------
@@ -471,36 +471,45 @@ class Hl7Listener:
         self._port = settings.hl7.port if port is None else port
         if self._port is None:
             raise Hl7Error("hl7.port is not set")
-        self._server: _Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
-        self._slots = threading.BoundedSemaphore(settings.hl7.max_connections)
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        self._per_host: dict[str, int] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._ssl: ssl.SSLContext | None = None
+        # Touched only on the event loop's thread.
+        self._connections: dict[asyncio.Task, HL7StreamWriter] = {}
+        self._per_host: dict[str, int] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port)."""
+        if self._server is None or not self._server.sockets:
+            return (self.settings.hl7.bind, int(self._port or 0))
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return (str(host), int(port))
 
     @property
     def port(self) -> int:
-        if self._server is not None:
-            return self._server.server_address[1]
-        return int(self._port or 0)
+        return self.address[1]
 
     def start(self) -> Hl7Listener:
         """Bind and serve in a daemon thread (returns at once)."""
-        listener = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                listener._serve_connection(self.request, self.client_address)
-
-        try:
-            self._ssl = server_context(self.settings.hl7.tls)  # ConfigError on a bad cert/key: refuse to start
-            self._server = _Server((self.settings.hl7.bind, self._port), Handler)
-        except OSError as exc:
-            raise Hl7Error(f"cannot listen for HL7 on {self.settings.hl7.bind}:{self._port}: {exc.strerror}") from exc
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="hl7-mllp", daemon=True)
+        hl7s = self.settings.hl7
+        self._ssl = server_context(hl7s.tls)  # ConfigError on a bad cert/key: refuse to start
+        loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=loop.run_forever, name="hl7-mllp", daemon=True)
         self._thread.start()
-        log.info("HL7 MLLP listener on %s:%d", self.settings.hl7.bind, self.port)
+        self._loop = loop
+        self._pool = ThreadPoolExecutor(max_workers=hl7s.max_connections, thread_name_prefix="hl7-store")
+        # The reader's limit is the message size: a longer frame (or that much noise) is refused.
+        serve = start_hl7_server(self._on_connection, hl7s.bind, self._port, limit=hl7s.max_message_bytes,
+                                 reuse_address=True)
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(serve, loop).result(timeout=30)
+        except OSError as exc:
+            self.stop()
+            raise Hl7Error(f"cannot listen for HL7 on {hl7s.bind}:{self._port}: {exc.strerror}") from exc
+        log.info("HL7 MLLP listener on %s:%d", hl7s.bind, self.port)
         return self
 
     def stop(self) -> None:
@@ -509,19 +518,33 @@ class Hl7Listener:
         A message being stored when ``stop`` is called is either committed and acknowledged or
         not acknowledged at all (the sender resends it): nothing acknowledged is lost.
         """
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        with self._open_lock:
-            for sock in list(self._open):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        loop = self._loop
+        if loop is None:
+            return
+        if loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
+            except Exception as exc:  # noqa: BLE001 - stopping goes on regardless
+                log.warning("HL7 listener shutdown: %s", type(exc).__name__)
+            loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        loop.close()
+        self._loop = None
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._connections.values():
+            writer.transport.abort()
+        if self._connections:
+            # Each connection ends once its store (if any) has finished: nothing is left half done.
+            await asyncio.wait(list(self._connections), timeout=20)
+        self._server = None
 
     def __enter__(self) -> Hl7Listener:
         return self.start()
@@ -529,121 +552,93 @@ class Hl7Listener:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # -- one connection ------------------------------------------------------------------------
-    def _reject_oversized(self, sock: socket.socket, peer, limit: int) -> None:
-        # The rest of the frame cannot be resynchronised cheaply: answer AR and close.
-        log.warning("HL7: frame over hl7.max_message_bytes from %s; closing", peer[0])
-        ack = build_ack(None, "AR", self.settings.hl7.application, f"message larger than {limit} bytes", "207^Application internal error")
-        try:
-            sock.sendall(VT + ack + FS + CR)
-        except OSError:
-            pass
-
-    def _serve_connection(self, sock: socket.socket, peer) -> None:
-        if not host_allowed(self.settings.hl7.allowed_hosts, str(peer[0])):
-            log.warning("HL7: connection from %s refused: not in hl7.allowed_hosts", peer[0])
-            sock.close()
-            return
+    # -- one connection (on the event loop) ----------------------------------------------------
+    async def _on_connection(self, reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
         host = str(peer[0])
-        with self._open_lock:
-            if self._per_host.get(host, 0) >= self.settings.hl7.max_connections_per_host:
-                log.warning("HL7: too many connections from %s (hl7.max_connections_per_host); closing one", host)
-                sock.close()
-                return
-            self._per_host[host] = self._per_host.get(host, 0) + 1
+        hl7s = self.settings.hl7
+        task = asyncio.current_task()
         try:
-            self._serve_counted(sock, peer)
-        finally:
-            with self._open_lock:
+            if not host_allowed(hl7s.allowed_hosts, host):
+                log.warning("HL7: connection from %s refused: not in hl7.allowed_hosts", host)
+                return
+            if self._per_host.get(host, 0) >= hl7s.max_connections_per_host:
+                log.warning("HL7: too many connections from %s (hl7.max_connections_per_host); closing one", host)
+                return
+            if len(self._connections) >= hl7s.max_connections:
+                log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", host)
+                return
+            assert task is not None
+            self._connections[task] = writer
+            self._per_host[host] = self._per_host.get(host, 0) + 1
+            try:
+                await self._serve(reader, writer, host)
+            finally:
                 self._per_host[host] -= 1
                 if not self._per_host[host]:
                     del self._per_host[host]
+                self._connections.pop(task, None)
+        except Exception as exc:  # noqa: BLE001 - a connection's trouble ends that connection only
+            log.warning("HL7: connection from %s ended: %s", host, type(exc).__name__)
+        finally:
+            writer.close()
 
-    def _serve_counted(self, sock: socket.socket, peer) -> None:
-        if not self._slots.acquire(blocking=False):
-            log.warning("HL7: too many connections (hl7.max_connections); closing one from %s", peer[0])
-            sock.close()
-            return
+    async def _serve(self, reader: HL7StreamReader, writer: HL7StreamWriter, host: str) -> None:
+        hl7s = self.settings.hl7
         if self._ssl is not None:
             # The handshake counts against the progress deadline, so a silent TLS peer cannot hold a slot.
             try:
-                sock.settimeout(self.settings.hl7.message_deadline_seconds)
-                sock = self._ssl.wrap_socket(sock, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                log.warning("HL7: TLS handshake with %s failed: %s", peer[0], type(exc).__name__)
-                self._slots.release()
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                await writer.start_tls(self._ssl, ssl_handshake_timeout=hl7s.message_deadline_seconds)
+            except (TimeoutError, OSError, ssl.SSLError) as exc:
+                log.warning("HL7: TLS handshake with %s failed: %s", host, type(exc).__name__)
                 return
-        with self._open_lock:
-            self._open.add(sock)
+        loop = asyncio.get_running_loop()
+        while True:
+            # Bytes before a start block are ignored (MLLP). An idle connection is governed by the
+            # idle timeout; once the start block is in, the message has the progress deadline.
+            if await self._read(reader, writer, host, VT, hl7s.timeout_seconds, "idle") is None:
+                return
+            block = await self._read(reader, writer, host, FS + CR, hl7s.message_deadline_seconds, "deadline")
+            if block is None:
+                return
+            assert self._pool is not None
+            ack = await loop.run_in_executor(self._pool, handle_message, block[:-2], self.settings.hl7, self.db,
+                                             self.on_report)
+            writer.writeblock(ack)
+            await writer.drain()
+
+    async def _read(self, reader: HL7StreamReader, writer: HL7StreamWriter, host: str, until: bytes, seconds: float,
+                    why: str) -> bytes | None:
+        """Bytes through ``until`` within ``seconds``; None when the connection is to end."""
         try:
-            idle = self.settings.hl7.timeout_seconds
-            budget = self.settings.hl7.message_deadline_seconds
-            # The progress deadline runs from the first byte after the previous ACK (framed or not);
-            # an idle connection with nothing sent is governed by the idle timeout alone.
-            deadline: float | None = None
-            buf = bytearray()
-            limit = self.settings.hl7.max_message_bytes
-            while True:
-                # Drop anything before a start block (MLLP: bytes outside a frame are ignored).
-                start = buf.find(VT)
-                if start < 0:
-                    buf.clear()
-                elif start > 0:
-                    del buf[:start]
-                end = buf.find(FS + CR) if buf else -1
-                if buf and end >= 0:
-                    payload = bytes(buf[1:end])
-                    del buf[: end + 2]
-                    if len(payload) > limit:
-                        self._reject_oversized(sock, peer, limit)
-                        return
-                    ack = handle_message(payload, self.settings, self.db, self.on_report)
-                    sock.sendall(VT + ack + FS + CR)
-                    deadline = None  # the next message gets its own budget
-                    continue
-                if len(buf) > limit + 2:
-                    self._reject_oversized(sock, peer, limit)
-                    return
-                left = idle if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    log.warning("HL7: no complete message from %s within hl7.message_deadline_seconds; closing",
-                                peer[0])
-                    return
-                sock.settimeout(min(idle, left))
-                try:
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    if deadline is not None and deadline - time.monotonic() <= 0:
-                        log.warning("HL7: no complete message from %s within hl7.message_deadline_seconds; "
-                                    "closing", peer[0])
-                    else:
-                        log.info("HL7: idle connection from %s timed out", peer[0])
-                    return
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                if deadline is None:
-                    deadline = time.monotonic() + budget
-                buf += chunk
-        finally:
-            self._slots.release()
-            with self._open_lock:
-                self._open.discard(sock)
-            try:
-                sock.close()
-            except OSError:
-                pass
+            return await asyncio.wait_for(reader.readuntil(until), seconds)
+        except TimeoutError:
+            if why == "idle":
+                log.info("HL7: idle connection from %s timed out", host)
+            else:
+                log.warning("HL7: no complete message from %s within hl7.message_deadline_seconds; closing", host)
+        except asyncio.LimitOverrunError:
+            await self._reject_oversized(writer, host)
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        return None
+
+    async def _reject_oversized(self, writer: HL7StreamWriter, host: str) -> None:
+        # The rest of the frame cannot be resynchronised cheaply: answer AR and close.
+        limit = self.settings.hl7.max_message_bytes
+        log.warning("HL7: frame over hl7.max_message_bytes from %s; closing", host)
+        writer.writeblock(build_ack(None, "AR", self.settings.hl7.application, f"message larger than {limit} bytes",
+                                    "207^Application internal error"))
+        try:
+            await writer.drain()
+        except OSError:
+            pass
 
 
 def mllp_frame(message: str | bytes) -> bytes:
     """Wrap one HL7 message in an MLLP frame (for senders and tests)."""
     data = message.encode("utf-8") if isinstance(message, str) else message
-    return VT + data + FS + CR
+    return VT + data + FS + CR  # what hl7.mllp's MLLPStreamWriter.writeblock sends
 
 
 def read_frame(sock: socket.socket, timeout: float = 10.0) -> bytes:

@@ -35,7 +35,7 @@ from sqlalchemy import MetaData, Table, create_engine, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
-from pgsam_node.config import RisSettings, Settings
+from pgsam_node.config import RisSettings
 from pgsam_node.db.models import Report
 from pgsam_node.db.session import Database
 from pgsam_node.errors import ReportError, RisError
@@ -430,20 +430,20 @@ def _match(rows: list[_Row], matched_by: str, ris: RisSettings, notes: list[str]
     )
 
 
-def find_report(key: StudyKey, settings: Settings, node_db: Database | None) -> ReportMatch | None:
+def find_report(key: StudyKey, ris: RisSettings, node_db: Database | None) -> ReportMatch | None:
     """Find the report of a study (see :func:`lookup_report`, which also returns the notes)."""
-    return lookup_report(key, settings, node_db)[0]
+    return lookup_report(key, ris, node_db)[0]
 
 
-def lookup_report(key: StudyKey, settings: Settings, node_db: Database | None) -> tuple[ReportMatch | None, str | None]:
+def lookup_report(key: StudyKey, ris: RisSettings, node_db: Database | None) -> tuple[ReportMatch | None, str | None]:
     """Find the report of a study and say why not when there is none.
 
     Parameters
     ----------
     key
         The study's AccessionNumber, StudyInstanceUID, PatientID and StudyDate.
-    settings
-        ``settings.ris`` picks the source (``ris.url`` None = the embedded table of ``node_db``)
+    ris
+        The ``ris`` settings: the source (``ris.url`` None = the embedded table of ``node_db``)
         and the matching rules.
     node_db
         The node database (embedded reports); unused with an external RIS.
@@ -461,7 +461,6 @@ def lookup_report(key: StudyKey, settings: Settings, node_db: Database | None) -
     AmbiguousReportError
         The PatientID step found reports of more than one examination.
     """
-    ris = settings.ris
     if ris.url:
         source: Any = _ExternalSource(ris)
     else:

@@ -1,39 +1,34 @@
-"""Waiting for the report: plain functions over the study rows, driven by an explicit clock.
+"""Waiting for the report: what the report stage concludes about one study, driven by an explicit clock.
 
-* :func:`attach_report_or_wait` — when a study becomes complete: report found → READY, else
-  WAITING_REPORT (``waiting_since`` = now).
-* :func:`check_waiting` — periodically for WAITING_REPORT studies: report found → READY; RIS down
-  → stay (note); deadline (``waiting_since + ris.wait_seconds``) passed → ``ris.on_missing_report``
+The stage looks the report up, keeps the report bookkeeping on the study row (the match, its note,
+``waiting_since``) and says where the study should go; ``flow.advance`` applies that (the state
+change and its event), so only ``flow/`` sequences stages:
+
+* :func:`decide_on_arrival` — the study's images are complete: report found → READY, else
+  WAITING_REPORT (``waiting_since`` = now; with ``ris.wait_seconds`` 0 the missing-report policy
+  follows at once).
+* :func:`decide_waiting` — a WAITING_REPORT study, periodically: report found → READY; RIS down →
+  stay (note); deadline (``waiting_since + ris.wait_seconds``) passed → ``ris.on_missing_report``
   (``run_without_text`` → READY, ``fail`` → FAILED).
-* :func:`check_amendments` — periodically for DONE / NO_FINDING studies finished within
-  ``ris.amendment_window_days``: the matched report has a new hash (amended, or a report arrived
-  after a run without text) and ``ris.rerun_on_amendment`` → ``version`` + 1, READY.
+* :func:`decide_amendment` — a DONE / NO_FINDING study: the matched report has a new hash (amended,
+  or a report arrived after a run without text) → READY as a new run version.
 
 A RIS that is down never fails a study: while lookups fail with :class:`RisError` the study stays
 in WAITING_REPORT, even past its deadline; the policy applies at the first check after the
 deadline where the RIS answered. An ambiguous PatientID match is treated like "no report yet"
-with its note recorded (never guessed). Every state change goes through
-:func:`pgsam_node.db.lifecycle.transition`.
+with its note recorded (never guessed).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from pgsam_node.config import Settings
+from pgsam_node.config import RisSettings
 from pgsam_node.db.models import Study, StudyState
 from pgsam_node.db.session import Database
 from pgsam_node.errors import RisError
-from pgsam_node.logsetup import uid_hash
 from pgsam_node.reports.ris import AmbiguousReportError, ReportMatch, StudyKey, lookup_report
-from pgsam_node.db.lifecycle import transition
-
-log = logging.getLogger(__name__)
 
 REASON_FOUND = "report found"
 REASON_DEADLINE = "no report by deadline; running without text"
@@ -43,168 +38,132 @@ REASON_LATE = "report arrived after a run without text"
 
 
 @dataclass
-class WaitSummary:
-    """What one periodic check did (counts; study ids per outcome)."""
+class ReportDecision:
+    """Where the report stage says a study goes; ``flow`` applies it.
 
-    ready: list[int] = field(default_factory=list)
-    failed: list[int] = field(default_factory=list)
-    still_waiting: list[int] = field(default_factory=list)
-    ris_down: list[int] = field(default_factory=list)
-    rerun: list[int] = field(default_factory=list)
+    Attributes
+    ----------
+    outcome : str
+        ``ready``, ``failed``, ``waiting`` (WAITING_REPORT, new or still), ``ris_down`` or
+        ``unchanged`` (amendment check: nothing new).
+    moves : list of (StudyState, str)
+        The state changes to record, in order, each with its reason (empty: the study stays).
+    match : ReportMatch or None
+        The report attached, if any.
+    """
+
+    outcome: str
+    moves: list[tuple[StudyState, str]] = field(default_factory=list)
+    match: ReportMatch | None = None
 
 
-def _naive(now: dt.datetime) -> dt.datetime:
+def naive_utc(now: dt.datetime) -> dt.datetime:
+    """``now`` as naive UTC (the node stores naive UTC times)."""
     return now.astimezone(dt.timezone.utc).replace(tzinfo=None) if now.tzinfo else now
 
 
-def _lookup(study: Study, settings: Settings, node_db: Database | None) -> tuple[ReportMatch | None, str | None]:
+def _lookup(study: Study, ris: RisSettings, node_db: Database | None) -> tuple[ReportMatch | None, str | None]:
     """(match, note); raises RisError when the RIS is down."""
     try:
-        return lookup_report(StudyKey.from_study(study), settings, node_db)
+        return lookup_report(StudyKey.from_study(study), ris, node_db)
     except AmbiguousReportError as exc:
         return None, exc.note
 
 
 def _attach(study: Study, match: ReportMatch) -> None:
+    # The match travels on the study row (identity, version hash and text): the run uses exactly
+    # this report, and a later amendment is found by decide_amendment (new hash), never hidden.
     study.report_ref = match.ref
     study.report_hash = match.hash
+    study.report_text = match.text
     study.report_note = match.note
 
 
-def attach_report_or_wait(
-    session: Session, study: Study, settings: Settings, node_db: Database | None, now: dt.datetime
-) -> ReportMatch | None:
-    """Decide READY vs WAITING_REPORT for a study whose images are complete.
+def detach_report(study: Study) -> None:
+    """Forget the matched report: the study runs without report text."""
+    study.report_ref = None
+    study.report_hash = None
+    study.report_text = None
+
+
+def _found(study: Study, match: ReportMatch) -> ReportDecision:
+    _attach(study, match)
+    return ReportDecision("ready", [(StudyState.READY, f"{REASON_FOUND} (matched by {match.matched_by})")], match)
+
+
+def _deadline(study: Study, ris: RisSettings) -> tuple[str, tuple[StudyState, str]]:
+    if ris.on_missing_report == "fail":
+        return "failed", (StudyState.FAILED, REASON_DEADLINE_FAIL + (f" ({study.report_note})" if study.report_note else ""))
+    detach_report(study)
+    return "ready", (StudyState.READY, REASON_DEADLINE)
+
+
+def decide_on_arrival(study: Study, ris: RisSettings, node_db: Database | None, now: dt.datetime) -> ReportDecision:
+    """READY vs WAITING_REPORT for a study whose images are complete (STABLE / WAITING_SEQUENCES,
+    or already WAITING_REPORT).
 
     Parameters
     ----------
-    session
-        The caller's session (the study row belongs to it; the caller commits).
     study
-        A study in STABLE / WAITING_SEQUENCES (or already WAITING_REPORT).
+        The study row (in the caller's session; the caller commits).
+    ris
+        The ``ris`` settings (``wait_seconds``, ``on_missing_report`` and the matching rules).
     node_db
         The node database, for the embedded report table.
     now
         The current time (naive UTC or aware); the clock is the caller's.
-
-    Returns
-    -------
-    ReportMatch or None
-        The report attached (study now READY), or None (study now WAITING_REPORT; with
-        ``ris.wait_seconds`` 0 the missing-report policy applies at once).
     """
-    now = _naive(now)
+    now = naive_utc(now)
+    ris_down = False
     try:
-        match, note = _lookup(study, settings, node_db)
+        match, note = _lookup(study, ris, node_db)
     except RisError as exc:
-        _wait(session, study, now, f"RIS unavailable: {exc}")
-        return None
+        match, note, ris_down = None, f"RIS unavailable: {exc}", True
     if match is not None:
-        _attach(study, match)
-        transition(session, study, StudyState.READY, f"{REASON_FOUND} (matched by {match.matched_by})")
-        return match
-    _wait(session, study, now, note)
-    if settings.ris.wait_seconds <= 0:
-        _apply_deadline(session, study, settings)
-    return None
-
-
-def _wait(session: Session, study: Study, now: dt.datetime, note: str | None) -> None:
+        return _found(study, match)
     study.report_note = note
-    if study.waiting_since is None or StudyState(study.state) != StudyState.WAITING_REPORT:
+    moves: list[tuple[StudyState, str]] = []
+    waiting = StudyState(study.state) == StudyState.WAITING_REPORT
+    if study.waiting_since is None or not waiting:
         study.waiting_since = now
-    if StudyState(study.state) != StudyState.WAITING_REPORT:
-        transition(session, study, StudyState.WAITING_REPORT, "waiting for the report" + (f" ({note})" if note else ""))
+    if not waiting:
+        moves.append((StudyState.WAITING_REPORT, "waiting for the report" + (f" ({note})" if note else "")))
+    if ris.wait_seconds <= 0 and not ris_down:  # a RIS that is down never ends the wait
+        outcome, move = _deadline(study, ris)
+        return ReportDecision(outcome, [*moves, move])
+    return ReportDecision("waiting", moves)
 
 
-def _apply_deadline(session: Session, study: Study, settings: Settings) -> str:
-    if settings.ris.on_missing_report == "fail":
-        transition(session, study, StudyState.FAILED, REASON_DEADLINE_FAIL + (f" ({study.report_note})" if study.report_note else ""))
-        return "failed"
-    study.report_ref = None
-    study.report_hash = None
-    transition(session, study, StudyState.READY, REASON_DEADLINE)
-    return "ready"
+def decide_waiting(study: Study, ris: RisSettings, node_db: Database | None, now: dt.datetime) -> ReportDecision:
+    """A WAITING_REPORT study, looked at again: found, still waiting, RIS down, or past its deadline."""
+    now = naive_utc(now)
+    if study.waiting_since is None:
+        study.waiting_since = now
+    try:
+        match, note = _lookup(study, ris, node_db)
+    except RisError as exc:
+        study.report_note = f"RIS unavailable: {exc}"
+        return ReportDecision("ris_down")
+    if match is not None:
+        return _found(study, match)
+    study.report_note = note
+    if now >= study.waiting_since + dt.timedelta(seconds=ris.wait_seconds):
+        outcome, move = _deadline(study, ris)
+        return ReportDecision(outcome, [move])
+    return ReportDecision("waiting")
 
 
-def check_waiting(db: Database, settings: Settings, now: dt.datetime) -> WaitSummary:
-    """Look again for the reports of WAITING_REPORT studies; apply the deadline policy.
+def decide_amendment(study: Study, ris: RisSettings, node_db: Database | None) -> ReportDecision:
+    """A finished study whose matched report may have changed: a new hash → READY (a re-run).
 
-    Each study is handled in its own transaction, so one study's trouble does not hold back
-    the others.
+    A RIS that is down or an ambiguous match changes nothing.
     """
-    now = _naive(now)
-    out = WaitSummary()
-    with db.session() as s:
-        ids = s.scalars(select(Study.id).where(Study.state == StudyState.WAITING_REPORT.value).order_by(Study.id)).all()
-    deadline_after = dt.timedelta(seconds=settings.ris.wait_seconds)
-    for sid in ids:
-        with db.transaction() as s:
-            # Row lock on PostgreSQL (no-op on SQLite): two nodes checking at once cannot both
-            # move the study.
-            study = s.get(Study, sid, with_for_update=True)
-            if study is None or study.state != StudyState.WAITING_REPORT.value:
-                continue  # another worker moved it meanwhile
-            if study.waiting_since is None:
-                study.waiting_since = now
-            try:
-                match, note = _lookup(study, settings, db)
-            except RisError as exc:
-                study.report_note = f"RIS unavailable: {exc}"
-                out.ris_down.append(sid)
-                log.warning("study %s: RIS unavailable; still waiting", uid_hash(study.study_uid))
-                continue
-            if match is not None:
-                _attach(study, match)
-                transition(s, study, StudyState.READY, f"{REASON_FOUND} (matched by {match.matched_by})")
-                out.ready.append(sid)
-                continue
-            study.report_note = note
-            if now >= study.waiting_since + deadline_after:
-                if _apply_deadline(s, study, settings) == "failed":
-                    out.failed.append(sid)
-                else:
-                    out.ready.append(sid)
-            else:
-                out.still_waiting.append(sid)
-    return out
-
-
-def check_amendments(db: Database, settings: Settings, now: dt.datetime) -> WaitSummary:
-    """Re-run finished studies whose matched report changed (``ris.rerun_on_amendment``).
-
-    Studies in DONE or NO_FINDING that finished within ``ris.amendment_window_days`` of ``now``
-    are looked up again; a report hash different from the stored one (an amended or newer final
-    report, or a first report after a run without text) bumps ``study.version`` and moves the
-    study to READY. A RIS that is down or an ambiguous match changes nothing.
-    """
-    out = WaitSummary()
-    if not settings.ris.rerun_on_amendment:
-        return out
-    now = _naive(now)
-    since = now - dt.timedelta(days=settings.ris.amendment_window_days)
-    with db.session() as s:
-        ids = s.scalars(
-            select(Study.id)
-            .where(Study.state.in_([StudyState.DONE.value, StudyState.NO_FINDING.value]), Study.state_changed_at >= since)
-            .order_by(Study.id)
-        ).all()
-    for sid in ids:
-        with db.transaction() as s:
-            study = s.get(Study, sid, with_for_update=True)
-            if study is None or study.state not in (StudyState.DONE.value, StudyState.NO_FINDING.value):
-                continue
-            try:
-                match, _ = _lookup(study, settings, db)
-            except RisError:
-                out.ris_down.append(sid)
-                continue
-            if match is None or match.hash == study.report_hash:
-                continue
-            reason = REASON_AMENDED if study.report_hash else REASON_LATE
-            _attach(study, match)
-            study.version = (study.version or 0) + 1
-            transition(s, study, StudyState.READY, reason)
-            out.rerun.append(sid)
-            log.info("study %s: %s; run version %d", uid_hash(study.study_uid), reason, study.version)
-    return out
+    try:
+        match, _ = _lookup(study, ris, node_db)
+    except RisError:
+        return ReportDecision("ris_down")
+    if match is None or match.hash == study.report_hash:
+        return ReportDecision("unchanged")
+    reason = REASON_AMENDED if study.report_hash else REASON_LATE
+    _attach(study, match)
+    return ReportDecision("rerun", [(StudyState.READY, reason)], match)

@@ -71,10 +71,7 @@ def studies(
 def study(study_id: int, request: Request, a: Auth = Depends(require_auth)):
     with ctx(request).db.session() as s:
         st = _study(s, study_id)
-        d = queries.study_detail(s, st)
-        d["series"] = queries.series_list(st)
-        d["timeline"] = queries.timeline(st)
-    return d
+        return queries.study_summaries(s, [st], detail=True, settings=ctx(request).settings)[0]
 
 
 @router.get("/studies/{study_id}/series")

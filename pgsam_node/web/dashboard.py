@@ -16,7 +16,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from pgsam_node.assemble.readiness import report_wait
 from pgsam_node.web import tokens
 from pgsam_node.db.models import AuditLog, OutboxState, Study
 from pgsam_node.web import operations, queries
@@ -177,12 +176,9 @@ def study_page(study_id: int, request: Request):
         st = s.get(Study, study_id)
         if st is None:
             return _render(request, "message.html", a, status=404, title="Not found", message=f"No study {study_id}.")
-        d = queries.study_detail(s, st, c.settings.assembly.required_roles)
-        d["report_wait"] = report_wait(st, c.settings)
-        series = queries.series_list(st)
-        events = queries.timeline(st)
+        d = queries.study_summaries(s, [st], detail=True, settings=c.settings)[0]
+        series, events, runs = d["series"], d["timeline"], d["runs"]
         rep = queries.report_view(s, st, a.principal.can("report-text"), c.findings_from_text)
-        runs = queries.runs_of(s, study_id)
         outbox = queries.outbox_items(s, study_id=study_id)
     has_seg = any(r["output_paths"] for r in runs) and not d["purged"]
     return _render(request, "study.html", a, study=d, series=series, events=events, report=rep, runs=runs,

@@ -6,67 +6,21 @@ Report text only leaves here when the caller says the principal may see it.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from pgsam_node.assemble.readiness import MODEL_ROLES, missing_roles
-from pgsam_node.deliver.progress import format_delivery, pending_delivery
-from pgsam_node.flow.retention import is_purged
-from pgsam_node.db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Series, Study, StudyState, utcnow
+from pgsam_node.db.models import AuditLog, OutboxItem, OutboxState, Report, Run, Study, StudyState
+# The study summary and its parts are flow.summary's; the API and the dashboard read them through here.
+from pgsam_node.flow.summary import human_age, iso as _iso, run_dict, runs_of, series_list, study_summaries, timeline  # noqa: F401
 
 FindingsFn = Callable[[str], Any]
 
 
-def _iso(t: dt.datetime | None) -> str | None:
-    return t.isoformat() + "Z" if t is not None else None
-
-
-def age_seconds(t: dt.datetime | None, now: dt.datetime | None = None) -> float | None:
-    if t is None:
-        return None
-    return max(0.0, ((now or utcnow()) - t).total_seconds())
-
-
-def human_age(seconds: float | None) -> str:
-    """``42 s``, ``5 min``, ``3 h``, ``2 d``."""
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{int(seconds)} s"
-    if seconds < 5400:
-        return f"{int(seconds // 60)} min"
-    if seconds < 172800:
-        return f"{int(seconds // 3600)} h"
-    return f"{int(seconds // 86400)} d"
-
-
-def study_summary(st: Study, now: dt.datetime | None = None, series_count: int | None = None) -> dict:
-    age = age_seconds(st.state_changed_at, now)
-    return {
-        "id": st.id,
-        "study_uid": st.study_uid,
-        "accession_number": st.accession_number,
-        "study_date": st.study_date,
-        "study_description": st.study_description,
-        "state": st.state,
-        "state_reason": st.state_reason,
-        "state_changed_at": _iso(st.state_changed_at),
-        "state_age_seconds": age,
-        "state_age": human_age(age),
-        "age_seconds": age_seconds(st.first_instance_at, now),
-        "first_instance_at": _iso(st.first_instance_at),
-        "last_instance_at": _iso(st.last_instance_at),
-        "version": st.version,
-        "series_count": series_count,
-        "purged": is_purged(st),
-    }
-
-
 def list_studies(s: Session, state: str | None = None, limit: int = 100, offset: int = 0) -> tuple[int, list[dict]]:
+    """(total, one page of :func:`~pgsam_node.flow.summary.study_summaries`), newest first."""
     q = select(Study)
     cq = select(func.count(Study.id))
     if state:
@@ -74,90 +28,12 @@ def list_studies(s: Session, state: str | None = None, limit: int = 100, offset:
         cq = cq.where(Study.state == state)
     total = s.scalar(cq) or 0
     rows = s.scalars(q.order_by(Study.last_instance_at.desc(), Study.id.desc()).limit(limit).offset(offset)).all()
-    counts = dict(
-        s.execute(
-            select(Series.study_id, func.count(Series.id)).where(Series.study_id.in_([r.id for r in rows])).group_by(Series.study_id)
-        ).all()
-    ) if rows else {}
-    now = utcnow()
-    delivery = pending_delivery(s, [r.id for r in rows])
-    out = [study_summary(r, now, counts.get(r.id, 0)) for r in rows]
-    for d in out:
-        d["delivery"] = delivery.get(d["id"], [])
-        d["delivery_text"] = format_delivery(d["delivery"]) if d["delivery"] else ""
-    return total, out
+    return total, study_summaries(s, rows)
 
 
 def state_counts(s: Session) -> dict[str, int]:
     got = dict(s.execute(select(Study.state, func.count(Study.id)).group_by(Study.state)).all())
     return {st.value: got.get(st.value, 0) for st in StudyState}
-
-
-def study_detail(s: Session, st: Study, required_roles=MODEL_ROLES) -> dict:
-    d = study_summary(st, series_count=len(st.series))
-    d.update(
-        missing_roles=missing_roles(st, required_roles),
-        patient_id=st.patient_id,
-        notes=list(st.notes or []),
-        report_ref=st.report_ref,
-        report_note=st.report_note,
-        attempts=st.attempts,
-        lease_owner=st.lease_owner,
-        lease_expires_at=_iso(st.lease_expires_at),
-        created_at=_iso(st.created_at),
-    )
-    return d
-
-
-def series_list(st: Study) -> list[dict]:
-    rows = sorted(st.series, key=lambda x: (x.series_number is None, x.series_number or 0, x.id))
-    return [
-        {
-            "id": r.id,
-            "series_uid": r.series_uid,
-            "series_number": r.series_number,
-            "description": r.description,
-            "modality": r.modality,
-            "role": r.role,
-            "role_selected": bool(r.role_selected),
-            "role_reason": r.role_reason,
-            "instance_count": r.instance_count,
-            "frame_of_reference_uid": r.frame_of_reference_uid,
-        }
-        for r in rows
-    ]
-
-
-def timeline(st: Study) -> list[dict]:
-    return [
-        {"at": _iso(e.at), "from_state": e.from_state, "to_state": e.to_state, "reason": e.reason, "actor": e.actor}
-        for e in sorted(st.events, key=lambda e: e.id)
-    ]
-
-
-def run_dict(r: Run) -> dict:
-    return {
-        "id": r.id,
-        "study_id": r.study_id,
-        "version": r.version,
-        "status": r.status,
-        "model_version": r.model_version,
-        "worker": r.worker,
-        "error": r.error,
-        "stage_seconds": dict(r.stage_seconds or {}),
-        "metrics": {k: v for k, v in (r.metrics or {}).items() if k != "findings"},
-        "output_uids": list(r.output_uids or []),
-        "output_paths": list(r.output_paths or []),
-        "input_count": len(r.input_uids or []),
-        "idempotency_key": r.idempotency_key,
-        "report_hash": r.report_hash,
-        "started_at": _iso(r.started_at),
-        "finished_at": _iso(r.finished_at),
-    }
-
-
-def runs_of(s: Session, study_id: int) -> list[dict]:
-    return [run_dict(r) for r in s.scalars(select(Run).where(Run.study_id == study_id).order_by(Run.id.desc())).all()]
 
 
 def outbox_dict(o: OutboxItem) -> dict:
@@ -193,9 +69,8 @@ def errors(s: Session, limit: int = 200) -> dict:
     failed = s.scalars(
         select(Study).where(Study.state == StudyState.FAILED.value).order_by(Study.state_changed_at.desc()).limit(limit)
     ).all()
-    now = utcnow()
     return {
-        "failed_studies": [study_summary(x, now) for x in failed],
+        "failed_studies": study_summaries(s, failed),
         "dead_outbox": outbox_items(s, state=OutboxState.DEAD.value, limit=limit),
     }
 

@@ -90,7 +90,7 @@ def test_outbox_stow_partial_failure_and_idempotent_resend(settings, tmp_path, n
         assert meta[0]["00080016"]["Value"] == ["1.2.840.10008.5.1.4.1.1.66.4"]
 
         with db.transaction() as s:
-            assert requeue(s, item_id=ok.id) == 1
+            assert len(requeue(s, item_id=ok.id)) == 1
         assert process_due(db, settings, now=T0 + dt.timedelta(seconds=1))["sent"] == 1
         assert len(orthanc.find_instance(str(seg.SOPInstanceUID))) == 1  # replaced, not duplicated
         assert "answered HTTP 200" in capability_check(settings, dest)

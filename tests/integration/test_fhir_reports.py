@@ -16,7 +16,7 @@ from sqlalchemy import select
 from pgsam_node.db import Database
 from pgsam_node.db.lifecycle import transition
 from pgsam_node.db.models import Report, Study
-from pgsam_node.reports.wait import check_amendments, check_waiting
+from pgsam_node.flow.advance import check_amendments, check_waiting
 from pgsam_node.web import WebServer, tokens
 
 from ..opsdata import seed_study

@@ -43,7 +43,7 @@ def test_valid_oru_is_acknowledged_and_stored(listener, settings):
     assert ack["MSA"][1:3] == ["AA", "M1"]
     assert _reports(listener.db) == [(1, "F")]
     # The stored report is what find_report returns for the study.
-    m = find_report(StudyKey("ACC1001", None, "PAT123", "20261120"), settings, listener.db)
+    m = find_report(StudyKey("ACC1001", None, "PAT123", "20261120"), settings.ris, listener.db)
     assert m is not None and m.matched_by == "accession_number" and "pleomorphic adenoma" in m.text
     assert len(listener.seen) == 1
 
@@ -91,7 +91,7 @@ def test_two_messages_on_one_connection_and_amendment(listener, settings):
     assert (a1["MSA"][2], a2["MSA"][2]) == ("V1", "V2")
     assert a1["MSA"][1] == a2["MSA"][1] == "AA"
     assert _reports(listener.db) == [(1, "F"), (2, "C")]
-    m = find_report(StudyKey("ACC1001", None, "PAT123", "20261120"), settings, listener.db)
+    m = find_report(StudyKey("ACC1001", None, "PAT123", "20261120"), settings.ris, listener.db)
     assert m.version == 2 and m.status == "C" and "Warthin" in m.text
 
 
@@ -129,7 +129,7 @@ def test_binds_only_configured_address(settings):
     settings.hl7.bind = "127.0.0.1"
     db = Database(settings.database_url)
     with Hl7Listener(settings, db) as lst:
-        assert lst._server.server_address[0] == "127.0.0.1"
+        assert lst.address[0] == "127.0.0.1"
         # Another local address of this host (127.0.0.2 is loopback on Linux but not bound here).
         with socket.socket() as probe:
             probe.settimeout(1)

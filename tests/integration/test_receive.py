@@ -13,7 +13,7 @@ from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import func, select
 
 from pgsam_node.ingest.spool import leftover_tmp
-from pgsam_node.assemble.stability import mark_stable
+from pgsam_node.flow.advance import mark_stable
 from pgsam_node.config import load_settings
 from pgsam_node.db import Instance, Series, Study, StudyEvent, utcnow
 

@@ -9,7 +9,7 @@ from pgsam_node.config import load_settings
 from pgsam_node.db import Database, Study, StudyState
 from pgsam_node.reports.hl7 import Hl7Listener, mllp_frame, read_frame
 from pgsam_node.reports.parse import parse_report
-from pgsam_node.reports.wait import attach_report_or_wait, check_amendments, check_waiting
+from pgsam_node.flow.advance import attach_report_or_wait, check_amendments, check_waiting
 from pgsam_node.reports.ris import StudyKey, find_report
 from pgsam_node.db.lifecycle import transition
 
@@ -43,7 +43,7 @@ def test_hl7_report_releases_waiting_study(pg_url, tmp_path):
                 st = s.get(Study, sid)
                 assert st.state == "READY" and st.report_hash
 
-            m = find_report(StudyKey.from_study(st), settings, db)
+            m = find_report(StudyKey.from_study(st), settings.ris, db)
             f = parse_report(m.text)
             assert (f.side, f.lobe, f.size_mm, f.diagnosis, f.negated_sides) == ("left", "superficial", 23.0, "pleomorphic_adenoma", ["right"])
 

@@ -36,7 +36,7 @@ def test_postgres_ris_in_a_schema_and_read_only(pg_url):
     eng.dispose()
     create_site_ris(pg_url + "?options=-csearch_path%3Dris")  # the table lands in schema ris
     settings = _settings(pg_url, table="ris.ris_reports")
-    m = find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+    m = find_report(StudyKey("A1", None, "P1", "20261120"), settings.ris, None)
     assert m.version == 3
     # The node's connections to the RIS are read-only transactions.
     from pgsam_node.reports.ris import _ExternalSource
@@ -55,7 +55,7 @@ def test_statement_timeout(pg_url):
     eng.dispose()
     settings = _settings(pg_url, table="slow_reports", query_timeout_seconds=0.5)
     with pytest.raises(RisError, match="RIS unavailable: QueryCanceled"):
-        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings.ris, None)
 
 
 @pytest.mark.timeout(60)
@@ -64,10 +64,10 @@ def test_ris_down_raises_ris_error(pg_url):
     port = free_port()
     settings = _settings(f"postgresql+psycopg://postgres@127.0.0.1:{port}/ris", connect_timeout_seconds=1)
     with pytest.raises(RisError, match="RIS unavailable") as ei:
-        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings.ris, None)
     # No identifiers from the query in the message (patient data never in errors/logs).
     assert "P1" not in str(ei.value) and "A1" not in str(ei.value)
     # An address that drops packets (TEST-NET-1, RFC 5737): the connect timeout ends the wait.
     settings = _settings("postgresql+psycopg://postgres@192.0.2.1:5432/ris", connect_timeout_seconds=1)
     with pytest.raises(RisError, match="RIS unavailable"):
-        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings.ris, None)

@@ -88,9 +88,9 @@ def test_echoscu_storescu_status_and_clean_shutdown(node, tmp_path):
     studies = wait_for(lambda: [s for s in node.status() if s["state"] not in ("RECEIVING", None)], 60, 0.3, what="study assembled (past RECEIVING)")
     assert len(studies) == 1 and studies[0]["study_uid"] == study
     series = {s["series_number"]: s for s in studies[0]["series"]}
-    assert {k: (v["role"], v["instances"], v["selected"]) for k, v in series.items()} == {
+    assert {k: (v["role"], v["instance_count"], v["role_selected"]) for k, v in series.items()} == {
         1: ("T1", 4, True), 2: ("T1C", 4, True), 3: ("T2", 5, True)}
-    assert "ContrastBolusAgent" in series[2]["reason"]
+    assert "ContrastBolusAgent" in series[2]["role_reason"]
     table = subprocess.run([sys.executable, "-m", "pgsam_node", "status", "--config", str(node.config)],
                            env=ENV, capture_output=True, text=True, timeout=120)
     assert study in table.stdout and "T1C" in table.stdout
@@ -111,8 +111,8 @@ def test_real_studies_classified_by_the_running_node(node, shared_data):
         got = {s["description"]: s["role"] for s in st["series"]}
         assert got == expected
         mask = next(s for s in st["series"] if s["description"] == "Mask_Tumor")
-        assert "Secondary Capture" in mask["reason"] and not mask["selected"]
-        assert all(s["instances"] > 20 for s in st["series"])
+        assert "Secondary Capture" in mask["role_reason"] and not mask["role_selected"]
+        assert all(s["instance_count"] > 20 for s in st["series"])
 
 
 def _acked_sender(port, dsets, acked, errors):
@@ -175,7 +175,7 @@ def test_kill_9_mid_transfer_loses_no_acknowledged_instance(tmp_path):
         _acked_sender(node.port, dsets, acked2, errors2)
         assert len(acked2) == len(dsets) and not errors2
         st = node.status()
-        assert len(st) == 1 and st[0]["series"][0]["instances"] == len(dsets)
+        assert len(st) == 1 and st[0]["series"][0]["instance_count"] == len(dsets)
     finally:
         assert node.stop() == 0
 
@@ -217,7 +217,7 @@ def test_disk_full_gives_a700_and_keeps_every_acknowledged_instance(tmp_path, sm
         # still serving: echo works, and the instance count matches what was acknowledged
         r = subprocess.run(["echoscu", "-aec", "PGSAM", "127.0.0.1", str(node.port)], env=ENV, capture_output=True, timeout=60)
         assert r.returncode == 0
-        assert node.status()[0]["series"][0]["instances"] == len(acked)
+        assert node.status()[0]["series"][0]["instance_count"] == len(acked)
     finally:
         assert node.stop() == 0
 

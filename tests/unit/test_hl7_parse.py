@@ -104,16 +104,16 @@ def test_handle_message_stores_and_versions(settings, caplog):
     db = Database(settings.database_url)
     caplog.set_level("DEBUG")
     try:
-        assert segments(handle_message(oru(control="1").encode(), settings, db))["MSA"][1] == "AA"
+        assert segments(handle_message(oru(control="1").encode(), settings.hl7, db))["MSA"][1] == "AA"
         # The same message again: a duplicate, still AA, no new row.
-        assert segments(handle_message(oru(control="2").encode(), settings, db))["MSA"][1] == "AA"
+        assert segments(handle_message(oru(control="2").encode(), settings.hl7, db))["MSA"][1] == "AA"
         corrected = oru(control="3", status="C", lines=("Left parotid: 2.5 cm mass.", "IMPRESSION: Warthin tumour."))
-        assert segments(handle_message(corrected.encode(), settings, db))["MSA"][1] == "AA"
+        assert segments(handle_message(corrected.encode(), settings.hl7, db))["MSA"][1] == "AA"
         with db.session() as s:
             rows = s.query(Report).order_by(Report.version).all()
             assert [(r.version, r.status, r.source) for r in rows] == [(1, "F", "hl7"), (2, "C", "hl7")]
             assert rows[1].source_key == "acc:ACC1001"
-        ack = segments(handle_message(b"garbage without MSH", settings, db))
+        ack = segments(handle_message(b"garbage without MSH", settings.hl7, db))
         assert ack["MSA"][1] == "AE"
     finally:
         db.dispose()
@@ -162,7 +162,7 @@ def test_result_group_limit_refuses_the_whole_message(settings):
     settings.hl7.max_result_groups = 5
     db = Database(settings.database_url)
     try:
-        assert segments(handle_message(many.encode(), settings, db))["MSA"][1] == "AR"
+        assert segments(handle_message(many.encode(), settings.hl7, db))["MSA"][1] == "AR"
         with db.session() as s:
             assert s.query(Report).count() == 0  # nothing of it stored
     finally:
@@ -181,7 +181,7 @@ def test_sender_and_host_allow_lists(settings):
     settings.hl7.allowed_senders = ["EMR^HOSP"]
     db = Database(settings.database_url)
     try:
-        ack = segments(handle_message(oru().encode(), settings, db))
+        ack = segments(handle_message(oru().encode(), settings.hl7, db))
         assert ack["MSA"][1] == "AR" and "allowed_senders" in ack["MSA"][3]
         with db.session() as s:
             assert s.query(Report).count() == 0
@@ -208,10 +208,27 @@ def test_rejects_never_echo_patient_fields_or_text(settings, caplog, text):
     caplog.set_level("DEBUG")
     db = Database(settings.database_url)
     try:
-        ack = handle_message(text.encode(), settings, db).decode()
+        ack = handle_message(text.encode(), settings.hl7, db).decode()
     finally:
         db.dispose()
     assert segments(ack)["MSA"][1] in ("AE", "AR")
     for marker in (MARK_NAME, MARK_ID, MARK_TEXT):
         assert marker not in ack, f"ACK echoes {marker}"
         assert marker not in caplog.text, f"log echoes {marker}"
+
+
+def test_undecodable_escapes_keep_the_report_and_withhold_the_field(settings, caplog):
+    """python-hl7 logs the whole field when it cannot decode an escape: the filter withholds it."""
+    caplog.set_level("DEBUG")
+    line = f"{MARK_TEXT} \\Q\\ odd \\XZZ\\ hex \\\\ empty"
+    db = Database(settings.database_url)
+    try:
+        ack = segments(handle_message(oru(lines=(line,)).encode(), settings.hl7, db))
+        with db.session() as s:
+            stored = s.query(Report).one().report_text
+    finally:
+        db.dispose()
+    assert ack["MSA"][1] == "AA"
+    assert stored.startswith(MARK_TEXT) and "odd" in stored and "hex" in stored
+    assert MARK_TEXT not in caplog.text
+    assert "field contents withheld" in caplog.text

@@ -8,7 +8,7 @@ import re
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
-from pgsam_node.assemble.stability import mark_stable
+from pgsam_node.flow.advance import mark_stable
 from pgsam_node.commands.status import collect, format_table
 from pgsam_node.db import Database, utcnow
 from pgsam_node.flow.advance import advance_stable
@@ -57,7 +57,7 @@ def test_plain_status_names_missing_roles_and_rejected_series(settings):
     db = Database(settings.database_url)
     try:
         study = _study_without_contrast(db, settings)
-        studies = collect(db, 10, settings.assembly.required_roles)
+        studies = collect(db, 10, settings)
         assert [m["role"] for m in studies[0]["missing_roles"]] == ["T1C"]
         text = format_table(studies)
         assert study in text and "reason: missing sequences: T1C" in text
@@ -83,3 +83,31 @@ def test_dashboard_and_api_show_missing_roles(settings):
         client.close()
     finally:
         db.dispose()
+
+
+def test_one_study_summary_for_api_dashboard_and_status(settings):
+    """`status --json`, the API's study detail and its list rows are one summary with one key set."""
+    from pgsam_node.flow.summary import study_summaries
+
+    db = Database(settings.database_url)
+    try:
+        study = _study_without_contrast(db, settings)
+        status = collect(db, 10, settings)[0]
+        client, admin = signed_in_client(settings, db)
+        auth = {"Authorization": f"Bearer {admin}"}
+        row = client.get("/api/v1/studies", headers=auth).json()["studies"][0]
+        detail = client.get(f"/api/v1/studies/{row['id']}", headers=auth).json()
+        client.close()
+        with db.session() as s:
+            from pgsam_node.db import Study
+
+            base = study_summaries(s, [s.query(Study).filter_by(study_uid=study).one()])[0]
+    finally:
+        db.dispose()
+    assert status["study_uid"] == row["study_uid"] == detail["study_uid"] == study
+    assert set(status) == set(detail)  # status --json is the API's study detail
+    assert set(row) == set(base) and set(row) < set(detail)  # list rows: the same keys without the parts
+    for key in ("state", "state_reason", "missing_roles", "series", "timeline", "report_wait", "delivery"):
+        assert status[key] == detail[key], key
+    assert {se["description"]: (se["role"], se["role_selected"], se["instance_count"]) for se in status["series"]} == {
+        "t1_se_tra": ("T1", True, 3), "t2_tse_tra": ("T2", True, 3), "ep2d_perf": ("OTHER", False, 3)}

@@ -22,10 +22,12 @@ from pgsam_node.deliver.outbox import (
     enqueue,
     outbox_counts,
     process_due,
-    requeue,
+    queue_outputs,
     write_output,
+    write_outputs,
 )
 from pgsam_node.deliver.scu import classify_status
+from pgsam_node.flow.actions import resend_items
 
 from ..helpers import PROJECT_ROOT
 
@@ -41,7 +43,7 @@ def _ds(uid="1.2.3.4.5"):
 
 def test_backoff_is_exponential_and_capped(settings):
     s = settings.model_copy(update={"send": settings.send.model_copy(update={"backoff_base_seconds": 10, "backoff_max_seconds": 100})})
-    assert [backoff_seconds(s, a) for a in range(1, 7)] == [10, 20, 40, 80, 100, 100]
+    assert [backoff_seconds(s.send, a) for a in range(1, 7)] == [10, 20, 40, 80, 100, 100]
 
 
 @pytest.mark.parametrize("status,ok,permanent", [
@@ -99,6 +101,32 @@ def test_write_output_atomic_and_idempotent(settings, tmp_path):
     assert p.is_file() and not list(p.parent.glob("*.tmp*"))
 
 
+def test_outputs_written_before_the_transaction_are_queued_as_they_are(settings, tmp_path, mr_files):
+    """The pipeline's order: files renamed into place first, then one transaction queues them."""
+    from pgsam_node.config import Destination
+
+    settings = settings.model_copy(update={"destinations": [Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104),
+                                                            Destination(name="archive", ae_title="ARCH", host="127.0.0.1", port=105)]})
+    _, dss = mr_files("mr", n_slices=2)
+    study_uid = str(dss[0].StudyInstanceUID)
+    paths = write_outputs(settings, study_uid, dss)
+    assert all((settings.storage_root / p).is_file() for p in paths)
+    written = [(settings.storage_root / p).stat().st_mtime_ns for p in paths]
+    db = open_database(settings)
+    try:
+        with db.transaction() as s:
+            st = Study(study_uid=study_uid, state="ENCODED")
+            s.add(st)
+            s.flush()
+            with pytest.raises(ValueError, match="path"):
+                queue_outputs(s, settings, st.id, study_uid, None, dss, paths=paths[:1])
+            items = queue_outputs(s, settings, st.id, study_uid, None, dss, now=T0, paths=paths)
+        assert [(settings.storage_root / p).stat().st_mtime_ns for p in paths] == written  # not written again
+        assert sorted((i.path, i.destination) for i in items) == sorted((p, d) for p in paths for d in ("pacs", "archive"))
+    finally:
+        db.dispose()
+
+
 def test_requeue_and_resend_command(settings, tmp_path):
     db = open_database(settings)
     with db.transaction() as s:
@@ -111,7 +139,7 @@ def test_requeue_and_resend_command(settings, tmp_path):
             it.state, it.attempts, it.permanent_failure = "DEAD", 3, True
         ids = [i.id for i in items]
     with db.transaction() as s:
-        assert requeue(s, item_id=ids[0], now=T0) == 1
+        assert resend_items(s, item_id=ids[0]) == 1
     with db.session() as s:
         it = s.get(OutboxItem, ids[0])
         assert (it.state, it.attempts, it.permanent_failure) == ("PENDING", 0, False)
@@ -120,7 +148,7 @@ def test_requeue_and_resend_command(settings, tmp_path):
         assert s.scalars(select(AuditLog).where(AuditLog.action == "outbox.requeue")).first() is not None
     with pytest.raises(ValueError):
         with db.transaction() as s:
-            requeue(s)
+            resend_items(s)
     db.dispose()
     # the CLI, as an operator runs it: --dead takes the remaining dead item
     cfg = tmp_path / "node.yaml"

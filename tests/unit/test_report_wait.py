@@ -8,13 +8,8 @@ import pytest
 
 from pgsam_node.db import Database, Study, StudyEvent, StudyState, utcnow
 from pgsam_node.reports.store import IncomingReport, store_report
-from pgsam_node.reports.wait import (
-    REASON_AMENDED,
-    REASON_DEADLINE,
-    attach_report_or_wait,
-    check_amendments,
-    check_waiting,
-)
+from pgsam_node.flow.advance import attach_report_or_wait, check_amendments, check_waiting
+from pgsam_node.reports.wait import REASON_AMENDED, REASON_DEADLINE
 from pgsam_node.reports.ris import dispose_engines
 from pgsam_node.db.lifecycle import transition
 

@@ -25,7 +25,7 @@ def test_status_shows_deadline_and_cli_runs_now(settings, tmp_path, capsys):
     db = Database(settings.database_url)
     try:
         study = _waiting_study(db, settings)
-        text = format_table(collect(db, 10, settings.assembly.required_roles, settings))
+        text = format_table(collect(db, 10, settings))
         line = next(ln for ln in text.splitlines() if ln.strip().startswith("report:"))
         assert re.search(r"waiting for the report until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d UTC \(ris.wait_seconds=21600\)", line)
         assert "then it runs without report text" in line and "run-now" in line

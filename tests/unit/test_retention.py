@@ -27,6 +27,9 @@ def test_cleanup_deletes_only_delivered_old_studies(settings):
     old_failed = seed_study(db, root, "FAILED", accession="A2", age_days=40)
     old_dead = seed_study(db, root, "SENDING", accession="A3", outbox_state="DEAD", age_days=40)
     young_done = seed_study(db, root, "DONE", accession="A4", age_days=5)
+    with db.transaction() as s:  # the report text each run was given (carried on the study row)
+        for sid in (old_done.study_id, young_done.study_id):
+            s.get(Study, sid).report_text = "Left parotid 2 cm mass."
     # a DONE study whose (second) outbox item is still pending: never purged before delivery
     old_pending = seed_study(db, root, "DONE", accession="A5", outbox_state="PENDING", age_days=40)
 
@@ -50,6 +53,7 @@ def test_cleanup_deletes_only_delivered_old_studies(settings):
     with db.session() as s:
         st = s.get(Study, old_done.study_id)
         assert st.state == "DONE" and is_purged(st)  # rows kept, marked
+        assert st.report_text is None and s.get(Study, young_done.study_id).report_text is not None
         paths = [i.path for i in s.query(Instance).join(Instance.series).filter_by(study_id=old_done.study_id)]
         assert paths and all(p.startswith(TOMBSTONE) for p in paths)
         assert s.query(AuditLog).filter_by(action="retention.purge").count() == 2

@@ -50,9 +50,9 @@ def test_without_version_column_newest_report_time_wins(tmp_path):
     create_site_ris(f"sqlite:///{path}", version_column=False)
     cols = dict(CUSTOM_COLUMNS, version=None)
     settings = load_settings(None, ris={"url": f"sqlite:///{path}", "table": "ris_reports", "columns": cols})
-    m = find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+    m = find_report(StudyKey("A1", None, "P1", "20261120"), settings.ris, None)
     assert m.version is None and m.text.startswith("Amended")
-    assert find_report(StudyKey("A3", None, "P3", "20261120"), settings, None).text == "Final v2 re-signed."
+    assert find_report(StudyKey("A3", None, "P3", "20261120"), settings.ris, None).text == "Final v2 re-signed."
 
 
 def test_missing_required_column_is_named(tmp_path):
@@ -61,7 +61,7 @@ def test_missing_required_column_is_named(tmp_path):
     settings = _ris_settings(tmp_path, f"sqlite:///{path}")
     settings.ris.columns.report_text = "report_body"
     with pytest.raises(RisError, match=r"ris\.columns\.report_text = 'report_body'"):
-        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings.ris, None)
 
 
 def test_missing_table_and_missing_file(tmp_path):
@@ -69,10 +69,10 @@ def test_missing_table_and_missing_file(tmp_path):
     create_site_ris(f"sqlite:///{path}")
     settings = _ris_settings(tmp_path, f"sqlite:///{path}", table="no_such_table")
     with pytest.raises(RisError, match="no_such_table"):
-        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings.ris, None)
     settings = _ris_settings(tmp_path, f"sqlite:///{tmp_path / 'absent' / 'ris.sqlite3'}")
     with pytest.raises(RisError, match="RIS unavailable"):
-        find_report(StudyKey("A1", None, "P1", "20261120"), settings, None)
+        find_report(StudyKey("A1", None, "P1", "20261120"), settings.ris, None)
 
 
 def test_no_report_text_or_identifiers_in_logs(tmp_path, caplog):
@@ -103,7 +103,7 @@ def test_two_records_for_one_accession_newest_by_time(settings):
                                                patient_id="P1", report_time=dt.datetime(2026, 11, 20, hour)), "csv")
             store_report(s, IncomingReport("C", "hl7 corrected", study_instance_uid="1.2.3", patient_id="P1",
                                            order_number="ORD9", report_time=dt.datetime(2026, 11, 21, 7)), "hl7")
-        m = find_report(StudyKey("NOPE", "1.2.3", "P1", "20261120"), settings, db)
+        m = find_report(StudyKey("NOPE", "1.2.3", "P1", "20261120"), settings.ris, db)
         assert m.text == "hl7 corrected" and "2 report records" in m.note
     finally:
         db.dispose()

@@ -11,7 +11,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pgsam_node.ingest import spool
-from pgsam_node.assemble.stability import mark_stable, select_roles
+from pgsam_node.assemble.stability import select_roles
+from pgsam_node.flow.advance import mark_stable
 from pgsam_node.db import Database, Series, Study, utcnow
 from pgsam_node.errors import StorageFullError, UnparseableDatasetError
 from pgsam_node.ingest.index import index_instance, parse_header
