@@ -283,7 +283,7 @@ def test_cli_pause_survives_a_serve_restart(tmp_path):
         ok = subprocess.run(send, capture_output=True, text=True, timeout=60)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         studies = json.loads(_cli(node, "status", "--json").stdout)["studies"]
-        assert [s["study_uid"] for s in studies] == [study] and studies[0]["series"][0]["instances"] == 3
+        assert [s["study_uid"] for s in studies] == [study] and studies[0]["series"][0]["instance_count"] == 3
         bad = _cli(node, "pause", "recieving")
         assert bad.returncode != 0 and "invalid choice" in bad.stderr
     finally:
