@@ -348,7 +348,7 @@ def fit_frozen_model(
     bank_model = model if list(sequences) == ["T1", "T2", "T1C"] else build_model(ModelConfig(arch=arch, context_slices=1))
     if not arch.pretrained:
         bank_model.load_state_dict(model.state_dict(), strict=False)  # same random encoder as the model's
-    cache = EmbeddingCache(Path(cache_dir), f"{preset}:{arch.pretrained}:{_base_id() if arch.pretrained else 'random-seed-' + str(opts.seed)}")
+    cache = EmbeddingCache(Path(cache_dir), _encoder_id(arch, opts.seed))
     bank = build_bank([(st, "real") for st in real], bank_model, ["T1", "T2", "T1C"], cache, NormParams(), variants=variants,
                       max_eval=max_eval, n_neg=1, max_aug=max_aug, progress=progress, mirror=mirror)
     bank = build_bank([(st, "synthetic") for st in synthetic], bank_model, ["T1", "T2", "T1C"], cache, NormParams(), variants=1,
@@ -376,7 +376,11 @@ def fit_frozen_model(
     return save_model_dir(model, cfg, out, half=True)
 
 
-def _base_id() -> str:
-    from pgsam_node.model.litemedsam import LITEMEDSAM_SHA256
+def _encoder_id(arch, seed: int) -> str:
+    """Identity of the frozen encoder in embedding-cache keys: the packaged weights' id, or the
+    preset and seed of a randomly initialised one."""
+    if arch.pretrained == "litemedsam":
+        from pgsam_node.model.litemedsam import LITEMEDSAM_ID
 
-    return LITEMEDSAM_SHA256
+        return LITEMEDSAM_ID
+    return f"{arch.name}:random-init-seed-{seed}"
