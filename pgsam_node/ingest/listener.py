@@ -108,6 +108,7 @@ class Listener:
         #: Series with an indexed instance: later instances need only the identity scan.
         self._known_series: set[str] = set()
         self._commitment = any(dest.storage_commitment for dest in settings.destinations)
+        self._journal = None  # the write-ahead journal, open while the listener runs
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _supported(self) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
@@ -147,6 +148,11 @@ class Listener:
             implementation_version_name=spool.IMPLEMENTATION_VERSION_NAME, limits=limits,
         )
         self._temp_files = spool.TempFiles(self.settings)
+        self._journal = None
+        if self.settings.storage.fsync and self.settings.storage.write_protocol == "journal":
+            from pgsam_node.ingest.journal import Journal
+
+            self._journal = Journal(self.settings).open()
         self._server.start()
         log.info("DICOM listener %s on %s:%d%s", d.ae_title, d.bind, self.port, " (TLS)" if ssl_ctx else "")
 
@@ -157,6 +163,9 @@ class Listener:
         self._server.shutdown()
         self._server = None
         self._temp_files.close()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         log.info("DICOM listener stopped")
 
     @property
@@ -286,7 +295,8 @@ class _StoreInstance:
         try:
             self.meta = spool.file_meta_bytes(self.sop_class, self.sop_uid, ts, self.calling)
             self.file = spool.IncomingFile(listener.settings, self.meta, listener._temp_files,
-                                           max_bytes=listener.settings.dicom.max_dataset_bytes)
+                                           max_bytes=listener.settings.dicom.max_dataset_bytes,
+                                           journal=listener._journal)
         except Exception as exc:  # noqa: BLE001 - mapped to a status at the end of the data set
             self.error = self._status_for(exc)
 
@@ -308,7 +318,10 @@ class _StoreInstance:
         lst = self.listener
         if self.error is None:
             try:
-                return self._commit()
+                status, why = self._commit()
+                if status in (STATUS_SUCCESS, STATUS_KEPT_IN_QUARANTINE):
+                    self.file.make_durable()  # persist before acknowledge (journal protocol)
+                return status, why
             except _Refused as exc:
                 self.discard()
                 self.error = (exc.status, exc.why)
@@ -429,6 +442,7 @@ class _StoreInstance:
         if placed is not None:
             (root / qrel).parent.mkdir(parents=True, exist_ok=True)
             os.rename(root / placed, root / qrel)
+            self.file.moved(qrel)
             if settings.storage.fsync:
                 spool.fsync_dirs((root / qrel).parent, (root / placed).parent)
         else:
