@@ -320,7 +320,7 @@ class TempFiles:
             self._seq += 1
             seq = self._seq
         path = f"{self.dir}/{os.getpid()}{_AHEAD}{id(self):x}-{seq}{TMP_SUFFIX}"
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)  # read back by the journal
 
     def take(self) -> tuple[str, int] | None:
         """A ready (path, fd), or None when none is ready (the caller creates its own)."""
@@ -433,7 +433,7 @@ class IncomingFile:
             # Plain strings on this path: pathlib cost more per instance than the file operations' Python side.
             self.tmp = f"{tmp_dir}/{os.getpid()}-{threading.get_ident()}-{seq}{TMP_SUFFIX}"
             try:
-                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+                self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
             except OSError as exc:
                 raise _io_error(exc, "cannot create a temporary file") from exc
         self.write(meta)
