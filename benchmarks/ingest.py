@@ -344,7 +344,7 @@ def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None, 
             _, err = proc.communicate()
     for line in (err or "").splitlines():
         if "records per flush" in line:
-            print("  " + line[line.index("journal:"):])
+            print("  " + line[line.index("journal: ") :].replace("journal: journal: ", "journal: "))
     got = sum(1 for _ in (root / "storage" / "spool").rglob("*.dcm"))
     if got != n:
         raise RuntimeError(f"node stored {got} of {n}: {err[-2000:] if err else ''}")

@@ -20,10 +20,11 @@ segment and acknowledges once one ``fdatasync`` of the segment covers the record
   waits for the next one, or becomes the leader and runs ``fdatasync`` for every record written
   so far, from any association. No dedicated thread: with one association the appender flushes
   itself (no hand-off latency).
-* **Checkpoint**: a background thread ``syncfs``-es the storage file system every
-  ``storage.journal_checkpoint_seconds`` (spool files, directories and the SQLite index become
-  durable on their own), then records the journal position it covered in ``journal/checkpoint``
-  and recycles the segments before it.
+* **Checkpoint**: every ``storage.journal_checkpoint_seconds`` a background thread flushes the
+  spool files journalled since the last checkpoint and their directories (off the acknowledgement
+  path), then records the journal position it covered in ``journal/checkpoint`` and recycles the
+  segments before it. Index rows need no flush: ``reindex_spool`` recreates any a power loss
+  rolls back, from the then durable files.
 * **Recovery** (:func:`recover`, at start-up before the spool is re-indexed): every valid record
   after the checkpoint is checked against the spool; a missing or different file is written again
   from the record (temporary file, ``fdatasync``, rename, directory ``fsync``). Replaying twice
@@ -33,7 +34,6 @@ segment and acknowledges once one ``fdatasync`` of the segment covers the record
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import os
@@ -78,30 +78,6 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_libc = None
-
-
-def syncfs(path: Path) -> None:
-    """Flush the whole file system holding ``path`` (Linux ``syncfs(2)``; ``sync`` elsewhere)."""
-    global _libc
-    if _libc is None:
-        try:
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.syncfs  # noqa: B018 - probe the symbol
-        except (OSError, AttributeError):
-            _libc = False
-    if not _libc:
-        os.sync()
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
     finally:
         os.close(fd)
 
@@ -168,6 +144,8 @@ class Journal:
         self._old: list[_Segment] = []  # segments before the active one, not yet checkpointed
         self._ready: _Segment | None = None  # preallocated, waiting to become active
         self._checkpointed = 0
+        #: Spool paths journalled since the last checkpoint (what it must flush).
+        self._unsynced: list[str] = []
         self._wake = threading.Event()
         #: Flush statistics (for benchmarks and status): flushes, records, seconds in fdatasync.
         self.stats = {"flushes": 0, "records": 0, "flush_seconds": 0.0}
@@ -320,6 +298,7 @@ class Journal:
                 raise JournalUnavailable(exc.errno or errno.EIO, f"journal append: {exc.strerror}") from exc
             seg.off += need
             self._written = seg.start_lsn + seg.off
+            self._unsynced.append(rel_path)
             self.stats["records"] += 1
             return self._written
 
@@ -388,9 +367,17 @@ class Journal:
                 return
             lsn, gen, off = self._written, act.gen, act.off
             old = list(self._old)
-        # Records are appended only after their file is placed and indexed, so one syncfs makes
-        # every file (and directory, and SQLite page) up to ``lsn`` durable without the journal.
-        syncfs(self.root)
+            paths, self._unsynced = self._unsynced, []
+        # Records are appended only after their file is placed (and indexed), so flushing those
+        # files and their directories makes everything up to ``lsn`` durable without the journal.
+        # Per file, not syncfs: a shared file system's other dirty data is not ours to wait for.
+        # Index rows need no flush here: reindex_spool recreates any a power loss rolls back.
+        try:
+            _flush_files(self.root, paths)
+        except OSError:
+            with self._lock:
+                self._unsynced[:0] = paths  # retried at the next checkpoint
+            raise
         self._write_checkpoint(gen, off)
         with self._lock:
             self._checkpointed = lsn
@@ -412,6 +399,28 @@ class Journal:
             os.close(fd)
         os.rename(tmp, self.dir / CHECKPOINT)
         _fsync_dir(self.dir)
+
+
+def _flush_files(root: Path, rel_paths: list[str]) -> None:
+    """fdatasync each file still present (moved or deleted ones need nothing), then fsync their
+    directories."""
+    dirs = set()
+    for rel in rel_paths:
+        path = f"{root}/{rel}"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        dirs.add(path.rpartition("/")[0])
+    for d in dirs:
+        try:
+            _fsync_dir(Path(d))
+        except FileNotFoundError:
+            continue
 
 
 # ---- recovery ----------------------------------------------------------------------------------
