@@ -13,8 +13,9 @@ C-STORE (PS3.4 B.2.3): the data set is streamed, fragment by fragment as it arri
 temporary Part-10 file in the accepted transfer syntax (byte for byte, nothing decoded); its
 identifying UIDs are scanned from the first bytes (:mod:`pgsam_node.ingest.headscan`; pydicom reads the
 full header only for the first instance of a series, which is when classification needs it); the
-file is fsynced, renamed into the spool and indexed; only then does the success status go back
-(persist before acknowledge). Failures become statuses with an Error Comment: 0xA700 out of
+file is placed in the spool and indexed, then made durable (``storage.write_protocol``: one journal
+record and a shared flush, or the file's and directory's fsync); only then does the success status
+go back (persist before acknowledge). Failures become statuses with an Error Comment: 0xA700 out of
 resources (disk below the reserve or full, database unavailable), 0xC210 cannot understand
 (unparseable, no UIDs). The listener keeps serving after any of them.
 """

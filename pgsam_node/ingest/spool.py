@@ -11,6 +11,11 @@ name (atomic on POSIX, so a re-sent instance replaces the old file without a win
 exists), then ``fsync`` the directory so the rename itself survives a power loss. A crash at any
 point leaves either the old complete file, the new complete file, or a stray temporary file that
 :func:`clean_tmp` removes at start-up - never a half file in the spool.
+
+That is ``storage.write_protocol: rename``. With ``journal`` (the default) the listener's
+:class:`IncomingFile` is placed without either flush and :meth:`IncomingFile.make_durable` appends it
+to the write-ahead journal (:mod:`pgsam_node.ingest.journal`): one flush per acknowledgement, shared
+across associations; start-up writes back from the journal whatever the spool lost.
 """
 
 from __future__ import annotations
