@@ -156,7 +156,11 @@ class Journal:
         """Recover what an earlier process left (:func:`recover`), then start a new generation."""
         recover(self.settings)
         self.dir.mkdir(parents=True, exist_ok=True)
-        gens = [g for g, _ in _segments(self.dir)]
+        # Generations only grow (spares and the checkpoint included): a recycled segment's old
+        # records must never carry the generation it is reused under.
+        gens = [g for g, _ in _segments(self.dir)] + [_read_checkpoint(self.dir)[0]]
+        gens += [int(p.name[len(SPARE_PREFIX):-len(SEGMENT_SUFFIX)]) for p in self.dir.glob(
+            f"{SPARE_PREFIX}*{SEGMENT_SUFFIX}") if p.name[len(SPARE_PREFIX):-len(SEGMENT_SUFFIX)].isdigit()]
         self._gen = max(gens, default=0)
         # Everything before is recovered and synced: the old segments become spares.
         for gen, path in _segments(self.dir):
@@ -318,12 +322,12 @@ class Journal:
                     self._cv.wait()
                     continue
                 self._flushing = True
-                target, fd = self._written, self._active.fd
+                target, seg = self._written, self._active
                 self._lock.release()
                 err = None
                 t0 = time.perf_counter()
                 try:
-                    os.fdatasync(fd)
+                    os.fdatasync(seg.fd)
                 except OSError as exc:
                     err = exc
                 finally:
@@ -331,6 +335,8 @@ class Journal:
                 self._flushing = False
                 self.stats["flushes"] += 1
                 self.stats["flush_seconds"] += time.perf_counter() - t0
+                if err is not None and seg is not self._active and err.errno == errno.EBADF:
+                    err = None  # switched and retired meanwhile: the switch flushed it (target <= switch)
                 if err is not None:
                     # After a failed fsync the pages' state is unknown: never trust this journal again.
                     self._failed = f"journal fdatasync failed: {err.strerror}"

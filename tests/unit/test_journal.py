@@ -11,6 +11,8 @@ from pydicom.uid import generate_uid
 from pgsam_node.ingest import journal as jn
 from pgsam_node.ingest import spool
 
+from tests.helpers import wait_for
+
 from ..dicomgen import make_mr
 from .test_spool_assemble import _encode
 
@@ -55,7 +57,8 @@ def test_torn_tail_record_is_ignored_and_earlier_records_kept(settings):
     study, series = generate_uid(), generate_uid()
     a, b = (_put(settings, j, make_mr(study, series, i, size=64)) for i in range(2))
     j.close(checkpoint=False)
-    [(gen, seg)] = jn._segments(jn.journal_dir(settings))
+    # The records sit in one segment (the first, or a preallocated one switched to).
+    [(gen, seg)] = [(g, p) for g, p in jn._segments(jn.journal_dir(settings)) if list(jn.read_records(p, g))]
     records = list(jn.read_records(seg, gen))
     assert [r[0] for r in records] == [a.rel_path, b.rel_path]
     # Flip one byte in the second record's data: a write the crash tore (never acknowledged).
@@ -120,3 +123,25 @@ def test_a_record_naming_a_path_outside_the_spool_is_not_replayed(settings, tmp_
     j.close(checkpoint=False)
     assert jn.recover(settings) == 0
     assert not victim.exists() and not (settings.storage_root.parent / victim.name).exists()
+
+
+def test_a_recycled_segment_never_replays_its_earlier_records(settings):
+    """Segments are reused after a checkpoint; their old records carry an older generation."""
+    settings.storage.journal_segment_bytes = 1 << 20
+    j = _crashy_journal(settings)
+    study, series = generate_uid(), generate_uid()
+    first = [_put(settings, j, make_mr(study, series, i, size=128)) for i in range(20)]  # > 512 KiB
+    j.close()  # checkpointed: the next open keeps the segment as a spare
+    for s in first:
+        s.path.unlink()  # e.g. retention removed the study afterwards
+    [(old_gen, old_seg)] = [(g, p) for g, p in jn._segments(jn.journal_dir(settings)) if list(jn.read_records(p, g))]
+    j = jn.Journal(settings).open()
+    wait_for(lambda: j._ready is not None, 30, what="a segment prepared from the spare")
+    # The segment about to be written is the old one, renamed: its earlier records are still there.
+    assert j._ready.gen > old_gen and len(list(jn.read_records(j._ready.path, old_gen))) == len(first)
+    later = [_put(settings, j, make_mr(study, series, i, size=128)) for i in range(20, 23)]
+    j.close(checkpoint=False)
+    for s in later:
+        s.path.unlink()
+    assert jn.recover(settings) == len(later)
+    assert all(s.path.exists() for s in later) and not any(s.path.exists() for s in first)
