@@ -326,7 +326,7 @@ def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None, 
     proc = subprocess.Popen([sys.executable, "-m", "pgsam_node", "serve", "--config", str(cfg)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_port(port)
+        wait_port(port, timeout=300)  # a loaded machine can take minutes to import the node
         # The node in service: the port opens before the model loads in the background, so wait
         # for the load (/readyz) or its CPU would be counted against the instances.
         wait_model_loaded(web)
