@@ -38,6 +38,7 @@ import errno
 import logging
 import os
 import re
+import shutil
 import struct
 import threading
 import time
@@ -229,9 +230,7 @@ class Journal:
         return _Segment(gen, path, fd, size, 0)
 
     def _prealloc_allowed(self) -> bool:
-        from pgsam_node.ingest.spool import free_bytes
-
-        free = free_bytes(self.root) - self.settings.storage.min_free_bytes
+        free = shutil.disk_usage(self.root).free - self.settings.storage.min_free_bytes
         return free > 4 * self.segment_bytes
 
     def _prepare_loop(self) -> None:
