@@ -500,8 +500,7 @@ def recover(settings) -> int:
         return 0
     root = settings.storage_root
     cp_gen, cp_off = _read_checkpoint(directory)
-    restored = 0
-    touched: set[Path] = set()
+    records = []
     for gen, seg_path in _segments(directory):
         if gen < cp_gen:
             continue
@@ -509,12 +508,21 @@ def recover(settings) -> int:
             if not _REL_RE.match(rel) or ".." in rel.split("/"):
                 log.error("journal record with an unexpected path ignored")
                 continue
-            dest = root / rel
-            if _matches(dest, size, crc):
-                continue
-            _restore(seg_path, data_off, size, dest, settings.tmp_dir, root)
-            touched.add(dest.parent)
-            restored += 1
+            records.append((seg_path, rel, data_off, size, crc))
+    # A spool file is named after its SOP Instance UID: only an instance's last spool record counts
+    # (a re-send moved into another series removed the older file; it must not come back).
+    last = {rel.rpartition("/")[2]: i for i, (_, rel, *_rest) in enumerate(records) if rel.startswith("spool/")}
+    restored = 0
+    touched: set[Path] = set()
+    for i, (seg_path, rel, data_off, size, crc) in enumerate(records):
+        if rel.startswith("spool/") and last[rel.rpartition("/")[2]] != i:
+            continue
+        dest = root / rel
+        if _matches(dest, size, crc):
+            continue
+        _restore(seg_path, data_off, size, dest, settings.tmp_dir, root)
+        touched.add(dest.parent)
+        restored += 1
     for d in touched:
         _fsync_dir(d)
     if restored:

@@ -521,11 +521,15 @@ class IncomingFile:
             if deferred:
                 self.pending_rel = rel_path
                 return StoredFile(path=Path(dest), rel_path=rel_path, size=self.size)
-            self.pending_rel = None
-            os.close(self.fd)
-            self.fd = None
             if fsync:
                 _fsync_dir_cached(parent)
+            if self.journal is not None and fsync:
+                # A replacement is durable already; its journal record (make_durable) keeps the
+                # journal's order authoritative, so a replay never restores the older copy over it.
+                self.pending_rel = rel_path
+            else:
+                os.close(self.fd)
+                self.fd = None
         except (StorageFullError, AlreadyStored) as exc:
             if not isinstance(exc, AlreadyStored):
                 self.discard()

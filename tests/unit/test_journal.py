@@ -145,3 +145,31 @@ def test_a_recycled_segment_never_replays_its_earlier_records(settings):
         s.path.unlink()
     assert jn.recover(settings) == len(later)
     assert all(s.path.exists() for s in later) and not any(s.path.exists() for s in first)
+
+
+def test_replay_keeps_the_latest_copy_of_a_resent_instance(settings):
+    """A same-source re-send replaces the file (durably) and is journalled too; an instance moved to
+    another series by a re-send does not come back at its old path."""
+    j = _crashy_journal(settings)
+    study = generate_uid()
+    ds = make_mr(study, generate_uid(), 0, size=64)
+    first = _put(settings, j, ds)
+    first_bytes = first.path.read_bytes()
+    ds.InstanceNumber = 99  # same SOP Instance UID, other content, same path: replaces the file
+    meta = spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "PACS")
+    f = spool.IncomingFile(settings, meta, journal=j)
+    f.write(_encode(ds))
+    f.commit(first.rel_path, replace=True)
+    f.make_durable()
+    second_bytes = first.path.read_bytes()
+    assert second_bytes != first_bytes
+    moved = make_mr(study, generate_uid(), 1, size=64)
+    old = _put(settings, j, moved)
+    moved.SeriesInstanceUID = generate_uid()  # re-sent into another series (overwrite_same_source)
+    new = _put(settings, j, moved)
+    old.path.unlink()  # the index removes the old file once the row points at the new one
+    j.close(checkpoint=False)
+    new.path.unlink()
+    assert jn.recover(settings) == 1
+    assert first.path.read_bytes() == second_bytes, "the older copy was replayed over the newer"
+    assert new.path.exists() and not old.path.exists()
