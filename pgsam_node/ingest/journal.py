@@ -220,6 +220,8 @@ class Journal:
             if prealloc:
                 try:
                     while size < self.segment_bytes:
+                        if self._closed:  # stopping: do not hold the listener's shutdown up
+                            raise OSError(errno.ECANCELED, "journal closed")
                         size += os.write(fd, _ZEROS)
                     os.fsync(fd)  # the blocks and the size are committed once, here
                 except OSError:
@@ -242,6 +244,8 @@ class Journal:
                     try:
                         seg = self._new_segment(prealloc=True)
                     except OSError as exc:
+                        if self._closed:
+                            return
                         log.warning("journal: cannot prepare a segment: %s", exc.strerror)
                     else:
                         with self._lock:
