@@ -399,15 +399,20 @@ class Journal:
             self._wake.set()
 
     def _write_checkpoint(self, gen: int, off: int) -> None:
-        tmp = self.dir / (CHECKPOINT + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            os.write(fd, f"{gen} {off}\n".encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.dir / CHECKPOINT)
-        _fsync_dir(self.dir)
+        _write_checkpoint(self.dir, gen, off)
+
+
+def _write_checkpoint(directory: Path, gen: int, off: int) -> None:
+    """Atomically record that every record before (``gen``, ``off``) is durable in the spool."""
+    tmp = directory / (CHECKPOINT + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, f"{gen} {off}\n".encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, directory / CHECKPOINT)
+    _fsync_dir(directory)
 
 
 def _flush_files(root: Path, rel_paths: list[str]) -> None:
@@ -529,6 +534,12 @@ def recover(settings) -> int:
         restored += 1
     for d in touched:
         _fsync_dir(d)
+    if records:
+        # Files that were still there (a process crash keeps the page cache) may not be on the
+        # disk yet: flush once before the journal forgets them, then move the checkpoint past them.
+        os.sync()
+        last_gen = max(g for g, _ in _segments(directory))
+        _write_checkpoint(directory, last_gen + 1, 0)
     if restored:
         log.warning("journal: wrote back %d acknowledged instance(s) missing from the spool", restored)
     return restored
