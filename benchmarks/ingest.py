@@ -5,14 +5,21 @@ Generates N MR instances (256x256, 16-bit, one series) with pydicom in a tempora
 them with ``storescu`` over one association to each receiver in turn, and prints instances/s
 for both and the ratio node/storescp (the headline number). storescp writes files without fsync
 and indexes nothing; the node fsyncs each file and its directory and commits an index row before
-acknowledging. Also printed, to show where the time goes: a pynetdicom SCP that stores nothing,
-the durable write alone (no network), and the node's CPU time per instance.
+acknowledging (with ``storage.write_protocol: journal``, the default, one journal flush per
+acknowledgement; with ``rename``, the file's and the directory's). Also printed, to show where the
+time goes: a pynetdicom SCP that stores nothing, the durable write alone (no network), and the
+node's CPU time per instance.
 
 ``--senders K`` (K > 1) adds a second measurement: K storescu processes send N/K instances each
 at once, as a PACS routing with several associations does, to ``storescp --fork`` (one process
 per association) and to the node (one thread per association).
 
-Usage: python benchmarks/ingest.py [-n 500] [--rounds 1] [--senders 4] [--database-url URL]
+Every row is the median of ``--rounds`` alternating runs (default 5) with the load average at each
+run; ratios are per round (same conditions) and their median. The floor of each durable-write
+protocol (the node's own spool code with no network) and the flush latency of this disk (new file
++ rename + directory fsync, and an overwrite in a preallocated file) are printed too.
+
+Usage: python benchmarks/ingest.py [-n 500] [--rounds 5] [--senders 4] [--skip-single] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -142,17 +149,24 @@ from pynetdicom import AllStoragePresentationContexts, ALL_TRANSFER_SYNTAXES
 from pgsam_node.ingest import spool
 from pgsam_node.ingest.dicomnet import dimse
 from pgsam_node.ingest.dicomnet.acceptor import Acceptor
+from pgsam_node.ingest.journal import Journal
 root = Path(sys.argv[2])
-settings = SimpleNamespace(storage_root=root, tmp_dir=root / "tmp",
-                           storage=SimpleNamespace(root=root, fsync=True, min_free_bytes=0))
+protocol = sys.argv[3]
+settings = SimpleNamespace(storage_root=root, tmp_dir=root / "tmp", storage=SimpleNamespace(
+    root=root, fsync=True, min_free_bytes=0, write_protocol=protocol, journal_segment_bytes=64 << 20,
+    journal_checkpoint_seconds=2.0))
+journal = Journal(settings).open() if protocol == "journal" else None
+(root / "spool").mkdir(parents=True, exist_ok=True)
 class Sink:
     def __init__(self, cmd, ts):
         self.uid = cmd[dimse.AFFECTED_SOP_INSTANCE_UID]
-        self.f = spool.IncomingFile(settings, spool.file_meta_bytes(cmd[dimse.AFFECTED_SOP_CLASS_UID], self.uid, ts))
+        self.f = spool.IncomingFile(settings, spool.file_meta_bytes(cmd[dimse.AFFECTED_SOP_CLASS_UID], self.uid, ts),
+                                    journal=journal)
     def write(self, data):
         self.f.write(data)
     def finish(self):
-        self.f.commit(f"spool/{self.uid}.dcm")
+        self.f.commit(f"spool/{self.uid}.dcm", replace=False)
+        self.f.make_durable()
         return 0, None
     def discard(self):
         self.f.discard()
@@ -169,32 +183,85 @@ acc._thread.join()
 """
 
 
-def run_durable_receiver(folder: Path, root: Path) -> float:
-    """The node's own acceptor with a sink that only does the durable write (temporary file,
-    fdatasync, rename, directory fsync): no header scan, no index. The floor of this design here."""
+def run_durable_receiver(folder: Path, root: Path, protocol: str) -> float:
+    """The node's own acceptor with a sink that only does the durable write of ``protocol`` (no
+    header scan, no index): the floor of the node's design with that protocol, over the network."""
     root.mkdir()
-    return run_python_receiver(DURABLE_RECEIVER, folder, "FLOOR", str(root))
+    return run_python_receiver(DURABLE_RECEIVER, folder, "FLOOR", str(root), protocol)
 
 
-def durable_write_floor(folder: Path, root: Path) -> float:
-    """Seconds to write every file the way the node must (tmp file, fdatasync, rename, directory
-    fsync) with no network, parsing or database: the floor of any durable receiver here."""
-    tmp, dst = root / "tmp", root / "spool"
-    tmp.mkdir(parents=True)
-    dst.mkdir()
+def _settings(root: Path, protocol: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(storage_root=root, tmp_dir=root / "tmp", storage=SimpleNamespace(
+        root=root, fsync=True, min_free_bytes=0, write_protocol=protocol, journal_segment_bytes=64 << 20,
+        journal_checkpoint_seconds=2.0))
+
+
+def durable_write_floor(folder: Path, root: Path, protocol: str) -> float:
+    """Seconds to make every file durable with ``protocol`` through the node's own spool code, with
+    no network, parsing or database: ``rename`` (temporary file, fdatasync, rename, directory
+    fsync) or ``journal`` (temporary file, rename, one journal record, fdatasync of the segment).
+    The floor of any receiver using that protocol here."""
+    sys.path.insert(0, str(ROOT))
+    from pgsam_node.ingest import spool
+    from pgsam_node.ingest.journal import Journal
+
+    settings = _settings(root, protocol)
+    (root / "spool").mkdir(parents=True)
+    journal = Journal(settings).open() if protocol == "journal" else None
+    if journal is not None:
+        _wait_ready(journal)
     blobs = [p.read_bytes() for p in sorted(folder.iterdir())]
-    t0 = time.perf_counter()
-    for i, b in enumerate(blobs):
-        t = tmp / f"{i}.part"
-        fd = os.open(t, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        os.write(fd, b)
+    try:
+        t0 = time.perf_counter()
+        for i, b in enumerate(blobs):
+            f = spool.IncomingFile(settings, b, journal=journal)
+            f.commit(f"spool/{i}.dcm", replace=False)
+            f.make_durable()
+        return time.perf_counter() - t0
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _wait_ready(journal, timeout: float = 60.0) -> None:
+    """Wait until the journal has a preallocated segment ready (as a node in service has)."""
+    deadline = time.monotonic() + timeout
+    while journal._ready is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def fsync_latency(root: Path, n: int = 50, size: int = 131072) -> tuple[float, float]:
+    """Median ms of (a) fdatasync of a new 128 KiB file + rename + directory fsync (the rename
+    protocol's flushes), (b) fdatasync of 128 KiB overwritten in a preallocated file (a journal
+    record's flush)."""
+    import statistics
+
+    root.mkdir(parents=True)
+    data = os.urandom(size)
+    new, over = [], []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fd = os.open(root / f"{i}.part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        os.write(fd, data)
         os.fdatasync(fd)
         os.close(fd)
-        os.rename(t, dst / f"{i}.dcm")
-        dfd = os.open(dst, os.O_RDONLY)
+        os.rename(root / f"{i}.part", root / f"{i}.dcm")
+        dfd = os.open(root, os.O_RDONLY)
         os.fsync(dfd)
         os.close(dfd)
-    return time.perf_counter() - t0
+        new.append(time.perf_counter() - t0)
+    fd = os.open(root / "prealloc", os.O_RDWR | os.O_CREAT, 0o640)
+    os.write(fd, bytes(size * n))
+    os.fsync(fd)
+    for i in range(n):
+        t0 = time.perf_counter()
+        os.pwrite(fd, data, i * size)
+        os.fdatasync(fd)
+        over.append(time.perf_counter() - t0)
+    os.close(fd)
+    return statistics.median(new) * 1000, statistics.median(over) * 1000
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -223,28 +290,29 @@ def wait_model_loaded(web_port: int, timeout: float = 300.0) -> None:
     raise RuntimeError("the node's model did not load")
 
 
-def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None) -> float:
+def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None, protocol: str = "journal") -> float:
     port, web = free_port(), free_port()
     root.mkdir()
     cfg = root / "node.yaml"
     db = f"\ndatabase: {{url: '{db_url}'}}" if db_url else ""
     cfg.write_text(
         f"dicom: {{port: {port}, refuse_below_free_bytes: 0}}\nweb: {{port: {web}}}\n"
-        f"storage: {{root: '{root / 'storage'}', min_free_bytes: 0, fsync: true}}\n"
-        f"assembly: {{stable_seconds: 3600}}\nlogging: {{level: WARNING}}{db}\n"
+        f"storage: {{root: '{root / 'storage'}', min_free_bytes: 0, fsync: true, write_protocol: {protocol}}}\n"
+        f"assembly: {{stable_seconds: 3600}}\nlogging: {{level: INFO}}{db}\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "pgsam_node", "serve", "--config", str(cfg)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_port(port)
+        wait_port(port, timeout=300)  # a loaded machine can take minutes to import the node
         # The node in service: the port opens before the model loads in the background, so wait
         # for the load (/readyz) or its CPU would be counted against the instances.
         wait_model_loaded(web)
         cpu0 = _cpu_seconds(proc.pid)
         dt = send(port, folder, "PGSAM")
         cpu = _cpu_seconds(proc.pid) - cpu0
-        print(f"node CPU time: {cpu:.2f} s for {n} instances ({cpu / n * 1000:.2f} ms/instance, wall {dt / n * 1000:.2f} ms)")
+        print(f"  node ({protocol}) CPU time: {cpu:.2f} s for {n} instances ({cpu / n * 1000:.2f} ms/instance, "
+              f"wall {dt / n * 1000:.2f} ms)")
     finally:
         proc.terminate()
         try:
@@ -252,18 +320,52 @@ def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None) 
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate()
+    for line in (err or "").splitlines():
+        if "records per flush" in line:
+            print("  " + line[line.index("journal: ") :].replace("journal: journal: ", "journal: "))
     got = sum(1 for _ in (root / "storage" / "spool").rglob("*.dcm"))
     if got != n:
         raise RuntimeError(f"node stored {got} of {n}: {err[-2000:] if err else ''}")
     return dt
 
 
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+class Series:
+    """One benchmark row: seconds per run and the 1-minute load average at each run."""
+
+    def __init__(self, label: str):
+        self.label, self.secs, self.loads = label, [], []
+
+    def add(self, seconds: float) -> None:
+        self.secs.append(seconds)
+        self.loads.append(_load())
+
+    def rate(self, n: int) -> str:
+        import statistics
+
+        med = statistics.median(self.secs)
+        return (f"{self.label:<44} {n / med:8.1f} instances/s  (median of {len(self.secs)}: {med:.2f} s, "
+                f"{n / max(self.secs):.0f}-{n / min(self.secs):.0f}/s, load {min(self.loads):.1f}-{max(self.loads):.1f})")
+
+
+def ratio(anchor: Series, other: Series) -> str:
+    """Median and range of the per-round ratio anchor_seconds / other_seconds (same round)."""
+    import statistics
+
+    r = [a / b for a, b in zip(anchor.secs, other.secs)]
+    return f"{statistics.median(r):.2f} (runs {', '.join(f'{x:.2f}' for x in r)})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=500, help="instances (default 500)")
-    ap.add_argument("--rounds", type=int, default=1, help="alternate rounds; best of each is reported")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported (default 5)")
     ap.add_argument("--database-url", default=None, help="node database (default: SQLite in the temp root)")
     ap.add_argument("--senders", type=int, default=1, help="also measure K parallel associations (K > 1)")
+    ap.add_argument("--skip-single", action="store_true", help="only the parallel measurement")
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if not shutil.which(tool):
@@ -275,36 +377,65 @@ def main() -> int:
         src.mkdir()
         make_instances(src, args.n)
         mb = sum(p.stat().st_size for p in src.iterdir()) / 1e6
-        anchor, null, floor, recv, node = [], [], [], [], []
-        for r in range(args.rounds):
-            anchor.append(run_storescp(src, tmp / f"scp{r}", args.n))
-            null.append(run_null_scp(src))
-            floor.append(durable_write_floor(src, tmp / f"floor{r}"))
-            recv.append(run_durable_receiver(src, tmp / f"recv{r}"))
-            node.append(run_node(src, tmp / f"node{r}", args.n, args.database_url))
-        a, z, f, d, b = min(anchor), min(null), min(floor), min(recv), min(node)
-        print(f"instances: {args.n} ({mb:.1f} MB, 256x256 16-bit MR, one association); load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"storescp (DCMTK, no fsync):          {args.n / a:8.1f} instances/s  ({a:.2f} s)")
-        print(f"pynetdicom null SCP (stores nothing): {args.n / z:8.1f} instances/s  ({z:.2f} s)")
-        print(f"durable write alone (2 fsyncs, no net): {args.n / f:6.1f} instances/s  ({f:.2f} s)")
-        print(f"node acceptor + durable write only:   {args.n / d:8.1f} instances/s  ({d:.2f} s)")
-        print(f"pgsam-node serve (fsync on):          {args.n / b:8.1f} instances/s  ({b:.2f} s)")
-        print(f"ratio null-pynetdicom/storescp: {a / z:.2f}")
-        print(f"ratio durable-write-floor/storescp: {a / f:.2f}")
-        print(f"ratio acceptor+durable-write/storescp: {a / d:.2f}")
-        print(f"ratio node/storescp: {a / b:.2f}")
+        print(f"instances: {args.n} ({mb:.1f} MB, 256x256 16-bit MR); {os.cpu_count()} CPUs; load average at start "
+              f"{_load():.1f}")
+        lat_new, lat_over = [], []
+        if not args.skip_single:
+            rows = {k: Series(v) for k, v in (
+                ("scp", "storescp (DCMTK, no fsync)"), ("null", "pynetdicom null SCP (stores nothing)"),
+                ("floor_j", "durable write alone, journal (no network)"),
+                ("floor_r", "durable write alone, rename (no network)"),
+                ("recv", "node acceptor + journal write only"), ("node", "pgsam-node serve (journal)"),
+                ("node_r", "pgsam-node serve (rename protocol)"))}
+            for r in range(args.rounds):
+                a, b = fsync_latency(tmp / f"lat{r}")
+                lat_new.append(a)
+                lat_over.append(b)
+                rows["scp"].add(run_storescp(src, tmp / f"scp{r}", args.n))
+                rows["null"].add(run_null_scp(src))
+                rows["floor_j"].add(durable_write_floor(src, tmp / f"floorj{r}", "journal"))
+                rows["floor_r"].add(durable_write_floor(src, tmp / f"floorr{r}", "rename"))
+                rows["recv"].add(run_durable_receiver(src, tmp / f"recv{r}", "journal"))
+                rows["node"].add(run_node(src, tmp / f"node{r}", args.n, args.database_url, "journal"))
+                rows["node_r"].add(run_node(src, tmp / f"noder{r}", args.n, args.database_url, "rename"))
+                for d in tmp.glob(f"*{r}"):
+                    shutil.rmtree(d, ignore_errors=True)
+            print("one association:")
+            for row in rows.values():
+                print(row.rate(args.n))
+            scp = rows["scp"]
+            print(f"ratio null-pynetdicom/storescp: {ratio(scp, rows['null'])}")
+            print(f"ratio durable-write-floor (journal)/storescp: {ratio(scp, rows['floor_j'])}")
+            print(f"ratio durable-write-floor (rename)/storescp: {ratio(scp, rows['floor_r'])}")
+            print(f"ratio acceptor+journal-write/storescp: {ratio(scp, rows['recv'])}")
+            print(f"ratio node (journal)/storescp: {ratio(scp, rows['node'])}")
+            print(f"ratio node (rename)/storescp: {ratio(scp, rows['node_r'])}")
         if args.senders > 1:
             parts = split(src, args.senders)
-            pa, pb = [], []
+            pa, pj, pr = (Series(f"storescp --fork, {args.senders} associations"),
+                          Series(f"node (journal, group commit), {args.senders} assoc."),
+                          Series(f"node (rename protocol), {args.senders} assoc."))
             for r in range(args.rounds):
-                pa.append(run_storescp(parts, tmp / f"pscp{r}", args.n))
-                pb.append(run_node(parts, tmp / f"pnode{r}", args.n, args.database_url))
-            a2, b2 = min(pa), min(pb)
+                a, b = fsync_latency(tmp / f"plat{r}")
+                lat_new.append(a)
+                lat_over.append(b)
+                pa.add(run_storescp(parts, tmp / f"pscp{r}", args.n))
+                pj.add(run_node(parts, tmp / f"pnode{r}", args.n, args.database_url, "journal"))
+                pr.add(run_node(parts, tmp / f"pnoder{r}", args.n, args.database_url, "rename"))
+                for d in tmp.glob(f"p*{r}"):
+                    shutil.rmtree(d, ignore_errors=True)
             print(f"{args.senders} parallel associations:")
-            print(f"storescp --fork (DCMTK, no fsync):   {args.n / a2:8.1f} instances/s  ({a2:.2f} s)")
-            print(f"pgsam-node serve (fsync on):          {args.n / b2:8.1f} instances/s  ({b2:.2f} s)")
-            print(f"ratio node/storescp with {args.senders} associations: {a2 / b2:.2f}")
+            for row in (pa, pj, pr):
+                print(row.rate(args.n))
+            print(f"ratio node (journal)/storescp --fork with {args.senders} associations: {ratio(pa, pj)}")
+            print(f"ratio node (rename)/storescp --fork with {args.senders} associations: {ratio(pa, pr)}")
+            print(f"group commit + journal vs rename protocol, {args.senders} associations: {ratio(pr, pj)}")
+        import statistics
+
+        print(f"fsync latency (median per round, ms): new file + rename + dir fsync "
+              f"{statistics.median(lat_new):.2f} ({min(lat_new):.2f}-{max(lat_new):.2f}); "
+              f"overwrite in a preallocated file {statistics.median(lat_over):.2f} "
+              f"({min(lat_over):.2f}-{max(lat_over):.2f}); load average at end {_load():.1f}")
     return 0
 
 

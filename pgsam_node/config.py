@@ -110,6 +110,14 @@ class StorageSettings(_Section):
     min_free_bytes: int = Field(256 * 1024 * 1024, ge=0)
     #: fsync each instance (and its directory) before acknowledging it. Leave on in production.
     fsync: bool = True
+    #: How an instance is made durable before its acknowledgement (with ``fsync``): ``journal``
+    #: appends it to a write-ahead journal, one flush shared by every association in flight (group
+    #: commit), replayed at start-up; ``rename`` flushes the file and its directory (two flushes).
+    write_protocol: Literal["journal", "rename"] = "journal"
+    #: Size of a journal segment (preallocated by writing, then recycled).
+    journal_segment_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    #: How often the spool is synced as a whole so that the journal can forget what it holds.
+    journal_checkpoint_seconds: float = Field(2.0, gt=0)
 
 
 class DatabaseSettings(_Section):

@@ -77,6 +77,7 @@ class Node:
         from pgsam_node.flow.scheduler import build_scheduler
 
         from pgsam_node.ingest.index import reindex_spool
+        from pgsam_node.ingest.journal import recover as recover_journal
         from pgsam_node.ingest.spool import StorageRootLock, clean_tmp
 
         s = self.settings
@@ -85,6 +86,9 @@ class Node:
         self._root_lock = StorageRootLock(s.storage_root).acquire()
         # Temporary files are from transfers a crash interrupted: none was acknowledged.
         clean_tmp(s)
+        # Acknowledged instances whose spool file did not reach the disk (power loss) come back
+        # from the write-ahead journal, before the re-index gives them their rows.
+        recover_journal(s)
         # Spool files without a row (crash between rename and commit) are indexed again.
         reindex_spool(self.db, s)
         if self.run_worker and self.db.is_sqlite:

@@ -15,8 +15,9 @@ C-STORE (PS3.4 B.2.3): the data set is streamed, fragment by fragment as it arri
 temporary Part-10 file in the accepted transfer syntax (byte for byte, nothing decoded); its
 identifying UIDs are scanned from the first bytes (:mod:`pgsam_node.ingest.headscan`; pydicom reads the
 full header only for the first instance of a series, which is when classification needs it); the
-file is fsynced, renamed into the spool and indexed; only then does the success status go back
-(persist before acknowledge). Failures become statuses with an Error Comment: 0xA700 out of
+file is placed in the spool and indexed, then made durable (``storage.write_protocol``: one journal
+record and a shared flush, or the file's and directory's fsync); only then does the success status
+go back (persist before acknowledge). Failures become statuses with an Error Comment: 0xA700 out of
 resources (disk below the reserve or full, database unavailable), 0xC210 cannot understand
 (unparseable, no UIDs). The listener keeps serving after any of them.
 """
@@ -116,6 +117,7 @@ class Listener:
         #: Series with an indexed instance: later instances need only the identity scan.
         self._known_series: set[str] = set()
         self._commitment = any(dest.storage_commitment for dest in settings.destinations)
+        self._journal = None  # the write-ahead journal, open while the listener runs
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _supported(self) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
@@ -155,6 +157,11 @@ class Listener:
             implementation_version_name=spool.IMPLEMENTATION_VERSION_NAME, limits=limits,
         )
         self._temp_files = spool.TempFiles(self.settings)
+        self._journal = None
+        if self.settings.storage.fsync and self.settings.storage.write_protocol == "journal":
+            from pgsam_node.ingest.journal import Journal
+
+            self._journal = Journal(self.settings).open()
         self._server.start()
         log.info("DICOM listener %s on %s:%d%s", d.ae_title, d.bind, self.port, " (TLS)" if ssl_ctx else "")
 
@@ -165,6 +172,9 @@ class Listener:
         self._server.shutdown()
         self._server = None
         self._temp_files.close()
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         log.info("DICOM listener stopped")
 
     @property
@@ -316,7 +326,8 @@ class _StoreInstance:
         try:
             self.meta = spool.file_meta_bytes(self.sop_class, self.sop_uid, ts, self.calling)
             self.file = spool.IncomingFile(listener.settings, self.meta, listener._temp_files,
-                                           max_bytes=listener.settings.dicom.max_dataset_bytes)
+                                           max_bytes=listener.settings.dicom.max_dataset_bytes,
+                                           journal=listener._journal)
         except Exception as exc:  # noqa: BLE001 - mapped to a status at the end of the data set
             self.error = self._status_for(exc)
 
@@ -338,7 +349,10 @@ class _StoreInstance:
         lst = self.listener
         if self.error is None:
             try:
-                return self._commit()
+                status, why = self._commit()
+                if status in (STATUS_SUCCESS, STATUS_KEPT_IN_QUARANTINE):
+                    self.file.make_durable()  # persist before acknowledge (journal protocol)
+                return status, why
             except _Refused as exc:
                 self.discard()
                 self.error = (exc.status, exc.why)
@@ -459,6 +473,7 @@ class _StoreInstance:
         if placed is not None:
             (root / qrel).parent.mkdir(parents=True, exist_ok=True)
             os.rename(root / placed, root / qrel)
+            self.file.moved(qrel)
             if settings.storage.fsync:
                 spool.fsync_dirs((root / qrel).parent, (root / placed).parent)
         else:

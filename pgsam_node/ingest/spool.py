@@ -11,6 +11,11 @@ name (atomic on POSIX, so a re-sent instance replaces the old file without a win
 exists), then ``fsync`` the directory so the rename itself survives a power loss. A crash at any
 point leaves either the old complete file, the new complete file, or a stray temporary file that
 :func:`clean_tmp` removes at start-up - never a half file in the spool.
+
+That is ``storage.write_protocol: rename``. With ``journal`` (the default) the listener's
+:class:`IncomingFile` is placed without either flush and :meth:`IncomingFile.make_durable` appends it
+to the write-ahead journal (:mod:`pgsam_node.ingest.journal`): one flush per acknowledgement, shared
+across associations; start-up writes back from the journal whatever the spool lost.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import shutil
 import struct
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,7 +325,7 @@ class TempFiles:
             self._seq += 1
             seq = self._seq
         path = f"{self.dir}/{os.getpid()}{_AHEAD}{id(self):x}-{seq}{TMP_SUFFIX}"
-        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)  # read back by the journal
 
     def take(self) -> tuple[str, int] | None:
         """A ready (path, fd), or None when none is ready (the caller creates its own)."""
@@ -402,8 +408,15 @@ class IncomingFile:
     _seq = 0
     _seq_lock = threading.Lock()
 
-    def __init__(self, settings, meta: bytes, temp_files: TempFiles | None = None, max_bytes: int | None = None):
+    def __init__(self, settings, meta: bytes, temp_files: TempFiles | None = None, max_bytes: int | None = None,
+                 journal=None):
         self.settings = settings
+        #: With a :class:`~pgsam_node.ingest.journal.Journal`: :meth:`commit` places the file without
+        #: flushing it and :meth:`make_durable` journals it (one flush, shared by all associations).
+        self.journal = journal
+        self.crc = 0
+        #: Spool path of a file placed but not yet durable (journal protocol).
+        self.pending_rel: str | None = None
         check_free(settings, len(meta))
         self.root, tmp_dir = _dirs(settings.storage.root, os.getcwd())
         self.meta_len = len(meta)
@@ -425,7 +438,7 @@ class IncomingFile:
             # Plain strings on this path: pathlib cost more per instance than the file operations' Python side.
             self.tmp = f"{tmp_dir}/{os.getpid()}-{threading.get_ident()}-{seq}{TMP_SUFFIX}"
             try:
-                self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+                self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o640)
             except OSError as exc:
                 raise _io_error(exc, "cannot create a temporary file") from exc
         self.write(meta)
@@ -448,6 +461,8 @@ class IncomingFile:
             except StorageFullError:
                 self.discard()
                 raise
+        if self.journal is not None:
+            self.crc = zlib.crc32(view, self.crc)
         try:
             while view:
                 n = os.write(self.fd, view)
@@ -478,12 +493,16 @@ class IncomingFile:
         dest = f"{self.root}/{rel_path}"
         parent = dest.rpartition("/")[0]
         fsync = settings.storage.fsync
+        # Journal protocol: a new file is placed unflushed and journalled by make_durable. Replacing
+        # an existing file keeps the rename protocol (the old copy must survive until the new one is
+        # on disk), as does a file the journal refused.
+        deferred = self.journal is not None and not replace and fsync
         try:
             check_free(settings, 0)
             if parent not in _known_dirs:
                 _ensure_dir(Path(parent), Path(self.root), fsync)
                 _known_dirs.add(parent)
-            if fsync and not self._synced:
+            if fsync and not self._synced and not deferred:
                 os.fdatasync(self.fd)
                 self._synced = True
             place = os.rename if replace else os.link
@@ -499,10 +518,18 @@ class IncomingFile:
                 raise AlreadyStored(dest) from None
             if not replace:
                 os.unlink(self.tmp)
-            os.close(self.fd)
-            self.fd = None
+            if deferred:
+                self.pending_rel = rel_path
+                return StoredFile(path=Path(dest), rel_path=rel_path, size=self.size)
             if fsync:
                 _fsync_dir_cached(parent)
+            if self.journal is not None and fsync:
+                # A replacement is durable already; its journal record (make_durable) keeps the
+                # journal's order authoritative, so a replay never restores the older copy over it.
+                self.pending_rel = rel_path
+            else:
+                os.close(self.fd)
+                self.fd = None
         except (StorageFullError, AlreadyStored) as exc:
             if not isinstance(exc, AlreadyStored):
                 self.discard()
@@ -511,6 +538,39 @@ class IncomingFile:
             self.discard()
             raise _io_error(exc, "cannot write instance to the spool") from exc
         return StoredFile(path=Path(dest), rel_path=rel_path, size=self.size)
+
+    def moved(self, rel_path: str) -> None:
+        """The placed, not yet durable file was renamed to ``rel_path`` (quarantine)."""
+        if self.pending_rel is not None:
+            self.pending_rel = rel_path
+
+    def make_durable(self) -> None:
+        """Make a file placed by a deferred :meth:`commit` durable before it is acknowledged: one
+        journal record covered by a (group) flush, or, when the journal cannot take it, the rename
+        protocol's ``fdatasync`` of the file and ``fsync`` of its directory. No-op otherwise.
+
+        Raises
+        ------
+        ReceiveError
+            Neither worked (the instance must not be acknowledged).
+        """
+        if self.pending_rel is None or self.fd is None:
+            return
+        from pgsam_node.ingest.journal import JournalUnavailable
+
+        rel, self.pending_rel = self.pending_rel, None
+        try:
+            try:
+                self.journal.write(self.fd, self.size, self.crc, rel)
+            except JournalUnavailable as exc:
+                log.debug("journal unavailable (%s): flushing the file itself", exc.strerror)
+                os.fdatasync(self.fd)
+                _fsync_dir_cached(f"{self.root}/{rel}".rpartition("/")[0])
+        except OSError as exc:
+            raise _io_error(exc, "cannot make the instance durable") from exc
+        finally:
+            os.close(self.fd)
+            self.fd = None
 
     def replace_existing(self, rel_path: str) -> StoredFile:
         """After :class:`AlreadyStored`: replace the existing file (a same-source re-send)."""
