@@ -24,7 +24,7 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
-from ..dicomgen import make_mr
+from ..factories import Geometry, mr_instance
 from .test_serve import Node, _acked_sender
 
 
@@ -97,7 +97,7 @@ def test_power_loss_after_acknowledgement_loses_no_instance(tmp_path, loop_image
         # The last flush before the instances: the node's start-up state is on the disk.
         assert _run("sync", "-f", str(mnt)).returncode == 0
         study, series = generate_uid(), generate_uid()
-        dsets = [make_mr(study, series, i, size=128) for i in range(60)]
+        dsets = [mr_instance(study, series, i, geometry=Geometry(rows=128, columns=128)) for i in range(60)]
         acked, errors = [], []
         _acked_sender(node.port, dsets, acked, errors)
         assert len(acked) == len(dsets) and not errors

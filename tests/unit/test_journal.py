@@ -13,7 +13,7 @@ from pgsam_node.ingest import spool
 
 from tests.helpers import wait_for
 
-from ..dicomgen import make_mr
+from ..factories import Geometry, mr_instance
 from .test_spool_assemble import _encode
 
 
@@ -36,7 +36,7 @@ def _crashy_journal(settings):
 def test_lost_spool_files_come_back_from_the_journal_once(settings):
     j = _crashy_journal(settings)
     study, series = generate_uid(), generate_uid()
-    dsets = [make_mr(study, series, i, size=64) for i in range(5)]
+    dsets = [mr_instance(study, series, i, geometry=Geometry(rows=64, columns=64)) for i in range(5)]
     stored = [_put(settings, j, ds) for ds in dsets]
     assert j.stats["records"] == 5 and j.stats["flushes"] >= 1
     j.close(checkpoint=False)  # what kill -9 or a power loss leaves
@@ -55,7 +55,7 @@ def test_lost_spool_files_come_back_from_the_journal_once(settings):
 def test_torn_tail_record_is_ignored_and_earlier_records_kept(settings):
     j = _crashy_journal(settings)
     study, series = generate_uid(), generate_uid()
-    a, b = (_put(settings, j, make_mr(study, series, i, size=64)) for i in range(2))
+    a, b = (_put(settings, j, mr_instance(study, series, i, geometry=Geometry(rows=64, columns=64))) for i in range(2))
     j.close(checkpoint=False)
     # The records sit in one segment (the first, or a preallocated one switched to).
     [(gen, seg)] = [(g, p) for g, p in jn._segments(jn.journal_dir(settings)) if list(jn.read_records(p, g))]
@@ -79,7 +79,7 @@ def test_torn_tail_record_is_ignored_and_earlier_records_kept(settings):
 def test_checkpointed_records_are_not_replayed(settings):
     """After a checkpoint the spool itself is durable: a file removed later (retention) stays removed."""
     j = _crashy_journal(settings)
-    s = _put(settings, j, make_mr(generate_uid(), generate_uid(), 0, size=64))
+    s = _put(settings, j, mr_instance(generate_uid(), generate_uid(), 0, geometry=Geometry(rows=64, columns=64)))
     j.close()  # checkpoint: syncfs, then the journal forgets the record
     s.path.unlink()
     assert jn.recover(settings) == 0
@@ -89,7 +89,7 @@ def test_checkpointed_records_are_not_replayed(settings):
 def test_concurrent_associations_share_flushes_and_all_records_replay(settings):
     j = _crashy_journal(settings)
     study = generate_uid()
-    per_thread = [[make_mr(study, series, i, size=32) for i in range(15)] for series in
+    per_thread = [[mr_instance(study, series, i, geometry=Geometry(rows=32, columns=32)) for i in range(15)] for series in
                   (generate_uid() for _ in range(4))]
     stored: list = []
     lock = threading.Lock()
@@ -130,7 +130,7 @@ def test_a_recycled_segment_never_replays_its_earlier_records(settings):
     settings.storage.journal_segment_bytes = 1 << 20
     j = _crashy_journal(settings)
     study, series = generate_uid(), generate_uid()
-    first = [_put(settings, j, make_mr(study, series, i, size=128)) for i in range(20)]  # > 512 KiB
+    first = [_put(settings, j, mr_instance(study, series, i, geometry=Geometry(rows=128, columns=128))) for i in range(20)]  # > 512 KiB
     j.close()  # checkpointed: the next open keeps the segment as a spare
     for s in first:
         s.path.unlink()  # e.g. retention removed the study afterwards
@@ -139,7 +139,7 @@ def test_a_recycled_segment_never_replays_its_earlier_records(settings):
     wait_for(lambda: j._ready is not None, 30, what="a segment prepared from the spare")
     # The segment about to be written is the old one, renamed: its earlier records are still there.
     assert j._ready.gen > old_gen and len(list(jn.read_records(j._ready.path, old_gen))) == len(first)
-    later = [_put(settings, j, make_mr(study, series, i, size=128)) for i in range(20, 23)]
+    later = [_put(settings, j, mr_instance(study, series, i, geometry=Geometry(rows=128, columns=128))) for i in range(20, 23)]
     j.close(checkpoint=False)
     for s in later:
         s.path.unlink()
@@ -152,7 +152,7 @@ def test_replay_keeps_the_latest_copy_of_a_resent_instance(settings):
     another series by a re-send does not come back at its old path."""
     j = _crashy_journal(settings)
     study = generate_uid()
-    ds = make_mr(study, generate_uid(), 0, size=64)
+    ds = mr_instance(study, generate_uid(), 0, geometry=Geometry(rows=64, columns=64))
     first = _put(settings, j, ds)
     first_bytes = first.path.read_bytes()
     ds.InstanceNumber = 99  # same SOP Instance UID, other content, same path: replaces the file
@@ -163,7 +163,7 @@ def test_replay_keeps_the_latest_copy_of_a_resent_instance(settings):
     f.make_durable()
     second_bytes = first.path.read_bytes()
     assert second_bytes != first_bytes
-    moved = make_mr(study, generate_uid(), 1, size=64)
+    moved = mr_instance(study, generate_uid(), 1, geometry=Geometry(rows=64, columns=64))
     old = _put(settings, j, moved)
     moved.SeriesInstanceUID = generate_uid()  # re-sent into another series (overwrite_same_source)
     new = _put(settings, j, moved)
