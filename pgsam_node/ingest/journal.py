@@ -45,6 +45,8 @@ import time
 import zlib
 from pathlib import Path
 
+from pgsam_node.ingest.fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"PGSJ"
@@ -75,12 +77,6 @@ def journal_dir(settings) -> Path:
     return settings.storage_root / "journal"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy(src_fd: int, dst_fd: int, count: int, dst_off: int) -> None:
@@ -228,7 +224,7 @@ class Journal:
                     os.close(fd)
                     os.unlink(path)
                     raise
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return _Segment(gen, path, fd, size, 0)
 
     def _prealloc_allowed(self) -> bool:
@@ -395,7 +391,7 @@ class Journal:
             os.close(seg.fd)
             os.rename(seg.path, self.dir / f"{SPARE_PREFIX}{seg.gen}{SEGMENT_SUFFIX}")
         if old:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             self._wake.set()
 
     def _write_checkpoint(self, gen: int, off: int) -> None:
@@ -412,7 +408,7 @@ def _write_checkpoint(directory: Path, gen: int, off: int) -> None:
     finally:
         os.close(fd)
     os.rename(tmp, directory / CHECKPOINT)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def _flush_files(root: Path, rel_paths: list[str]) -> None:
@@ -432,7 +428,7 @@ def _flush_files(root: Path, rel_paths: list[str]) -> None:
         dirs.add(path.rpartition("/")[0])
     for d in dirs:
         try:
-            _fsync_dir(Path(d))
+            fsync_dir(Path(d))
         except FileNotFoundError:
             continue
 
@@ -533,7 +529,7 @@ def recover(settings) -> int:
         touched.add(dest.parent)
         restored += 1
     for d in touched:
-        _fsync_dir(d)
+        fsync_dir(d)
     if records:
         # Files that were still there (a process crash keeps the page cache) may not be on the
         # disk yet: flush once before the journal forgets them, then move the checkpoint past them.
@@ -561,5 +557,5 @@ def _restore(seg_path: Path, data_off: int, size: int, dest: Path, tmp_dir: Path
     os.rename(tmp, dest)
     p = dest.parent
     while p != root and p != p.parent:  # directories the restore created must survive too
-        _fsync_dir(p.parent)
+        fsync_dir(p.parent)
         p = p.parent

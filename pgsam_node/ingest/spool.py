@@ -35,6 +35,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgsam_node.ingest.fsutil import fsync_dir
+
 from pgsam_node.errors import ReceiveError, StorageFullError
 
 log = logging.getLogger(__name__)
@@ -182,18 +184,12 @@ def check_free(settings, needed: int) -> None:
 
 
 # ---- writing --------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_dirs(*paths: Path) -> None:
     """fsync directories (after a rename between them, so that it survives a power loss)."""
     for p in paths:
-        _fsync_dir(p)
+        fsync_dir(p)
 
 
 def _ensure_dir(path: Path, root: Path, fsync: bool) -> None:
@@ -216,7 +212,7 @@ def _ensure_dir(path: Path, root: Path, fsync: bool) -> None:
             except FileExistsError:
                 pass
             if fsync:
-                _fsync_dir(d.parent)
+                fsync_dir(d.parent)
         _known_dirs.add(path)
 
 

@@ -242,15 +242,21 @@ class SliceSampler:
             temb.append(self.text_emb[i] if self.text_emb is not None else np.zeros(1, np.float32))
             tval.append(has_text)
             fvec.append(f)
-        return {
-            "images": torch.from_numpy(np.stack(imgs)),
-            "mask": torch.from_numpy(np.stack(msks))[:, None],
-            "valid": torch.from_numpy(np.stack(vals)),
-            "coords": torch.from_numpy(np.stack(crds)),
-            "text_emb": torch.from_numpy(np.stack(temb)).float() if self.text_emb is not None else None,
-            "text_valid": torch.from_numpy(np.array(tval, dtype=bool)),
-            "findings": torch.from_numpy(np.stack(fvec)).float(),
-        }
+        return collate(imgs, msks, vals, crds, temb if self.text_emb is not None else None, tval, fvec)
+
+
+def collate(imgs: list, msks: list, vals: list, crds: list, temb: list | None, tval: list, fvec: list) -> dict[str, torch.Tensor | None]:
+    """Stack per-sample arrays into a training batch: images (B, S, K, H, W), mask (B, 1, H, W),
+    valid (B, S), coords (B, 2, H, W), text_emb (B, T) or None, text_valid (B,), findings (B, F)."""
+    return {
+        "images": torch.from_numpy(np.stack(imgs)),
+        "mask": torch.from_numpy(np.stack(msks))[:, None],
+        "valid": torch.from_numpy(np.stack(vals)),
+        "coords": torch.from_numpy(np.stack(crds)),
+        "text_emb": torch.from_numpy(np.stack(temb)).float() if temb is not None else None,
+        "text_valid": torch.from_numpy(np.array(tval, dtype=bool)),
+        "findings": torch.from_numpy(np.stack(fvec)).float(),
+    }
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

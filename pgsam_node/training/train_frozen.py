@@ -31,6 +31,7 @@ from torch.nn import functional as F
 from pgsam_node.findings import findings_vector
 from pgsam_node.training.box_loss import box_head_loss
 from pgsam_node.training.slice_bank import SliceBank
+from pgsam_node.training.train import collate
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +137,9 @@ class BankSampler:
                 temb.append(src[it.case])
             tval.append(has_text)
             fvec.append(f)
-        return {
-            "images": torch.from_numpy(np.stack(imgs)),
-            "mask": torch.from_numpy(np.stack(msks))[:, None],
-            "valid": torch.from_numpy(np.stack(vals)),
-            "coords": torch.from_numpy(np.stack(crds)),
-            "embeddings": torch.stack(embs),
-            "text_emb": torch.from_numpy(np.stack(temb)).float() if self.text_emb is not None else None,
-            "text_valid": torch.from_numpy(np.array(tval, dtype=bool)),
-            "findings": torch.from_numpy(np.stack(fvec)).float(),
-        }
+        batch = collate(imgs, msks, vals, crds, temb if self.text_emb is not None else None, tval, fvec)
+        batch["embeddings"] = torch.stack(embs)
+        return batch
 
 
 def _params(*modules) -> list[torch.nn.Parameter]:
