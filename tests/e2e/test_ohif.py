@@ -162,10 +162,16 @@ def view_and_check(env: ViewerEnv, out: Path, *, study_uid: str, seg: Dataset, r
             mapping, current = page.mapping(ds.ImagePositionPatient, ds.ImageOrientationPatient, ds.PixelSpacing,
                                             int(ds.Rows), int(ds.Columns))
             assert f"/instances/{ds.SOPInstanceUID}/" in current, f"the viewport shows {current}, not slice {z}"
-            page.set_segment_visible(True)
-            shown = page.stable_screenshot(mapping.viewport)
-            page.set_segment_visible(False)
-            hidden = page.stable_screenshot(mapping.viewport)
+            # The source image may still be refining (progressive loading) when a screenshot is
+            # stable for a moment: accept a shown capture only between two equal hidden ones.
+            for _ in range(6):
+                page.set_segment_visible(False)
+                hidden = page.stable_screenshot(mapping.viewport)
+                page.set_segment_visible(True)
+                shown = page.stable_screenshot(mapping.viewport)
+                page.set_segment_visible(False)
+                if np.array_equal(page.stable_screenshot(mapping.viewport), hidden):
+                    break
             expected = project_mask(expected_mask[z], mapping)
             verdicts[z] = check_overlay(shown, hidden, expected, colour)
             _save(out, f"{label}-z{z:03d}", shown, hidden, expected)
