@@ -290,7 +290,7 @@ class Predictor:
                 imgs, vld, crd, temb, tval, fv = inputs(ks)
                 with torch.autocast("cuda", enabled=use_cuda):
                     cached = None
-                    if self.embeddings.capacity or self.selective:
+                    if self.selective:  # the CPU path reuses the first pass's embeddings; a GPU re-encodes
                         from pgsam_node.inference.selective import embed
 
                         cached = embed(self.model, imgs, vld, self.embeddings, self.batch_size)
