@@ -161,7 +161,7 @@ class Ctx:
         self.tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
         # Precisions the device runs under autocast: CUDA fp16 (the Predictor's default) and bf16;
         # a CPU stand-in runs CPU autocast in bf16 only.
-        if dev is not None and dev.type == "cuda":
+        if dev is None or dev.type == "cuda":
             self.amp = [("fp16", torch.float16, FP16), ("bf16", torch.bfloat16, BF16)]
         else:
             self.amp = [("bf16", torch.bfloat16, BF16)]
