@@ -411,6 +411,56 @@ def check_predictor_litemedsam(c: Ctx) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# 2b. the bundled zero-shot folder (asymmetry proposals + packaged LiteMedSAM) on CUDA
+
+
+def check_predictor_zero_shot(c: Ctx) -> None:
+    """brain-lesion-litemedsam on held-out synthetic studies with their findings: CUDA autocast vs
+    CPU fp32, batch 1 vs 8, and the Dice against the phantom's mask on both devices."""
+    from pgsam_node.inference.predictor import Predictor
+    from pgsam_node.inference.router import BUNDLED_MODELS
+    from pgsam_node.training.sources import EVAL_SEED_BASE, synthetic_study
+
+    folder = BUNDLED_MODELS / "brain-lesion-litemedsam"
+    seeds = [EVAL_SEED_BASE + i for i in range(2 if c.quick else 4)]
+    studies = [synthetic_study(s) for s in seeds]
+
+    def dice(a, b):
+        s = a.sum() + b.sum()
+        return float(2 * (a & b).sum() / s) if s else 1.0
+
+    cpu = Predictor.from_dir(folder, device="cpu", batch_size=8)
+    ref = [cpu.predict(st.volumes, st.valid, st.findings, None, st.affine) for st in studies]
+    d_cpu = [dice(r.mask.astype(bool), st.mask.astype(bool)) for r, st in zip(ref, studies)]
+    c.report.add("zero-shot brain-lesion-litemedsam on CPU (reference)", "INFO",
+                 f"{len(studies)} synthetic studies, Dice {', '.join(f'{d:.3f}' for d in d_cpu)}; "
+                 f"{sum(r.seconds['total'] for r in ref):.1f} s in all", dice=d_cpu)
+    if c.dev is None or c.dev.type != "cuda":
+        for n in ("batch 1 vs 8", "vs CPU"):
+            c.skip(f"zero-shot Predictor cuda: {n}")
+        return
+    res = {}
+    for bs in (1, 8):
+        pred = Predictor.from_dir(folder, device="cuda", batch_size=bs)
+        predict_all = [pred.predict(st.volumes, st.valid, st.findings, None, st.affine) for st in studies]
+        sync(c.dev)
+        t = time.perf_counter()
+        res[bs] = [pred.predict(st.volumes, st.valid, st.findings, None, st.affine) for st in studies]
+        sync(c.dev)
+        c.report.add(f"zero-shot Predictor cuda autocast batch {bs}: seconds per study (warm)", "INFO",
+                     f"{(time.perf_counter() - t) / len(studies):.3f} s/study; first (cold) run "
+                     f"{sum(r.seconds['total'] for r in predict_all) / len(studies):.3f} s/study")
+    same = all(np.array_equal(a.mask, b.mask) for a, b in zip(res[1], res[8]))
+    c.report.gate("zero-shot Predictor cuda autocast: batch_size 1 vs 8 give the same masks", same)
+    d_gpu = [dice(r.mask.astype(bool), st.mask.astype(bool)) for r, st in zip(res[8], studies)]
+    agree = [dice(a.mask.astype(bool), b.mask.astype(bool)) for a, b in zip(res[8], ref)]
+    c.report.gate("zero-shot Predictor cuda autocast vs CPU fp32: same masks (Dice between them >= 0.98 each)",
+                  all(a >= 0.98 for a in agree),
+                  f"Dice cuda vs cpu {', '.join(f'{a:.4f}' for a in agree)}; vs phantom mask cuda {', '.join(f'{d:.3f}' for d in d_gpu)}",
+                  agreement=agree, dice_cuda=d_gpu)
+
+
+# ------------------------------------------------------------------------------------------------
 # 3. vit_b from an official-format checkpoint, through model.sam_checkpoint
 
 
@@ -635,7 +685,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small studies and a down-sized vit_b (for a CPU)")
     ap.add_argument("--full-vit-b", action="store_true", help="the full 1024 px vit_b even with --quick or on a CPU (slow there)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    ap.add_argument("--only", default="", help="comma-separated subset of: identity,parotid,litemedsam,vit_b,timings")
+    ap.add_argument("--only", default="", help="comma-separated subset of: identity,parotid,litemedsam,zero_shot,vit_b,timings")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -654,6 +704,7 @@ def main() -> int:
     groups = {"identity": ("litemedsam identity", check_litemedsam_identity),
               "parotid": ("parotid-tiny Predictor", check_predictor_parotid),
               "litemedsam": ("litemedsam Predictor", check_predictor_litemedsam),
+              "zero_shot": ("zero-shot brain-lesion-litemedsam Predictor", check_predictor_zero_shot),
               "vit_b": ("vit_b official checkpoint", check_vit_b),
               "timings": ("timings", check_timings)}
     want = [g.strip() for g in args.only.split(",") if g.strip()] or list(groups)

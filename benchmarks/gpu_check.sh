@@ -13,7 +13,7 @@ export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 
 echo "== gpu_check.py (${SECONDS}s)"
-timeout 200 python3 benchmarks/gpu_check.py --out "$OUT/gpu_check.json" ${GPU_CHECK_ARGS:-} 2>&1 \
+timeout 320 python3 benchmarks/gpu_check.py --out "$OUT/gpu_check.json" ${GPU_CHECK_ARGS:-} 2>&1 \
   | tee "$OUT/gpu_check.log"
 rc_check=${PIPESTATUS[0]}
 
