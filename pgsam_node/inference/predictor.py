@@ -338,6 +338,7 @@ class Predictor:
         key = seqs.index(prop.key_role)
         pairs = [(k, b) for k, bs in sorted(prop.boxes.items()) for b in bs if prep.seq_valid[k, key]]
         use_cuda = self.device.type == "cuda"
+        decoded: list[tuple[int, np.ndarray, np.ndarray, float]] = []
         for start in range(0, len(pairs), self.batch_size):
             part = pairs[start : start + self.batch_size]
             ks = [k for k, _ in part]
@@ -348,14 +349,22 @@ class Predictor:
             with torch.autocast("cuda", enabled=use_cuda):
                 # Slices with several boxes are encoded once (the LRU) on the CPU; a GPU re-encodes.
                 cached = None if use_cuda else embed(self.model, imgs, want, self.embeddings, self.batch_size)
-                out = self.model(imgs, want, crd, temb, tval, fv, boxes=boxes, embeddings=cached)
-            res = out[:, 0].float().cpu().numpy()
-            for j, (k, b) in enumerate(part):
-                inside = np.full(res[j].shape, -20.0, np.float32)
-                x0, y0, x1, y1 = (int(round(v)) for v in b)
-                inside[y0 : y1 + 1, x0 : x1 + 1] = res[j][y0 : y1 + 1, x0 : x1 + 1]
-                logits[k] = np.maximum(logits[k], inside)
+                out = self.model.forward_parts(imgs, want, crd, temb, tval, fv, boxes=boxes, embeddings=cached)
+            res = out["masks"][:, 0].float().cpu().numpy()
+            iou = out["iou"].float().cpu().numpy()
+            decoded += [(k, b, res[j], float(iou[j])) for j, (k, b) in enumerate(part)]
+        # Keep the masks the decoder is confident in, relative to its best one in this study
+        # (SAM's predicted IoU; a box on tissue that is no lesion gets a low one).
+        best = max(d[3] for d in decoded)
+        kept = [d for d in decoded if d[3] >= best - prop.params.iou_margin]
+        for k, b, res_k, _ in kept:
+            inside = np.full(res_k.shape, -20.0, np.float32)
+            x0, y0, x1, y1 = (int(round(v)) for v in b)
+            inside[y0 : y1 + 1, x0 : x1 + 1] = res_k[y0 : y1 + 1, x0 : x1 + 1]
+            logits[k] = np.maximum(logits[k], inside)
         notes.append(f"decoded {len(pairs)} box(es) on {len({k for k, _ in pairs})} slice(s)")
+        if len(kept) < len(decoded):
+            notes.append(f"dropped {len(decoded) - len(kept)} box mask(s) with predicted IoU below {best - prop.params.iou_margin:.2f}")
 
     def _first_pass(self, prep, inputs, notes: list[str]) -> list[int]:
         """Probe every ``probe_stride``-th slice with one sequence; return the slices to run in full."""

@@ -65,6 +65,8 @@ class ProposalParams:
     max_boxes_per_slice: int = 4
     #: Core parts smaller than this (mm^2 on a slice) give no box.
     min_box_area_mm2: float = 12.0
+    #: Decoded box masks whose SAM-predicted IoU is more than this below the study's best are dropped.
+    iou_margin: float = 0.2
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Proposal:
     region: np.ndarray | None = None
     key_role: str | None = None
     notes: list[str] = field(default_factory=list)
+    params: ProposalParams = field(default_factory=ProposalParams)
     #: (summed score, rank score) of every candidate component, best first.
     candidates: list[tuple[float, float]] = field(default_factory=list)
     labels: np.ndarray | None = None
@@ -299,7 +302,7 @@ def propose(images: np.ndarray, seq_valid: np.ndarray, sequences: list[str], aff
         The report's findings (side, signal, count); None = no report.
     """
     p = params or ProposalParams()
-    out = Proposal()
+    out = Proposal(params=p)
     z, s, h, w = images.shape
     a = np.asarray(affine, np.float64)
     # Patient left-right (LPS x) must run along the image columns or rows for a mirror in-plane.

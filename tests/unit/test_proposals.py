@@ -160,3 +160,35 @@ def test_predictor_decodes_only_inside_the_proposed_boxes():
     assert set(hit) <= {3, 4, 5, 6} and len(hit) > 0
     # Nothing on the other side of the mid-line.
     assert not res.mask[:, :, 60:].any()
+
+
+def test_predictor_drops_box_masks_the_decoder_is_unsure_of():
+    torch.manual_seed(0)
+    arch = get_preset("tiny", localiser="asymmetry", img_size=96, patch_size=8, depth=1)
+    cfg = ModelConfig(arch=arch, sequences=SEQ, use_text=False, context_slices=1, threshold=0.5, min_component_mm3=0.0)
+    model = build_model(cfg).eval()
+    vols, _ = phantom(lesion_col=30)
+    f = Findings(side="right", size_mm=10.0, signal={"T2": "hyper", "enhancement": "avid"})
+    pred = Predictor(model, cfg, torch.device("cpu"), batch_size=2, threshold=1e-4)
+    before = pred.predict(vols, None, f, None, AFFINE, postprocess=False)
+    assert set(np.flatnonzero(before.mask.reshape(Z, -1).any(1))) == {3, 4, 5, 6}
+    # The decoder's own predicted IoU decides: the box masks of slices 3 and 6 get 0.3, the rest 0.9.
+    real = model.forward_parts
+    calls = []
+
+    def forward_parts(images, valid, coords, *args, **kw):
+        out = real(images, valid, coords, *args, **kw)
+        calls.append(len(out["iou"]))
+        start = sum(calls[:-1])
+        ks = [k for k, bs in sorted(pred_boxes.items()) for _ in bs][start : start + len(out["iou"])]
+        out["iou"] = torch.tensor([0.3 if k in (3, 6) else 0.9 for k in ks])
+        return out
+
+    from pgsam_node.inference.proposals import proposal_images
+
+    pr = propose(proposal_images(vols, None, SEQ, N), np.ones((Z, 3), bool), SEQ, AFFINE, (N, N), f)
+    pred_boxes = pr.boxes
+    model.forward_parts = forward_parts
+    after = pred.predict(vols, None, f, None, AFFINE, postprocess=False)
+    assert set(np.flatnonzero(after.mask.reshape(Z, -1).any(1))) == {4, 5}
+    assert any("predicted IoU below 0.70" in n for n in after.notes)
