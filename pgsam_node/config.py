@@ -269,6 +269,10 @@ class ModelSettings(_Section):
     #: brain): a model folder, or the name of a bundled one. Other studies use ``path``. A routed
     #: model is loaded on its first study and kept.
     by_region: dict[str, str] = Field(default_factory=lambda: {"brain": "brain-lesion-litemedsam"})
+    #: Second opinion for ``path``'s model: when it finds nothing although the report states a
+    #: lesion, this model (folder or bundled name) segments the study instead; None = off. The
+    #: default is the zero-shot parotid folder, which needs no training data to find a lesion.
+    fallback: str | None = "parotid-litemedsam"
 
     @field_validator("by_region")
     @classmethod
