@@ -679,7 +679,7 @@ def environment() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="JSON file of the results")
+    ap.add_argument("--out", type=Path, default=Path("runs") / "gpu_check.json", help="JSON file of the results")
     ap.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                     help="device under test: auto = CUDA when present (else those rows are skipped); cpu = run them on the CPU")
     ap.add_argument("--quick", action="store_true", help="small studies and a down-sized vit_b (for a CPU)")
