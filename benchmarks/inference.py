@@ -164,7 +164,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-vit-b", action="store_true")
     ap.add_argument("--skip-litemedsam", action="store_true")
-    ap.add_argument("--litemedsam-model", type=Path, default=ROOT / "runs" / "brain-lesion-litemedsam",
+    ap.add_argument("--litemedsam-model", type=Path, default=ROOT / "pgsam_node" / "resources" / "models" / "brain-lesion-litemedsam",
                     help="model folder on the litemedsam preset (absent: the untrained preset)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
