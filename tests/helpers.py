@@ -43,3 +43,24 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None
             return s.connect_ex((host, port)) == 0
 
     wait_for(_open, timeout, what=f"port {host}:{port}")
+
+
+def wait_echo(port: int, called_aet: str, host: str = "127.0.0.1", timeout: float = 120.0) -> None:
+    """Wait until the node answers a C-ECHO (the port can accept before the node answers: on a
+    loaded machine the first association of a starting node can take longer than a DIMSE timeout)."""
+    from pynetdicom import AE
+
+    def _echo() -> bool:
+        ae = AE(ae_title="WAITECHO")
+        ae.add_requested_context("1.2.840.10008.1.1")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        assoc = ae.associate(host, port, ae_title=called_aet)
+        if not assoc.is_established:
+            return False
+        try:
+            status = assoc.send_c_echo()
+            return bool(status) and status.Status == 0x0000
+        finally:
+            assoc.release()
+
+    wait_for(_echo, timeout, interval=0.5, what=f"C-ECHO answered on {host}:{port}")

@@ -23,10 +23,10 @@ from pgsam_node.db import Database, Run, Study, StudyEvent
 from pgsam_node.synth.minipacs import MiniPacs
 from pgsam_node.synth.dicom_writer import write_study
 
-from ..helpers import PROJECT_ROOT, free_port, wait_for, wait_port
+from ..helpers import PROJECT_ROOT, free_port, wait_echo, wait_for, wait_port
 
 
-def _config(tmp_path, pacs: MiniPacs, db_url: str | None = None) -> tuple:
+def _config(tmp_path, pacs: MiniPacs, db_url: str | None = None, lease_seconds: float = 4.0) -> tuple:
     cfg = {
         # An empty result still sends a SEG, so every study ends DONE with exactly one object.
         "seg": {"empty_result": "empty_segment"},
@@ -35,7 +35,7 @@ def _config(tmp_path, pacs: MiniPacs, db_url: str | None = None) -> tuple:
         "assembly": {"stable_seconds": 1.0, "check_interval_seconds": 0.3},
         "ris": {"recheck_interval_seconds": 0.5},
         "send": {"check_interval_seconds": 0.3},
-        "worker": {"poll_seconds": 0.3, "heartbeat_seconds": 0.5, "lease_seconds": 4.0},
+        "worker": {"poll_seconds": 0.3, "heartbeat_seconds": 0.5, "lease_seconds": lease_seconds},
         "web": {"enabled": False},
         "destinations": [{"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.port}],
     }
@@ -87,6 +87,7 @@ def test_kill_9_during_inference_then_restart_completes_once(tmp_path):
     proc = _spawn(["serve"], cfg_path, log)
     try:
         wait_port(settings.dicom.port, timeout=60)
+        wait_echo(settings.dicom.port, settings.dicom.ae_title)
         db = Database(settings.database_url)
         import_csv(csv_path, settings, db)
         files = [p for paths in study.paths_by_role.values() for p in paths]
@@ -115,7 +116,9 @@ def test_kill_9_during_inference_then_restart_completes_once(tmp_path):
 
 def test_two_workers_on_postgres_process_each_study_once(tmp_path, pg_url):
     pacs = MiniPacs(tmp_path / "pacs").start()
-    cfg_path, settings = _config(tmp_path, pacs, db_url=pg_url)
+    # Nobody is killed here: a lease long enough that a worker starved of CPU on a loaded machine
+    # cannot lose it, so "claimed exactly once" tests the queue, not the scheduler.
+    cfg_path, settings = _config(tmp_path, pacs, db_url=pg_url, lease_seconds=60.0)
     seeds = list(range(900, 910))
     studies = [write_study(s, tmp_path / f"study{s}") for s in seeds]
     csv_path = tmp_path / "reports.csv"
@@ -123,6 +126,7 @@ def test_two_workers_on_postgres_process_each_study_once(tmp_path, pg_url):
     procs = [_spawn(["serve", "--no-worker"], cfg_path, tmp_path / "serve.log")]
     try:
         wait_port(settings.dicom.port, timeout=60)
+        wait_echo(settings.dicom.port, settings.dicom.ae_title)
         db = Database(pg_url)
         import_csv(csv_path, settings, db)
         for st in studies:
