@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from pgsam_node.ingest.listener import Listener
+    from pgsam_node.ingest.workers import AcceptorPool
     from pgsam_node.reports.hl7 import Hl7Listener
     from pgsam_node.web import WebServer
 
@@ -50,7 +51,7 @@ class Node:
         self.sequencer = Sequencer(self.db, settings, self.pipeline)
         self.worker_id = make_worker_id()
         self.worker: WorkerLoop | None = None
-        self.listener: Listener | None = None
+        self.listener: Listener | AcceptorPool | None = None
         self.hl7: Hl7Listener | None = None
         self.web: WebServer | None = None
         self.scheduler: BackgroundScheduler | None = None
@@ -99,7 +100,18 @@ class Node:
         # of start-up, even on a busy machine, while the heavy parts (the model with torch and
         # transformers, the web service) load behind it. Received instances only need the spool
         # and the index, which are up now.
-        self.listener = Listener(s, self.db)
+        if s.dicom.acceptor_processes > 1:
+            from pgsam_node.ingest.index import share_write_lock
+            from pgsam_node.ingest.workers import AcceptorPool
+
+            # Worker processes index their own instances: the SQLite writer lock that keeps the
+            # assembly step and indexing apart must hold across processes (docs/ingest.md).
+            if self.db.is_sqlite:
+                share_write_lock(s)
+            # The workers inherit the storage root's flock: no second node while any of them runs.
+            self.listener = AcceptorPool(s, inherit_fds=(self._root_lock.fd,))
+        else:
+            self.listener = Listener(s, self.db)
         self.listener.start()
         log.info("DICOM port open: %s@%s:%s", s.dicom.ae_title, s.dicom.bind, self.listener.port)
         if s.hl7.port:
@@ -172,6 +184,10 @@ class Node:
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("error stopping %s", name)
         self.db.dispose()
+        if self.settings.dicom.acceptor_processes > 1 and self.db.is_sqlite:
+            from pgsam_node.ingest.index import share_write_lock
+
+            share_write_lock(self.settings, on=False)
         if getattr(self, "_root_lock", None) is not None:
             self._root_lock.release()
 
