@@ -316,13 +316,14 @@ class Journal:
         with self._lock:
             if self._closed or self._failed:
                 raise JournalUnavailable(errno.EIO, self._failed or "journal closed")
-            head_len = _align(_HEADER.size + _STAMP.size + len(path) + _CRC.size)
+            stamp = _STAMP.pack(time.monotonic_ns()) if VERSION >= 2 else b""
+            head_len = _align(_HEADER.size + len(stamp) + len(path) + _CRC.size)
             need = head_len + _align(size)
             try:
                 self._switch(need)
                 seg = self._active
                 head = (_HEADER.pack(MAGIC, VERSION, 0, seg.gen, seg.off, size, crc, len(path))
-                        + _STAMP.pack(time.monotonic_ns()) + path)
+                        + stamp + path)
                 head += _CRC.pack(zlib.crc32(head))
                 _copy(src_fd, seg.fd, size, seg.off + head_len)
                 os.pwrite(seg.fd, head, seg.off)
