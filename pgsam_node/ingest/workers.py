@@ -490,7 +490,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     # Ctrl-C reaches the whole process group: the serve process stops the workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The serve process stops its workers (lifeline); SIGTERM to the whole group (systemd) must
+    # not end them before it does. SIGKILL still ends one (and it is started again).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     ctrl = socket.socket(fileno=args.control_fd)
     buf = b""
