@@ -327,7 +327,8 @@ def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None, 
         cpu0 = _cpu_seconds(proc.pid)
         dt = send(port, folder, "PGSAM")
         cpu = _cpu_seconds(proc.pid) - cpu0
-        print(f"  node ({protocol}, {processes} acceptor process{'es' if processes > 1 else ''}) CPU time: {cpu:.2f} s for {n} instances ({cpu / n * 1000:.2f} ms/instance, "
+        what = f"{protocol}, {processes} acceptor process{'es' if processes > 1 else ''}"
+        print(f"  node ({what}) CPU time: {cpu:.2f} s for {n} instances ({cpu / n * 1000:.2f} ms/instance, "
               f"wall {dt / n * 1000:.2f} ms)")
     finally:
         proc.terminate()
