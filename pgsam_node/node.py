@@ -35,9 +35,14 @@ class Node:
         Run the embedded worker (``worker.embedded``; the SQLite default needs it).
     predictor_factory
         Seam for tests: builds the predictor instead of loading ``model.path``.
+    dicom_socket
+        The DICOM port's listening socket, bound already (``serve`` binds it first, so that a
+        PACS connecting during start-up waits in the kernel's queue instead of being refused);
+        None: the listener binds ``dicom.bind``/``dicom.port`` itself.
     """
 
-    def __init__(self, settings: Settings, db: Database | None = None, worker: bool | None = None, web: bool | None = None, predictor_factory=None):
+    def __init__(self, settings: Settings, db: Database | None = None, worker: bool | None = None, web: bool | None = None, predictor_factory=None,
+                 dicom_socket=None):
         from pgsam_node.flow.pipeline import Pipeline
         from pgsam_node.flow.sequencer import Sequencer
 
@@ -55,6 +60,7 @@ class Node:
         self.hl7: Hl7Listener | None = None
         self.web: WebServer | None = None
         self.scheduler: BackgroundScheduler | None = None
+        self.dicom_socket = dicom_socket
         self._stopped = threading.Event()
         self._start_lock = threading.Lock()
         self._loader: threading.Thread | None = None
@@ -109,9 +115,9 @@ class Node:
             if self.db.is_sqlite:
                 share_write_lock(s)
             # The workers inherit the storage root's flock: no second node while any of them runs.
-            self.listener = AcceptorPool(s, inherit_fds=(self._root_lock.fd,))
+            self.listener = AcceptorPool(s, inherit_fds=(self._root_lock.fd,), sock=self.dicom_socket)
         else:
-            self.listener = Listener(s, self.db)
+            self.listener = Listener(s, self.db, sock=self.dicom_socket)
         self.listener.start()
         log.info("DICOM port open: %s@%s:%s", s.dicom.ae_title, s.dicom.bind, self.listener.port)
         if s.hl7.port:

@@ -23,10 +23,40 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _port_error(settings, exc: OSError) -> ReceiveError | None:
+    """The clear message for a DICOM port that cannot be bound, or None for another error."""
+    if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        return None
+    d = settings.dicom
+    what = {errno.EADDRINUSE: "is already in use (another pgsam-node, storescp or Orthanc?)",
+            errno.EACCES: "needs privileges (ports below 1024: CAP_NET_BIND_SERVICE)",
+            errno.EADDRNOTAVAIL: "is not an address of this machine"}[exc.errno]
+    return ReceiveError(f"cannot open the DICOM port {d.bind}:{d.port}: it {what}; "
+                        f"change dicom.port / dicom.bind or stop the other process")
+
+
+def bind_dicom_port(settings):
+    """Bind and listen on the DICOM port now, before the database, recovery and the rest of the
+    node load (issue 17: the port must accept within 2 s of ``serve``, even on a busy machine).
+    A PACS that connects during start-up waits in the kernel's accept queue (``backlog`` 128) and
+    is answered once the acceptor runs, instead of being refused and retrying minutes later."""
+    import socket
+
+    d = settings.dicom
+    try:
+        return socket.create_server((d.bind, d.port), backlog=128)
+    except OSError as exc:
+        err = _port_error(settings, exc)
+        if err is None:
+            raise
+        raise err from None
+
+
 def run(args) -> int:
+    settings = load(args)
+    sock = bind_dicom_port(settings)
     from pgsam_node.node import Node
 
-    settings = load(args)
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
@@ -35,24 +65,26 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    node = Node(settings, worker=False if args.no_worker else None, web=False if args.no_web else None)
+    try:
+        node = Node(settings, worker=False if args.no_worker else None, web=False if args.no_web else None,
+                    dicom_socket=sock)
+    except BaseException:
+        sock.close()
+        raise
     try:
         try:
             node.start()
         except OSError as exc:
-            if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            err = _port_error(settings, exc)
+            if err is None:
                 raise
-            d = settings.dicom
-            what = {errno.EADDRINUSE: "is already in use (another pgsam-node, storescp or Orthanc?)",
-                    errno.EACCES: "needs privileges (ports below 1024: CAP_NET_BIND_SERVICE)",
-                    errno.EADDRNOTAVAIL: "is not an address of this machine"}[exc.errno]
-            raise ReceiveError(f"cannot open the DICOM port {d.bind}:{d.port}: it {what}; "
-                               f"change dicom.port / dicom.bind or stop the other process") from None
+            raise err from None
         log.info("node serving: DICOM %s@%s:%d, storage %s", settings.dicom.ae_title, settings.dicom.bind,
                  node.listener.port, settings.storage_root)
         while not stop.wait(1.0):
             pass
     finally:
         node.stop()
+        sock.close()  # closed by the listener already, unless start-up failed before it
         log.info("node stopped")
     return 0

@@ -146,10 +146,13 @@ class AcceptorPool:
         and ended (forwarded from the worker that served it).
     inherit_fds
         Descriptors every worker keeps open (the storage root lock).
+    sock
+        The DICOM port's listening socket when ``serve`` bound it already; None: bound in
+        :meth:`start`.
     """
 
     def __init__(self, settings, on_release: Callable[[set[str]], None] | None = None,
-                 inherit_fds: tuple[int, ...] = ()):
+                 inherit_fds: tuple[int, ...] = (), sock: socket.socket | None = None):
         self.settings = settings
         self.on_release = on_release
         self.inherit_fds = tuple(inherit_fds)
@@ -157,7 +160,7 @@ class AcceptorPool:
         self._counts = _Counts(settings.dicom)
         self._lock = threading.Lock()
         self._workers = [_Worker(i) for i in range(1, self.n + 1)]
-        self._sock: socket.socket | None = None
+        self._sock: socket.socket | None = sock
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._failed: str | None = None
@@ -181,7 +184,8 @@ class AcceptorPool:
         from pgsam_node.errors import ReceiveError
 
         d = self.settings.dicom
-        self._sock = socket.create_server((d.bind, d.port), backlog=128)
+        if self._sock is None:
+            self._sock = socket.create_server((d.bind, d.port), backlog=128)
         # Every worker polls the socket and one wins each connection; the others' accept() must
         # not block (O_NONBLOCK is shared by every process holding the socket).
         self._sock.setblocking(False)
@@ -522,7 +526,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=args.listen_fd)
     sock.setblocking(False)
     listener = Listener(settings, db, on_release=lambda studies: gate.call("released", studies=sorted(studies)),
-                        sock=sock, gate=gate, journal_dir=acceptor_journal_dir(settings, args.index))
+                        sock=sock, shared=True, gate=gate, journal_dir=acceptor_journal_dir(settings, args.index))
     listener.start()
     gate.call("ready")
     wlog.info("acceptor worker %d (pid %d) accepting", args.index, os.getpid())

@@ -238,9 +238,13 @@ class Acceptor:
         Pre-association, size and deadline limits (:class:`Limits`); ``max_associations`` wins
         over ``limits.max_associations``.
     sock
-        A listening socket shared with other acceptor processes (inherited from the serve
-        process); None: bind ``(bind, port)`` here. A shared socket is used non-blocking (every
-        process polls it; one wins each connection) and never shut down by this acceptor.
+        A listening socket bound earlier (``pgsam-node serve`` binds the port before it loads the
+        rest of the node, so that connections wait in the kernel's queue rather than being
+        refused), or one shared with other acceptor processes (``shared``); None: bind
+        ``(bind, port)`` here.
+    shared
+        ``sock`` is shared with other processes: it is used non-blocking (every process polls it;
+        one wins each connection) and never shut down by this acceptor, only closed.
     gate
         Where the limits are counted when several processes accept (:class:`Gate`); None: here.
     """
@@ -249,7 +253,8 @@ class Acceptor:
                  role_syntaxes: frozenset[str] = frozenset(), max_associations: int = 8, timeout: float = 60.0,
                  ssl_context: ssl.SSLContext | None = None, max_pdu: int = DEFAULT_MAX_PDU,
                  implementation_class_uid: str = "", implementation_version_name: str = "",
-                 limits: Limits | None = None, sock: socket.socket | None = None, gate: Gate | None = None):
+                 limits: Limits | None = None, sock: socket.socket | None = None, shared: bool = False,
+                 gate: Gate | None = None):
         self.service = service
         self.supported = supported
         self.role_syntaxes = role_syntaxes
@@ -261,7 +266,7 @@ class Acceptor:
         self.max_pdu = max_pdu
         self.implementation_class_uid = implementation_class_uid
         self.implementation_version_name = implementation_version_name
-        self._shared = sock is not None
+        self._shared = shared and sock is not None
         self._sock = sock if sock is not None else socket.create_server((bind, port), backlog=128)
         self.gate = gate
         # A shared socket: wake the accept loop through a pipe, never by shutting the socket down
