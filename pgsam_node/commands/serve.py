@@ -37,7 +37,8 @@ def _port_error(settings, exc: OSError) -> ReceiveError | None:
 
 def bind_dicom_port(settings):
     """Bind and listen on the DICOM port now, before the database, recovery and the rest of the
-    node load (issue 17: the port must accept within 2 s of ``serve``, even on a busy machine).
+    node load (issue 17: the port must accept within 2 s of ``serve``, even on a busy machine;
+    used with ``dicom.acceptor_processes`` > 1).
     A PACS that connects during start-up waits in the kernel's accept queue (``backlog`` 128) and
     is answered once the acceptor runs, instead of being refused and retrying minutes later."""
     import socket
@@ -54,7 +55,11 @@ def bind_dicom_port(settings):
 
 def run(args) -> int:
     settings = load(args)
-    sock = bind_dicom_port(settings)
+    # With acceptor worker processes the first association is answered only once a worker has
+    # imported its libraries; the port accepts from here on, and connections wait in the queue.
+    # With one process (the default) the port opens as before: right after recovery, so that an
+    # open port still means a started node.
+    sock = bind_dicom_port(settings) if settings.dicom.acceptor_processes > 1 else None
     from pgsam_node.node import Node
 
     stop = threading.Event()
@@ -69,7 +74,8 @@ def run(args) -> int:
         node = Node(settings, worker=False if args.no_worker else None, web=False if args.no_web else None,
                     dicom_socket=sock)
     except BaseException:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise
     try:
         try:
@@ -85,6 +91,7 @@ def run(args) -> int:
             pass
     finally:
         node.stop()
-        sock.close()  # closed by the listener already, unless start-up failed before it
+        if sock is not None:
+            sock.close()  # closed by the listener already, unless start-up failed before it
         log.info("node stopped")
     return 0

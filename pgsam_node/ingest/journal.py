@@ -45,7 +45,7 @@ import time
 import zlib
 from pathlib import Path
 
-from pgsam_node.ingest.fsutil import fsync_dir
+from pgsam_node.ingest.fsutil import fsync_dir, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,9 @@ class Journal:
             settle(self.settings, self.dir)
         else:
             recover(self.settings)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # A new journal directory's entry (and its parent's) must be durable before the first
+        # record it holds is acknowledged.
+        make_dirs(self.dir, self.root)
         # Generations only grow (spares and the checkpoint included): a recycled segment's old
         # records must never carry the generation it is reused under.
         gens = [g for g, _ in _segments(self.dir)] + [_read_checkpoint(self.dir)[0]]

@@ -88,7 +88,8 @@ def _send(port, dsets, statuses, aet="PARALLEL"):
 
 
 def test_parallel_associations_store_every_instance_exactly_once(tmp_path):
-    settings = _settings(tmp_path, processes=3, max_associations_per_host=8)
+    # Five senders from one host at once: the per-host limits must allow them (as with one process).
+    settings = _settings(tmp_path, processes=3, max_associations_per_host=8, max_pending_per_host=8)
     study = generate_uid()
     series = [generate_uid() for _ in range(4)]
     batches = [[mr_instance(study, se, i, geometry=Geometry(rows=64, columns=64)) for i in range(25)] for se in series]
