@@ -206,6 +206,8 @@ class AcceptorPool:
         os.write(self._wake_w, b"x")
         self._thread.join(STOP_TIMEOUT + 10)
         self._thread = None
+        os.close(self._wake_r)
+        os.close(self._wake_w)
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -402,6 +404,10 @@ class AcceptorPool:
         log.error("acceptor worker %d (pid %d) ended with %s; starting it again in %.1f s", w.n, pid, how, delay)
 
     def _stop_workers(self, sel) -> None:
+        try:
+            sel.unregister(self._wake_r)  # readable from now on: it would turn the wait below into a spin
+        except (KeyError, ValueError):
+            pass
         live = [w for w in self._workers if w.proc is not None]
         for w in live:
             try:
