@@ -263,6 +263,7 @@ class AcceptorPool:
         settings_json = self.settings.model_dump_json(by_alias=True)
         parent_end.sendall(settings_json.encode() + b"\n")
         parent_end.setblocking(False)
+        log.info("acceptor worker %d started (pid %d)", w.n, proc.pid)
         w.proc, w.ctrl, w.lifeline, w.buf, w.ready = proc, parent_end, life_w, b"", False
         w.counters = dict.fromkeys(_COUNTER_KEYS, 0)
         w.restart_at = None
@@ -271,13 +272,20 @@ class AcceptorPool:
         sel = selectors.DefaultSelector()
         sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:
-            for w in self._workers:
-                self._spawn(w)
-                sel.register(w.ctrl, selectors.EVENT_READ, w)
+            # The first worker alone, then the others once it accepts: started together they
+            # would share the CPU while importing, and the first association would wait for all.
+            first, later = self._workers[0], list(self._workers[1:])
+            self._spawn(first)
+            sel.register(first.ctrl, selectors.EVENT_READ, first)
             while not self._stopping.is_set():
                 for key, _ in sel.select(timeout=0.2):
                     if key.data is not None:
                         self._read(key.data, sel)
+                if later and first.ready:
+                    for w in later:
+                        self._spawn(w)
+                        sel.register(w.ctrl, selectors.EVENT_READ, w)
+                    later = []
                 self._check(sel)
         except Exception:  # noqa: BLE001 - the supervisor must stop the workers whatever happened
             log.exception("acceptor supervisor failed")

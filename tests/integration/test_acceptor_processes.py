@@ -281,7 +281,7 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_working(tmp_path, caplo
 def _worker_pids_from_log(log_text: str) -> list[int]:
     import re
 
-    return [int(p) for p in re.findall(r"acceptor worker \d+ \(pid (\d+)\) accepting", log_text)]
+    return [int(p) for p in re.findall(r"acceptor worker \d+ started \(pid (\d+)\)", log_text)]
 
 
 def test_kill_9_of_serve_during_parallel_receive_loses_no_acknowledged_instance(tmp_path):
@@ -306,7 +306,7 @@ def test_kill_9_of_serve_during_parallel_receive_loses_no_acknowledged_instance(
     all_acked = {uid for a in acked for uid in a}
     assert 60 <= len(all_acked) < 450, "the kill must land mid-transfer"
     pids = _worker_pids_from_log(node.log.read_text())
-    assert len(pids) == 3
+    assert pids  # the first worker, and the others if they were started before the kill
     wait_for(lambda: not any(_alive(p) for p in pids), 10, 0.05, what="no acceptor worker outlives serve")
     by_uid = {ds.SOPInstanceUID: ds for d in dsets for ds in d}
     spool_files = list((node.root / "spool").rglob("*.dcm"))
@@ -333,5 +333,5 @@ def test_kill_9_of_serve_during_parallel_receive_loses_no_acknowledged_instance(
     finally:
         assert node.stop() == 0
     pids = _worker_pids_from_log(node.log.read_text())
-    assert len(pids) == 6
+    assert len(pids) >= 4  # the second serve started all three
     assert not any(_alive(p) for p in pids), "an acceptor worker outlived serve's clean stop"
