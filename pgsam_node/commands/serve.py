@@ -59,7 +59,18 @@ def run(args) -> int:
     # imported its libraries; the port accepts from here on, and connections wait in the queue.
     # With one process (the default) the port opens as before: right after recovery, so that an
     # open port still means a started node.
-    sock = bind_dicom_port(settings) if settings.dicom.acceptor_processes > 1 else None
+    sock = None
+    if settings.dicom.acceptor_processes > 1:
+        from pgsam_node.prebind import take
+
+        # Bound by `python -m pgsam_node` before the imports if the settings agree; else here.
+        sock = take(settings.dicom.bind, settings.dicom.port) or bind_dicom_port(settings)
+    else:
+        from pgsam_node.prebind import take
+
+        early = take(settings.dicom.bind, settings.dicom.port)  # the file said N > 1, the settings do not
+        if early is not None:
+            early.close()
     from pgsam_node.node import Node
 
     stop = threading.Event()
