@@ -17,9 +17,9 @@ only speaks the protocol: a malformed or unexpected PDU aborts that association 
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
-import os
 import ssl
 import struct
 import threading
