@@ -279,6 +279,27 @@ class ModelSettings(_Section):
     probe_stride: int = Field(2, ge=1, le=8)
     #: Encoder outputs kept in memory (one per slice and sequence, about 2 MiB each for litemedsam).
     embedding_cache_slices: int = Field(72, ge=0, le=4096)
+    #: Model per anatomic region named by the report (findings ``gland``: parotid, submandibular,
+    #: brain): a model folder, or the name of a bundled one. Other studies use ``path``. A routed
+    #: model is loaded on its first study and kept.
+    by_region: dict[str, str] = Field(default_factory=lambda: {"brain": "brain-lesion-litemedsam"})
+    #: Second opinion for ``path``'s model: when it finds nothing although the report states a
+    #: lesion, this model (folder or bundled name) segments the study instead; None = off. The
+    #: default is the zero-shot parotid folder, which needs no training data to find a lesion.
+    fallback: str | None = "parotid-litemedsam"
+
+    @field_validator("by_region")
+    @classmethod
+    def _known_regions(cls, v: dict[str, str]) -> dict[str, str]:
+        from pgsam_node.findings import GLANDS
+
+        bad = sorted(set(v) - set(GLANDS))
+        if bad:
+            raise ValueError(f"unknown region(s) {bad}; the report parser names {list(GLANDS)}")
+        for region, target in v.items():
+            if not str(target).strip():
+                raise ValueError(f"empty model for region {region!r}")
+        return v
 
 
 class SegCode(_Section):

@@ -47,6 +47,9 @@ def register(sub) -> None:
     g.add_argument("--mix-synthetic", type=int, default=4, help="synthetic studies mixed into real training data")
     g.add_argument("--variants", type=int, default=2, help="augmentation variants per real lesion slice (1 = none); each costs an encoder pass")
     g.add_argument("--max-slices", type=int, default=12, help="lesion-range slices per real study in the slice bank")
+    g.add_argument("--localiser", choices=["head", "asymmetry"], default="head",
+                   help="head = train the localisation head (default); asymmetry = write a zero-shot folder: the packaged "
+                        "LiteMedSAM decodes the boxes of the report-guided asymmetry proposals, nothing is trained")
     p.set_defaults(func=run)
 
 
@@ -71,6 +74,8 @@ def run(args) -> int:
 
     arch = get_preset(args.preset)
     norm = NormParams()
+    if getattr(args, "localiser", "head") == "asymmetry":
+        return _write_zero_shot(args, sequences, command)
     if arch.box_head and arch.pretrained:
         return _run_frozen(args, settings, sequences, command)
     if args.data and len(args.data) > 1:
@@ -144,5 +149,39 @@ def _run_frozen(args, settings, sequences: list[str], command: str) -> int:
                            TASK_LABELS.get(task, TASK_LABELS["parotid-lesion"]), command=command, data_description="; ".join(descs),
                            variants=args.variants, max_eval=args.max_slices, text_encoder=settings.model.text_encoder,
                            progress=not args.no_progress)
+    print(f"model written to {args.out} (version {cfg.version})")
+    return 0
+
+
+def _write_zero_shot(args, sequences: list[str], command: str) -> int:
+    """``train --preset litemedsam --localiser asymmetry``: a model folder that needs no training.
+
+    The pretrained SAM parts come from the installed package (hash-checked at load); the PG-SAM
+    modules keep their identity initialisation, and at inference the box prompts come from
+    :mod:`pgsam_node.inference.proposals` (the report's side, signal and size).
+    """
+    import torch
+
+    from pgsam_node.model.checkpoint import save_model_dir
+    from pgsam_node.model.pgsam import build_model
+    from pgsam_node.model.presets import TASK_LABELS, ModelConfig, get_preset
+
+    base = get_preset(args.preset)
+    if not base.pretrained:
+        raise SystemExit(f"error: --localiser asymmetry needs a preset with packaged pretrained weights (litemedsam), not {args.preset!r}")
+    if args.data:
+        raise SystemExit("error: --localiser asymmetry trains nothing; leave out --data (evaluate with `pgsam-node evaluate --data`)")
+    task = args.task or "brain-lesion"
+    if task not in TASK_LABELS:
+        raise SystemExit(f"error: unknown --task {task!r}; known: {', '.join(TASK_LABELS)}")
+    arch = get_preset(args.preset, box_head=False, localiser="asymmetry")
+    cfg = ModelConfig(arch=arch, sequences=sequences, use_text=False, context_slices=1, task=task, labels=list(TASK_LABELS[task]),
+                      name=args.out.name,
+                      training={"command": command, "seed": args.seed, "steps": 0,
+                                "recipe": "zero-shot: packaged LiteMedSAM decoder on the boxes of the report-guided asymmetry "
+                                          "proposals (pgsam_node/inference/proposals.py); nothing trained, no data seen",
+                                "see": "README.md 'Model quality on real data' and docs/model.md"})
+    torch.manual_seed(args.seed)
+    cfg = save_model_dir(build_model(cfg).eval(), cfg, args.out)
     print(f"model written to {args.out} (version {cfg.version})")
     return 0

@@ -153,9 +153,9 @@ class Pipeline:
     def _load(self):
         if self._factory is not None:
             return self._factory()
-        from pgsam_node.inference.predictor import Predictor
+        from pgsam_node.inference.router import ModelRouter
 
-        return Predictor.from_settings(self.settings.model)
+        return ModelRouter.from_settings(self.settings.model)
 
     def preload(self) -> bool:
         """Load the model now (the node calls this in the background after the DICOM port is open).
@@ -230,6 +230,9 @@ class Pipeline:
         inputs = gather_inputs(self.db, st, claim.study_id)
         timings["gather"] = time.monotonic() - t
         predictor = self.predictor
+        route = getattr(predictor, "for_findings", None)
+        if route is not None:  # the model for the report's region (model.by_region)
+            predictor = route(inputs.findings)
         model_version = predictor.model_version
         key = idempotency_key(inputs.study_uid, inputs.input_uids, inputs.report_hash, model_version)
         with self.db.transaction() as s:

@@ -161,7 +161,8 @@ class Predictor:
         self._text_encoder: Any = None
         self.slice_selection = slice_selection
         self.probe_stride = max(1, int(probe_stride))
-        self.embeddings = EmbeddingLRU(embedding_cache_slices if getattr(model, "box_head", None) is not None else 0)
+        boxed = getattr(model, "box_head", None) is not None or self.proposals
+        self.embeddings = EmbeddingLRU(embedding_cache_slices if boxed else 0)
 
     @classmethod
     def from_dir(cls, path: str | Path | None = None, device: str = "auto", batch_size: int = 8,
@@ -183,6 +184,11 @@ class Predictor:
         return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder,
                             threshold=m.threshold, slice_selection=m.slice_selection, probe_stride=m.probe_stride,
                             embedding_cache_slices=m.embedding_cache_slices)
+
+    @property
+    def proposals(self) -> bool:
+        """Whether box prompts come from the zero-shot asymmetry proposals (:mod:`.proposals`)."""
+        return getattr(self.cfg.arch, "localiser", "") == "asymmetry"
 
     @property
     def selective(self) -> bool:
@@ -282,6 +288,10 @@ class Predictor:
                     torch.from_numpy(np.repeat(fvec[None], b, 0)).to(self.device))
 
         todo = [k for k in range(z) if prep.seq_valid[k].any()]
+        if self.proposals:
+            todo = []
+            with torch.inference_mode():
+                self._run_proposals(prep, inputs, channels, valid, findings, logits, notes)
         with torch.inference_mode():
             if self.selective:
                 todo = self._first_pass(prep, inputs, notes)
@@ -310,6 +320,51 @@ class Predictor:
         t3 = time.perf_counter()
         secs = {"prepare": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
         return InferenceResult(mask=mask.astype(np.uint8), prob=prob, seconds=secs, notes=notes)
+
+    def _run_proposals(self, prep, inputs, channels, valid, findings: Findings | None, logits: np.ndarray, notes: list[str]) -> None:
+        """Decode the zero-shot proposals' boxes (one decoder pass per box, masks united by the
+        maximum) on the lesion's key sequence; logits outside every box stay -20."""
+        import torch
+
+        from pgsam_node.inference.proposals import propose, proposal_images
+        from pgsam_node.inference.selective import embed
+
+        seqs = list(self.cfg.sequences)
+        images = proposal_images(channels, valid, seqs, self.cfg.arch.img_size)
+        prop = propose(images, prep.seq_valid, seqs, prep.affine, prep.shape_yx, findings)
+        notes += prop.notes
+        if not prop.boxes or prop.key_role not in seqs:
+            return
+        key = seqs.index(prop.key_role)
+        pairs = [(k, b) for k, bs in sorted(prop.boxes.items()) for b in bs if prep.seq_valid[k, key]]
+        use_cuda = self.device.type == "cuda"
+        decoded: list[tuple[int, np.ndarray, np.ndarray, float]] = []
+        for start in range(0, len(pairs), self.batch_size):
+            part = pairs[start : start + self.batch_size]
+            ks = [k for k, _ in part]
+            imgs, _vld, crd, temb, tval, fv = inputs(ks)
+            want = torch.zeros(len(ks), len(seqs), dtype=torch.bool, device=self.device)
+            want[:, key] = True
+            boxes = torch.from_numpy(np.stack([b for _, b in part])).to(self.device)
+            with torch.autocast("cuda", enabled=use_cuda):
+                # Slices with several boxes are encoded once (the LRU) on the CPU; a GPU re-encodes.
+                cached = None if use_cuda else embed(self.model, imgs, want, self.embeddings, self.batch_size)
+                out = self.model.forward_parts(imgs, want, crd, temb, tval, fv, boxes=boxes, embeddings=cached)
+            res = out["masks"][:, 0].float().cpu().numpy()
+            iou = out["iou"].float().cpu().numpy()
+            decoded += [(k, b, res[j], float(iou[j])) for j, (k, b) in enumerate(part)]
+        # Keep the masks the decoder is confident in, relative to its best one in this study
+        # (SAM's predicted IoU; a box on tissue that is no lesion gets a low one).
+        best = max(d[3] for d in decoded)
+        kept = [d for d in decoded if d[3] >= best - prop.params.iou_margin]
+        for k, b, res_k, _ in kept:
+            inside = np.full(res_k.shape, -20.0, np.float32)
+            x0, y0, x1, y1 = (int(round(v)) for v in b)
+            inside[y0 : y1 + 1, x0 : x1 + 1] = res_k[y0 : y1 + 1, x0 : x1 + 1]
+            logits[k] = np.maximum(logits[k], inside)
+        notes.append(f"decoded {len(pairs)} box(es) on {len({k for k, _ in pairs})} slice(s)")
+        if len(kept) < len(decoded):
+            notes.append(f"dropped {len(decoded) - len(kept)} box mask(s) with predicted IoU below {best - prop.params.iou_margin:.2f}")
 
     def _first_pass(self, prep, inputs, notes: list[str]) -> list[int]:
         """Probe every ``probe_stride``-th slice with one sequence; return the slices to run in full."""

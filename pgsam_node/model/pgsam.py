@@ -207,7 +207,8 @@ class PGSAM(nn.Module):
         if boxes is not None:
             out["boxes"] = boxes
         if box_valid is None:
-            masks = self._decode(fused, sparse, dense, detail, boxes)
+            masks, iou = self._decode(fused, sparse, dense, detail, boxes, with_iou=True)
+            out["iou"] = iou
         else:
             # One decoder pass per proposed box, united by the maximum logit; a slice whose head
             # found nothing gets an empty mask (logits -20) without running the decoder.
@@ -222,9 +223,10 @@ class PGSAM(nn.Module):
         return out
 
     def _decode(self, fused: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, detail: torch.Tensor | None,
-                boxes: torch.Tensor | None) -> torch.Tensor:
+                boxes: torch.Tensor | None, with_iou: bool = False):
         """SAM's decoder on (P, C, h, w) embeddings with (P, N, C) report tokens and optional
-        (P, 1, 4) box prompts -> (P, 1, H, W) mask logits at input resolution."""
+        (P, 1, 4) box prompts -> (P, 1, H, W) mask logits at input resolution (and, with
+        ``with_iou``, SAM's predicted IoU of that mask, (P,))."""
         p = fused.shape[0]
         if boxes is not None:
             # SAM's box prompt (two corner tokens); the report tokens are added to them so the
@@ -233,12 +235,12 @@ class PGSAM(nn.Module):
             n = min(sparse.shape[1], box_tokens.shape[1])
             sparse = torch.cat([box_tokens[:, :n] + sparse[:, :n].to(box_tokens.dtype), box_tokens[:, n:], sparse[:, n:]], dim=1)
         pe = self.prompt_encoder.get_dense_pe().to(fused.dtype)
-        masks, _ = self.mask_decoder.predict_masks(fused, pe, sparse.to(fused.dtype), dense.to(fused.dtype), detail=detail)
+        masks, iou = self.mask_decoder.predict_masks(fused, pe, sparse.to(fused.dtype), dense.to(fused.dtype), detail=detail)
         masks = masks[:, :1]  # single-mask output (SAM's first mask token)
         size = (self.img_size, self.img_size)
         if tuple(masks.shape[-2:]) != size:
             masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        return masks
+        return (masks, iou[:, 0]) if with_iou else masks
 
 
 def _build_image_encoder(a) -> nn.Module:

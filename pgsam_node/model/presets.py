@@ -77,6 +77,10 @@ class ModelPreset:
     max_boxes: int = 1
     #: Width of the cross-sequence attention (0 = ``prompt_dim``; see :class:`.fusion.CrossSequenceAttention`).
     fusion_dim: int = 0
+    #: Where box prompts come from at inference: ``""`` = the localisation head (when there is
+    #: one), ``"asymmetry"`` = the report-guided zero-shot proposals of
+    #: :mod:`pgsam_node.inference.proposals` (no trained localiser needed).
+    localiser: str = ""
 
     @property
     def embed_size(self) -> int:

@@ -1,0 +1,126 @@
+"""One loaded model per anatomic region: the report decides which model segments a study.
+
+Plus a second opinion: when the default model finds nothing although the report states a lesion,
+``model.fallback`` (default: the zero-shot ``parotid-litemedsam``) segments the study instead.
+
+``model.path`` (default: the bundled parotid model) segments every study unless
+``model.by_region`` names a model for the region the report's findings name (``gland``: parotid,
+submandibular, brain). The default routes brain studies to the bundled zero-shot
+``brain-lesion-litemedsam``. A routed model is loaded on its first study and then kept; its
+version goes into the run record and the SEG like any model's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from pgsam_node.config import ModelSettings
+from pgsam_node.findings import Findings
+
+log = logging.getLogger(__name__)
+
+#: Folder of the models shipped inside the package.
+BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "resources" / "models"
+
+
+def resolve_model(value: str | Path) -> Path:
+    """A bundled model's name (``brain-lesion-litemedsam``) or a folder path -> the folder."""
+    text = str(value)
+    if "/" not in text and "\\" not in text and (BUNDLED_MODELS / text).is_dir():
+        return BUNDLED_MODELS / text
+    return Path(text).expanduser()
+
+
+class ModelRouter:
+    """The default :class:`~.predictor.Predictor` plus lazily loaded per-region ones.
+
+    Attribute access falls through to the default predictor (``model_version``, ``cfg``,
+    ``predict``...), so code that knows nothing of regions keeps working.
+    """
+
+    def __init__(self, settings: ModelSettings, default: Any, loader=None) -> None:
+        self.settings = settings
+        self.default = default
+        self._loader = loader
+        self._routes = {region: resolve_model(target) for region, target in (settings.by_region or {}).items()}
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, m: ModelSettings) -> ModelRouter:
+        from pgsam_node.inference.predictor import Predictor
+
+        return cls(m, Predictor.from_settings(m))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["default"], name)
+
+    def region_for(self, findings: Findings | None) -> str | None:
+        """The routed region of a report's findings, or None (the default model)."""
+        region = findings.gland if findings is not None else None
+        return region if region in self._routes else None
+
+    def for_findings(self, findings: Findings | None) -> Any:
+        """The predictor for a study whose report gave ``findings``."""
+        region = self.region_for(findings)
+        if region is None:
+            if self.settings.fallback and findings is not None and findings.present:
+                path = resolve_model(str(self.settings.fallback))
+                return WithFallback(self.default, path.name, lambda: self._route("fallback", path))
+            return self.default
+        return self._route(region, self._routes[region])
+
+    def _route(self, region: str, path: Path) -> Any:
+        with self._lock:
+            if region not in self._loaded:
+                self._loaded[region] = self._load(path)
+                log.info("loaded the %s model %s", region, self._loaded[region].model_version)
+            return self._loaded[region]
+
+    def _load(self, path: Path) -> Any:
+        if self._loader is not None:
+            return self._loader(path)
+        from pgsam_node.inference.predictor import Predictor
+
+        m = self.settings.model_copy(update={"path": path})
+        return Predictor.from_settings(m)
+
+
+class WithFallback:
+    """The default predictor, and a second model for when it finds nothing.
+
+    Used only for studies whose report states a lesion (``findings.present``); one object per
+    study. The run record's model version names both; after :meth:`predict`, ``cfg`` (segment codes,
+    weights hash for the SEG) is the configuration of the model that produced the mask, and the
+    result's notes say when that was the fallback. The fallback model is loaded on first need.
+    """
+
+    def __init__(self, primary: Any, fallback_name: str, load_fallback) -> None:
+        self.primary = primary
+        self.fallback_name = fallback_name
+        self._load_fallback = load_fallback
+        self.used = primary
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["primary"], name)
+
+    @property
+    def model_version(self) -> str:
+        return f"{self.primary.model_version}+{self.fallback_name}"
+
+    @property
+    def cfg(self) -> Any:
+        return getattr(self.used, "cfg", None)
+
+    def predict(self, channels, valid, findings, report_text, affine, postprocess: bool = True):
+        res = self.primary.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
+        if res.mask.any():
+            return res
+        second = self._load_fallback()
+        self.used = second
+        out = second.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
+        out.notes = list(res.notes) + [f"{self.primary.model_version} found nothing; fallback {second.model_version} segmented the study"] + list(out.notes)
+        return out

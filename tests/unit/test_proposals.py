@@ -1,0 +1,194 @@
+"""Zero-shot asymmetry proposals (pgsam_node.inference.proposals) and the predictor path that decodes them.
+
+The phantom is a head-like ellipse with two mirror-image "glands" (its mid-line tilted and off the
+image centre), a lesion in one gland (bright on T2 and on T1C, dark on T1) and, in the other gland,
+a distractor; a long vessel-like tube runs through the slices on the lesion's side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from pgsam_node.findings import Findings
+from pgsam_node.inference.predictor import Predictor
+from pgsam_node.inference.proposals import lateral_map, mirror_map, propose, proposal_images, signal_weights, symmetry_plane
+from pgsam_node.model.pgsam import build_model
+from pgsam_node.model.presets import ModelConfig, get_preset
+
+SEQ = ["T1", "T2", "T1C"]
+Z, N = 10, 96
+#: 1 mm pixels, 4 mm slices; columns run towards the patient's left (+x LPS).
+AFFINE = np.array([[1.0, 0, 0, -48], [0, 1.0, 0, -48], [0, 0, 4.0, 0], [0, 0, 0, 1]])
+
+
+def phantom(lesion_col: int = 30, distractor: bool = True, tube: bool = True, angle: float = 6.0, shift: int = 5):
+    """(volumes role -> (Z, N, N), lesion mask) with the lesion at column ``lesion_col`` before tilting."""
+    yy, xx = np.mgrid[0:N, 0:N].astype(float)
+    c = (N - 1) / 2
+    head = (((xx - c) / 40) ** 2 + ((yy - c) / 44) ** 2) < 1
+    glands = [(((xx - (c + dx)) / 10) ** 2 + ((yy - 50) / 14) ** 2) < 1 for dx in (-22, 22)]
+    lesion2d = (((xx - lesion_col) / 5) ** 2 + ((yy - 50) / 5) ** 2) < 1
+    mirror_col = 2 * c - lesion_col
+    other2d = (((xx - mirror_col) / 3) ** 2 + ((yy - 62) / 3) ** 2) < 1
+    tube2d = (((xx - (lesion_col + 4)) / 3) ** 2 + ((yy - 30) / 3) ** 2) < 1
+    base = {"T1": 0.5, "T2": 0.35, "T1C": 0.5}
+    gland = {"T1": 0.3, "T2": 0.5, "T1C": 0.35}
+    les = {"T1": 0.2, "T2": 0.9, "T1C": 0.85}
+    rng = np.random.default_rng(0)
+    vols = {}
+    mask = np.zeros((Z, N, N), np.uint8)
+    for r in SEQ:
+        v = np.zeros((Z, N, N), np.float32)
+        for k in range(Z):
+            img = head * base[r]
+            for g in glands:
+                img = np.where(g, gland[r], img)
+            if 3 <= k <= 6:
+                img = np.where(lesion2d, les[r], img)
+                if distractor and k in (4, 5):
+                    img = np.where(other2d, les[r], img)  # smaller look-alike on the other side
+            if tube:
+                img = np.where(tube2d, 1.6, img)  # brightest on every sequence, every slice
+            img = img + rng.normal(0, 0.01, img.shape)
+            v[k] = ndi.shift(ndi.rotate(img, angle, reshape=False, order=1), (0, shift), order=1)
+        vols[r] = v * 1000
+    for k in range(3, 7):
+        mask[k] = ndi.shift(ndi.rotate(lesion2d.astype(float), angle, reshape=False, order=1), (0, shift), order=1) > 0.5
+    return vols, mask
+
+
+class Prepared:
+    def __init__(self, vols):
+        self.images = proposal_images(vols, None, SEQ, N)
+        self.seq_valid = np.ones((Z, len(SEQ)), bool)
+        self.shape_yx = (N, N)
+
+
+def prepared(vols):
+    return Prepared(vols)
+
+
+def dice(a, b) -> float:
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else 1.0
+
+
+def test_symmetry_plane_recovers_tilt_and_offset():
+    vols, _ = phantom(distractor=False, tube=False, angle=-8.0, shift=7)
+    img = vols["T1"].mean(0)
+    angle, axis, fit = symmetry_plane(img)
+    m = mirror_map(img.shape, angle, axis)
+    mirrored = ndi.map_coordinates(img, [m[0], m[1]], order=1)
+    assert abs(angle - 8.0) <= 1.5 and fit > 0.7
+    # Mirrored onto itself, far better than a plain left-right flip of the image.
+    assert np.abs(mirrored - img).mean() < 0.25 * np.abs(img[:, ::-1] - img).mean()
+    lat = lateral_map(img.shape, angle, axis)
+    assert lat[48, 90] > 0 > lat[48, 5]
+
+
+def test_signal_weights_follow_the_report():
+    enh = Findings(signal={"T2": "hyper", "enhancement": "avid"})
+    region, core, key = signal_weights(enh, SEQ)
+    assert key == "T1C" and core == {"T1C": 1.0, "T1": -1.0} and region["T2"] > 0
+    t2 = Findings(signal={"T2": "hyper", "T1": "hypo"})
+    region, core, key = signal_weights(t2, SEQ)
+    assert key == "T2" and core["T1"] < 0 and "T1C" not in core
+    # Nothing stated: assumed T2-bright, T1-dark; no T2 at all: the first present sequence.
+    assert signal_weights(None, SEQ)[2] == "T2"
+    assert signal_weights(None, ["T1", "T1C"])[2] == "T1C"
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_report_side_picks_the_lesion_not_its_mirror_distractor(side):
+    # Columns grow towards patient left: a lesion at a low column is on the patient's right.
+    col = 30 if side == "right" else 66
+    vols, mask = phantom(lesion_col=col)
+    prep = prepared(vols)
+    f = Findings(side=side, size_mm=10.0, signal={"T2": "hyper", "T1": "hypo", "enhancement": "avid"})
+    pr = propose(prep.images, prep.seq_valid, SEQ, AFFINE, prep.shape_yx, f)
+    assert pr.key_role == "T1C"
+    assert sorted(pr.boxes) == [3, 4, 5, 6]
+    assert dice(pr.region, mask.astype(bool)) > 0.6
+    for k, bs in pr.boxes.items():
+        ys, xs = np.nonzero(mask[k])
+        x0, y0, x1, y1 = bs[0]
+        assert x0 <= xs.min() and xs.max() <= x1 and y0 <= ys.min() and ys.max() <= y1
+    # The same images read with the columns running to the patient's right: the side flips.
+    flipped = AFFINE.copy()
+    flipped[0, 0] = -1.0
+    other = propose(prep.images, prep.seq_valid, SEQ, flipped, prep.shape_yx, f)
+    assert other.region is None or dice(other.region, mask.astype(bool)) < 0.2
+
+
+def test_stated_size_prefers_the_lesion_over_a_long_tube():
+    vols, mask = phantom(distractor=False)
+    prep = prepared(vols)
+    # T1 is left out of the score (only T2 stated): the tube, bright on every sequence, is then
+    # asymmetric on T2 too, and is longer and larger than the 10 mm lesion.
+    f = Findings(side="right", signal={"T2": "hyper", "T1": "iso"})
+    unsized = propose(prep.images, prep.seq_valid, SEQ, AFFINE, prep.shape_yx, f)
+    assert len(unsized.candidates) >= 2
+    assert dice(unsized.region, mask.astype(bool)) < 0.2  # the tube has more summed signal
+    f.size_mm = 10.0
+    sized = propose(prep.images, prep.seq_valid, SEQ, AFFINE, prep.shape_yx, f)
+    assert dice(sized.region, mask.astype(bool)) > 0.5
+
+
+def test_no_in_plane_left_right_axis_gives_no_proposal():
+    vols, _ = phantom()
+    prep = prepared(vols)
+    sagittal = np.array([[0, 0, 4.0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
+    pr = propose(prep.images, prep.seq_valid, SEQ, sagittal, prep.shape_yx, Findings(side="right"))
+    assert not pr.boxes and "not in the slice plane" in pr.notes[0]
+
+
+def test_predictor_decodes_only_inside_the_proposed_boxes():
+    torch.manual_seed(0)
+    arch = get_preset("tiny", localiser="asymmetry", img_size=96, patch_size=8, depth=1)
+    cfg = ModelConfig(arch=arch, sequences=SEQ, use_text=False, context_slices=1, threshold=0.5, min_component_mm3=0.0)
+    model = build_model(cfg).eval()
+    pred = Predictor(model, cfg, torch.device("cpu"), batch_size=3, threshold=1e-4)  # every decoded pixel counts (logits -20 elsewhere)
+    assert pred.proposals
+    vols, mask = phantom(lesion_col=30)
+    f = Findings(side="right", size_mm=10.0, signal={"T2": "hyper", "enhancement": "avid"})
+    res = pred.predict(vols, None, f, None, AFFINE, postprocess=False)
+    assert any("decoded" in n for n in res.notes)
+    hit = np.flatnonzero(res.mask.reshape(Z, -1).any(1))
+    assert set(hit) <= {3, 4, 5, 6} and len(hit) > 0
+    # Nothing on the other side of the mid-line.
+    assert not res.mask[:, :, 60:].any()
+
+
+def test_predictor_drops_box_masks_the_decoder_is_unsure_of():
+    torch.manual_seed(0)
+    arch = get_preset("tiny", localiser="asymmetry", img_size=96, patch_size=8, depth=1)
+    cfg = ModelConfig(arch=arch, sequences=SEQ, use_text=False, context_slices=1, threshold=0.5, min_component_mm3=0.0)
+    model = build_model(cfg).eval()
+    vols, _ = phantom(lesion_col=30)
+    f = Findings(side="right", size_mm=10.0, signal={"T2": "hyper", "enhancement": "avid"})
+    pred = Predictor(model, cfg, torch.device("cpu"), batch_size=2, threshold=1e-4)
+    before = pred.predict(vols, None, f, None, AFFINE, postprocess=False)
+    assert set(np.flatnonzero(before.mask.reshape(Z, -1).any(1))) == {3, 4, 5, 6}
+    # The decoder's own predicted IoU decides: the box masks of slices 3 and 6 get 0.3, the rest 0.9.
+    real = model.forward_parts
+    calls = []
+
+    def forward_parts(images, valid, coords, *args, **kw):
+        out = real(images, valid, coords, *args, **kw)
+        calls.append(len(out["iou"]))
+        start = sum(calls[:-1])
+        ks = [k for k, bs in sorted(pred_boxes.items()) for _ in bs][start : start + len(out["iou"])]
+        out["iou"] = torch.tensor([0.3 if k in (3, 6) else 0.9 for k in ks])
+        return out
+
+    from pgsam_node.inference.proposals import proposal_images
+
+    pr = propose(proposal_images(vols, None, SEQ, N), np.ones((Z, 3), bool), SEQ, AFFINE, (N, N), f)
+    pred_boxes = pr.boxes
+    model.forward_parts = forward_parts
+    after = pred.predict(vols, None, f, None, AFFINE, postprocess=False)
+    assert set(np.flatnonzero(after.mask.reshape(Z, -1).any(1))) == {4, 5}
+    assert any("predicted IoU below 0.70" in n for n in after.notes)
