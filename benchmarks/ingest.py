@@ -10,16 +10,19 @@ acknowledgement; with ``rename``, the file's and the directory's). Also printed,
 time goes: a pynetdicom SCP that stores nothing, the durable write alone (no network), and the
 node's CPU time per instance.
 
-``--senders K`` (K > 1) adds a second measurement: K storescu processes send N/K instances each
-at once, as a PACS routing with several associations does, to ``storescp --fork`` (one process
-per association) and to the node (one thread per association).
+``--senders K [K ...]`` (K > 1) adds a second measurement: K storescu processes send N/K instances
+each at once, as a PACS routing with several associations does, to ``storescp --fork`` (one process
+per association) and to the node (one thread per association). ``--processes P [P ...]`` adds a row
+per P > 1 for the node with ``dicom.acceptor_processes: P`` (P acceptor worker processes sharing
+the port) to each parallel measurement; ``--skip-rename`` leaves out the rename-protocol rows.
 
 Every row is the median of ``--rounds`` alternating runs (default 5) with the load average at each
 run; ratios are per round (same conditions) and their median. The floor of each durable-write
 protocol (the node's own spool code with no network) and the flush latency of this disk (new file
 + rename + directory fsync, and an overwrite in a preallocated file) are printed too.
 
-Usage: python benchmarks/ingest.py [-n 500] [--rounds 5] [--senders 4] [--skip-single] [--database-url URL]
+Usage: python benchmarks/ingest.py [-n 500] [--rounds 5] [--senders 4 8] [--processes 4] [--skip-single]
+       [--skip-rename] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -265,12 +268,22 @@ def fsync_latency(root: Path, n: int = 50, size: int = 131072) -> tuple[float, f
 
 
 def _cpu_seconds(pid: int) -> float:
-    """user+system CPU seconds of a process (Linux /proc), 0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    """user+system CPU seconds of a process and its children alive now (the acceptor workers;
+    Linux /proc), 0 elsewhere."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        try:
+            if int(entry.name) == pid or int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (IndexError, ValueError):
+            continue
+    return total
 
 
 def wait_model_loaded(web_port: int, timeout: float = 300.0) -> None:
@@ -290,13 +303,16 @@ def wait_model_loaded(web_port: int, timeout: float = 300.0) -> None:
     raise RuntimeError("the node's model did not load")
 
 
-def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None, protocol: str = "journal") -> float:
+def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None, protocol: str = "journal",
+             processes: int = 1) -> float:
     port, web = free_port(), free_port()
     root.mkdir()
     cfg = root / "node.yaml"
     db = f"\ndatabase: {{url: '{db_url}'}}" if db_url else ""
+    # Every sender connects from 127.0.0.1: the per-host limits must allow them all (8 senders).
     cfg.write_text(
-        f"dicom: {{port: {port}, refuse_below_free_bytes: 0}}\nweb: {{port: {web}}}\n"
+        f"dicom: {{port: {port}, refuse_below_free_bytes: 0, acceptor_processes: {processes}, max_associations: 32,"
+        f" max_associations_per_host: 32, max_pending_per_host: 32}}\nweb: {{port: {web}}}\n"
         f"storage: {{root: '{root / 'storage'}', min_free_bytes: 0, fsync: true, write_protocol: {protocol}}}\n"
         f"assembly: {{stable_seconds: 3600}}\nlogging: {{level: INFO}}{db}\n"
     )
@@ -311,7 +327,8 @@ def run_node(folder: Path | list[Path], root: Path, n: int, db_url: str | None, 
         cpu0 = _cpu_seconds(proc.pid)
         dt = send(port, folder, "PGSAM")
         cpu = _cpu_seconds(proc.pid) - cpu0
-        print(f"  node ({protocol}) CPU time: {cpu:.2f} s for {n} instances ({cpu / n * 1000:.2f} ms/instance, "
+        what = f"{protocol}, {processes} acceptor process{'es' if processes > 1 else ''}"
+        print(f"  node ({what}) CPU time: {cpu:.2f} s for {n} instances ({cpu / n * 1000:.2f} ms/instance, "
               f"wall {dt / n * 1000:.2f} ms)")
     finally:
         proc.terminate()
@@ -364,8 +381,12 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=500, help="instances (default 500)")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported (default 5)")
     ap.add_argument("--database-url", default=None, help="node database (default: SQLite in the temp root)")
-    ap.add_argument("--senders", type=int, default=1, help="also measure K parallel associations (K > 1)")
+    ap.add_argument("--senders", type=int, nargs="+", default=[1],
+                    help="also measure K parallel associations (each K > 1)")
+    ap.add_argument("--processes", type=int, nargs="+", default=[1],
+                    help="with --senders: also the node with dicom.acceptor_processes P (each P > 1)")
     ap.add_argument("--skip-single", action="store_true", help="only the parallel measurement")
+    ap.add_argument("--skip-rename", action="store_true", help="no rename-protocol rows in the parallel measurement")
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if not shutil.which(tool):
@@ -410,26 +431,36 @@ def main() -> int:
             print(f"ratio acceptor+journal-write/storescp: {ratio(scp, rows['recv'])}")
             print(f"ratio node (journal)/storescp: {ratio(scp, rows['node'])}")
             print(f"ratio node (rename)/storescp: {ratio(scp, rows['node_r'])}")
-        if args.senders > 1:
-            parts = split(src, args.senders)
-            pa, pj, pr = (Series(f"storescp --fork, {args.senders} associations"),
-                          Series(f"node (journal, group commit), {args.senders} assoc."),
-                          Series(f"node (rename protocol), {args.senders} assoc."))
+        for k in (k for k in args.senders if k > 1):
+            parts = split(src, k)
+            procs = [p for p in args.processes if p > 1]
+            pa = Series(f"storescp --fork, {k} associations")
+            pj = Series(f"node (journal, group commit), {k} assoc.")
+            pp = {p: Series(f"node, {p} acceptor processes, {k} assoc.") for p in procs}
+            pr = None if args.skip_rename else Series(f"node (rename protocol), {k} assoc.")
             for r in range(args.rounds):
-                a, b = fsync_latency(tmp / f"plat{r}")
+                a, b = fsync_latency(tmp / f"plat{k}-{r}")
                 lat_new.append(a)
                 lat_over.append(b)
-                pa.add(run_storescp(parts, tmp / f"pscp{r}", args.n))
-                pj.add(run_node(parts, tmp / f"pnode{r}", args.n, args.database_url, "journal"))
-                pr.add(run_node(parts, tmp / f"pnoder{r}", args.n, args.database_url, "rename"))
-                for d in tmp.glob(f"p*{r}"):
+                pa.add(run_storescp(parts, tmp / f"pscp{k}-{r}", args.n))
+                pj.add(run_node(parts, tmp / f"pnode{k}-{r}", args.n, args.database_url, "journal"))
+                for p, row in pp.items():
+                    row.add(run_node(parts, tmp / f"pnode{k}-{p}p-{r}", args.n, args.database_url, "journal", p))
+                if pr is not None:
+                    pr.add(run_node(parts, tmp / f"pnoder{k}-{r}", args.n, args.database_url, "rename"))
+                for d in tmp.glob(f"p*{k}*-{r}"):
                     shutil.rmtree(d, ignore_errors=True)
-            print(f"{args.senders} parallel associations:")
-            for row in (pa, pj, pr):
+            print(f"{k} parallel associations:")
+            for row in (pa, pj, *pp.values(), *([pr] if pr is not None else [])):
                 print(row.rate(args.n))
-            print(f"ratio node (journal)/storescp --fork with {args.senders} associations: {ratio(pa, pj)}")
-            print(f"ratio node (rename)/storescp --fork with {args.senders} associations: {ratio(pa, pr)}")
-            print(f"group commit + journal vs rename protocol, {args.senders} associations: {ratio(pr, pj)}")
+            print(f"ratio node (journal)/storescp --fork with {k} associations: {ratio(pa, pj)}")
+            for p, row in pp.items():
+                print(f"ratio node ({p} acceptor processes)/storescp --fork with {k} associations: {ratio(pa, row)}")
+            if pr is not None:
+                print(f"ratio node (rename)/storescp --fork with {k} associations: {ratio(pa, pr)}")
+                print(f"group commit + journal vs rename protocol, {k} associations: {ratio(pr, pj)}")
+            for d in parts:
+                shutil.rmtree(d, ignore_errors=True)
         import statistics
 
         print(f"fsync latency (median per round, ms): new file + rename + dir fsync "

@@ -83,7 +83,21 @@ class DicomSettings(_Section):
     #: ``overwrite_same_source`` (move it when the calling AE is the same, else keep_and_flag).
     #: See docs/ingest.md.
     resend_policy: Literal["keep_and_flag", "reject", "overwrite_same_source"] = "keep_and_flag"
+    #: Acceptor processes serving the DICOM port. 1 (default): the listener runs in the serve
+    #: process, as before. N > 1: N worker processes accept on one shared listening socket, each
+    #: with its own journal directory; association limits stay node-wide (docs/ingest.md,
+    #: "Parallel associations: acceptor worker processes").
+    acceptor_processes: int = 1
     tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @field_validator("acceptor_processes", mode="before")
+    @classmethod
+    def _check_processes(cls, v: Any) -> int:
+        # A clear message for the common mistakes (0, "auto", 2.5, true), not pydantic's generic one.
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip().isdigit() \
+                or not 1 <= int(v) <= 64:
+            raise ValueError("must be a whole number from 1 to 64 (1 = the listener in the serve process)")
+        return int(v)
 
     @field_validator("ae_title")
     @classmethod

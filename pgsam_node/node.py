@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from pgsam_node.ingest.listener import Listener
+    from pgsam_node.ingest.workers import AcceptorPool
     from pgsam_node.reports.hl7 import Hl7Listener
     from pgsam_node.web import WebServer
 
@@ -34,9 +35,14 @@ class Node:
         Run the embedded worker (``worker.embedded``; the SQLite default needs it).
     predictor_factory
         Seam for tests: builds the predictor instead of loading ``model.path``.
+    dicom_socket
+        The DICOM port's listening socket, bound already (``serve`` binds it first, so that a
+        PACS connecting during start-up waits in the kernel's queue instead of being refused);
+        None: the listener binds ``dicom.bind``/``dicom.port`` itself.
     """
 
-    def __init__(self, settings: Settings, db: Database | None = None, worker: bool | None = None, web: bool | None = None, predictor_factory=None):
+    def __init__(self, settings: Settings, db: Database | None = None, worker: bool | None = None, web: bool | None = None, predictor_factory=None,
+                 dicom_socket=None):
         from pgsam_node.flow.pipeline import Pipeline
         from pgsam_node.flow.sequencer import Sequencer
 
@@ -50,10 +56,11 @@ class Node:
         self.sequencer = Sequencer(self.db, settings, self.pipeline)
         self.worker_id = make_worker_id()
         self.worker: WorkerLoop | None = None
-        self.listener: Listener | None = None
+        self.listener: Listener | AcceptorPool | None = None
         self.hl7: Hl7Listener | None = None
         self.web: WebServer | None = None
         self.scheduler: BackgroundScheduler | None = None
+        self.dicom_socket = dicom_socket
         self._stopped = threading.Event()
         self._start_lock = threading.Lock()
         self._loader: threading.Thread | None = None
@@ -99,7 +106,18 @@ class Node:
         # of start-up, even on a busy machine, while the heavy parts (the model with torch and
         # transformers, the web service) load behind it. Received instances only need the spool
         # and the index, which are up now.
-        self.listener = Listener(s, self.db)
+        if s.dicom.acceptor_processes > 1:
+            from pgsam_node.ingest.index import share_write_lock
+            from pgsam_node.ingest.workers import AcceptorPool
+
+            # Worker processes index their own instances: the SQLite writer lock that keeps the
+            # assembly step and indexing apart must hold across processes (docs/ingest.md).
+            if self.db.is_sqlite:
+                share_write_lock(s)
+            # The workers inherit the storage root's flock: no second node while any of them runs.
+            self.listener = AcceptorPool(s, inherit_fds=(self._root_lock.fd,), sock=self.dicom_socket)
+        else:
+            self.listener = Listener(s, self.db, sock=self.dicom_socket)
         self.listener.start()
         log.info("DICOM port open: %s@%s:%s", s.dicom.ae_title, s.dicom.bind, self.listener.port)
         if s.hl7.port:
@@ -172,6 +190,10 @@ class Node:
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("error stopping %s", name)
         self.db.dispose()
+        if self.settings.dicom.acceptor_processes > 1 and self.db.is_sqlite:
+            from pgsam_node.ingest.index import share_write_lock
+
+            share_write_lock(self.settings, on=False)
         if getattr(self, "_root_lock", None) is not None:
             self._root_lock.release()
 

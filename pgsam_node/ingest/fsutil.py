@@ -14,3 +14,22 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs(path: Path, root: Path) -> None:
+    """Create ``path`` and any missing parents up to ``root``, fsyncing the parent of each new
+    directory: a directory created just before an acknowledgement must survive a power loss with
+    it (the entry lives in the parent)."""
+    missing = []
+    p = path
+    while not p.is_dir():
+        missing.append(p)
+        if p == root or p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            pass
+        fsync_dir(d.parent)

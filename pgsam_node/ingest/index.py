@@ -245,8 +245,60 @@ class IndexResult:
     existing_path: str | None = None
 
 
-#: SQLite has one writer: serialise our writes in-process rather than spin on busy errors.
-_sqlite_write_lock = threading.Lock()
+class _WriterLock:
+    """The SQLite ingest writer lock: a thread lock, and with acceptor worker processes
+    (``dicom.acceptor_processes`` > 1) also an exclusive ``flock`` on a file of the storage root,
+    so that the processes indexing instances and the assembly step exclude each other as threads
+    of one process do. Each process opens its own descriptor (an inherited one would share the
+    lock)."""
+
+    def __init__(self) -> None:
+        self._thread_lock = threading.Lock()
+        self._path: str | None = None
+        self._fd: int | None = None
+        self._pid = 0
+
+    def share_between_processes(self, path: str | os.PathLike[str] | None) -> None:
+        """Take the file lock too (``path``), or only the thread lock again (None)."""
+        with self._thread_lock:
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+            self._path, self._fd = (os.fspath(path) if path is not None else None), None
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._path is None:
+            return
+        try:
+            import fcntl
+
+            if self._fd is None or self._pid != os.getpid():
+                self._fd, self._pid = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o640), os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self._path is not None and self._fd is not None:
+                import fcntl
+
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+
+#: SQLite has one writer: serialise our writes rather than spin on busy errors.
+_sqlite_write_lock = _WriterLock()
+#: The file of the cross-process writer lock, in the storage root.
+WRITER_LOCK_NAME = ".index-writer.lock"
+
+
+def share_write_lock(settings, on: bool = True) -> None:
+    """Make :func:`write_lock` exclude other processes of this storage root (acceptor worker
+    processes index instances themselves), or stop doing so."""
+    _sqlite_write_lock.share_between_processes(settings.storage_root / WRITER_LOCK_NAME if on else None)
 
 
 def write_lock(db) -> AbstractContextManager:

@@ -45,15 +45,21 @@ import time
 import zlib
 from pathlib import Path
 
-from pgsam_node.ingest.fsutil import fsync_dir
+from pgsam_node.ingest.fsutil import fsync_dir, make_dirs
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"PGSJ"
-VERSION = 1
+#: Version 2 adds the append time (CLOCK_MONOTONIC, ns) after the fixed header, so that records of
+#: several acceptor processes' journals replay in the order they were written (version-1 records,
+#: of one journal, are still read, ordered by position).
+VERSION = 2
 ALIGN = 4096
 #: magic, version, flags, generation, record offset, data length, data CRC-32, path length.
 _HEADER = struct.Struct("<4sHHQQQIH")
+_STAMP = struct.Struct("<Q")
+#: Journal directories of acceptor worker processes: ``<storage>/journal/<ACCEPTOR_PREFIX><n>``.
+ACCEPTOR_PREFIX = "acceptor-"
 _CRC = struct.Struct("<I")
 SEGMENT_SUFFIX = ".jnl"
 SPARE_PREFIX = "spare-"
@@ -75,6 +81,20 @@ def _align(n: int) -> int:
 def journal_dir(settings) -> Path:
     """``<storage root>/journal``."""
     return settings.storage_root / "journal"
+
+
+def acceptor_journal_dir(settings, n: int) -> Path:
+    """The journal directory of acceptor worker process ``n`` (``dicom.acceptor_processes`` > 1)."""
+    return journal_dir(settings) / f"{ACCEPTOR_PREFIX}{n}"
+
+
+def journal_dirs(settings) -> list[Path]:
+    """Every journal directory of the storage root: the serve process's and each acceptor worker's."""
+    main = journal_dir(settings)
+    if not main.is_dir():
+        return []
+    subs = sorted(p for p in main.iterdir() if p.is_dir() and p.name.startswith(ACCEPTOR_PREFIX))
+    return [main, *subs]
 
 
 
@@ -122,11 +142,17 @@ class Journal:
     settings
         Node settings: ``storage.root``, ``storage.journal_segment_bytes``,
         ``storage.journal_checkpoint_seconds``, ``storage.min_free_bytes``.
+    directory
+        The journal's directory; default ``<storage>/journal``. An acceptor worker process has its
+        own (:func:`acceptor_journal_dir`): the serve process recovered every directory before it
+        started the workers, and a worker that replaces a dead one only settles what its
+        predecessor left (:func:`settle`), because other processes are writing the spool.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, directory: Path | None = None):
         self.settings = settings
-        self.dir = journal_dir(settings)
+        self.dir = directory if directory is not None else journal_dir(settings)
+        self._own_dir = directory is not None
         self.root = settings.storage_root
         self.segment_bytes = settings.storage.journal_segment_bytes
         self.interval = settings.storage.journal_checkpoint_seconds
@@ -151,8 +177,13 @@ class Journal:
     # ---- lifecycle ------------------------------------------------------------------------------
     def open(self) -> Journal:
         """Recover what an earlier process left (:func:`recover`), then start a new generation."""
-        recover(self.settings)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if self._own_dir:
+            settle(self.settings, self.dir)
+        else:
+            recover(self.settings)
+        # A new journal directory's entry (and its parent's) must be durable before the first
+        # record it holds is acknowledged.
+        make_dirs(self.dir, self.root)
         # Generations only grow (spares and the checkpoint included): a recycled segment's old
         # records must never carry the generation it is reused under.
         gens = [g for g, _ in _segments(self.dir)] + [_read_checkpoint(self.dir)[0]]
@@ -287,12 +318,14 @@ class Journal:
         with self._lock:
             if self._closed or self._failed:
                 raise JournalUnavailable(errno.EIO, self._failed or "journal closed")
-            head_len = _align(_HEADER.size + len(path) + _CRC.size)
+            stamp = _STAMP.pack(time.monotonic_ns()) if VERSION >= 2 else b""
+            head_len = _align(_HEADER.size + len(stamp) + len(path) + _CRC.size)
             need = head_len + _align(size)
             try:
                 self._switch(need)
                 seg = self._active
-                head = _HEADER.pack(MAGIC, VERSION, 0, seg.gen, seg.off, size, crc, len(path)) + path
+                head = (_HEADER.pack(MAGIC, VERSION, 0, seg.gen, seg.off, size, crc, len(path))
+                        + stamp + path)
                 head += _CRC.pack(zlib.crc32(head))
                 _copy(src_fd, seg.fd, size, seg.off + head_len)
                 os.pwrite(seg.fd, head, seg.off)
@@ -454,6 +487,12 @@ def read_records(path: Path, gen: int, start: int = 0):
     """Yield ``(rel_path, offset_of_data, size, crc)`` for each valid record of a segment from
     ``start``, stopping at the first invalid one (zeros, a record of an earlier use of a
     recycled segment, or a torn record: never acknowledged)."""
+    for rel, data_off, size, crc, _stamp in _read_records(path, gen, start):
+        yield rel, data_off, size, crc
+
+
+def _read_records(path: Path, gen: int, start: int = 0):
+    """:func:`read_records` with each record's append time (0 for a version-1 record)."""
     with open(path, "rb") as fh:
         end = os.fstat(fh.fileno()).st_size
         off = start
@@ -461,17 +500,20 @@ def read_records(path: Path, gen: int, start: int = 0):
             fh.seek(off)
             raw = fh.read(_HEADER.size)
             magic, version, _flags, rgen, roff, size, crc, plen = _HEADER.unpack(raw)
-            if magic != MAGIC or version != VERSION or rgen != gen or roff != off:
+            if magic != MAGIC or version not in (1, 2) or rgen != gen or roff != off:
                 return
-            rest = fh.read(plen + _CRC.size)
-            if len(rest) != plen + _CRC.size or _CRC.unpack(rest[plen:])[0] != zlib.crc32(raw + rest[:plen]):
+            extra = _STAMP.size if version == 2 else 0
+            rest = fh.read(extra + plen + _CRC.size)
+            if len(rest) != extra + plen + _CRC.size or (
+                    _CRC.unpack(rest[extra + plen:])[0] != zlib.crc32(raw + rest[:extra + plen])):
                 return
-            head_len = _align(_HEADER.size + plen + _CRC.size)
+            stamp = _STAMP.unpack(rest[:extra])[0] if extra else 0
+            head_len = _align(_HEADER.size + extra + plen + _CRC.size)
             data_off = off + head_len
             if data_off + size > end or _file_crc(fh, data_off, size) != crc:
                 return
-            rel = rest[:plen].decode("ascii", "replace")
-            yield rel, data_off, size, crc
+            rel = rest[extra:extra + plen].decode("ascii", "replace")
+            yield rel, data_off, size, crc, stamp
             off = data_off + _align(size)
 
 
@@ -495,25 +537,61 @@ def _matches(path: Path, size: int, crc: int) -> bool:
         return False
 
 
-def recover(settings) -> int:
-    """Write back every journalled instance missing or different in the spool (start-up, before
-    :func:`pgsam_node.ingest.index.reindex_spool`). Idempotent. Returns the number of files
-    written back.
-    """
-    directory = journal_dir(settings)
-    if not directory.is_dir():
-        return 0
-    root = settings.storage_root
+def _pending_records(directory: Path) -> list[tuple[int, int, Path, str, int, int, int]]:
+    """The valid records after a directory's checkpoint: ``(stamp, position, segment, rel,
+    data offset, size, crc)``, position counting records in the order they were appended."""
     cp_gen, cp_off = _read_checkpoint(directory)
     records = []
     for gen, seg_path in _segments(directory):
         if gen < cp_gen:
             continue
-        for rel, data_off, size, crc in read_records(seg_path, gen, cp_off if gen == cp_gen else 0):
+        for rel, data_off, size, crc, stamp in _read_records(seg_path, gen, cp_off if gen == cp_gen else 0):
             if not _REL_RE.match(rel) or ".." in rel.split("/"):
                 log.error("journal record with an unexpected path ignored")
                 continue
-            records.append((seg_path, rel, data_off, size, crc))
+            records.append((stamp, len(records), seg_path, rel, data_off, size, crc))
+    return records
+
+
+def _forget(directory: Path) -> None:
+    """Move a directory's checkpoint past every record it holds."""
+    segs = _segments(directory)
+    if segs:
+        _write_checkpoint(directory, max(g for g, _ in segs) + 1, 0)
+
+
+def settle(settings, directory: Path) -> int:
+    """After an acceptor worker process died (the machine did not): flush the spool files its
+    journal records after the checkpoint and move the checkpoint past them. Nothing is written
+    back: the page cache survived, so every file it placed is there or was since replaced by
+    another process (writing an older copy back could undo that). Returns the records settled."""
+    if not directory.is_dir():
+        return 0
+    records = _pending_records(directory)
+    if records:
+        _flush_files(settings.storage_root, [r[3] for r in records])
+        _forget(directory)
+    return len(records)
+
+
+def recover(settings) -> int:
+    """Write back every journalled instance missing or different in the spool (start-up, before
+    :func:`pgsam_node.ingest.index.reindex_spool`), from every journal directory (the serve
+    process's and each acceptor worker's, merged in append order). Idempotent. Returns the
+    number of files written back.
+    """
+    dirs = journal_dirs(settings)
+    if not dirs:
+        return 0
+    root = settings.storage_root
+    merged: list[tuple[tuple[int, int, int], tuple[Path, str, int, int, int]]] = []
+    for n, directory in enumerate(dirs):
+        for stamp, pos, seg_path, rel, data_off, size, crc in _pending_records(directory):
+            merged.append(((stamp, n, pos), (seg_path, rel, data_off, size, crc)))
+    # One journal: its append order. Several (acceptor processes): the append time, which one
+    # CLOCK_MONOTONIC gives every process (all records after the checkpoints are from one run).
+    merged.sort(key=lambda r: r[0])
+    records = [r[1] for r in merged]
     # A spool file is named after its SOP Instance UID: only an instance's last spool record counts
     # (a re-send moved into another series removed the older file; it must not come back).
     last = {rel.rpartition("/")[2]: i for i, (_, rel, *_rest) in enumerate(records) if rel.startswith("spool/")}
@@ -534,8 +612,9 @@ def recover(settings) -> int:
         # Files that were still there (a process crash keeps the page cache) may not be on the
         # disk yet: flush once before the journal forgets them, then move the checkpoint past them.
         os.sync()
-        last_gen = max(g for g, _ in _segments(directory))
-        _write_checkpoint(directory, last_gen + 1, 0)
+        for directory in dirs:
+            if _segments(directory):
+                _forget(directory)
     if restored:
         log.warning("journal: wrote back %d acknowledged instance(s) missing from the spool", restored)
     return restored

@@ -98,10 +98,19 @@ class Listener:
     paused
         Callable answering whether receiving is paused, asked once per association request;
         default: the ``receiving`` switch in ``db`` (:func:`pgsam_node.db.switches.paused_now`).
+    sock
+        The DICOM port's listening socket when it was bound earlier (``serve`` binds it first);
+        None: bind ``dicom.bind``/``dicom.port`` in :meth:`start`.
+    shared, gate, journal_dir
+        In an acceptor worker process (:mod:`pgsam_node.ingest.workers`): ``sock`` is shared with
+        the other workers, ``gate`` counts the association limits node-wide, and the process has
+        its own journal directory. Default: the socket is ours, limits are counted here, and the
+        journal is ``<storage>/journal``.
     """
 
     def __init__(self, settings, db, on_release: Callable[[set[str]], None] | None = None,
-                 paused: Callable[[], bool] | None = None):
+                 paused: Callable[[], bool] | None = None, sock=None, shared: bool = False, gate=None,
+                 journal_dir: Path | None = None):
         self.settings = settings
         self.db = db
         self.on_release = on_release
@@ -118,6 +127,7 @@ class Listener:
         self._known_series: set[str] = set()
         self._commitment = any(dest.storage_commitment for dest in settings.destinations)
         self._journal = None  # the write-ahead journal, open while the listener runs
+        self._sock, self._shared, self._gate, self._journal_dir = sock, shared, gate, journal_dir
 
     # ---- lifecycle ---------------------------------------------------------------------------
     def _supported(self) -> tuple[dict[str, frozenset[str]], frozenset[str]]:
@@ -155,13 +165,14 @@ class Listener:
             self, d.bind, d.port, supported, roles, max_associations=d.max_associations, timeout=d.network_timeout,
             ssl_context=ssl_ctx, max_pdu=d.max_pdu_bytes, implementation_class_uid=spool.IMPLEMENTATION_CLASS_UID,
             implementation_version_name=spool.IMPLEMENTATION_VERSION_NAME, limits=limits,
+            sock=self._sock, shared=self._shared, gate=self._gate,
         )
         self._temp_files = spool.TempFiles(self.settings)
         self._journal = None
         if self.settings.storage.fsync and self.settings.storage.write_protocol == "journal":
             from pgsam_node.ingest.journal import Journal
 
-            self._journal = Journal(self.settings).open()
+            self._journal = Journal(self.settings, self._journal_dir).open()
         self._server.start()
         log.info("DICOM listener %s on %s:%d%s", d.ae_title, d.bind, self.port, " (TLS)" if ssl_ctx else "")
 

@@ -54,3 +54,18 @@ def test_example_config_is_valid():
 
     s = load_settings(PROJECT_ROOT / "config" / "node.example.yaml")
     assert s.dicom.ae_title
+
+
+@pytest.mark.parametrize("value", ["0", "65", "-1", "auto", "2.5", "true"])
+def test_acceptor_processes_must_be_a_whole_number_from_1_to_64(tmp_path, value):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"dicom:\n  acceptor_processes: {value}\n")
+    with pytest.raises(ConfigError) as ei:
+        load_settings(cfg)
+    assert "dicom.acceptor_processes" in str(ei.value) and "from 1 to 64" in str(ei.value)
+
+
+def test_acceptor_processes_defaults_to_one_and_accepts_the_environment(monkeypatch):
+    assert load_settings(None).dicom.acceptor_processes == 1
+    monkeypatch.setenv("PGSAM_DICOM__ACCEPTOR_PROCESSES", "4")
+    assert load_settings(None).dicom.acceptor_processes == 4

@@ -184,3 +184,63 @@ def test_replay_keeps_the_latest_copy_of_a_resent_instance(settings):
     assert jn.recover(settings) == 1
     assert first.path.read_bytes() == second_bytes, "the older copy was replayed over the newer"
     assert new.path.exists() and not old.path.exists()
+
+
+def _worker_journal(settings, n):
+    settings.storage.journal_checkpoint_seconds = 3600
+    return jn.Journal(settings, jn.acceptor_journal_dir(settings, n)).open()
+
+
+def test_worker_journals_replay_in_append_order_across_directories(settings):
+    """Acceptor worker processes (dicom.acceptor_processes > 1) each journal into their own
+    directory; start-up recovery merges them by append time: a same-path re-send journalled by
+    one worker after another's first copy wins, whichever directory sorts first."""
+    j2, j1 = _worker_journal(settings, 2), _worker_journal(settings, 1)
+    study = generate_uid()
+    ds = mr_instance(study, generate_uid(), 0, geometry=Geometry(rows=64, columns=64))
+    first = _put(settings, j2, ds)  # worker 2 first ...
+    first_bytes = first.path.read_bytes()
+    ds.InstanceNumber = 42  # ... then worker 1 replaces the same file
+    meta = spool.file_meta_bytes(ds.SOPClassUID, ds.SOPInstanceUID, "1.2.840.10008.1.2.1", "PACS")
+    f = spool.IncomingFile(settings, meta, journal=j1)
+    f.write(_encode(ds))
+    f.commit(first.rel_path, replace=True)
+    f.make_durable()
+    newer = first.path.read_bytes()
+    assert newer != first_bytes
+    other = _put(settings, j2, mr_instance(study, generate_uid(), 1, geometry=Geometry(rows=64, columns=64)))
+    j1.close(checkpoint=False)
+    j2.close(checkpoint=False)
+    first.path.unlink()
+    other.path.unlink()
+    assert jn.recover(settings) == 2
+    assert first.path.read_bytes() == newer, "worker 2's older copy was replayed over worker 1's newer one"
+    assert other.path.exists()
+    assert jn.recover(settings) == 0  # every directory's checkpoint moved past its records
+
+
+def test_a_dead_workers_journal_is_settled_not_replayed(settings):
+    """A worker process died (the machine did not): its successor flushes what its journal names
+    and forgets it, without writing an older copy back over what another worker stored since."""
+    j1 = _worker_journal(settings, 1)
+    ds = mr_instance(generate_uid(), generate_uid(), 0, geometry=Geometry(rows=64, columns=64))
+    stored = _put(settings, j1, ds)
+    j1.close(checkpoint=False)  # killed
+    stored.path.write_bytes(b"a newer copy stored by another worker")
+    j1 = _worker_journal(settings, 1)  # the replacement worker settles its directory on open
+    j1.close()
+    assert stored.path.read_bytes() == b"a newer copy stored by another worker"
+    assert jn.recover(settings) == 0
+
+
+def test_version_1_records_are_still_replayed(settings, monkeypatch):
+    """Journals written before the append time was recorded (version 1) replay as before."""
+    monkeypatch.setattr(jn, "VERSION", 1)
+    j = _crashy_journal(settings)
+    ds = mr_instance(generate_uid(), generate_uid(), 0, geometry=Geometry(rows=64, columns=64))
+    stored = _put(settings, j, ds)
+    data = stored.path.read_bytes()
+    j.close(checkpoint=False)
+    monkeypatch.undo()
+    stored.path.unlink()
+    assert jn.recover(settings) == 1 and stored.path.read_bytes() == data

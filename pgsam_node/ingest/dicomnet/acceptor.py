@@ -17,6 +17,8 @@ only speaks the protocol: a malformed or unexpected PDU aborts that association 
 from __future__ import annotations
 
 import logging
+import os
+import selectors
 import socket
 import ssl
 import struct
@@ -174,6 +176,21 @@ class Limits:
     message_deadline: float = 900.0
 
 
+class Gate(Protocol):
+    """Counts connections and associations against :class:`Limits` for several acceptor processes
+    (``dicom.acceptor_processes`` > 1): the counts live in one place, so the limits stay node-wide.
+    Each method returns why the limit refuses, or None when counted."""
+
+    def pend(self, host: str) -> str | None: ...
+
+    def unpend(self, host: str) -> None: ...
+
+    def admit(self, host: str) -> str | None:
+        """Pending -> established; a refused connection stays pending until :meth:`unpend`."""
+
+    def leave(self, host: str) -> None: ...
+
+
 class _Tracked:
     """One transport connection as the acceptor's watchdog sees it."""
 
@@ -220,13 +237,24 @@ class Acceptor:
     limits
         Pre-association, size and deadline limits (:class:`Limits`); ``max_associations`` wins
         over ``limits.max_associations``.
+    sock
+        A listening socket bound earlier (``pgsam-node serve`` binds the port before it loads the
+        rest of the node, so that connections wait in the kernel's queue rather than being
+        refused), or one shared with other acceptor processes (``shared``); None: bind
+        ``(bind, port)`` here.
+    shared
+        ``sock`` is shared with other processes: it is used non-blocking (every process polls it;
+        one wins each connection) and never shut down by this acceptor, only closed.
+    gate
+        Where the limits are counted when several processes accept (:class:`Gate`); None: here.
     """
 
     def __init__(self, service: Service, bind: str, port: int, supported: dict[str, frozenset[str]],
                  role_syntaxes: frozenset[str] = frozenset(), max_associations: int = 8, timeout: float = 60.0,
                  ssl_context: ssl.SSLContext | None = None, max_pdu: int = DEFAULT_MAX_PDU,
                  implementation_class_uid: str = "", implementation_version_name: str = "",
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, sock: socket.socket | None = None, shared: bool = False,
+                 gate: Gate | None = None):
         self.service = service
         self.supported = supported
         self.role_syntaxes = role_syntaxes
@@ -238,7 +266,12 @@ class Acceptor:
         self.max_pdu = max_pdu
         self.implementation_class_uid = implementation_class_uid
         self.implementation_version_name = implementation_version_name
-        self._sock = socket.create_server((bind, port), backlog=128)
+        self._shared = shared and sock is not None
+        self._sock = sock if sock is not None else socket.create_server((bind, port), backlog=128)
+        self.gate = gate
+        # A shared socket: wake the accept loop through a pipe, never by shutting the socket down
+        # (that would stop it for every process sharing it).
+        self._wake_r, self._wake_w = os.pipe() if self._shared else (-1, -1)
         self._lock = threading.Lock()
         self._conns: dict[int, _Tracked] = {}
         self._active = 0
@@ -278,10 +311,13 @@ class Acceptor:
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop accepting, end open associations (transport closed), release the port."""
         self._stopping.set()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        if self._shared:
+            os.write(self._wake_w, b"x")
+        else:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         self._sock.close()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -301,6 +337,9 @@ class Acceptor:
             t.join(max(0.0, deadline - time.monotonic()))
         if self._watchdog is not None:
             self._watchdog.join(1.0)
+        if self._shared:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     # ---- deadlines -----------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -334,16 +373,54 @@ class Acceptor:
         except OSError:
             pass
 
+    def _accept_shared(self):
+        """Accept on a socket shared with other processes: wait until it is readable (or the
+        wake pipe), then try; another process may have taken the connection (EAGAIN)."""
+        sel = selectors.DefaultSelector()
+        sel.register(self._sock, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stopping.is_set():
+                sel.select()
+                if self._stopping.is_set():
+                    return
+                try:
+                    return self._sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+        finally:
+            sel.close()
+        return None
+
     def _accept_loop(self) -> None:
         lim = self.limits
         while not self._stopping.is_set():
             try:
-                sock, addr = self._sock.accept()
+                if self._shared:
+                    got = self._accept_shared()
+                    if got is None:
+                        return
+                    sock, addr = got
+                    sock.setblocking(True)
+                else:
+                    sock, addr = self._sock.accept()
             except OSError:
                 if self._stopping.is_set():
                     return
+                if self._shared:
+                    time.sleep(0.05)  # e.g. EMFILE: do not spin on a readable socket
                 continue
             host = addr[0]
+            if self.gate is not None:
+                try:
+                    why = self.gate.pend(host)
+                except OSError:
+                    why = "acceptor processes' shared limits unavailable (serve is stopping)"
+                if why is not None:
+                    self._refuse_connection(sock, host, why)
+                    continue
+                self._spawn(sock, addr)
+                continue
             with self._lock:
                 if self._pending >= lim.max_pending:
                     why = f"{self._pending} connections already waiting to associate (dicom.max_pending_connections)"
@@ -356,15 +433,21 @@ class Acceptor:
             if why is not None:
                 self._refuse_connection(sock, host, why)
                 continue
-            t = threading.Thread(target=self._serve, args=(sock, addr), name=f"dicom-assoc-{addr[1]}", daemon=True)
-            with self._lock:
-                self._threads = [x for x in self._threads if x.is_alive()]
-                self._threads.append(t)
-            t.start()
+            self._spawn(sock, addr)
+
+    def _spawn(self, sock: socket.socket, addr) -> None:
+        t = threading.Thread(target=self._serve, args=(sock, addr), name=f"dicom-assoc-{addr[1]}", daemon=True)
+        with self._lock:
+            self._threads = [x for x in self._threads if x.is_alive()]
+            self._threads.append(t)
+        t.start()
 
     def _unpend(self, tracked: _Tracked) -> None:
         """The connection is no longer waiting to associate (call with the lock held)."""
-        if tracked.pending:
+        if tracked.pending and self.gate is not None:
+            tracked.pending = False
+            self._gate_call(self.gate.unpend, tracked.host)
+        elif tracked.pending:
             tracked.pending = False
             self._pending -= 1
             n = self._pending_by_host.get(tracked.host, 1) - 1
@@ -398,15 +481,33 @@ class Acceptor:
         finally:
             with self._lock:
                 self._conns.pop(key, None)
+                if self.gate is None:
+                    self._unpend(tracked)
+            if self.gate is not None:
                 self._unpend(tracked)
             try:
                 sock.close()
             except OSError:
                 pass
 
+    def _gate_call(self, method, host: str) -> None:
+        try:
+            method(host)
+        except OSError as exc:  # the serve process is gone or stopping: nothing left to count
+            log.debug("shared limits unavailable: %s", exc)
+
     def _admit(self, tracked: _Tracked) -> str | None:
         """Count the connection as an association; the limit it would exceed, else None."""
         lim = self.limits
+        if self.gate is not None:
+            try:
+                why = self.gate.admit(tracked.host)
+            except OSError:
+                return "acceptor processes' shared limits unavailable (serve is stopping)"
+            if why is None:
+                tracked.pending = False
+                tracked.deadline = None
+            return why
         with self._lock:
             if self._active >= self.max_associations:
                 return f"{self.max_associations} associations already open"
@@ -419,6 +520,9 @@ class Acceptor:
             return None
 
     def _leave(self, tracked: _Tracked) -> None:
+        if self.gate is not None:
+            self._gate_call(self.gate.leave, tracked.host)
+            return
         with self._lock:
             self._active -= 1
             n = self._active_by_host.get(tracked.host, 1) - 1
