@@ -16,10 +16,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def make_dirs(path: Path, root: Path) -> None:
+def make_dirs(path: Path, root: Path, fsync: bool = True) -> None:
     """Create ``path`` and any missing parents up to ``root``, fsyncing the parent of each new
-    directory: a directory created just before an acknowledgement must survive a power loss with
-    it (the entry lives in the parent)."""
+    directory (unless ``fsync`` is False): a directory created just before an acknowledgement must
+    survive a power loss with it (the entry lives in the parent)."""
     missing = []
     p = path
     while not p.is_dir():
@@ -32,4 +32,5 @@ def make_dirs(path: Path, root: Path) -> None:
             d.mkdir()
         except FileExistsError:
             pass
-        fsync_dir(d.parent)
+        if fsync:
+            fsync_dir(d.parent)

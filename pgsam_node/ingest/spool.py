@@ -35,7 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgsam_node.ingest.fsutil import fsync_dir
+from pgsam_node.ingest.fsutil import fsync_dir, make_dirs
 
 from pgsam_node.errors import ReceiveError, StorageFullError
 
@@ -199,20 +199,7 @@ def _ensure_dir(path: Path, root: Path, fsync: bool) -> None:
     with _dir_lock:
         if path in _known_dirs:
             return
-        missing = []
-        p = path
-        while not p.is_dir():
-            missing.append(p)
-            if p == root or p.parent == p:
-                break
-            p = p.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
-                pass
-            if fsync:
-                fsync_dir(d.parent)
+        make_dirs(path, root, fsync)
         _known_dirs.add(path)
 
 
