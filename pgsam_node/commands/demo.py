@@ -41,8 +41,14 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def send_files(paths: list[Path], host: str, port: int, called_aet: str, calling_aet: str = "DEMOSCU") -> int:
-    """C-STORE every file in one association; returns how many were acknowledged with success."""
+def send_files(paths: list[Path], host: str, port: int, called_aet: str, calling_aet: str = "DEMOSCU", attempts: int = 3) -> int:
+    """C-STORE every file, in one association; returns how many were acknowledged with success.
+
+    An association that aborts part-way (pynetdicom's SCU can lose a fast response to its own
+    reactor thread on a loaded machine and then hits its DIMSE timeout) is opened again, up to
+    ``attempts`` times, for the files not yet answered: a re-send of the same instance is
+    idempotent at the node.
+    """
     from pydicom import dcmread
     from pynetdicom import AE
 
@@ -50,17 +56,31 @@ def send_files(paths: list[Path], host: str, port: int, called_aet: str, calling
     ae = AE(ae_title=calling_aet)
     for uid in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(uid)
-    assoc = ae.associate(host, port, ae_title=called_aet)
-    if not assoc.is_established:
-        raise RuntimeError(f"association to {called_aet}@{host}:{port} failed")
     ok = 0
-    try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            if status and status.Status == 0x0000:
-                ok += 1
-    finally:
-        assoc.release()
+    todo = list(range(len(datasets)))
+    for attempt in range(max(1, attempts)):
+        assoc = ae.associate(host, port, ae_title=called_aet)
+        if not assoc.is_established:
+            if attempt + 1 < attempts:
+                continue
+            raise RuntimeError(f"association to {called_aet}@{host}:{port} failed")
+        left = []
+        try:
+            for n, i in enumerate(todo):
+                if not assoc.is_established:
+                    left += todo[n:]
+                    break
+                status = assoc.send_c_store(datasets[i])
+                if status and status.Status == 0x0000:
+                    ok += 1
+                elif not status:  # no answer (timeout, abort): send it again
+                    left.append(i)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        todo = left
+        if not todo:
+            break
     return ok
 
 
