@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Longest wait, at stop, for a model load still running in the background (seconds).
+MODEL_LOAD_STOP_WAIT = 60.0
+
 
 class Node:
     """Everything ``serve`` runs, with explicit start/stop.
@@ -189,6 +192,11 @@ class Node:
                     comp.stop()
             except Exception:  # noqa: BLE001 - keep stopping the rest
                 log.exception("error stopping %s", name)
+        if self._loader is not None and self._loader.is_alive():
+            # Exiting while torch is still being imported or initialised in the loader thread
+            # aborts the process from C++ (std::terminate on a joinable thread): let it finish.
+            log.info("waiting up to %.0f s for the model load to finish before stopping", MODEL_LOAD_STOP_WAIT)
+            self._loader.join(MODEL_LOAD_STOP_WAIT)
         self.db.dispose()
         if self.settings.dicom.acceptor_processes > 1 and self.db.is_sqlite:
             from pgsam_node.ingest.index import share_write_lock

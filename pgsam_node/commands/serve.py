@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import threading
 
@@ -105,4 +106,11 @@ def run(args) -> int:
         if sock is not None:
             sock.close()  # closed by the listener already, unless start-up failed before it
         log.info("node stopped")
+    loader = getattr(node, "_loader", None)
+    if loader is not None and loader.is_alive():
+        # The model is still loading after the wait in Node.stop: leave without the interpreter's
+        # teardown, which would abort in torch's C++ threads; everything durable is already closed.
+        log.warning("model load still running at exit: leaving without interpreter teardown")
+        logging.shutdown()
+        os._exit(0)
     return 0
