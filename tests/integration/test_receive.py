@@ -96,18 +96,29 @@ def test_resend_is_idempotent(settings):
     assert (pydicom.dcmread(settings.storage_root / path).pixel_array == changed.pixel_array).all()
 
 
-def _assoc_result(port, aet):
-    assoc = scu(aet).associate("127.0.0.1", port, ae_title="PGSAM")
-    try:
-        if assoc.is_established:
-            return "accepted"
-        if assoc.is_rejected:
-            p = assoc.acceptor.primitive
-            return (p.result, p.result_source, p.diagnostic)
-        return "aborted"
-    finally:
-        if assoc.is_established:
-            assoc.release()
+def _assoc_result(port, aet, attempts: int = 3, tries: list | None = None):
+    """"accepted", the A-ASSOCIATE-RJ (result, source, diagnostic), or "aborted".
+
+    pynetdicom's requestor sometimes reports an abort for an RJ the node did send (its DUL sees the
+    transport close before it hands the RJ up: 4 of 15 runs of this test on a loaded machine, also
+    before this node's code changed; DCMTK's echoscu always prints the RJ). An "aborted" is asked
+    again, so only an abort the node gives every time fails the test. ``tries`` collects how many
+    associations were requested.
+    """
+    for n in range(max(1, attempts)):
+        if tries is not None:
+            tries.append(n)
+        assoc = scu(aet).associate("127.0.0.1", port, ae_title="PGSAM")
+        try:
+            if assoc.is_established:
+                return "accepted"
+            if assoc.is_rejected:
+                p = assoc.acceptor.primitive
+                return (p.result, p.result_source, p.diagnostic)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    return "aborted"
 
 
 def test_allow_list_rejects_unknown_calling_ae_at_association(tmp_path):
@@ -115,11 +126,12 @@ def test_allow_list_rejects_unknown_calling_ae_at_association(tmp_path):
                              dicom={"port": free_port(), "refuse_below_free_bytes": 0,
                                     "allowed_calling_aets": ["PACS", "ROUTER@127.0.0.1", "FAR@10.255.0.1"]})
     with running_listener(settings) as (listener, db):
-        assert _assoc_result(listener.port, "INTRUDER") == (0x01, 0x01, 0x03)
-        assert _assoc_result(listener.port, "FAR") == (0x01, 0x01, 0x03)
+        tries: list = []
+        assert _assoc_result(listener.port, "INTRUDER", tries=tries) == (0x01, 0x01, 0x03)
+        assert _assoc_result(listener.port, "FAR", tries=tries) == (0x01, 0x01, 0x03)
         assert _assoc_result(listener.port, "PACS") == "accepted"
         assert _assoc_result(listener.port, "ROUTER") == "accepted"
-        assert listener.counters["rejected"] == 2
+        assert listener.counters["rejected"] == len(tries)  # every request of a disallowed caller, and only those
         # the listener still stores for an allowed caller
         assert _store(listener.port, [mr_instance(generate_uid(), generate_uid())], aet="PACS") == [0]
 
