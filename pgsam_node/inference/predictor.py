@@ -288,12 +288,11 @@ class Predictor:
                     torch.from_numpy(np.repeat(fvec[None], b, 0)).to(self.device))
 
         todo = [k for k in range(z) if prep.seq_valid[k].any()]
-        if self.proposals:
-            todo = []
-            with torch.inference_mode():
-                self._run_proposals(prep, inputs, channels, valid, findings, logits, notes)
         with torch.inference_mode():
-            if self.selective:
+            if self.proposals:  # boxes from the zero-shot proposals; nothing else runs
+                self._run_proposals(prep, inputs, channels, valid, findings, logits, notes)
+                todo = []
+            elif self.selective:
                 todo = self._first_pass(prep, inputs, notes)
             for start in range(0, len(todo), self.batch_size):
                 ks = todo[start : start + self.batch_size]

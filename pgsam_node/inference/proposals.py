@@ -93,7 +93,6 @@ class Proposal:
     params: ProposalParams = field(default_factory=ProposalParams)
     #: (summed score, rank score) of every candidate component, best first.
     candidates: list[tuple[float, float]] = field(default_factory=list)
-    labels: np.ndarray | None = None
 
 
 def _slice_mm(a: np.ndarray) -> float:
@@ -352,8 +351,7 @@ def propose(images: np.ndarray, seq_valid: np.ndarray, sequences: list[str], aff
         for side in findings.negated_sides:
             if side in ("left", "right"):
                 sr = np.where((left if side == "left" else ~left)[None], 0.0, sr)
-    pos = sr[sr > 0]
-    if pos.size == 0:
+    if not (sr > 0).any():
         out.notes.append(f"proposals: plane {angle:+.1f} deg, no asymmetric signal")
         return out
     thr = max(p.abs_threshold, p.rel_threshold * float(np.percentile(sr, 99.95)))
@@ -369,7 +367,7 @@ def propose(images: np.ndarray, seq_valid: np.ndarray, sequences: list[str], aff
     if findings is not None and findings.size_mm:
         # The size is modelled by the prior, so the evidence is the mean score, not the sum
         # (which grows with the component and favours long vessels and edges).
-        count = np.asarray(ndi.sum_labels(np.ones_like(sr), lab, range(1, n + 1)), np.float64)
+        count = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
         rank = mass / np.maximum(count, 1.0) * _size_agreement(lab, n, findings, px, _slice_mm(a))
     else:
         rank = mass
@@ -391,9 +389,6 @@ def propose(images: np.ndarray, seq_valid: np.ndarray, sequences: list[str], aff
             zone = ndi.binary_dilation(zone, structure=fp)
         low, _ = ndi.label((sr > p.grow_fraction * thr) & zone, ndi.generate_binary_structure(3, 3))
         region = region | np.isin(low, np.unique(low[region & (low > 0)]))
-    out.labels = np.zeros_like(lab)
-    for r, i in enumerate(order):
-        out.labels[lab == i + 1] = r + 1
     sc = score(wc)
     inside = sc[region]
     ref = float(np.percentile(inside, 95)) if inside.size else 0.0
