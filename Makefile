@@ -34,7 +34,7 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup sysdeps ohif lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -rs
+	$(BIN)/python -m pytest -q -p no:cacheprovider -rfEs
 
 test-unit: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit

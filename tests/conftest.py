@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import pytest
@@ -12,6 +13,22 @@ from .factories import MRSeries
 from .helpers import SHARED_DATA, free_port
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Tests that call ``setup_logging`` (directly or through the CLI in-process) replace the root
+    handlers with one bound to that test's captured stderr; pytest closes that stream after the
+    test, and a later test's log line then fails with 'I/O operation on closed file'. Put the
+    root logger back as it was."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    # Only the node's own handlers: pytest's capture handlers come and go with each test phase.
+    for h in list(root.handlers):
+        if type(h) is logging.StreamHandler and h not in before:
+            root.removeHandler(h)
+    root.setLevel(level)
 
 
 @pytest.fixture

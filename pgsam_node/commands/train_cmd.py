@@ -33,6 +33,13 @@ def register(sub) -> None:
     p.add_argument("--exclude-studies", default=None, help="comma-separated study folder names to leave out (e.g. the held-out fold)")
     p.add_argument("--init", type=Path, default=None, help="start from the weights of this model folder (fine-tuning; matching tensors only)")
     p.add_argument("--cases", type=int, default=200, help="number of synthetic training studies")
+    p.add_argument("--acquisition", choices=["grid", "scanner", "mixed"], default="grid",
+                   help="synthetic studies: grid = every sequence drawn on one axial grid (fast); scanner = each sequence on "
+                        "its own acquisition grid (coronal/oblique T1, tilted T2) resampled onto T1C as the node does; "
+                        "mixed = both versions of every seed")
+    p.add_argument("--augment", type=float, default=0.0, metavar="P",
+                   help="probability that a training slice gets rotation/scale/elastic, bias-field, resolution and noise "
+                        "augmentation (0 = flips and gamma only)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="prepared synthetic studies cache")
@@ -84,8 +91,15 @@ def run(args) -> int:
     args.reports = (args.reports or [None])[0]
     if args.data == "synthetic":
         seeds = [sources.TRAIN_SEED_BASE + i for i in range(args.cases)]
-        ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress)
-        data_desc = f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.synth.phantom.generate_case, 128 px, 24 slices)"
+        ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress,
+                                 acquisition=args.acquisition)
+        data_desc = {
+            "grid": f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.synth.phantom.generate_case, 128 px, 24 slices)",
+            "scanner": f"synthetic seeds {seeds[0]}..{seeds[-1]} as acquired (pgsam_node.synth.acquisition.acquire: per-series "
+                       "grids resampled onto T1C)",
+            "mixed": f"synthetic seeds {seeds[0]}..{seeds[-1]}, each twice: generate_case (128 px, 24 slices) and as acquired "
+                     "(pgsam_node.synth.acquisition.acquire)",
+        }[args.acquisition]
         task, labels = args.task or "parotid-lesion", PAROTID_LABELS
     else:
         from pgsam_node.training.nifti_data import load_data_folder
@@ -115,6 +129,7 @@ def run(args) -> int:
         command=command,
         data_description=data_desc,
         init=args.init,
+        p_augment=args.augment,
         progress=not args.no_progress,
     )
     cfg = train(opts, ts)

@@ -36,6 +36,9 @@ class AugmentOptions:
     bias: float = 0.3
     p_lowres: float = 0.3
     lowres: tuple[float, float] = (1.0, 2.0)
+    #: Standard deviation of added Gaussian noise, as a fraction of the [0, 1] range; the level
+    #: of each slice is drawn uniformly from 0 to this (0 = off, and no draw is made).
+    noise: float = 0.0
 
 
 def _grid(h: int, w: int, rng: np.random.Generator, o: AugmentOptions) -> torch.Tensor:
@@ -73,7 +76,8 @@ def augment_slice(
     Parameters
     ----------
     images
-        (S, H, W) float32 in [0, 1], one image per sequence.
+        (S, H, W) float32 in [0, 1], one image per sequence; or (S, C, H, W), C context slices
+        per sequence, warped alike and given the same intensity draws as their sequence.
     valid
         (S,) bool: sequences present (absent ones stay zero).
     mask
@@ -88,19 +92,21 @@ def augment_slice(
     Returns
     -------
     tuple of numpy.ndarray
-        images (S, H, W), mask (H, W), coords (2, H, W), warped together.
+        images (same shape as given), mask (H, W), coords (2, H, W), warped together.
     """
     o = opts or AugmentOptions()
-    s, h, w = images.shape
+    stacked = images.ndim == 4  # (S, C, H, W): C context slices per sequence share every draw
+    imgs = images if stacked else images[:, None]
+    s, c, h, w = imgs.shape
     grid = _grid(h, w, rng, o)
-    img_t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[None]
-    out = F.grid_sample(img_t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy()
+    img_t = torch.from_numpy(np.ascontiguousarray(imgs.reshape(s * c, h, w), dtype=np.float32))[None]
+    out = F.grid_sample(img_t, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0].numpy().reshape(s, c, h, w)
     m = F.grid_sample(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None], grid, mode="bilinear",
                       padding_mode="zeros", align_corners=False)[0, 0].numpy()
     # The coordinate map moves with the pixels; outside the field of view it extends linearly-ish
     # (border values), which keeps "left of centre" meaningful at the edge.
-    c = F.grid_sample(torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32))[None], grid, mode="bilinear",
-                      padding_mode="border", align_corners=False)[0].numpy()
+    crd = F.grid_sample(torch.from_numpy(np.ascontiguousarray(coords, dtype=np.float32))[None], grid, mode="bilinear",
+                        padding_mode="border", align_corners=False)[0].numpy()
     for i in range(s):
         if not valid[i]:
             out[i] = 0.0
@@ -110,12 +116,15 @@ def augment_slice(
         if rng.random() < o.p_lowres:
             f = rng.uniform(*o.lowres)
             small = (max(8, int(round(h / f))), max(8, int(round(w / f))))
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None]
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
             t = F.interpolate(t, size=small, mode="bilinear", align_corners=False, antialias=True)
             t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
-            x = t[0, 0].numpy()
+            x = t[:, 0].numpy()
+        if o.noise > 0:
+            x = x + rng.normal(0.0, rng.uniform(0.0, o.noise), x.shape).astype(np.float32)
         out[i] = np.clip(x, 0.0, 1.0)
-    return out.astype(np.float32), np.clip(m, 0.0, 1.0).astype(np.float32), c.astype(np.float32)
+    out = out if stacked else out[:, 0]
+    return out.astype(np.float32), np.clip(m, 0.0, 1.0).astype(np.float32), crd.astype(np.float32)
 
 
 _SIDE_SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT", "RIGHT": "LEFT"}

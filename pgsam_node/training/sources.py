@@ -20,6 +20,35 @@ TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 1_000_000
 
 
+def acquired_study(seed: int, language: str | None = None, distractor: str | None = "random") -> StudyArrays:
+    """Synthetic study ``seed`` as the node receives it: each sequence on its own acquisition grid
+    (coronal / oblique T1, tilted T2, other matrices) resampled onto T1C by the geometry stage
+    (:func:`pgsam_node.synth.acquisition.acquire`); the study ``pgsam-node synth --seed`` writes."""
+    from pgsam_node.synth.acquisition import acquire
+
+    case = acquire(seed, language=language, distractor=distractor)
+    f = case.findings
+    meta = {
+        "seed": seed,
+        "distractor": case.distractor,
+        "language": case.language,
+        "diagnosis": getattr(f, "diagnosis", None) or "none",
+        "side": getattr(f, "side", None),
+        "vendor": case.vendor,
+        "planes": case.planes,
+    }
+    return StudyArrays(
+        case_id=f"acquired-{seed}",
+        volumes=case.volumes,
+        valid=case.valid,
+        mask=case.mask,
+        affine=case.affine,
+        report=case.report,
+        findings=f,
+        meta=meta,
+    )
+
+
 def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: str | None = None, distractor: str | None = "random") -> StudyArrays:
     """One synthetic study from :mod:`pgsam_node.synth.phantom` as :class:`StudyArrays`."""
     from pgsam_node.synth import phantom as synthetic

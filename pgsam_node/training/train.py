@@ -32,6 +32,7 @@ from pgsam_node.inference.preprocessing import StudyArrays, flip_affine, prepare
 from pgsam_node.model.coords import patient_coordinate_map
 from pgsam_node.model.pgsam import build_model
 from pgsam_node.model.presets import PAROTID_LABELS, ModelConfig, get_preset
+from pgsam_node.training.augment import AugmentOptions, augment_slice
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class TrainOptions:
     p_findings_drop: float = 0.1
     p_both_drop: float = 0.1
     lesion_fraction: float = 0.5
+    #: Probability that a training slice also gets the geometric / bias-field / resolution / noise
+    #: augmentation of :mod:`.augment` (0 = off, the sampler's random stream unchanged).
+    p_augment: float = 0.0
+    augment_noise: float = 0.03
     progress: bool = True
 
 
@@ -157,20 +162,46 @@ def build_train_set(studies: Iterable[StudyArrays], sequences: list[str], img_si
     return ts
 
 
-def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, norm: NormParams, cache_dir: Path | None,
-                        progress: bool = False, size: int = 128, n_slices: int = 24) -> TrainSet:
-    """Generate (or load from ``cache_dir``) the prepared synthetic training studies."""
-    from pgsam_node.inference import preprocessing
-    from pgsam_node.synth import phantom as synthetic
-    from pgsam_node.training.sources import synthetic_study
+#: Where synthetic training studies come from (``train --acquisition``).
+ACQUISITIONS = ("grid", "scanner", "mixed")
 
+
+def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, norm: NormParams, cache_dir: Path | None,
+                        progress: bool = False, size: int = 128, n_slices: int = 24, acquisition: str = "grid") -> TrainSet:
+    """Generate (or load from ``cache_dir``) the prepared synthetic training studies.
+
+    ``acquisition``: ``grid`` draws each phantom on one common axial grid (the fast path,
+    :func:`~.sources.synthetic_study`); ``scanner`` renders every sequence on its own acquisition
+    grid and resamples it onto T1C as the node does (:func:`~.sources.acquired_study`); ``mixed``
+    takes both versions of every seed.
+    """
+    from pgsam_node.inference import preprocessing
+    from pgsam_node.synth import acquisition as acq
+    from pgsam_node.synth import dicom_writer
+    from pgsam_node.synth import phantom as synthetic
+    from pgsam_node.training.sources import acquired_study, synthetic_study
+
+    if acquisition not in ACQUISITIONS:
+        raise ModelError(f"unknown acquisition {acquisition!r}; expected one of {', '.join(ACQUISITIONS)}")
     src = Path(synthetic.__file__).read_bytes() + Path(preprocessing.__file__).read_bytes()
-    key = hashlib.sha256(src + json.dumps([seeds, sequences, img_size, asdict(norm), size, n_slices]).encode()).hexdigest()[:16]
+    params: list = [seeds, sequences, img_size, asdict(norm), size, n_slices]
+    if acquisition != "grid":  # the grid key stays as it was, so existing caches stay valid
+        src += Path(acq.__file__).read_bytes() + Path(dicom_writer.__file__).read_bytes()
+        params.append(acquisition)
+    key = hashlib.sha256(src + json.dumps(params).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"synthetic-{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         log.info("loading prepared synthetic studies from %s", path)
         return TrainSet.load(path)
-    ts = build_train_set((synthetic_study(s, size=size, n_slices=n_slices) for s in seeds), sequences, img_size, norm, progress=progress)
+
+    def studies():
+        for s in seeds:
+            if acquisition in ("grid", "mixed"):
+                yield synthetic_study(s, size=size, n_slices=n_slices)
+            if acquisition in ("scanner", "mixed"):
+                yield acquired_study(s)
+
+    ts = build_train_set(studies(), sequences, img_size, norm, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         ts.save(path)
@@ -187,6 +218,7 @@ class SliceSampler:
         self.text_emb = text_emb  # (N, T) or None
         self.rng = rng
         self.pos, self.neg = ts.slice_index()
+        self._aug = AugmentOptions(p_flip=0.0, noise=opts.augment_noise)  # flips are drawn above, with the affine
         if len(self.pos) == 0 and len(self.neg) == 0:
             raise ModelError("the training set has no usable slice")
 
@@ -225,6 +257,10 @@ class SliceSampler:
                 v[rng.choice(present)] = False
             x[~v] = 0.0
             crd = patient_coordinate_map(aff, k, (ny, nx), (self.img_size, self.img_size), ts.centres[i])
+            if o.p_augment > 0 and rng.random() < o.p_augment:
+                # Rotation, scale, elastic warp (the coordinate map moves with the pixels, so the
+                # report's side stays true), bias field, resolution loss and noise per sequence.
+                x, m, crd = augment_slice(x, v, m, crd, rng, self._aug)
             f = ts.findings[i].copy()
             has_text = self.text_emb is not None and ts.texts[i] is not None
             r = rng.random()
@@ -355,6 +391,8 @@ def train(opts: TrainOptions, train_set: TrainSet, on_step: Callable[[int, dict]
         "loss": "bce + soft dice",
         "optimizer": "AdamW",
         "init": str(opts.init) if opts.init else None,
+        "p_augment": opts.p_augment,
+        "augment_noise": opts.augment_noise if opts.p_augment > 0 else None,
     }
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -37,7 +37,7 @@ def test_destination_test_cli(tmp_path):
         ]
         cfg = tmp_path / "node.yaml"
         cfg.write_text(yaml.safe_dump({"storage": {"root": str(tmp_path / "storage")}, "logging": {"level": "WARNING"},
-                                       "send": {"timeout_seconds": 5}, "destinations": dests}))
+                                       "send": {"timeout_seconds": 30}, "destinations": dests}))  # a loaded Orthanc may take >5 s to reject
         ok = _run(cfg, "pacs")
         assert ok.returncode == 0 and "OK   pacs: C-ECHO success" in ok.stdout, ok.stdout + ok.stderr
         assert _run(cfg, "web").returncode == 0

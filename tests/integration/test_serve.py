@@ -203,9 +203,13 @@ def test_disk_full_gives_a700_and_keeps_every_acknowledged_instance(tmp_path, sm
         dsets = [mr_instance(study, series, i, geometry=Geometry(rows=256, columns=256)) for i in range(40)]  # ~5 MB into a 3 MB disk
         from .ingest_fixtures import scu
 
-        assoc = scu().associate("127.0.0.1", node.port, ae_title="PGSAM")
+        ae = scu()
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60  # serve loads the model meanwhile: slow on 2 busy cores
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="PGSAM")
         assert assoc.is_established
-        statuses = [int(assoc.send_c_store(ds).Status) for ds in dsets]
+        answers = [assoc.send_c_store(ds) for ds in dsets]
+        assert all("Status" in a for a in answers), "a C-STORE got no answer (association aborted or timed out)"
+        statuses = [int(a.Status) for a in answers]
         assoc.release()
         assert 0xA700 in statuses and statuses[0] == 0
         acked = [ds for ds, st in zip(dsets, statuses) if st == 0]
