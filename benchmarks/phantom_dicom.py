@@ -15,7 +15,10 @@ The anchor, measured in the same run, is the same model on the same seeds throug
 training path (one common axial grid, no DICOM): the ratio says what the acquisition geometry
 costs. Usage::
 
-    python benchmarks/phantom_dicom.py [--cases 8] [--seed-base 1000000] [--model DIR] [--json out.json]
+    python benchmarks/phantom_dicom.py [--cases 8] [--seed-base 1000000] [--model DIR] [--appearance-jitter F] [--json out.json]
+
+``--appearance-jitter F`` draws a shifted test set: the same anatomy with tissue and lesion signals
+spread F times as widely around the generator's tables (a stand-in for another phantom generator).
 """
 
 from __future__ import annotations
@@ -38,13 +41,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / s) if s else 1.0
 
 
-def dicom_study(seed: int, tmp: Path):
+def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0):
     """Write one study as DICOM, read it back through the geometry stage; (arrays, truth, meta)."""
     from pgsam_node.geometry import Volume, build_study_volumes, mask_to_reference
     from pgsam_node.reports.parse import parse_report
     from pgsam_node.synth.dicom_writer import write_study
+    from pgsam_node.synth.phantom import make_phantom
 
-    study = write_study(seed, tmp / f"case_{seed}", truth_path=tmp / f"truth_{seed}.npz")
+    ph = make_phantom(seed, appearance_jitter=appearance_jitter)
+    study = write_study(ph, tmp / f"case_{seed}", truth_path=tmp / f"truth_{seed}.npz")
     sv = build_study_volumes({r: list(p) for r, p in study.paths_by_role.items()}, None)
     g = study.grids["T1C"]
     truth_vol = Volume(array=study.mask.astype(np.float32), affine=np.asarray(g.affine(), dtype=np.float64), spacing=g.spacing)
@@ -60,6 +65,8 @@ def main() -> int:
     ap.add_argument("--seed-base", type=int, default=1_000_000)
     ap.add_argument("--model", type=Path, default=None, help="model folder used as model.path (default: the embedded default)")
     ap.add_argument("--no-fallback", action="store_true", help="model.fallback off (the default model alone)")
+    ap.add_argument("--appearance-jitter", type=float, default=1.0, metavar="F",
+                    help="a shifted test set: tissue and lesion signals spread F times the generator's own")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -82,13 +89,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.cases):
             seed = args.seed_base + i
-            (chan, valid, findings, report, affine), truth, meta = dicom_study(seed, Path(tmp))
+            (chan, valid, findings, report, affine), truth, meta = dicom_study(seed, Path(tmp), args.appearance_jitter)
             t = time.perf_counter()
             model = router.for_findings(findings)
             res = model.predict(chan, valid, findings, report, affine)
             d_dicom = dice(res.mask.astype(bool), truth)
             secs = time.perf_counter() - t
-            st = synthetic_study(seed)  # the anchor: the same phantom on the training path's grid
+            st = synthetic_study(seed, appearance_jitter=args.appearance_jitter)  # the anchor: the same phantom on the training path's grid
             fast = router.for_findings(st.findings).predict(st.volumes, st.valid, st.findings, st.report, st.affine)
             d_fast = dice(fast.mask.astype(bool), st.mask.astype(bool))
             rows.append({"seed": seed, "dice_dicom": d_dicom, "dice_fast_path": d_fast, "seconds": secs, **meta,

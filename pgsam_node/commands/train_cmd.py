@@ -37,6 +37,9 @@ def register(sub) -> None:
                    help="synthetic studies: grid = every sequence drawn on one axial grid (fast); scanner = each sequence on "
                         "its own acquisition grid (coronal/oblique T1, tilted T2) resampled onto T1C as the node does; "
                         "mixed = both versions of every seed")
+    p.add_argument("--appearance-jitter", type=float, default=1.0, metavar="F",
+                   help="synthetic studies: spread of tissue and lesion signals around the generator's tables, times F "
+                        "(1 = the generator's own; larger = domain randomisation)")
     p.add_argument("--augment", type=float, default=0.0, metavar="P",
                    help="probability that a training slice gets rotation/scale/elastic, bias-field, resolution and noise "
                         "augmentation (0 = flips and gamma only)")
@@ -92,14 +95,14 @@ def run(args) -> int:
     if args.data == "synthetic":
         seeds = [sources.TRAIN_SEED_BASE + i for i in range(args.cases)]
         ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress,
-                                 acquisition=args.acquisition)
+                                 acquisition=args.acquisition, appearance_jitter=args.appearance_jitter)
         data_desc = {
             "grid": f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.synth.phantom.generate_case, 128 px, 24 slices)",
             "scanner": f"synthetic seeds {seeds[0]}..{seeds[-1]} as acquired (pgsam_node.synth.acquisition.acquire: per-series "
                        "grids resampled onto T1C)",
             "mixed": f"synthetic seeds {seeds[0]}..{seeds[-1]}, each twice: generate_case (128 px, 24 slices) and as acquired "
                      "(pgsam_node.synth.acquisition.acquire)",
-        }[args.acquisition]
+        }[args.acquisition] + (f"; appearance jitter x{args.appearance_jitter:g}" if args.appearance_jitter != 1.0 else "")
         task, labels = args.task or "parotid-lesion", PAROTID_LABELS
     else:
         from pgsam_node.training.nifti_data import load_data_folder

@@ -44,14 +44,14 @@ def _volume(array: np.ndarray, grid: Grid) -> Volume:
                   spacing=grid.spacing, frame_of_reference_uid="1.2.3")
 
 
-def acquire(seed: int, language: str | None = None, distractor: str | None = "random") -> AcquiredCase:
+def acquire(seed: int, language: str | None = None, distractor: str | None = "random", appearance_jitter: float = 1.0) -> AcquiredCase:
     """Render phantom ``seed`` on per-series acquisition grids and resample onto T1C, as the node does.
 
     The plans and noise streams are drawn as :func:`~pgsam_node.synth.dicom_writer.write_study` draws
     them, so ``acquire(s)`` is the study ``pgsam-node synth --seed s`` writes, minus the DICOM
     encoding (12-bit quantisation and rescale).
     """
-    ph = make_phantom(int(seed), distractor=distractor)
+    ph = make_phantom(int(seed), distractor=distractor, appearance_jitter=appearance_jitter)
     rng = np.random.default_rng([int(seed), 0xD1C0])
     vendor = str(rng.choice(sorted(VENDORS)))
     # Field strength, scanner model and software version: drawn as write_study draws them, so the

@@ -615,11 +615,11 @@ def _jitter(sig: dict[str, float], rng: np.random.Generator, rel: float = 0.05) 
 
 
 def _lesion_layers(
-    lesion: Lesion, rng: np.random.Generator, signal_scale: float = 1.0
+    lesion: Lesion, rng: np.random.Generator, signal_scale: float = 1.0, jitter: float = 1.0
 ) -> list[Layer]:
     """The lesion layer plus its internal foci layers (``within`` set by the caller)."""
     app = LESION_APPEARANCE[lesion.diagnosis]
-    sig = _jitter({r: v * signal_scale for r, v in app["signal"].items()}, rng, 0.06)
+    sig = _jitter({r: v * signal_scale for r, v in app["signal"].items()}, rng, 0.06 * jitter)
     texture = []
     for _ in range(3):
         wdir = rng.standard_normal(3)
@@ -708,7 +708,8 @@ def _sample_diameters(rng: np.random.Generator, lo: float = 8.0, hi: float = 40.
     return sorted([d1, min(d2, d1), min(d3, d1)], reverse=True)
 
 
-def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | None = None) -> Phantom:
+def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | None = None,
+                 appearance_jitter: float = 1.0) -> Phantom:
     """Build a random phantom, deterministic in ``seed``.
 
     Parameters
@@ -718,7 +719,13 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         lesion, more often for Warthin tumours), None (no distractor), "lymph_node" or
         "contralateral_lesion".
     diagnosis : force the target diagnosis (a key of :data:`LESION_APPEARANCE`); random if None.
+    appearance_jitter : scales the random spread of every tissue's and lesion's signal around the
+        tables (1 = the tables' own 4 % / 6 %). The random stream is the same whatever the value,
+        so ``appearance_jitter=3`` is the same anatomy with tissue contrasts three times as
+        spread: domain randomisation for training, or a shifted test set.
     """
+    if not appearance_jitter >= 0:
+        raise ValueError(f"appearance_jitter must be >= 0, not {appearance_jitter!r}")
     rng = np.random.default_rng([int(seed), 0x5A11])
     u = rng.uniform()  # drawn whatever the caller chose, so the rest of the stream stays aligned
     names = list(DIAGNOSIS_WEIGHTS)
@@ -735,7 +742,7 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
     if distractor not in (None, *DISTRACTORS):
         raise ValueError(f"unknown distractor {distractor!r}; expected one of {DISTRACTORS}, None or 'random'")
 
-    tissue = {k: _jitter(v, rng, 0.04) for k, v in TISSUE_SIGNAL.items()}
+    tissue = {k: _jitter(v, rng, 0.04 * appearance_jitter) for k, v in TISSUE_SIGNAL.items()}
     tissue["air"] = dict(TISSUE_SIGNAL["air"])
     hc = np.array([rng.uniform(-3, 3), rng.uniform(0, 8), rng.uniform(-5, 5)])
     yp = hc[1] + rng.uniform(-2, 4)
@@ -857,11 +864,11 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
             add("node_hilum", Ellipsoid(c, semi * 0.35, rot), tissue["fat"], within=li)
 
     for les in distractor_lesions:
-        lls = _lesion_layers(les, rng)
+        lls = _lesion_layers(les, rng, jitter=appearance_jitter)
         les.layer_index = add(lls[0].name, lls[0].shape, lls[0].signal, lls[0].texture)
         for f in lls[1:]:
             add(f.name, f.shape, f.signal, within=les.layer_index)
-    lls = _lesion_layers(target, rng)
+    lls = _lesion_layers(target, rng, jitter=appearance_jitter)
     target.layer_index = add(lls[0].name, lls[0].shape, lls[0].signal, lls[0].texture)
     for f in lls[1:]:
         add(f.name, f.shape, f.signal, within=target.layer_index)
@@ -1107,7 +1114,7 @@ def case_report(phantom: Phantom, seed: int, language: str | None = None) -> tup
 
 def generate_case(
     seed: int, size: int = 128, n_slices: int = 24, language: str | None = None, distractor="random",
-    diagnosis: str | None = None,
+    diagnosis: str | None = None, appearance_jitter: float = 1.0,
 ) -> SyntheticCase:
     """Fast training case: T1, T2, T1C on one common axial grid, deterministic in ``seed``.
 
@@ -1115,7 +1122,7 @@ def generate_case(
     -------
     SyntheticCase with volumes float32 (n_slices, size, size) and mask uint8 of the same shape.
     """
-    ph = make_phantom(seed, distractor=distractor, diagnosis=diagnosis)
+    ph = make_phantom(seed, distractor=distractor, diagnosis=diagnosis, appearance_jitter=appearance_jitter)
     rng = np.random.default_rng([int(seed), 0x6E1D])
     grid = ph.reference_grid(rng, size=size, n_slices=n_slices)
     vols = ph.render_all(ROLES, grid, rng)

@@ -20,13 +20,13 @@ TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 1_000_000
 
 
-def acquired_study(seed: int, language: str | None = None, distractor: str | None = "random") -> StudyArrays:
+def acquired_study(seed: int, language: str | None = None, distractor: str | None = "random", appearance_jitter: float = 1.0) -> StudyArrays:
     """Synthetic study ``seed`` as the node receives it: each sequence on its own acquisition grid
     (coronal / oblique T1, tilted T2, other matrices) resampled onto T1C by the geometry stage
     (:func:`pgsam_node.synth.acquisition.acquire`); the study ``pgsam-node synth --seed`` writes."""
     from pgsam_node.synth.acquisition import acquire
 
-    case = acquire(seed, language=language, distractor=distractor)
+    case = acquire(seed, language=language, distractor=distractor, appearance_jitter=appearance_jitter)
     f = case.findings
     meta = {
         "seed": seed,
@@ -49,11 +49,13 @@ def acquired_study(seed: int, language: str | None = None, distractor: str | Non
     )
 
 
-def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: str | None = None, distractor: str | None = "random") -> StudyArrays:
+def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: str | None = None, distractor: str | None = "random",
+                    appearance_jitter: float = 1.0) -> StudyArrays:
     """One synthetic study from :mod:`pgsam_node.synth.phantom` as :class:`StudyArrays`."""
     from pgsam_node.synth import phantom as synthetic
 
-    case = synthetic.generate_case(seed, size=size, n_slices=n_slices, language=language, distractor=distractor)
+    case = synthetic.generate_case(seed, size=size, n_slices=n_slices, language=language, distractor=distractor,
+                                   appearance_jitter=appearance_jitter)
     vols = {r: np.asarray(v, dtype=np.float32) for r, v in case.volumes.items()}
     valid = {r: np.isfinite(v) for r, v in vols.items()}
     f = case.findings

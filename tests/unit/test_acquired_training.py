@@ -101,3 +101,17 @@ def test_sampler_augmentation_keeps_the_lesion_on_the_reported_side(tmp_path, on
             assert np.sign(float(b["coords"][j, 0][m].mean())) == want
             seen += 1
     assert seen >= 12, "too few lesion slices to check"
+
+
+def test_appearance_jitter_spreads_signals_over_the_same_anatomy():
+    from pgsam_node.synth.phantom import generate_case, make_phantom
+
+    a, b, c = generate_case(5, size=48, n_slices=8), generate_case(5, size=48, n_slices=8, appearance_jitter=1.0), \
+        generate_case(5, size=48, n_slices=8, appearance_jitter=4.0)
+    assert all(np.array_equal(a.volumes[r], b.volumes[r]) for r in a.volumes)  # default: the generator unchanged
+    assert np.array_equal(a.mask, c.mask) and a.report == c.report  # same anatomy, same report
+    lesion = a.mask > 0
+    ratios = [float(np.median(v[lesion]) / np.median(a.volumes[r][lesion])) for r, v in c.volumes.items()]
+    assert max(abs(x - 1) for x in ratios) > 0.03, ratios  # the lesion's signal moved
+    with pytest.raises(ValueError, match="appearance_jitter"):
+        make_phantom(5, appearance_jitter=-1.0)
