@@ -47,7 +47,7 @@ def test_bundled_model_segments_studies_as_acquired(predictor):
     resampled onto T1C (:func:`acquired_study`, equal to the DICOM path). Both seeds have a coronal
     T1 that covers only part of the axial reference; they were picked because the model trained
     only on the common grid failed them through the DICOM path (Dice 0.40 and 0.00,
-    benchmarks/phantom_dicom.py); the model trained with ``--acquisition mixed`` scores 0.76 / 0.71."""
+    benchmarks/phantom_dicom.py); the bundled model, trained as acquired, scores 0.83 / 0.81."""
     scores = []
     for seed in (EVAL_SEED_BASE + 6, EVAL_SEED_BASE + 12):
         st = acquired_study(seed)
