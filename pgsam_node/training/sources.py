@@ -20,13 +20,9 @@ TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 1_000_000
 
 
-def acquired_study(seed: int, language: str | None = None, distractor: str | None = "random", appearance_jitter: float = 1.0) -> StudyArrays:
-    """Synthetic study ``seed`` as the node receives it: each sequence on its own acquisition grid
-    (coronal / oblique T1, tilted T2, other matrices) resampled onto T1C by the geometry stage
-    (:func:`pgsam_node.synth.acquisition.acquire`); the study ``pgsam-node synth --seed`` writes."""
-    from pgsam_node.synth.acquisition import acquire
-
-    case = acquire(seed, language=language, distractor=distractor, appearance_jitter=appearance_jitter)
+def _phantom_study(case_id: str, seed: int, case, volumes: dict, valid: dict, mask: np.ndarray, affine: np.ndarray,
+                   **extra) -> StudyArrays:
+    """StudyArrays of a synthetic case (``generate_case`` or ``acquire``), with the meta both share."""
     f = case.findings
     meta = {
         "seed": seed,
@@ -34,19 +30,21 @@ def acquired_study(seed: int, language: str | None = None, distractor: str | Non
         "language": case.language,
         "diagnosis": getattr(f, "diagnosis", None) or "none",
         "side": getattr(f, "side", None),
-        "vendor": case.vendor,
-        "planes": case.planes,
+        **extra,
     }
-    return StudyArrays(
-        case_id=f"acquired-{seed}",
-        volumes=case.volumes,
-        valid=case.valid,
-        mask=case.mask,
-        affine=case.affine,
-        report=case.report,
-        findings=f,
-        meta=meta,
-    )
+    return StudyArrays(case_id=case_id, volumes=volumes, valid=valid, mask=mask, affine=affine, report=case.report,
+                       findings=f, meta=meta)
+
+
+def acquired_study(seed: int, language: str | None = None, distractor: str | None = "random", appearance_jitter: float = 1.0) -> StudyArrays:
+    """Synthetic study ``seed`` as the node receives it: each sequence on its own acquisition grid
+    (coronal / oblique T1, tilted T2, other matrices) resampled onto T1C by the geometry stage
+    (:func:`pgsam_node.synth.acquisition.acquire`); the study ``pgsam-node synth --seed`` writes."""
+    from pgsam_node.synth.acquisition import acquire
+
+    case = acquire(seed, language=language, distractor=distractor, appearance_jitter=appearance_jitter)
+    return _phantom_study(f"acquired-{seed}", seed, case, case.volumes, case.valid, case.mask, case.affine,
+                          vendor=case.vendor, planes=case.planes)
 
 
 def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: str | None = None, distractor: str | None = "random",
@@ -58,21 +56,5 @@ def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: st
                                    appearance_jitter=appearance_jitter)
     vols = {r: np.asarray(v, dtype=np.float32) for r, v in case.volumes.items()}
     valid = {r: np.isfinite(v) for r, v in vols.items()}
-    f = case.findings
-    meta = {
-        "seed": seed,
-        "distractor": case.distractor,
-        "language": case.language,
-        "diagnosis": getattr(f, "diagnosis", None) or "none",
-        "side": getattr(f, "side", None),
-    }
-    return StudyArrays(
-        case_id=f"synthetic-{seed}",
-        volumes=vols,
-        valid=valid,
-        mask=np.asarray(case.mask, dtype=np.uint8),
-        affine=np.asarray(case.grid.affine(), dtype=np.float64),
-        report=case.report,
-        findings=f,
-        meta=meta,
-    )
+    return _phantom_study(f"synthetic-{seed}", seed, case, vols, valid, np.asarray(case.mask, dtype=np.uint8),
+                          np.asarray(case.grid.affine(), dtype=np.float64))
