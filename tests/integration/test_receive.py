@@ -19,7 +19,7 @@ from pgsam_node.db import Instance, Series, Study, StudyEvent, utcnow
 
 from ..factories import Geometry, mr_instance
 from ..helpers import free_port, wait_for
-from .ingest_fixtures import running_listener, scu
+from .ingest_fixtures import assoc_result, running_listener, scu
 
 
 def _store(port, datasets, aet="TESTSCU"):
@@ -96,41 +96,16 @@ def test_resend_is_idempotent(settings):
     assert (pydicom.dcmread(settings.storage_root / path).pixel_array == changed.pixel_array).all()
 
 
-def _assoc_result(port, aet, attempts: int = 3, tries: list | None = None):
-    """"accepted", the A-ASSOCIATE-RJ (result, source, diagnostic), or "aborted".
-
-    pynetdicom's requestor sometimes reports an abort for an RJ the node did send (its DUL sees the
-    transport close before it hands the RJ up: 4 of 15 runs of this test on a loaded machine, also
-    before this node's code changed; DCMTK's echoscu always prints the RJ). An "aborted" is asked
-    again, so only an abort the node gives every time fails the test. ``tries`` collects how many
-    associations were requested.
-    """
-    for n in range(max(1, attempts)):
-        if tries is not None:
-            tries.append(n)
-        assoc = scu(aet).associate("127.0.0.1", port, ae_title="PGSAM")
-        try:
-            if assoc.is_established:
-                return "accepted"
-            if assoc.is_rejected:
-                p = assoc.acceptor.primitive
-                return (p.result, p.result_source, p.diagnostic)
-        finally:
-            if assoc.is_established:
-                assoc.release()
-    return "aborted"
-
-
 def test_allow_list_rejects_unknown_calling_ae_at_association(tmp_path):
     settings = load_settings(None, storage={"root": str(tmp_path / "s"), "min_free_bytes": 0},
                              dicom={"port": free_port(), "refuse_below_free_bytes": 0,
                                     "allowed_calling_aets": ["PACS", "ROUTER@127.0.0.1", "FAR@10.255.0.1"]})
     with running_listener(settings) as (listener, db):
         tries: list = []
-        assert _assoc_result(listener.port, "INTRUDER", tries=tries) == (0x01, 0x01, 0x03)
-        assert _assoc_result(listener.port, "FAR", tries=tries) == (0x01, 0x01, 0x03)
-        assert _assoc_result(listener.port, "PACS") == "accepted"
-        assert _assoc_result(listener.port, "ROUTER") == "accepted"
+        assert assoc_result(listener.port, "INTRUDER", tries=tries) == (0x01, 0x01, 0x03)
+        assert assoc_result(listener.port, "FAR", tries=tries) == (0x01, 0x01, 0x03)
+        assert assoc_result(listener.port, "PACS") == "accepted"
+        assert assoc_result(listener.port, "ROUTER") == "accepted"
         assert listener.counters["rejected"] == len(tries)  # every request of a disallowed caller, and only those
         # the listener still stores for an allowed caller
         assert _store(listener.port, [mr_instance(generate_uid(), generate_uid())], aet="PACS") == [0]
@@ -140,9 +115,9 @@ def test_free_disk_watermark_rejects_transiently(tmp_path):
     settings = load_settings(None, storage={"root": str(tmp_path / "s"), "min_free_bytes": 0},
                              dicom={"port": free_port(), "refuse_below_free_bytes": 1 << 62})
     with running_listener(settings) as (listener, db):
-        assert _assoc_result(listener.port, "PACS") == (0x02, 0x03, 0x01)
+        assert assoc_result(listener.port, "PACS") == (0x02, 0x03, 0x01)
         settings.dicom.refuse_below_free_bytes = 0
-        assert _assoc_result(listener.port, "PACS") == "accepted"
+        assert assoc_result(listener.port, "PACS") == "accepted"
 
 
 def test_reserve_gives_out_of_resources_and_keeps_serving(settings):
@@ -190,10 +165,10 @@ def test_max_associations(tmp_path):
         first = scu().associate("127.0.0.1", listener.port, ae_title="PGSAM")
         assert first.is_established
         try:
-            assert _assoc_result(listener.port, "SECOND") == (0x02, 0x03, 0x02)
+            assert assoc_result(listener.port, "SECOND") == (0x02, 0x03, 0x02)
         finally:
             first.release()
-        wait_for(lambda: _assoc_result(listener.port, "THIRD") == "accepted", 10, what="slot freed")
+        wait_for(lambda: assoc_result(listener.port, "THIRD") == "accepted", 10, what="slot freed")
 
 
 def test_late_instance_reopens_stable_study(settings):
