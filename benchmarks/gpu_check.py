@@ -419,15 +419,12 @@ def check_predictor_zero_shot(c: Ctx) -> None:
     CPU fp32, batch 1 vs 8, and the Dice against the phantom's mask on both devices."""
     from pgsam_node.inference.predictor import Predictor
     from pgsam_node.inference.router import BUNDLED_MODELS
+    from pgsam_node.training.metrics import dice
     from pgsam_node.training.sources import EVAL_SEED_BASE, synthetic_study
 
     folder = BUNDLED_MODELS / "brain-lesion-litemedsam"
     seeds = [EVAL_SEED_BASE + i for i in range(2 if c.quick else 4)]
     studies = [synthetic_study(s) for s in seeds]
-
-    def dice(a, b):
-        s = a.sum() + b.sum()
-        return float(2 * (a & b).sum() / s) if s else 1.0
 
     cpu = Predictor.from_dir(folder, device="cpu", batch_size=8)
     ref = [cpu.predict(st.volumes, st.valid, st.findings, None, st.affine) for st in studies]

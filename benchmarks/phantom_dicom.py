@@ -35,10 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
+from pgsam_node.training.metrics import dice  # noqa: E402
 
 
 def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0):

@@ -34,13 +34,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from pgsam_node.training.metrics import dice  # noqa: E402
 SHARED = ROOT / ".." / "shared" / "data"
 SEQUENCES = ["T1", "T2", "T1C"]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / s) if s else 1.0
 
 
 def load_real():
