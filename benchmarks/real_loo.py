@@ -200,7 +200,7 @@ def anchor(base, bank, ci) -> dict:
             p = len(boxes)
             bt = torch.from_numpy(np.stack(boxes))[:, None]
             dense = dense_one.expand(p, -1, emb.shape[-2], emb.shape[-1])
-            logits = base._decode(emb.expand(p, -1, -1, -1), torch.zeros(p, base.cfg.arch.num_sparse_tokens, emb.shape[1]), dense, None, bt)
+            logits, _ = base._decode(emb.expand(p, -1, -1, -1), torch.zeros(p, base.cfg.arch.num_sparse_tokens, emb.shape[1]), dense, None, bt)
             up = F.interpolate(logits.amax(0, keepdim=True), size=tuple(c.shape_yx), mode="bilinear", align_corners=False)[0, 0]
             out[regime].append((up > 0).numpy())
     gt = c.eval_masks.astype(bool)

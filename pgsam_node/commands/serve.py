@@ -106,8 +106,7 @@ def run(args) -> int:
         if sock is not None:
             sock.close()  # closed by the listener already, unless start-up failed before it
         log.info("node stopped")
-    loader = getattr(node, "_loader", None)
-    if loader is not None and loader.is_alive():
+    if not node.wait_model(0):
         # The model is still loading after the wait in Node.stop: leave without the interpreter's
         # teardown, which would abort in torch's C++ threads; everything durable is already closed.
         log.warning("model load still running at exit: leaving without interpreter teardown")

@@ -207,7 +207,7 @@ class PGSAM(nn.Module):
         if boxes is not None:
             out["boxes"] = boxes
         if box_valid is None:
-            masks, iou = self._decode(fused, sparse, dense, detail, boxes, with_iou=True)
+            masks, iou = self._decode(fused, sparse, dense, detail, boxes)
             out["iou"] = iou
         else:
             # One decoder pass per proposed box, united by the maximum logit; a slice whose head
@@ -215,7 +215,7 @@ class PGSAM(nn.Module):
             bi, mi = torch.nonzero(box_valid, as_tuple=True)
             masks = torch.full((b, 1) + tuple(images.shape[-2:]), -20.0, dtype=fused.dtype, device=fused.device)
             if len(bi):
-                per_box = self._decode(fused[bi], sparse[bi], dense[bi], None if detail is None else detail[bi], boxes[bi, mi][:, None])
+                per_box, _ = self._decode(fused[bi], sparse[bi], dense[bi], None if detail is None else detail[bi], boxes[bi, mi][:, None])
                 for j, i in enumerate(bi.tolist()):
                     masks[i] = torch.maximum(masks[i], per_box[j].to(masks.dtype))
             out["found"] = box_valid.any(dim=1)
@@ -223,10 +223,10 @@ class PGSAM(nn.Module):
         return out
 
     def _decode(self, fused: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor, detail: torch.Tensor | None,
-                boxes: torch.Tensor | None, with_iou: bool = False):
+                boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """SAM's decoder on (P, C, h, w) embeddings with (P, N, C) report tokens and optional
-        (P, 1, 4) box prompts -> (P, 1, H, W) mask logits at input resolution (and, with
-        ``with_iou``, SAM's predicted IoU of that mask, (P,))."""
+        (P, 1, 4) box prompts -> (P, 1, H, W) mask logits at input resolution, and SAM's predicted
+        IoU of that mask, (P,)."""
         p = fused.shape[0]
         if boxes is not None:
             # SAM's box prompt (two corner tokens); the report tokens are added to them so the
@@ -240,7 +240,7 @@ class PGSAM(nn.Module):
         size = (self.img_size, self.img_size)
         if tuple(masks.shape[-2:]) != size:
             masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        return (masks, iou[:, 0]) if with_iou else masks
+        return masks, iou[:, 0]
 
 
 def _build_image_encoder(a) -> nn.Module:
