@@ -12,7 +12,10 @@ Two Dice figures per study: over the whole volume (what the node sends: false po
 slice count) and over the evaluation slices of ``benchmarks/real_loo.py`` (the lesion's slice
 range strided to at most 12), so the rows can sit beside that table. Usage::
 
-    python benchmarks/zero_shot.py [--synthetic 8] [--skip-real] [--model DIR] [--json out.json]
+    python benchmarks/zero_shot.py [--synthetic 8] [--skip-real] [--model DIR | --default-stack] [--json out.json]
+
+``--default-stack`` runs the node's default model stack with routing off instead (``model.path``
+plus ``model.fallback``): what a parotid-configured node does with studies out of its domain.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ def main() -> int:
     ap.add_argument("--single", default="T1C")
     ap.add_argument("--regimes", default="report,no report,single")
     ap.add_argument("--studies", default=None, help="comma-separated prefixes of the case ids to run (default all)")
+    ap.add_argument("--default-stack", action="store_true",
+                    help="instead of --model: the embedded default model.path with model.fallback and routing off "
+                         "(every study goes to parotid-tiny, its result checked against the report)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -71,7 +77,13 @@ def main() -> int:
     from pgsam_node.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
-    pred = Predictor.from_dir(args.model, device="cpu")
+    if args.default_stack:
+        from pgsam_node.config import load_settings
+        from pgsam_node.inference.router import ModelRouter
+
+        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu"}).model)
+    else:
+        pred = Predictor.from_dir(args.model, device="cpu")
     regimes = [r.strip() for r in args.regimes.split(",")]
     rows = []
     for kind, st in studies(args):
@@ -90,7 +102,8 @@ def main() -> int:
             if not vols:
                 continue
             t = time.perf_counter()
-            res = pred.predict(vols, valid, findings, st.report, st.affine)
+            model = router.for_findings(findings) if args.default_stack else pred
+            res = model.predict(vols, valid, findings, st.report, st.affine)
             m = res.mask.astype(bool)
             row[regime] = {"dice_volume": dice(m, gt), "dice_eval_slices": dice(m[ev], gt[ev]), "seconds": time.perf_counter() - t,
                            "notes": res.notes}

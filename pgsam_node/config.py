@@ -284,9 +284,16 @@ class ModelSettings(_Section):
     #: model is loaded on its first study and kept.
     by_region: dict[str, str] = Field(default_factory=lambda: {"brain": "brain-lesion-litemedsam"})
     #: Second opinion for ``path``'s model: when it finds nothing although the report states a
-    #: lesion, this model (folder or bundled name) segments the study instead; None = off. The
-    #: default is the zero-shot parotid folder, which needs no training data to find a lesion.
+    #: lesion, or a result the report contradicts (the two keys below), this model (folder or
+    #: bundled name) segments the study instead; None = off. The default is the zero-shot parotid
+    #: folder, which needs no training data to find a lesion.
     fallback: str | None = "parotid-litemedsam"
+    #: The fallback also runs when the default model's mask has more than this many separate 3-D
+    #: regions per lesion the report states (1 when it states no count); 0 = no count check.
+    fallback_components_per_lesion: int = Field(5, ge=0, le=100)
+    #: ... or when its largest region's extent is below the report's size / this ratio or above
+    #: size x ratio; 0 = no size check.
+    fallback_size_ratio: float = Field(3.0, ge=0, le=100)
 
     @field_validator("by_region")
     @classmethod

@@ -1,7 +1,8 @@
 """One loaded model per anatomic region: the report decides which model segments a study.
 
 Plus a second opinion: when the default model finds nothing although the report states a lesion,
-``model.fallback`` (default: the zero-shot ``parotid-litemedsam``) segments the study instead.
+or finds something the report contradicts (:mod:`.plausibility`), ``model.fallback`` (default: the
+zero-shot ``parotid-litemedsam``) segments the study instead.
 
 ``model.path`` (default: the bundled parotid model) segments every study unless
 ``model.by_region`` names a model for the region the report's findings name (``gland``: parotid,
@@ -69,7 +70,8 @@ class ModelRouter:
         if region is None:
             if self.settings.fallback and findings is not None and findings.present:
                 path = resolve_model(str(self.settings.fallback))
-                return WithFallback(self.default, path.name, lambda: self._route("fallback", path))
+                return WithFallback(self.default, path.name, lambda: self._route("fallback", path),
+                                    self.settings.fallback_components_per_lesion, self.settings.fallback_size_ratio)
             return self.default
         return self._route(region, self._routes[region])
 
@@ -90,18 +92,25 @@ class ModelRouter:
 
 
 class WithFallback:
-    """The default predictor, and a second model for when it finds nothing.
+    """The default predictor, and a second model for when its result contradicts the report.
 
     Used only for studies whose report states a lesion (``findings.present``); one object per
-    study. The run record's model version names both; after :meth:`predict`, ``cfg`` (segment codes,
+    study. The second model runs when the default one finds nothing, or finds something the report
+    contradicts (:func:`~.plausibility.doubt`: many more separate regions than stated lesions, or a
+    largest region far from the stated size). Its result replaces a doubted one only when it is
+    non-empty and not doubted itself; otherwise the default's result stands, and the notes say both.
+    The run record's model version names both; after :meth:`predict`, ``cfg`` (segment codes,
     weights hash for the SEG) is the configuration of the model that produced the mask, and the
     result's notes say when that was the fallback. The fallback model is loaded on first need.
     """
 
-    def __init__(self, primary: Any, fallback_name: str, load_fallback) -> None:
+    def __init__(self, primary: Any, fallback_name: str, load_fallback, components_per_lesion: int = 5,
+                 size_ratio: float = 3.0) -> None:
         self.primary = primary
         self.fallback_name = fallback_name
         self._load_fallback = load_fallback
+        self.components_per_lesion = components_per_lesion
+        self.size_ratio = size_ratio
         self.used = primary
 
     def __getattr__(self, name: str) -> Any:
@@ -115,12 +124,28 @@ class WithFallback:
     def cfg(self) -> Any:
         return getattr(self.used, "cfg", None)
 
+    def _doubt(self, mask, affine, findings) -> str | None:
+        from pgsam_node.inference.plausibility import doubt
+
+        return doubt(mask, affine, findings, self.components_per_lesion, self.size_ratio)
+
     def predict(self, channels, valid, findings, report_text, affine, postprocess: bool = True):
         res = self.primary.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
-        if res.mask.any():
+        found = bool(res.mask.any())
+        why = self._doubt(res.mask, affine, findings) if found else None
+        if found and why is None:
             return res
         second = self._load_fallback()
-        self.used = second
         out = second.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
-        out.notes = list(res.notes) + [f"{self.primary.model_version} found nothing; fallback {second.model_version} segmented the study"] + list(out.notes)
-        return out
+        name, other = self.primary.model_version, second.model_version
+        if not found:
+            self.used = second
+            out.notes = list(res.notes) + [f"{name} found nothing; fallback {other} segmented the study"] + list(out.notes)
+            return out
+        why2 = self._doubt(out.mask, affine, findings) if out.mask.any() else "it found nothing"
+        if why2 is None:
+            self.used = second
+            out.notes = list(res.notes) + [f"{name}'s result contradicts the report ({why}); fallback {other} segmented the study"] + list(out.notes)
+            return out
+        res.notes = list(res.notes) + [f"{name}'s result contradicts the report ({why}); fallback {other} was no better ({why2}), so {name}'s result stands"]
+        return res

@@ -106,3 +106,109 @@ def test_fallback_segments_when_the_default_finds_nothing_but_the_report_states_
     assert router.for_findings(None) is router.default
     off, default, _ = _router({}, fallback=None)
     assert off.for_findings(lesion) is default
+
+
+class _Mask:
+    """A predictor seam returning a given (Z, Y, X) mask."""
+
+    def __init__(self, version, mask):
+        self.model_version, self.mask, self.calls, self.cfg = version, mask, 0, f"cfg:{version}"
+
+    def predict(self, channels, valid, findings, report_text, affine, postprocess=True):
+        import numpy as np
+
+        from pgsam_node.inference.predictor import InferenceResult
+
+        self.calls += 1
+        return InferenceResult(mask=self.mask.copy(), prob=self.mask.astype(np.float32), notes=[f"{self.model_version} ran"])
+
+
+def _blob(shape, centre, half):
+    import numpy as np
+
+    m = np.zeros(shape, np.uint8)
+    z, y, x = centre
+    m[z - half[0] : z + half[0] + 1, y - half[1] : y + half[1] + 1, x - half[2] : x + half[2] + 1] = 1
+    return m
+
+
+def _scatter(shape, n):
+    import numpy as np
+
+    m = np.zeros(shape, np.uint8)
+    for i in range(n):  # n separate 2x2x2 specks, 4 voxels apart
+        z, y, x = 2 + 4 * (i % 4), 2 + 4 * ((i // 4) % 4), 2 + 4 * (i // 16)
+        m[z : z + 2, y : y + 2, x : x + 2] = 1
+    return m
+
+
+def test_fallback_replaces_a_result_the_report_contradicts():
+    import numpy as np
+
+    settings = load_settings(None)
+    assert settings.model.fallback_components_per_lesion == 5 and settings.model.fallback_size_ratio == 3.0
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])  # 1 mm columns and rows, 2 mm slices
+    shape = (20, 40, 40)
+    one_lesion = Findings(gland="parotid", present=True, side="left", size_mm=20.0)
+    good = _blob(shape, (10, 20, 20), (4, 9, 9))  # 9 slices x 2 mm = 18 mm, 19 x 19 mm in-plane: agrees
+    scatter = _scatter(shape, 12)  # 12 regions for one stated lesion
+    speck = _blob(shape, (10, 20, 20), (0, 1, 1))  # one 3 mm region for a 20 mm lesion
+
+    def run(primary_mask, second_mask, findings=one_lesion, **model):
+        s = load_settings(None, model=model).model
+        first, second = _Mask("tiny", primary_mask), _Mask("zero-shot", second_mask)
+        pred = ModelRouter(s, first, loader=lambda p: second).for_findings(findings)
+        res = pred.predict(None, None, findings, None, affine)
+        return res, pred, second.calls
+
+    # The default's result agrees with the report: it stands, the fallback does not run.
+    res, pred, calls = run(good, scatter)
+    assert calls == 0 and pred.cfg == "cfg:tiny" and np.array_equal(res.mask, good)
+    # Twelve regions for one lesion: the fallback's agreeing result replaces it.
+    res, pred, calls = run(scatter, good)
+    assert calls == 1 and pred.cfg == "cfg:zero-shot" and np.array_equal(res.mask, good)
+    assert any("12 separate regions" in n and "contradicts the report" in n for n in res.notes)
+    # A 3 mm region for a stated 20 mm lesion: the size check.
+    res, pred, calls = run(speck, good)
+    assert calls == 1 and np.array_equal(res.mask, good) and any("largest region 3 mm" in n for n in res.notes)
+    # Twelve regions for four stated lesions (5 per lesion allowed): no doubt.
+    four = Findings(gland="parotid", present=True, count=4)
+    res, pred, calls = run(scatter, good, findings=four)
+    assert calls == 0 and np.array_equal(res.mask, scatter)
+    # The fallback is no better (empty, or doubted too): the default's result stands, both said.
+    for second in (np.zeros(shape, np.uint8), speck):
+        res, pred, calls = run(scatter, second)
+        assert calls == 1 and pred.cfg == "cfg:tiny" and np.array_equal(res.mask, scatter)
+        assert any("was no better" in n for n in res.notes)
+    # Checks switched off by their config keys: only an empty result calls the fallback.
+    no_size = Findings(gland="parotid", present=True, side="left")
+    res, pred, calls = run(scatter, good, findings=no_size, fallback_components_per_lesion=0)
+    assert calls == 0
+    res, pred, calls = run(scatter, good, findings=no_size)  # the count check alone calls it
+    assert calls == 1
+    res, pred, calls = run(speck, good, fallback_size_ratio=0)
+    assert calls == 0
+
+
+def test_doubt_measures_the_extent_in_millimetres_along_the_affine():
+    import numpy as np
+
+    from pgsam_node.inference.plausibility import doubt
+
+    mask = _blob((20, 40, 40), (10, 20, 20), (2, 2, 2))  # 5 voxels along each axis
+    lesion = Findings(present=True, size_mm=30.0)
+    # 5 slices of 6 mm = 30 mm: agrees; with 1 mm slices the largest extent is 5 mm (< 30 / 3).
+    assert doubt(mask, np.diag([1.0, 1.0, 6.0, 1.0]), lesion) is None
+    assert "largest region 5 mm" in doubt(mask, np.diag([1.0, 1.0, 1.0, 1.0]), lesion)
+    # Nothing to check: no report, no mask, no size (one region), no affine.
+    assert doubt(mask, None, None) is None
+    assert doubt(np.zeros_like(mask), np.eye(4), lesion) is None
+    assert doubt(mask, np.eye(4), Findings(present=True)) is None
+    assert doubt(mask, None, lesion) is None
+
+
+@pytest.mark.parametrize("bad", [{"fallback_components_per_lesion": -1}, {"fallback_size_ratio": -0.5}])
+def test_invalid_fallback_limits_are_refused(bad):
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, model=bad)
+    assert next(iter(bad)) in str(err.value)
