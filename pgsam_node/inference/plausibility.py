@@ -25,14 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from pgsam_node.findings import Findings
-
-
-def largest_extent_mm(component: np.ndarray, spacing_zyx: np.ndarray) -> float:
-    """Largest bounding-box side (mm) of a (Z, Y, X) bool mask."""
-    idx = np.argwhere(component)
-    if idx.size == 0:
-        return 0.0
-    return float(np.max((idx.max(0) - idx.min(0) + 1) * spacing_zyx))
+from pgsam_node.inference.preprocessing import spacing_zyx
 
 
 def doubt(mask: np.ndarray, affine: np.ndarray | None, findings: Findings | None,
@@ -55,10 +48,9 @@ def doubt(mask: np.ndarray, affine: np.ndarray | None, findings: Findings | None
     if components_per_lesion > 0 and n > components_per_lesion * lesions:
         return f"{n} separate regions where the report states {lesions} lesion(s)"
     if size_ratio > 0 and findings.size_mm and affine is not None:
-        sizes = np.bincount(labels.ravel())[1:]
-        biggest = labels == int(np.argmax(sizes)) + 1
-        spacing = np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)[::-1]
-        extent = largest_extent_mm(biggest, spacing)
+        biggest = int(np.argmax(np.bincount(labels.ravel())[1:]))
+        box = ndimage.find_objects(labels)[biggest]
+        extent = max((s.stop - s.start) * mm for s, mm in zip(box, spacing_zyx(affine)))
         if extent < findings.size_mm / size_ratio or extent > findings.size_mm * size_ratio:
             return f"largest region {extent:.0f} mm where the report states {findings.size_mm:.0f} mm"
     return None

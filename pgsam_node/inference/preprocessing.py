@@ -24,6 +24,13 @@ from pgsam_node.model.coords import body_centre, patient_coordinate_map
 MIN_VALID_FRACTION = 0.2
 
 
+def spacing_zyx(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in mm of a 4 x 4 voxel (x, y, z) -> LPS affine: its column norms."""
+    a = np.asarray(affine, dtype=np.float64)
+    sx, sy, sz = (float(np.linalg.norm(a[:3, i])) for i in range(3))
+    return (sz, sy, sx)
+
+
 @dataclass
 class StudyArrays:
     """One study with its reference segmentation, independent of where it came from.
@@ -56,9 +63,7 @@ class StudyArrays:
     @property
     def spacing_zyx(self) -> tuple[float, float, float]:
         """Voxel size (z, y, x) in mm, from the affine's column norms."""
-        a = np.asarray(self.affine, dtype=np.float64)
-        sx, sy, sz = (float(np.linalg.norm(a[:3, i])) for i in range(3))
-        return (sz, sy, sx)
+        return spacing_zyx(self.affine)
 
 
 @dataclass

@@ -104,8 +104,8 @@ class WithFallback:
     result's notes say when that was the fallback. The fallback model is loaded on first need.
     """
 
-    def __init__(self, primary: Any, fallback_name: str, load_fallback, components_per_lesion: int = 5,
-                 size_ratio: float = 3.0) -> None:
+    def __init__(self, primary: Any, fallback_name: str, load_fallback, components_per_lesion: int,
+                 size_ratio: float) -> None:
         self.primary = primary
         self.fallback_name = fallback_name
         self._load_fallback = load_fallback
