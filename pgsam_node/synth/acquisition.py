@@ -18,7 +18,7 @@ import numpy as np
 
 from pgsam_node.findings import Findings
 from pgsam_node.geometry import Volume, resample_to
-from pgsam_node.synth.dicom_writer import VENDORS, plan_series
+from pgsam_node.synth.dicom_writer import draw_scanner, plan_series
 from pgsam_node.synth.phantom import Grid, case_report, make_phantom
 
 
@@ -52,13 +52,7 @@ def acquire(seed: int, language: str | None = None, distractor: str | None = "ra
     encoding (12-bit quantisation and rescale).
     """
     ph = make_phantom(int(seed), distractor=distractor, appearance_jitter=appearance_jitter)
-    rng = np.random.default_rng([int(seed), 0xD1C0])
-    vendor = str(rng.choice(sorted(VENDORS)))
-    # Field strength, scanner model and software version: drawn as write_study draws them, so the
-    # series plans below come out the same.
-    tesla = float(rng.choice([1.5, 3.0, 3.0]))
-    rng.choice(VENDORS[vendor]["models"][tesla])
-    rng.choice(VENDORS[vendor]["SoftwareVersions"])
+    rng, vendor, *_ = draw_scanner(seed)  # write_study's draws, so the series plans are the same
     plans = plan_series(ph, rng, vendor)
     text, findings, lang = case_report(ph, int(seed), language)
     ref_grid = plans["T1C"].grid

@@ -273,6 +273,24 @@ def _to_stored(vol: np.ndarray, plan: SeriesPlan) -> np.ndarray:
     return np.clip(np.rint((vol - plan.intercept) / plan.slope), 0, top).astype(np.uint16)
 
 
+def draw_scanner(seed: int, vendor: str | None = None, field_strength: float | None = None):
+    """The scanner of study ``seed``: (generator, vendor, field strength, model, software version).
+
+    The generator is returned positioned after these draws, where :func:`plan_series` draws the
+    series plans, so :func:`write_study` and :func:`pgsam_node.synth.acquisition.acquire` plan the
+    same series for a seed.
+    """
+    rng = np.random.default_rng([int(seed), 0xD1C0])
+    vendor = vendor or str(rng.choice(sorted(VENDORS)))
+    if vendor not in VENDORS:
+        raise ValueError(f"unknown vendor {vendor!r}; expected one of {sorted(VENDORS)}")
+    v = VENDORS[vendor]
+    tesla = field_strength or float(rng.choice([1.5, 3.0, 3.0]))
+    model = str(rng.choice(v["models"][tesla]))
+    software = str(rng.choice(v["SoftwareVersions"]))
+    return rng, vendor, tesla, model, software
+
+
 def write_study(
     phantom_or_case_seed: Phantom | int,
     out_dir: Path | str,
@@ -313,14 +331,8 @@ def write_study(
     seed = ph.seed if seed is None else int(seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 0xD1C0])
-    vendor = vendor or str(rng.choice(sorted(VENDORS)))
-    if vendor not in VENDORS:
-        raise ValueError(f"unknown vendor {vendor!r}; expected one of {sorted(VENDORS)}")
+    rng, vendor, tesla, model, software = draw_scanner(seed, vendor, field_strength)
     v = VENDORS[vendor]
-    tesla = field_strength or float(rng.choice([1.5, 3.0, 3.0]))
-    model = str(rng.choice(v["models"][tesla]))
-    software = str(rng.choice(v["SoftwareVersions"]))
     ident = _study_identity(seed, patient_name, patient_id, accession_number, study_date)
     when: dt.datetime = ident["when"]
     study_uid = _uid(seed, "study")
