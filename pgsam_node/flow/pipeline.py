@@ -27,6 +27,7 @@ from pgsam_node.config import Settings
 from pgsam_node.db import Database, Instance, OutboxItem, OutboxState, Run, Study, StudyState, utcnow
 from pgsam_node.errors import GeometryError, InferenceError, NodeError, PipelineError, RisError
 from pgsam_node.findings import Findings
+from pgsam_node.inference import StudyPredictor
 from pgsam_node.logsetup import uid_hash
 from pgsam_node.assemble.readiness import selected_series
 from pgsam_node.db.lifecycle import transition
@@ -124,16 +125,16 @@ class Pipeline:
         Called once, lazily, to load the model (a seam for tests that need no model).
     """
 
-    def __init__(self, db: Database, settings: Settings, predictor_factory: Callable[[], object] | None = None):
+    def __init__(self, db: Database, settings: Settings, predictor_factory: Callable[[], StudyPredictor] | None = None):
         self.db, self.settings = db, settings
-        self._predictor = None
+        self._predictor: StudyPredictor | None = None
         self._factory = predictor_factory
         self._load_lock = threading.Lock()
         #: What ``/readyz`` shows: ``state`` is "not loaded", "loading", "loaded" or "failed".
         self.model_status: dict = {"state": "not loaded"}
 
     @property
-    def predictor(self):
+    def predictor(self) -> StudyPredictor:
         """The loaded predictor; the first caller loads it, concurrent callers wait for that load."""
         if self._predictor is not None:
             return self._predictor
@@ -150,7 +151,7 @@ class Pipeline:
                                      "model_version": str(getattr(self._predictor, "model_version", ""))}
         return self._predictor
 
-    def _load(self):
+    def _load(self) -> StudyPredictor:
         if self._factory is not None:
             return self._factory()
         from pgsam_node.inference.router import ModelRouter
@@ -229,10 +230,8 @@ class Pipeline:
         t = time.monotonic()
         inputs = gather_inputs(self.db, st, claim.study_id)
         timings["gather"] = time.monotonic() - t
-        predictor = self.predictor
-        route = getattr(predictor, "for_findings", None)
-        if route is not None:  # the model for the report's region (model.by_region)
-            predictor = route(inputs.findings)
+        # The model for the report's region (model.by_region), or the default with its fallback.
+        predictor = self.predictor.for_findings(inputs.findings)
         model_version = predictor.model_version
         key = idempotency_key(inputs.study_uid, inputs.input_uids, inputs.report_hash, model_version)
         with self.db.transaction() as s:

@@ -185,6 +185,10 @@ class Predictor:
                             threshold=m.threshold, slice_selection=m.slice_selection, probe_stride=m.probe_stride,
                             embedding_cache_slices=m.embedding_cache_slices)
 
+    def for_findings(self, findings: Findings | None) -> Predictor:
+        """One model segments every study (a :class:`~.router.ModelRouter` chooses per report)."""
+        return self
+
     @property
     def proposals(self) -> bool:
         """Whether box prompts come from the zero-shot asymmetry proposals (:mod:`.proposals`)."""

@@ -20,6 +20,9 @@ from ..helpers import wait_for
 class _Model:
     model_version = "blocking-test-model"
 
+    def for_findings(self, findings):
+        return self
+
 
 def _echo(port: int, aet: str) -> int:
     ae = AE(ae_title="ECHOSCU")
