@@ -344,15 +344,18 @@ class Predictor:
         decoded: list[tuple[int, np.ndarray, np.ndarray, float]] = []
         for start in range(0, len(pairs), self.batch_size):
             part = pairs[start : start + self.batch_size]
-            ks = [k for k, _ in part]
-            imgs, _vld, crd, temb, tval, fv = inputs(ks)
-            want = torch.zeros(len(ks), len(seqs), dtype=torch.bool, device=self.device)
+            # A slice with several boxes is encoded once: inputs per distinct slice, then each box's row.
+            uniq = sorted({k for k, _ in part})
+            row = torch.tensor([uniq.index(k) for k, _ in part], device=self.device)
+            imgs, _vld, crd, temb, tval, fv = inputs(uniq)
+            want = torch.zeros(len(uniq), len(seqs), dtype=torch.bool, device=self.device)
             want[:, key] = True
             boxes = torch.from_numpy(np.stack([b for _, b in part])).to(self.device)
             with torch.autocast("cuda", enabled=use_cuda):
-                # Slices with several boxes are encoded once (the LRU) on the CPU; a GPU re-encodes.
-                cached = None if use_cuda else embed(self.model, imgs, want, self.embeddings, self.batch_size)
-                out = self.model.forward_parts(imgs, want, crd, temb, tval, fv, boxes=boxes, embeddings=cached)
+                # The CPU keeps embeddings in the LRU (a re-run of the study encodes nothing); a GPU encodes.
+                emb = self.model.encode(imgs, want) if use_cuda else embed(self.model, imgs, want, self.embeddings, self.batch_size)
+                out = self.model.forward_parts(imgs[row], want[row], crd[row], *(None if t is None else t[row] for t in (temb, tval, fv)),
+                                               boxes=boxes, embeddings=emb[row])
             res = out["masks"][:, 0].float().cpu().numpy()
             iou = out["iou"].float().cpu().numpy()
             decoded += [(k, b, res[j], float(iou[j])) for j, (k, b) in enumerate(part)]

@@ -192,3 +192,39 @@ def test_predictor_drops_box_masks_the_decoder_is_unsure_of():
     after = pred.predict(vols, None, f, None, AFFINE, postprocess=False)
     assert set(np.flatnonzero(after.mask.reshape(Z, -1).any(1))) == {4, 5}
     assert any("predicted IoU below 0.70" in n for n in after.notes)
+
+
+def test_a_slice_with_several_boxes_is_encoded_once_and_each_box_decoded(monkeypatch):
+    """Boxes on one slice share one encoder pass (on every device, cache or not), and the slice's
+    mask is the union of what each box alone gives."""
+    from pgsam_node.inference import proposals as proposals_mod
+    from pgsam_node.inference.proposals import Proposal, ProposalParams
+
+    torch.manual_seed(0)
+    arch = get_preset("tiny", localiser="asymmetry", img_size=96, patch_size=8, depth=1)
+    cfg = ModelConfig(arch=arch, sequences=SEQ, use_text=False, context_slices=1, threshold=0.5, min_component_mm3=0.0)
+    model = build_model(cfg).eval()
+    vols, _ = phantom(lesion_col=30)
+    box_a, box_b, box_c = (np.array(b, np.float32) for b in ([20, 40, 40, 60], [50, 30, 70, 50], [22, 42, 38, 58]))
+
+    def fake(boxes):
+        def propose(*_a, **_k):
+            return Proposal(boxes=boxes, key_role="T1C", params=ProposalParams(iou_margin=10.0))
+        return propose
+
+    encoded = []
+    real = model.encode_slices
+    monkeypatch.setattr(model, "encode_slices", lambda x: (encoded.append(len(x)), real(x))[1])
+
+    def run(boxes):
+        monkeypatch.setattr(proposals_mod, "propose", fake(boxes))
+        pred = Predictor(model, cfg, torch.device("cpu"), batch_size=8, threshold=1e-4, embedding_cache_slices=0)
+        encoded.clear()
+        return pred.predict(vols, None, None, None, AFFINE, postprocess=False).mask.astype(bool)
+
+    both = run({4: [box_a, box_b], 5: [box_c]})
+    assert sum(encoded) == 2  # slices 4 and 5, the key sequence only; not once per box
+    only_a = run({4: [box_a]})
+    only_b = run({4: [box_b]})
+    assert both[4].any() and np.array_equal(both[4], only_a[4] | only_b[4])
+    assert not both[[k for k in range(Z) if k not in (4, 5)]].any()
