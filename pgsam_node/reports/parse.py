@@ -182,6 +182,15 @@ _COUNT_EN = re.compile(
     r"(lesions?|mass(?:es)?|tumou?rs?|nodules?|foci|focus|masslike|cysts?)\b",
     re.I,
 )
+#: A vague quantifier with the number in brackets: "multiple small (approximately 35) ... lesions",
+#: "numerous (>20) foci". The bracketed number is the count (up to _MAX_STATED_COUNT).
+_COUNT_BRACKETED = re.compile(
+    r"\b(?:multiple|several|numerous|few|multifocal|innumerable|countless)\b[^()]{0,40}?"
+    r"\(\s*(?:approximately|approx\.?|about|around|roughly|some|more than|over|at least|ca\.?|~|>|≈)?\s*(\d{1,3})\s*\)"
+    r"[^()]{0,60}?\b(?:lesions|masses|nodules|tumou?rs|foci|cysts|plaques)\b",
+    re.I,
+)
+_MAX_STATED_COUNT = 500
 _CN_DIGITS = {"一": 1, "两": 2, "二": 2, "三": 3, "四": 4, "五": 5, "六": 6}
 _COUNT_ZH = re.compile(
     r"(多发|多个|数个|[一两二三四五六\d])\s*(?:个|枚|处|发)?[^,;:。]{0,10}?(?:结节|肿块|病灶|占位|肿物|团块|囊肿|异常信号)"
@@ -446,6 +455,9 @@ def _count(clauses: list[_Clause]) -> int | None:
             continue
         # Sizes are not counts ("25 x 20 x 18 mm lesion").
         text = _SIZE.sub(lambda m: " size " if re.search(_UNIT, m.group(0), re.I) else m.group(0), c.text)
+        m = _COUNT_BRACKETED.search(text)
+        if m and 2 <= int(m.group(1)) <= _MAX_STATED_COUNT:
+            return int(m.group(1))
         m = _COUNT_EN.search(text)
         if m:
             word = m.group(1).lower()
@@ -499,7 +511,8 @@ def parse_report(text: str) -> Findings:
         "no recurrence", "双侧腮腺未见异常"), None (nothing either way). ``size_mm`` is the
         largest diameter of the largest described lesion; ``dimensions_mm`` all its diameters,
         largest first. ``count`` is the number of lesions (``multiple``/``多发`` = 2, meaning
-        "two or more"; a present lesion without a stated number counts 1, 2 when bilateral).
+        "two or more", unless a bracketed number follows: "multiple small (approximately 35)
+        lesions" = 35; a present lesion without a stated number counts 1, 2 when bilateral).
         ``signal`` maps "T1"/"T2" to "hypo"/"iso"/"hyper" and "enhancement" to
         "homogeneous"/"heterogeneous"/"rim"/"none"/"present". Never raises on any string.
     """

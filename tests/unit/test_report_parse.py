@@ -448,6 +448,27 @@ CASES: list[tuple[str, str, dict]] = [
              signal={"T1": "hypo", "T2": "hyper"}, diagnosis="pleomorphic_adenoma", hedged=False),
     ),
     (
+        "en_bracketed_approximate_count",
+        "MRI brain with and without contrast. Multiple small (approximately 35) T2/FLAIR hyperintense white matter "
+        "lesions in both cerebral hemispheres, mostly periventricular. The largest, 9 mm, is in the left thalamus.",
+        dict(present=True, side="bilateral", gland="brain", count=35, size_mm=9.0),
+    ),
+    (
+        "en_bracketed_lower_bound_count",
+        "Numerous (>20) T2 hyperintense foci in the periventricular white matter of both hemispheres.",
+        dict(present=True, side="bilateral", count=20),
+    ),
+    (
+        "en_bracketed_size_is_not_a_count",
+        "Multiple lesions (largest 12 mm) in the right parotid gland. Several (3) subcentimetre nodes, not enlarged.",
+        dict(present=True, side="right", count=2, size_mm=12.0),
+    ),
+    (
+        "en_bracketed_exact_count",
+        "Several (3) well-defined nodules in the left parotid gland, the largest 14 mm.",
+        dict(present=True, side="left", count=3, size_mm=14.0, margins="well_defined"),
+    ),
+    (
         "en_no_invasion_is_not_ill_defined",
         "Left parotid mass measuring 2 cm. No invasion of the surrounding structures. No deep lobe extension.",
         dict(present=True, side="left", size_mm=20.0, margins=None, lobe=None, diagnosis=None),
