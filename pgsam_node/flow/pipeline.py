@@ -148,7 +148,7 @@ class Pipeline:
                     self.model_status = {"state": "failed", "error": type(exc).__name__}
                     raise
                 self.model_status = {"state": "loaded", "load_seconds": round(time.monotonic() - t0, 2),
-                                     "model_version": str(getattr(self._predictor, "model_version", ""))}
+                                     "model_version": str(self._predictor.model_version)}
         return self._predictor
 
     def _load(self) -> StudyPredictor:

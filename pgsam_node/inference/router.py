@@ -138,14 +138,13 @@ class WithFallback:
         second = self._load_fallback()
         out = second.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
         name, other = self.primary.model_version, second.model_version
-        if not found:
-            self.used = second
-            out.notes = list(res.notes) + [f"{name} found nothing; fallback {other} segmented the study"] + list(out.notes)
-            return out
-        why2 = self._doubt(out.mask, affine, findings) if out.mask.any() else "it found nothing"
+        lead = f"{name} found nothing" if not found else f"{name}'s result contradicts the report ({why})"
+        # After an empty result the fallback's stands whatever it is; a doubted one is replaced only
+        # by a result that is not doubted itself.
+        why2 = None if not found else self._doubt(out.mask, affine, findings) if out.mask.any() else "it found nothing"
         if why2 is None:
             self.used = second
-            out.notes = list(res.notes) + [f"{name}'s result contradicts the report ({why}); fallback {other} segmented the study"] + list(out.notes)
+            out.notes = list(res.notes) + [f"{lead}; fallback {other} segmented the study"] + list(out.notes)
             return out
-        res.notes = list(res.notes) + [f"{name}'s result contradicts the report ({why}); fallback {other} was no better ({why2}), so {name}'s result stands"]
+        res.notes = list(res.notes) + [f"{lead}; fallback {other} was no better ({why2}), so {name}'s result stands"]
         return res

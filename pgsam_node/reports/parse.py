@@ -172,12 +172,16 @@ _SIZE_PART = re.compile(rf"({_NUM})\s*({_UNIT})?", re.I)
 _TECHNIQUE = re.compile(r"slice|section|thickness|gap|spacing|层厚|层距|间距", re.I)
 _NODE = re.compile(r"\blymph\s*nodes?\b|\bnodes\b|\blymphadenopathy\b|淋巴结", re.I)
 
+#: Quantifiers that mean "two or more" (count 2 unless a number is stated).
+_VAGUE_COUNTS = ("multiple", "several", "numerous", "few", "multifocal")
 _COUNT_WORDS = {
     "one": 1, "single": 1, "solitary": 1, "a": 1, "an": 1, "two": 2, "three": 3, "four": 4,
-    "five": 5, "six": 6, "multiple": 2, "several": 2, "numerous": 2, "few": 2, "multifocal": 2,
+    "five": 5, "six": 6, **dict.fromkeys(_VAGUE_COUNTS, 2),
 }
+#: Plural lesion nouns: a clause naming one of them describes two or more lesions.
+_PLURAL_LESIONS = r"lesions|masses|nodules|tumou?rs|foci|cysts"
 _COUNT_EN = re.compile(
-    r"\b(one|single|solitary|an?|two|three|four|five|six|multiple|several|numerous|few|multifocal|(?<![\d.])\d+(?![.\d]|\s*(?:mm|cm)\b))\b"
+    rf"\b(one|single|solitary|an?|two|three|four|five|six|{'|'.join(_VAGUE_COUNTS)}|(?<![\d.])\d+(?![.\d]|\s*(?:mm|cm)\b))\b"
     r"((?:[\s,-]+(?!(?:in|of|on|at|with|and|measuring)\b)[\w/-]+){0,5}?)[\s-]+"
     r"(lesions?|mass(?:es)?|tumou?rs?|nodules?|foci|focus|masslike|cysts?)\b",
     re.I,
@@ -185,9 +189,9 @@ _COUNT_EN = re.compile(
 #: A vague quantifier with the number in brackets: "multiple small (approximately 35) ... lesions",
 #: "numerous (>20) foci". The bracketed number is the count (up to _MAX_STATED_COUNT).
 _COUNT_BRACKETED = re.compile(
-    r"\b(?:multiple|several|numerous|few|multifocal|innumerable|countless)\b[^()]{0,40}?"
+    rf"\b(?:{'|'.join(_VAGUE_COUNTS)}|innumerable|countless)\b[^()]{{0,40}}?"
     r"\(\s*(?:approximately|approx\.?|about|around|roughly|some|more than|over|at least|ca\.?|~|>|≈)?\s*(\d{1,3})\s*\)"
-    r"[^()]{0,60}?\b(?:lesions|masses|nodules|tumou?rs|foci|cysts|plaques)\b",
+    rf"[^()]{{0,60}}?\b(?:{_PLURAL_LESIONS}|plaques)\b",
     re.I,
 )
 _MAX_STATED_COUNT = 500
@@ -472,7 +476,7 @@ def _count(clauses: list[_Clause]) -> int | None:
             if w in ("多发", "多个", "数个"):
                 return 2
             return int(w) if w.isdigit() else _CN_DIGITS[w]
-        m = re.search(r"\b(lesions|masses|nodules|tumou?rs|foci|cysts)\b", text, re.I)
+        m = re.search(rf"\b({_PLURAL_LESIONS})\b", text, re.I)
         if m:
             return 2
     return None
