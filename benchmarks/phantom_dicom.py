@@ -15,7 +15,7 @@ The anchor, measured in the same run, is the same model on the same seeds throug
 training path (one common axial grid, no DICOM): the ratio says what the acquisition geometry
 costs. Usage::
 
-    python benchmarks/phantom_dicom.py [--cases 8] [--seed-base 1000000] [--model DIR] [--appearance-jitter F] [--json out.json]
+    python benchmarks/phantom_dicom.py [--cases 8] [--seed-base 1000000] [--model DIR] [--appearance-jitter F] [--size-growth-floor P] [--json out.json]
 
 ``--appearance-jitter F`` draws a shifted test set: the same anatomy with tissue and lesion signals
 spread F times as widely around the generator's tables (a stand-in for another phantom generator).
@@ -64,6 +64,8 @@ def main() -> int:
     ap.add_argument("--no-fallback", action="store_true", help="model.fallback off (the default model alone)")
     ap.add_argument("--appearance-jitter", type=float, default=1.0, metavar="F",
                     help="a shifted test set: tissue and lesion signals spread F times the generator's own")
+    ap.add_argument("--size-growth-floor", type=float, default=None, metavar="P",
+                    help="model.size_growth_floor (default: the embedded default's; 0 = no growth towards the report's size)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -79,6 +81,8 @@ def main() -> int:
         overrides["path"] = str(args.model)
     if args.no_fallback:
         overrides["fallback"] = None
+    if args.size_growth_floor is not None:
+        overrides["size_growth_floor"] = args.size_growth_floor
     settings = load_settings(None, model=overrides) if overrides else load_settings(None)
     router = ModelRouter.from_settings(settings.model)
     print(f"model: {router.default.model_version}  fallback: {settings.model.fallback}")

@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--default-stack", action="store_true",
                     help="instead of --model: the embedded default model.path with model.fallback and routing off "
                          "(every study goes to parotid-tiny, its result checked against the report)")
+    ap.add_argument("--size-growth-floor", type=float, default=0.1, metavar="P",
+                    help="model.size_growth_floor (0 = no growth towards the report's size)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -81,9 +83,9 @@ def main() -> int:
         from pgsam_node.config import load_settings
         from pgsam_node.inference.router import ModelRouter
 
-        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu"}).model)
+        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu", "size_growth_floor": args.size_growth_floor}).model)
     else:
-        pred = Predictor.from_dir(args.model, device="cpu")
+        pred = Predictor.from_dir(args.model, device="cpu", size_growth_floor=args.size_growth_floor)
     regimes = [r.strip() for r in args.regimes.split(",")]
     rows = []
     for kind, st in studies(args):

@@ -279,6 +279,10 @@ class ModelSettings(_Section):
     probe_stride: int = Field(2, ge=1, le=8)
     #: Encoder outputs kept in memory (one per slice and sequence, about 2 MiB each for litemedsam).
     embedding_cache_slices: int = Field(72, ge=0, le=4096)
+    #: A lesion region smaller than the report's stated size is grown along the model's probability
+    #: map (hysteresis) towards that size, trying thresholds down to this one; 0 = never grow.
+    #: Trained models only: the zero-shot (asymmetry-proposal) models' boxes already follow the size.
+    size_growth_floor: float = Field(0.1, ge=0, lt=1)
     #: Model per anatomic region named by the report (findings ``gland``: parotid, submandibular,
     #: brain): a model folder, or the name of a bundled one. Other studies use ``path``. A routed
     #: model is loaded on its first study and kept.

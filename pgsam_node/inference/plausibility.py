@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from pgsam_node.findings import Findings
-from pgsam_node.inference.preprocessing import spacing_zyx
+from pgsam_node.inference.sizing import extent_mm, largest_region
 
 
 def doubt(mask: np.ndarray, affine: np.ndarray | None, findings: Findings | None,
@@ -48,9 +48,7 @@ def doubt(mask: np.ndarray, affine: np.ndarray | None, findings: Findings | None
     if components_per_lesion > 0 and n > components_per_lesion * lesions:
         return f"{n} separate regions where the report states {lesions} lesion(s)"
     if size_ratio > 0 and findings.size_mm and affine is not None:
-        biggest = int(np.argmax(np.bincount(labels.ravel())[1:]))
-        box = ndimage.find_objects(labels)[biggest]
-        extent = max((s.stop - s.start) * mm for s, mm in zip(box, spacing_zyx(affine)))
+        extent = extent_mm(largest_region(mask), affine)
         if extent < findings.size_mm / size_ratio or extent > findings.size_mm * size_ratio:
             return f"largest region {extent:.0f} mm where the report states {findings.size_mm:.0f} mm"
     return None

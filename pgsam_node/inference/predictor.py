@@ -23,6 +23,7 @@ from pgsam_node.config import ModelSettings
 from pgsam_node.errors import InferenceError, ModelError
 from pgsam_node.findings import Findings, findings_vector
 from pgsam_node.geometry.normalize import NormParams
+from pgsam_node.inference.sizing import grow_to_stated_size
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ class Predictor:
     """
 
     def __init__(self, model, cfg, device, batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None,
-                 slice_selection: str = "auto", probe_stride: int = 2, embedding_cache_slices: int = 72) -> None:
+                 slice_selection: str = "auto", probe_stride: int = 2, embedding_cache_slices: int = 72,
+                 size_growth_floor: float = 0.1) -> None:
         from pgsam_node.inference.selective import EmbeddingLRU
 
         self.model = model
@@ -161,6 +163,7 @@ class Predictor:
         self._text_encoder: Any = None
         self.slice_selection = slice_selection
         self.probe_stride = max(1, int(probe_stride))
+        self.size_growth_floor = float(size_growth_floor)
         boxed = getattr(model, "box_head", None) is not None or self.proposals
         self.embeddings = EmbeddingLRU(embedding_cache_slices if boxed else 0)
 
@@ -180,10 +183,10 @@ class Predictor:
     def from_settings(cls, m: ModelSettings) -> Predictor:
         """The one loader: the model the ``model`` settings section names (``path``, ``device``,
         ``batch_size``, ``text_encoder``, ``threshold``, ``slice_selection``, ``probe_stride``,
-        ``embedding_cache_slices``)."""
+        ``embedding_cache_slices``, ``size_growth_floor``)."""
         return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder,
                             threshold=m.threshold, slice_selection=m.slice_selection, probe_stride=m.probe_stride,
-                            embedding_cache_slices=m.embedding_cache_slices)
+                            embedding_cache_slices=m.embedding_cache_slices, size_growth_floor=m.size_growth_floor)
 
     def for_findings(self, findings: Findings | None) -> Predictor:
         """One model segments every study (a :class:`~.router.ModelRouter` chooses per report)."""
@@ -320,6 +323,9 @@ class Predictor:
             min_vox = max(1, int(round(self.cfg.min_component_mm3 / max(voxel_mm3, 1e-6))))
             mask, side_notes = side_filter(mask, affine, prep.centre_lps, findings, min_vox)
             notes += side_notes
+            if not self.proposals:  # the zero-shot path's boxes already follow the stated size
+                mask, grown = grow_to_stated_size(mask, prob, affine, findings, self.threshold, self.size_growth_floor)
+                notes += [grown] if grown else []
         t3 = time.perf_counter()
         secs = {"prepare": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
         return InferenceResult(mask=mask.astype(np.uint8), prob=prob, seconds=secs, notes=notes)

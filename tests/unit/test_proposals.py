@@ -162,6 +162,22 @@ def test_predictor_decodes_only_inside_the_proposed_boxes():
     assert not res.mask[:, :, 60:].any()
 
 
+def test_the_zero_shot_path_does_not_grow_its_mask_towards_the_stated_size():
+    """model.size_growth_floor is for trained models: the proposals' boxes already follow the
+    report's size, and growing the decoder's masks cost Dice on phantoms (docs/model.md)."""
+    torch.manual_seed(0)
+    arch = get_preset("tiny", localiser="asymmetry", img_size=96, patch_size=8, depth=1)
+    cfg = ModelConfig(arch=arch, sequences=SEQ, use_text=False, context_slices=1, threshold=0.5, min_component_mm3=0.0)
+    vols, _ = phantom(lesion_col=30)
+    f = Findings(side="right", size_mm=60.0, signal={"T2": "hyper", "enhancement": "avid"})
+    low, high = (Predictor(build_model(cfg).eval(), cfg, torch.device("cpu"), batch_size=3, threshold=thr).predict(vols, None, f, None, AFFINE)
+                 for thr in (1e-4, 0.5))
+    # What a grown mask could take (decoded, below the threshold) exists, and is not taken.
+    assert high.mask.any() and (low.mask > high.mask).any()
+    assert np.array_equal(high.mask.astype(bool), high.prob >= 0.5)
+    assert not any(n.startswith("grew") for n in high.notes)
+
+
 def test_predictor_drops_box_masks_the_decoder_is_unsure_of():
     torch.manual_seed(0)
     arch = get_preset("tiny", localiser="asymmetry", img_size=96, patch_size=8, depth=1)

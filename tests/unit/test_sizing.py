@@ -1,0 +1,106 @@
+"""model.size_growth_floor: an under-segmented lesion grows towards the report's stated size
+(pgsam_node.inference.sizing, applied in Predictor.predict's post-processing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pgsam_node.config import ConfigError, load_settings
+from pgsam_node.findings import Findings
+from pgsam_node.inference.sizing import extent_mm, grow_to_stated_size
+
+AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 1 mm columns and rows, 2 mm slices
+
+
+def _ball(shape, centre, radius_mm, spacing=(2.0, 1.0, 1.0)):
+    zz, yy, xx = np.indices(shape, dtype=np.float64)
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in zip((zz, yy, xx), centre, spacing))
+    return np.sqrt(d2) <= radius_mm
+
+
+def _study():
+    """A 20 mm lesion whose probability falls from 0.9 at its centre to 0.25 at its rim, and a
+    second blob (p 0.3) 2 cm away on the same side."""
+    shape = (16, 64, 64)
+    truth = _ball(shape, (8, 32, 24), 10.0)
+    zz, yy, xx = np.indices(shape, dtype=np.float64)
+    r = np.sqrt(((zz - 8) * 2) ** 2 + (yy - 32) ** 2 + (xx - 24) ** 2)
+    prob = np.where(truth, 0.9 - 0.65 * r / 10.0, 0.01).astype(np.float32)
+    prob[_ball(shape, (8, 32, 50), 4.0)] = 0.3
+    return prob, truth
+
+
+def test_a_core_grows_to_the_stated_size_and_no_further():
+    prob, truth = _study()
+    core = prob >= 0.5
+    assert extent_mm(core, AFFINE) <= 14
+    grown, note = grow_to_stated_size(core, prob, AFFINE, Findings(present=True, size_mm=20.0), 0.5, 0.1)
+    assert 19 <= extent_mm(grown, AFFINE) <= 23
+    assert (grown & ~truth).sum() == 0 and grown.sum() > 2 * core.sum()
+    assert note.startswith(f"grew the largest region by {int(grown.sum() - core.sum())} voxels, 1") and "stated 20 mm" in note
+    # The nearby blob is not connected at any threshold tried: it never joins.
+    assert not grown[:, :, 45:].any()
+
+
+def test_growth_stops_before_exceeding_the_stated_size():
+    prob, _ = _study()
+    core = prob >= 0.5
+    # The report states 16 mm: p >= 0.4 spans 15 mm, p >= 0.3 already 19 mm (> 16 x 1.15).
+    grown, note = grow_to_stated_size(core, prob, AFFINE, Findings(present=True, size_mm=16.0), 0.5, 0.1)
+    assert extent_mm(core, AFFINE) < extent_mm(grown, AFFINE) <= 16 * 1.15
+    assert "probability >= 0.4" in note
+    # A floor above every lower step tried leaves the core as it is.
+    same, note = grow_to_stated_size(core, prob, AFFINE, Findings(present=True, size_mm=16.0), 0.5, 0.45)
+    assert note is None and np.array_equal(same, core)
+
+
+@pytest.mark.parametrize("findings, floor", [
+    (None, 0.1),
+    (Findings(present=True), 0.1),               # no stated size
+    (Findings(present=True, size_mm=20.0), 0.0),  # switched off
+    (Findings(present=True, size_mm=8.0), 0.1),   # the region already spans the stated size
+])
+def test_nothing_grows_without_a_size_to_grow_to(findings, floor):
+    prob, _ = _study()
+    core = prob >= 0.5
+    grown, note = grow_to_stated_size(core, prob, AFFINE, findings, 0.5, floor)
+    assert note is None and np.array_equal(grown, core)
+    empty, note = grow_to_stated_size(np.zeros_like(core), prob, AFFINE, Findings(present=True, size_mm=20.0), 0.5, 0.1)
+    assert note is None and not empty.any()
+
+
+def test_only_the_largest_region_grows_and_the_rest_is_kept():
+    prob, _ = _study()
+    core = prob >= 0.5
+    speck = np.zeros_like(core)
+    speck[2, 5, 5] = True
+    grown, _ = grow_to_stated_size(core | speck, prob, AFFINE, Findings(present=True, size_mm=20.0), 0.5, 0.1)
+    assert grown[2, 5, 5] and extent_mm(grown & ~speck, AFFINE) >= 19
+
+
+def test_the_floor_is_a_config_key_with_a_safe_range():
+    assert load_settings(None).model.size_growth_floor == 0.1
+    assert load_settings(None, model={"size_growth_floor": 0}).model.size_growth_floor == 0
+    for bad in (-0.1, 1.0, "x"):
+        with pytest.raises(ConfigError, match="size_growth_floor"):
+            load_settings(None, model={"size_growth_floor": bad})
+
+
+def test_the_predictor_grows_the_bundled_models_mask_when_the_report_states_more():
+    """Wiring: Predictor.predict applies the growth after its side filter, with the note; the
+    same study with the floor at 0 is the mask before growth."""
+    import dataclasses
+
+    from pgsam_node.inference.predictor import Predictor
+    from pgsam_node.training.sources import synthetic_study
+
+    st = synthetic_study(1_000_000)
+    assert st.findings.size_mm
+    larger = dataclasses.replace(st.findings, size_mm=3 * st.findings.size_mm)
+    before = Predictor.from_dir(None, device="cpu", size_growth_floor=0).predict(st.volumes, st.valid, larger, st.report, st.affine)
+    after = Predictor.from_dir(None, device="cpu").predict(st.volumes, st.valid, larger, st.report, st.affine)
+    assert before.mask.any() and not any(n.startswith("grew") for n in before.notes)
+    assert after.mask.sum() > before.mask.sum() and (after.mask >= before.mask).all()
+    assert any(n.startswith("grew the largest region") for n in after.notes)
+    assert float(after.prob[after.mask > before.mask].min()) >= 0.1
