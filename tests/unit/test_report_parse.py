@@ -610,6 +610,27 @@ CASES: list[tuple[str, str, dict]] = [
         "Left parotid nodule 1.4 cm, well-defined. No evidence of lymphoma elsewhere. Impression: Warthin tumour.",
         dict(present=True, side="left", size_mm=14.0, diagnosis="warthin_tumour", hedged=False),
     ),
+    # Decimal commas and spelled-out units (European and British reports): "2,3 cm" is 23 mm, not 3 cm.
+    (
+        "size_decimal_comma",
+        "MRI parotid: in the superficial lobe of the right parotid a well-defined mass of 2,3 x 1,8 cm. Impression: pleomorphic adenoma.",
+        dict(present=True, side="right", size_mm=23.0, dimensions_mm=[23.0, 18.0], count=1, diagnosis="pleomorphic_adenoma"),
+    ),
+    (
+        "size_decimal_comma_mm",
+        "Left parotid nodule measuring 9,5 mm, T2 hyperintense.",
+        dict(present=True, side="left", size_mm=9.5, count=1),
+    ),
+    (
+        "size_spelled_out_units",
+        "The lesion in the deep lobe of the left parotid measures approximately 23 x 18 x 15 millimetres.",
+        dict(present=True, side="left", lobe="deep", size_mm=23.0, dimensions_mm=[23.0, 18.0, 15.0]),
+    ),
+    (
+        "size_centimeters",
+        "Right parotid mass, 2.5 centimeters in greatest dimension.",
+        dict(present=True, side="right", size_mm=25.0),
+    ),
 ]
 
 
