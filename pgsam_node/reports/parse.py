@@ -73,10 +73,13 @@ _HISTORY = re.compile(
     re.I,
 )
 
+# A capital L or R is a side only right before the organ it qualifies: "R parotid", "L hemisphere".
+_LETTER_SIDE = r"(?=\.?\s*(?:parotid|submandibular|hemisphere|frontal|temporal|parietal|occipital|cerebell))"
+
 _SIDE_PATTERNS = [
     ("bilateral", re.compile(r"\b(?:bilateral(?:ly)?|both|either)\b|双侧|两侧|双(?=腮腺|颌下腺|下颌下腺|侧)", re.I)),
-    ("left", re.compile(r"\b(?:left|lt)\b|左", re.I)),
-    ("right", re.compile(r"\b(?:right|rt)\b|右", re.I)),
+    ("left", re.compile(rf"\b(?:left|lt)\b|(?-i:\bL\b){_LETTER_SIDE}|左", re.I)),
+    ("right", re.compile(rf"\b(?:right|rt)\b|(?-i:\bR\b){_LETTER_SIDE}|右", re.I)),
 ]
 
 _GLAND_PATTERNS = [

@@ -627,6 +627,16 @@ CASES: list[tuple[str, str, dict]] = [
         dict(present=True, side="left", lobe="deep", size_mm=23.0, dimensions_mm=[23.0, 18.0, 15.0]),
     ),
     (
+        "side_capital_letter",
+        "FINDINGS: R PAROTID MASS 2.1CM, SUPERFICIAL LOBE. L PAROTID NORMAL.",
+        dict(present=True, side="right", lobe="superficial", size_mm=21.0),
+    ),
+    (
+        "side_letter_not_before_an_organ",
+        "Technique: T2 FS, L-R phase encoding. A 14 mm nodule in the right parotid.",
+        dict(present=True, side="right", size_mm=14.0),
+    ),
+    (
         "size_centimeters",
         "Right parotid mass, 2.5 centimeters in greatest dimension.",
         dict(present=True, side="right", size_mm=25.0),
