@@ -18,11 +18,11 @@ brain tumours, FLAIR for MS (where white-matter lesions show). Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_json  # benchmarks/, the script's own folder
 import torch
 from scipy import ndimage
 from torch.nn import functional as F
@@ -113,9 +113,7 @@ def main() -> int:
         print(f"{st.case_id:<20} {role:<6} {r['slices']:>6} {r['box/slice']:>10.3f} {r['loose 3-D box']:>10.3f} {r['encoder_s_per_slice']:>12.2f}", flush=True)
     for regime in ("box/slice", "loose 3-D box"):
         print(f"mean {regime}: {np.mean([v[regime] for v in rows.values()]):.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(args.json, rows)
     return 0
 
 

@@ -24,13 +24,13 @@ spread F times as widely around the generator's tables (a stand-in for another p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_json  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -107,9 +107,7 @@ def main() -> int:
     df = float(np.mean([r["dice_fast_path"] for r in rows]))
     print(f"\nmean Dice over {len(rows)} studies: DICOM path {dd:.3f}; fast path (anchor) {df:.3f}; "
           f"ratio {dd / df if df else float('nan'):.2f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    write_json(args.json, rows)
     return 0
 
 

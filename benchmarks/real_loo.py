@@ -23,13 +23,13 @@ Encoder outputs are cached (``--cache``), so a rerun costs only training. Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_json  # benchmarks/, the script's own folder
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,9 +157,7 @@ def main() -> int:  # noqa: C901 - one linear script
         syn = [dice(predict_case(last, bank, i, temb[i]), bank.cases[i].eval_masks.astype(bool)) for i in syn_eval]
         rows["synthetic-parotid"] = {"pgsam_last_fold": syn, "mean": float(np.mean(syn))}
         print("synthetic parotid (held-out seeds, last fold's pgsam model): " + ", ".join(f"{d:.3f}" for d in syn) + f"; mean {np.mean(syn):.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(args.json, rows)
     return 0
 
 

@@ -21,12 +21,12 @@ plus ``model.fallback``): what a parotid-configured node does with studies out o
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import write_json  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -124,9 +124,7 @@ def main() -> int:
         print(f"{kind + ' mean':<32}" + "".join(
             f"{np.mean([r[g]['dice_volume'] for r in sel if g in r]):>17.3f} / {np.mean([r[g]['dice_eval_slices'] for r in sel if g in r]):.3f}"
             for g in regimes))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(args.json, rows)
     return 0
 
 
