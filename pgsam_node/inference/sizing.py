@@ -6,8 +6,10 @@ The report states the lesion's largest diameter S. When the largest region of th
 than S, it is grown by hysteresis: the connected voxels whose probability is above a lower
 threshold join it, trying lower thresholds one at a time (``LADDER``, down to
 ``model.size_growth_floor``) and keeping the last step whose largest extent does not exceed
-S x ``TOLERANCE``; it stops at the first step that reaches S. Nothing is grown without a stated
-size, for an empty mask, or when the region already spans S.
+S x ``TOLERANCE`` and whose volume is at most ``VOLUME_FACTOR`` times the ellipsoid of the stated
+diameters (a sphere of S when only one is stated), so a diffuse low-probability plateau cannot be
+taken; it stops at the first step that reaches S. Nothing is grown without a stated size, for an
+empty mask, or when the region already spans S.
 
 Measured on 192 synthetic studies through the fast path (bundled ``parotid-tiny``, seeds
 1,000,500-531 and 1,000,600-663, signals as drawn and spread x3): mean Dice +0.004 to +0.015 per
@@ -29,6 +31,9 @@ from pgsam_node.inference.preprocessing import spacing_zyx
 LADDER = (0.4, 0.3, 0.2, 0.15, 0.1, 0.05)
 #: A grown region may exceed the stated size by this factor (a diameter measured on another plane).
 TOLERANCE = 1.15
+#: ... and the volume of the ellipsoid of the stated diameters by this factor (on 93 grown
+#: phantom lesions the grown volume was at most 1.8 times it; the lesions 0.92-1.10 times).
+VOLUME_FACTOR = 2.0
 
 _CONNECT = ndimage.generate_binary_structure(3, 3)
 
@@ -65,22 +70,27 @@ def grow_to_stated_size(mask: np.ndarray, prob: np.ndarray, affine: np.ndarray, 
         Lowest threshold tried; 0 or more than ``threshold`` = never grow.
     """
     mask = mask.astype(bool)
-    size = findings.size_mm if findings is not None else None
-    if not size or size <= 0 or floor <= 0 or not mask.any():
+    if findings is None or not findings.size_mm or findings.size_mm <= 0 or floor <= 0 or not mask.any():
         return mask, None
+    size = findings.size_mm
     core = largest_region(mask)
     start = extent_mm(core, affine)
     if start >= size:
         return mask, None
+    dims = sorted(findings.dimensions_mm or [size], reverse=True)
+    dims = (dims + [dims[-1]] * 2)[:3]
+    voxel_mm3 = float(np.prod(spacing_zyx(affine)))
+    max_voxels = VOLUME_FACTOR * np.pi / 6 * dims[0] * dims[1] * dims[2] / voxel_mm3
     best, best_low, reached = core, None, start
     for low in (t for t in LADDER if floor <= t < threshold):
         labels, _ = ndimage.label(prob >= low, structure=_CONNECT)
         touching = np.unique(labels[core])
         grown = np.isin(labels, touching[touching > 0]) | core
         ext = extent_mm(grown, affine)
-        if ext > size * TOLERANCE:
+        if ext > size * TOLERANCE or grown.sum() > max_voxels:
             break
-        best, best_low, reached = grown, low, ext
+        if grown.sum() > best.sum():
+            best, best_low, reached = grown, low, ext
         if ext >= size:
             break
     if best_low is None:

@@ -55,6 +55,22 @@ def test_growth_stops_before_exceeding_the_stated_size():
     assert note is None and np.array_equal(same, core)
 
 
+def test_a_diffuse_plateau_is_not_taken_beyond_the_stated_volume():
+    """A 20 mm cube of p 0.3 around a small confident core: its extent is within 20 mm x 1.15,
+    but it holds 7.6 times the volume of the stated 20 x 10 x 10 mm ellipsoid."""
+    shape = (16, 64, 64)
+    prob = np.full(shape, 0.01, np.float32)
+    prob[3:13, 22:42, 22:42] = 0.3  # 20 mm cube (2 mm slices)
+    prob[7:9, 30:34, 30:34] = 0.9
+    core = prob >= 0.5
+    stated = Findings(present=True, size_mm=20.0, dimensions_mm=[20.0, 10.0, 10.0])
+    grown, note = grow_to_stated_size(core, prob, AFFINE, stated, 0.5, 0.1)
+    assert note is None and np.array_equal(grown, core)
+    # Stated as a 20 mm sphere-like lesion (one diameter), the cube is 1.9 times its volume: taken.
+    grown, note = grow_to_stated_size(core, prob, AFFINE, Findings(present=True, size_mm=20.0), 0.5, 0.1)
+    assert note is not None and grown.sum() == (prob >= 0.3).sum()
+
+
 @pytest.mark.parametrize("findings, floor", [
     (None, 0.1),
     (Findings(present=True), 0.1),               # no stated size
