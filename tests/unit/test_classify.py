@@ -121,6 +121,13 @@ CASES = [
     ("agent_none_value", h("t1_se_tra", tr=550, te=9, agent="NONE"), "T1"),
     ("enhanced_mr_sop", h("t2_space_sag", sop=EMR, seq="*spc3d1", tr=3200, te=409), "T2"),
     ("unknown_weighting", h("AX 3D", ss="GR", tr=300, te=12), "OTHER"),
+    # Research and challenge naming: BraTS t1c / t1ce, "T1C" as a series name; the C is contrast.
+    ("research_t1c", h("T1C", manu="", tr=550, te=10), "T1C"),
+    ("research_t1c_lower_plane", h("t1c_ax", manu="", tr=550, te=10), "T1C"),
+    ("research_t1_dash_c", h("T1-C", manu="", tr=550, te=10), "T1C"),
+    ("brats_t1ce", h("t1ce", manu="", tr=550, te=10), "T1C"),
+    ("t1_coronal_is_not_t1c", h("T1 COR", ss="SE", tr=550, te=10), "T1"),
+    ("t1c_pre_is_pre", h("T1C pre", ss="SE", tr=550, te=10), "T1"),
     # --- never sequences ---
     ("secondary_capture_modality_mr", h("Mask_Tumor", proto="B T1 AXIAL SE +", sop=SC, it=["DERIVED", "SECONDARY", "OTHER"]), "OTHER"),
     ("seg_object", h("Tumour segmentation", proto="", sop=SEG, ss=""), "OTHER"),
