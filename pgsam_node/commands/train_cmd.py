@@ -43,6 +43,10 @@ def register(sub) -> None:
     p.add_argument("--augment", type=float, default=0.0, metavar="P",
                    help="probability that a training slice gets rotation/scale/elastic, bias-field, resolution and noise "
                         "augmentation (0 = flips and gamma only)")
+    p.add_argument("--seq-drop", type=float, default=0.2, metavar="P",
+                   help="probability that a training slice loses sequences (missing-sequence robustness)")
+    p.add_argument("--seq-drop-max", type=int, default=1, metavar="K",
+                   help="such a slice loses 1..K of its sequences, never all (1 = one, the default)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=6e-4)
     p.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="prepared synthetic studies cache")
@@ -76,6 +80,8 @@ def run(args) -> int:
     from pgsam_node.training.train import TrainOptions, synthetic_train_set, train
 
     settings = load(args)
+    if not 0.0 <= args.seq_drop <= 1.0 or args.seq_drop_max < 1:
+        raise SystemExit("error: --seq-drop must be within 0..1 and --seq-drop-max at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     sequences = [args.single_sequence] if args.single_sequence else ["T1", "T2", "T1C"]
@@ -124,6 +130,8 @@ def run(args) -> int:
         lr=args.lr,
         context_slices=args.context_slices,
         checkpoint_every=args.checkpoint_every,
+        p_seq_drop=args.seq_drop,
+        seq_drop_max=args.seq_drop_max,
         device=settings.model.device,
         sam_checkpoint=settings.model.sam_checkpoint,
         text_encoder=settings.model.text_encoder,

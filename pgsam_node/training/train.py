@@ -69,6 +69,8 @@ class TrainOptions:
     # augmentation / regularisation
     p_flip: float = 0.5
     p_seq_drop: float = 0.2
+    #: A dropped slice loses 1..this many of its sequences (never all); 1 = one, as before.
+    seq_drop_max: int = 1
     p_text_drop: float = 0.1
     p_findings_drop: float = 0.1
     p_both_drop: float = 0.1
@@ -258,7 +260,11 @@ class SliceSampler:
                 x[s] = np.clip(np.clip(x[s], 0, 1) ** g * rng.uniform(0.85, 1.15), 0, 1)
             present = np.flatnonzero(v)
             if len(present) > 1 and rng.random() < o.p_seq_drop:
-                v[rng.choice(present)] = False
+                if o.seq_drop_max > 1:  # (the default draws exactly as before: one sequence)
+                    k = int(rng.integers(1, min(o.seq_drop_max, len(present) - 1) + 1))
+                    v[rng.choice(present, size=k, replace=False)] = False
+                else:
+                    v[rng.choice(present)] = False
             x[~v] = 0.0
             crd = patient_coordinate_map(aff, k, (ny, nx), (self.img_size, self.img_size), ts.centres[i])
             if o.p_augment > 0 and rng.random() < o.p_augment:

@@ -37,6 +37,20 @@ def test_slice_sampler_batches(tmp_path, ts):
     assert torch.equal(b["images"], b2["images"]) and torch.equal(b["mask"], b2["mask"])
 
 
+def test_sequence_dropout_removes_up_to_seq_drop_max_sequences_never_all(tmp_path, ts):
+    emb = np.zeros((len(ts.case_ids), 384), np.float32)
+
+    def present(**kw):
+        opts = TrainOptions(out=tmp_path, context_slices=1, p_seq_drop=1.0, p_augment=0.0, **kw)
+        b = SliceSampler(ts, opts, 64, emb, np.random.default_rng(3)).batch(40)
+        return b["valid"].sum(1).tolist()
+
+    assert set(present()) == {2}  # the default: exactly one of three dropped
+    two = present(seq_drop_max=2)
+    assert set(two) == {1, 2}
+    assert set(present(seq_drop_max=5)) <= {1, 2}  # never all three
+
+
 def test_few_steps_reduce_loss_on_fixed_batch(tmp_path, ts):
     torch.manual_seed(0)
     opts = TrainOptions(out=tmp_path, lesion_fraction=1.0)
@@ -74,3 +88,13 @@ def test_short_run_writes_model_and_resumes(tmp_path, monkeypatch, ts):
     steps = []
     train(opts2, ts, on_step=lambda s, _: steps.append(s))
     assert steps == [3, 4]
+
+
+@pytest.mark.parametrize("args", [["--seq-drop", "1.5"], ["--seq-drop", "-0.1"], ["--seq-drop-max", "0"]])
+def test_train_refuses_invalid_sequence_dropout(tmp_path, monkeypatch, args):
+    from pgsam_node.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="--seq-drop must be within 0..1 and --seq-drop-max at least 1"):
+        main(["train", "--out", str(tmp_path / "m"), "--steps", "1", "--no-progress", *args])
+    assert not (tmp_path / "m").exists()
