@@ -69,8 +69,8 @@ def main() -> int:
     ap.add_argument("--default-stack", action="store_true",
                     help="instead of --model: the embedded default model.path with model.fallback and routing off "
                          "(every study goes to parotid-tiny, its result checked against the report)")
-    ap.add_argument("--size-growth-floor", type=float, default=0.1, metavar="P",
-                    help="model.size_growth_floor (0 = no growth towards the report's size)")
+    ap.add_argument("--size-growth-floor", type=float, default=None, metavar="P",
+                    help="model.size_growth_floor (default: the embedded default's; 0 = no growth towards the report's size)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -79,13 +79,14 @@ def main() -> int:
     from pgsam_node.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
+    growth = {} if args.size_growth_floor is None else {"size_growth_floor": args.size_growth_floor}
     if args.default_stack:
         from pgsam_node.config import load_settings
         from pgsam_node.inference.router import ModelRouter
 
-        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu", "size_growth_floor": args.size_growth_floor}).model)
+        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu", **growth}).model)
     else:
-        pred = Predictor.from_dir(args.model, device="cpu", size_growth_floor=args.size_growth_floor)
+        pred = Predictor.from_dir(args.model, device="cpu", **growth)
     regimes = [r.strip() for r in args.regimes.split(",")]
     rows = []
     for kind, st in studies(args):

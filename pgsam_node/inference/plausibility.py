@@ -48,7 +48,7 @@ def doubt(mask: np.ndarray, affine: np.ndarray | None, findings: Findings | None
     if components_per_lesion > 0 and n > components_per_lesion * lesions:
         return f"{n} separate regions where the report states {lesions} lesion(s)"
     if size_ratio > 0 and findings.size_mm and affine is not None:
-        extent = extent_mm(largest_region(mask), affine)
+        extent = extent_mm(largest_region(mask, labels), affine)
         if extent < findings.size_mm / size_ratio or extent > findings.size_mm * size_ratio:
             return f"largest region {extent:.0f} mm where the report states {findings.size_mm:.0f} mm"
     return None

@@ -38,9 +38,11 @@ VOLUME_FACTOR = 2.0
 _CONNECT = ndimage.generate_binary_structure(3, 3)
 
 
-def largest_region(mask: np.ndarray) -> np.ndarray:
-    """(Z, Y, X) bool: the largest 26-connected region of a non-empty mask."""
-    labels, _ = ndimage.label(mask.astype(bool), structure=_CONNECT)
+def largest_region(mask: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+    """(Z, Y, X) bool: the largest 26-connected region of a non-empty mask (``labels``: the mask
+    already labelled with that connectivity, to save labelling it again)."""
+    if labels is None:
+        labels, _ = ndimage.label(mask.astype(bool), structure=_CONNECT)
     return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
 
 
@@ -81,11 +83,19 @@ def grow_to_stated_size(mask: np.ndarray, prob: np.ndarray, affine: np.ndarray, 
     dims = (dims + [dims[-1]] * 2)[:3]
     voxel_mm3 = float(np.prod(spacing_zyx(affine)))
     max_voxels = VOLUME_FACTOR * np.pi / 6 * dims[0] * dims[1] * dims[2] / voxel_mm3
-    best, best_low, reached = core, None, start
+    # Only a box around the core can hold an acceptable result: it reaches S x TOLERANCE (and one
+    # voxel more) beyond the core on every side, so a region that reaches the box's edge is already
+    # too wide, and one that does not is whole. Labelling that box, not the study, keeps the cost
+    # independent of the matrix.
+    box = ndimage.find_objects(core.astype(np.uint8))[0]
+    pad = [int(np.ceil(size * TOLERANCE / mm)) + 1 for mm in spacing_zyx(affine)]
+    crop = tuple(slice(max(0, b.start - p), min(n, b.stop + p)) for b, p, n in zip(box, pad, mask.shape))
+    near, core_near = prob[crop], core[crop]
+    best, best_low, reached = core_near, None, start
     for low in (t for t in LADDER if floor <= t < threshold):
-        labels, _ = ndimage.label(prob >= low, structure=_CONNECT)
-        touching = np.unique(labels[core])
-        grown = np.isin(labels, touching[touching > 0]) | core
+        labels, _ = ndimage.label(near >= low, structure=_CONNECT)
+        touching = np.unique(labels[core_near])
+        grown = np.isin(labels, touching[touching > 0]) | core_near
         ext = extent_mm(grown, affine)
         if ext > size * TOLERANCE or grown.sum() > max_voxels:
             break
@@ -95,7 +105,8 @@ def grow_to_stated_size(mask: np.ndarray, prob: np.ndarray, affine: np.ndarray, 
             break
     if best_low is None:
         return mask, None
-    out = mask | best
+    out = mask.copy()
+    out[crop] |= best
     note = (f"grew the largest region by {int(out.sum() - mask.sum())} voxels, {start:.0f} mm to {reached:.0f} mm across, "
             f"towards the stated {size:.0f} mm (probability >= {best_low:g})")
     return out, note

@@ -166,7 +166,8 @@ _IMPRESSION = re.compile(
 # "2,3 cm" (decimal comma: one or two digits after it), "23 millimetres".
 _NUM = r"\d+(?:\.\d+|,\d{1,2}(?!\d))?"
 _UNIT = r"(?:millimet(?:re|er)s?|centimet(?:re|er)s?|mm|cm|毫米|厘米|公分)"
-_CM_UNITS = ("cm", "厘米", "公分")
+#: Units (or their beginnings) that are centimetres.
+_CM_UNITS = ("cm", "厘米", "公分", "centimet")
 _SEP = r"\s*(?:x|×|\*|by|乘)\s*"
 # Orientation labels may follow each diameter: "5.2 cm AP x 4.8 cm TV x 4.5 cm CC".
 _AXIS = r"(?:\s*\(?(?:AP|TV|TR|CC|LR|RL|SI|ML|trans(?:verse)?|cranio-?caudal|antero-?posterior)\b\)?)?"
@@ -363,7 +364,7 @@ def _lesion_sizes(text: str, earlier: bool = False) -> list[list[float]]:
         dims: list[float] = []
         for i, (num, unit) in enumerate(parts):
             u = unit or next((x for x in units[i + 1 :] if x), None) or next((x for x in reversed(units[:i]) if x), "mm")
-            factor = 10.0 if u.lower() in _CM_UNITS or u.lower().startswith("centimet") else 1.0
+            factor = 10.0 if u.lower().startswith(_CM_UNITS) else 1.0
             dims.append(round(float(num.replace(",", ".")) * factor, 1))
         if all(0 < d < 500 for d in dims):
             out.append(sorted(dims, reverse=True))
