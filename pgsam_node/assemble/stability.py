@@ -13,7 +13,8 @@ the other roles are ranked against it:
 1. ORIGINAL over DERIVED (ImageType value 1, PS3.3 C.7.6.1.1.2);
 2. not reformatted (MPR, MIP, projection, SECONDARY);
 3. in-plane resolution not coarse (pixel spacing at most 1.5x the finest candidate's);
-4. acquisition plane (from ImageOrientationPatient) matches the reference series';
+4. acquisition plane (from ImageOrientationPatient) matches the reference series'; for the
+   reference itself, axial (the plane the models see; docs/geometry.md, axial working grid);
 5. slice coverage (instances x slice spacing) at least 80 % of the reference series';
 6. finer in-plane pixel spacing (0.1 mm steps);
 7. more instances (late tie-break: a complete acquisition beats a partial one);
@@ -108,14 +109,16 @@ def fitness(s) -> Fitness:
 def _rank_key(s, f: Fitness, best_pixel: float | None, ref: Fitness | None) -> tuple:
     # Sort ascending, first difference wins (module docstring).
     coarse = bool(f.pixel_mm and best_pixel and f.pixel_mm > 1.5 * best_pixel)
-    plane_off = bool(ref and ref.plane and f.plane and f.plane != ref.plane)
+    # The reference itself: axial, the plane every model sees (a coronal or sagittal reference is
+    # resampled onto an axial working grid, pgsam_node.geometry.working).
+    plane_off = bool(ref.plane and f.plane and f.plane != ref.plane) if ref else bool(f.plane and f.plane != "axial")
     short = bool(ref and ref.coverage_mm and f.coverage_mm and f.coverage_mm < 0.8 * ref.coverage_mm)
     return (f.derived, f.reformatted, coarse, plane_off, short, round(f.pixel_mm or 99.0, 1), -f.instances,
             0 if f.series_number is not None else 1, -(f.series_number or 0), s.series_uid)
 
 
 _CRITERIA = ("ORIGINAL over DERIVED", "not reformatted", "in-plane resolution not coarse",
-             "acquisition plane matches the reference", "slice coverage matches the reference",
+             "acquisition plane matches the reference (for the reference: axial)", "slice coverage matches the reference",
              "finer in-plane resolution", "more instances", "has a series number", "later series number",
              "lowest SeriesInstanceUID")
 

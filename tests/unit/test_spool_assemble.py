@@ -187,3 +187,24 @@ def test_calibration_never_selected_and_ranking_noted(settings):
     assert len(ranking) == 1 and ranking[0]["role"] == "T1" and ">" in ranking[0]["message"]
     apply_roles(study, settings)  # re-assembly replaces the ranking note, never duplicates it
     assert len([n for n in study.notes if n["code"] == "series_ranking"]) == 1
+
+
+def _with_plane(uid, role, n, sn, iop, pixel=0.6):
+    s = _series(uid, role, n, sn)
+    s.headers = {"ImageType": ["ORIGINAL", "PRIMARY"], "ImageOrientationPatient": iop, "PixelSpacing": [pixel, pixel],
+                 "SliceThickness": 3.0}
+    return s
+
+
+def test_reference_prefers_the_axial_acquisition():
+    """A protocol with an axial and a coronal post-contrast T1 (parotid protocols often have both):
+    the axial one is the reference even when the coronal one is finer, later and longer; the other
+    roles are then ranked against it as before."""
+    axial, coronal = [1, 0, 0, 0, 1, 0], [1, 0, 0, 0, 0, -1]
+    cands = [_with_plane("1.1", "T1C", 24, 5, axial, 0.7), _with_plane("1.2", "T1C", 40, 9, coronal, 0.5),
+             _with_plane("1.3", "T2", 24, 3, coronal), _with_plane("1.4", "T2", 20, 2, axial)]
+    ch = select_roles(cands)
+    assert ch["T1C"].series_uid == "1.1" and "for the reference: axial" in ch["T1C"].reason
+    assert ch["T2"].series_uid == "1.4" and "plane matches the reference" in ch["T2"].reason
+    # With only a coronal T1C it is still the reference (and the geometry stage gives it an axial working grid).
+    assert select_roles([_with_plane("1.2", "T1C", 40, 9, coronal)])["T1C"].series_uid == "1.2"
