@@ -15,7 +15,11 @@ The anchor, measured in the same run, is the same model on the same seeds throug
 training path (one common axial grid, no DICOM): the ratio says what the acquisition geometry
 costs. Usage::
 
-    python benchmarks/phantom_dicom.py [--cases 8] [--seed-base 1000000] [--model DIR] [--appearance-jitter F] [--size-growth-floor P] [--json out.json]
+    python benchmarks/phantom_dicom.py [--cases 8] [--seed-base 1000000] [--model DIR] [--appearance-jitter F] [--size-growth-floor P] \
+        [--t1c-plane coronal] [--working-plane reference] [--json out.json]
+
+``--t1c-plane coronal|sagittal`` writes the post-contrast T1 (the reference series) in that plane;
+``--working-plane reference`` runs the model on its own slices instead of the axial working grid.
 
 ``--appearance-jitter F`` draws a shifted test set: the same anatomy with tissue and lesion signals
 spread F times as widely around the generator's tables (a stand-in for another phantom generator).
@@ -38,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from pgsam_node.training.metrics import dice  # noqa: E402
 
 
-def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0):
+def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0, t1c_plane: str = "axial", geometry=None):
     """Write one study as DICOM, read it back through the geometry stage; (arrays, truth, meta)."""
     from pgsam_node.geometry import Volume, build_study_volumes, mask_to_reference
     from pgsam_node.reports.parse import parse_report
@@ -46,14 +50,15 @@ def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0):
     from pgsam_node.synth.phantom import make_phantom
 
     ph = make_phantom(seed, appearance_jitter=appearance_jitter)
-    study = write_study(ph, tmp / f"case_{seed}", truth_path=tmp / f"truth_{seed}.npz")
-    sv = build_study_volumes({r: list(p) for r, p in study.paths_by_role.items()}, None)
+    study = write_study(ph, tmp / f"case_{seed}", truth_path=tmp / f"truth_{seed}.npz", t1c_plane=t1c_plane)
+    sv = build_study_volumes({r: list(p) for r, p in study.paths_by_role.items()}, geometry)
     g = study.grids["T1C"]
     truth_vol = Volume(array=study.mask.astype(np.float32), affine=np.asarray(g.affine(), dtype=np.float64), spacing=g.spacing)
     truth, _ = mask_to_reference(truth_vol, sv.reference)
     meta = {"vendor": study.vendor, "planes": {r: p.plane for r, p in study.plans.items()}, "reference": sv.reference_role}
+    meta["working_grid"] = sv.working is not None
     return (dict(sv.channels), dict(sv.valid), parse_report(study.report_text), study.report_text,
-            np.asarray(sv.reference.affine, dtype=np.float64)), np.asarray(truth) > 0, meta
+            np.asarray(sv.grid.affine, dtype=np.float64)), np.asarray(truth) > 0, meta, sv
 
 
 def main() -> int:
@@ -66,6 +71,10 @@ def main() -> int:
                     help="a shifted test set: tissue and lesion signals spread F times the generator's own")
     ap.add_argument("--size-growth-floor", type=float, default=None, metavar="P",
                     help="model.size_growth_floor (default: the embedded default's; 0 = no growth towards the report's size)")
+    ap.add_argument("--t1c-plane", choices=("axial", "coronal", "sagittal"), default="axial",
+                    help="plane of the post-contrast T1 (the reference series); the anchor stays axial")
+    ap.add_argument("--working-plane", choices=("axial", "reference"), default=None,
+                    help="geometry.working_plane (default: the embedded default's, axial)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -83,18 +92,19 @@ def main() -> int:
         overrides["fallback"] = None
     if args.size_growth_floor is not None:
         overrides["size_growth_floor"] = args.size_growth_floor
-    settings = load_settings(None, model=overrides) if overrides else load_settings(None)
+    settings = load_settings(None, model=overrides, **({"geometry": {"working_plane": args.working_plane}} if args.working_plane else {}))
     router = ModelRouter.from_settings(settings.model)
     print(f"model: {router.default.model_version}  fallback: {settings.model.fallback}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.cases):
             seed = args.seed_base + i
-            (chan, valid, findings, report, affine), truth, meta = dicom_study(seed, Path(tmp), args.appearance_jitter)
+            (chan, valid, findings, report, affine), truth, meta, sv = dicom_study(seed, Path(tmp), args.appearance_jitter, args.t1c_plane, settings.geometry)
             t = time.perf_counter()
             model = router.for_findings(findings)
             res = model.predict(chan, valid, findings, report, affine)
-            d_dicom = dice(res.mask.astype(bool), truth)
+            mask, _ = sv.to_reference(res.mask)  # as the pipeline does: scored on the reference series' grid
+            d_dicom = dice(mask.astype(bool), truth)
             secs = time.perf_counter() - t
             st = synthetic_study(seed, appearance_jitter=args.appearance_jitter)  # the anchor: the same phantom on the training path's grid
             fast = router.for_findings(st.findings).predict(st.volumes, st.valid, st.findings, st.report, st.affine)

@@ -164,6 +164,17 @@ class GeometrySettings(_Section):
     frame_of_reference_policy: Literal["refuse", "continue"] = "refuse"
     #: Relative tolerance for slice spacing to count as even.
     spacing_tolerance: float = Field(0.05, gt=0, lt=1)
+    #: The grid the model sees: "axial" resamples a study whose reference series is coronal,
+    #: sagittal or steeply oblique onto an axial grid over its field (the SEG is still written on
+    #: the reference series); "reference" runs the model on the reference series' own slices.
+    working_plane: Literal["axial", "reference"] = "axial"
+    #: A reference whose slice normal is within this angle of head-feet counts as axial.
+    axial_max_tilt_deg: float = Field(30.0, gt=0, le=90)
+    #: Slice spacing (mm) of the axial working grid (widened to the reference's own head-feet resolution).
+    working_slice_mm: float = Field(3.0, gt=0, le=20)
+    #: Upper bounds of the axial working grid: slices, and in-plane matrix.
+    working_max_slices: int = Field(160, ge=8, le=1024)
+    working_max_matrix: int = Field(512, ge=64, le=2048)
 
 
 class FhirSettings(_Section):

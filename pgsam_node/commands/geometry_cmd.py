@@ -105,6 +105,7 @@ def run_study(args) -> int:
                 "ok": True,
                 "reference_role": sv.reference_role,
                 "reference": sv.reference.geometry_summary(),
+                "working_grid": sv.working.geometry_summary() if sv.working is not None else None,
                 "coverage": {r: round(float(v.mean()), 4) for r, v in sv.valid.items()},
                 "notes": [str(n) for n in sv.notes],
             }

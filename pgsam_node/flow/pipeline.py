@@ -260,9 +260,9 @@ class Pipeline:
         self._mark_stage(run_id, "inference")
         t = time.monotonic()
         try:
-            result = predictor.predict(
-                vols.channels, vols.valid, inputs.findings, inputs.report_text, vols.reference.affine
-            )
+            result = predictor.predict(vols.channels, vols.valid, inputs.findings, inputs.report_text, vols.grid.affine)
+            # Back onto the reference series' grid when the model ran on an axial working grid.
+            result.mask, result.prob = vols.to_reference(result.mask, result.prob)
         except (RuntimeError, ValueError) as exc:
             raise InferenceError(f"inference failed: {exc}") from exc
         timings["inference"] = time.monotonic() - t

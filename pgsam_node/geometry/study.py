@@ -12,7 +12,11 @@ Policy (documented in ``docs/geometry.md``):
   "frame_of_reference_mismatch")``, ``continue`` resamples by patient coordinates anyway and
   records a note (only sound when the scanner kept one patient coordinate system);
 * a role whose volume does not overlap the reference at all is dropped (``no_overlap``); partial
-  coverage below 50 % of the reference voxels is noted (``partial_coverage``).
+  coverage below 50 % of the reference voxels is noted (``partial_coverage``);
+* a reference that is not axial (``settings.working_plane``, :mod:`pgsam_node.geometry.working`)
+  gets an axial working grid over its field: every role is resampled onto that grid from its
+  native grid (note ``axial_working_grid``), and :meth:`StudyVolumes.to_reference` brings the
+  model's mask back onto the reference grid.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pgsam_node.errors import GeometryError
 from pgsam_node.geometry.load import load_series
 from pgsam_node.geometry.resample import resample_to
 from pgsam_node.geometry.volume import GeometryNote, Volume
+from pgsam_node.geometry.working import axial_grid, plane_name, tilt_from_axial, to_reference
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +52,9 @@ class StudyVolumes:
     reference_role
         Role of the reference ("T1C", "T2" or "T1").
     channels
-        role -> float32 ``(Z, Y, X)`` raw intensities (rescaled, not normalised) on the
-        reference grid; 0 where ``valid`` is False. Missing roles are absent.
+        role -> float32 ``(Z, Y, X)`` raw intensities (rescaled, not normalised) on :attr:`grid`
+        (the reference grid, or the axial working grid); 0 where ``valid`` is False. Missing roles
+        are absent.
     valid
         role -> bool ``(Z, Y, X)``: where that sequence has data.
     notes
@@ -56,6 +62,8 @@ class StudyVolumes:
         study-level checks.
     volumes
         role -> the source ``Volume`` as loaded (native grid).
+    working
+        The axial working grid the channels are on when the reference is not axial, else None.
     """
 
     reference: Volume
@@ -64,6 +72,7 @@ class StudyVolumes:
     valid: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[GeometryNote] = field(default_factory=list)
     volumes: dict[str, Volume] = field(default_factory=dict)
+    working: Volume | None = None
 
     @property
     def roles(self) -> list[str]:
@@ -71,9 +80,20 @@ class StudyVolumes:
         return list(self.channels)
 
     @property
+    def grid(self) -> Volume:
+        """The grid the channels are on (its ``affine`` is the one the model is given)."""
+        return self.working if self.working is not None else self.reference
+
+    @property
     def shape(self) -> tuple[int, int, int]:
-        """``(Z, Y, X)`` of the reference grid."""
-        return self.reference.shape
+        """``(Z, Y, X)`` of :attr:`grid`."""
+        return self.grid.shape
+
+    def to_reference(self, mask: np.ndarray, prob: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """A mask (and probability) on :attr:`grid` -> the reference grid (unchanged when they are one)."""
+        if self.working is None:
+            return mask, prob
+        return to_reference(mask, prob, self.working, self.reference)
 
 
 def build_study_volumes(series_paths: dict[str, list[Path]], settings: GeometrySettings | None = None) -> StudyVolumes:
@@ -125,9 +145,20 @@ def build_study_volumes(series_paths: dict[str, list[Path]], settings: GeometryS
     order = [r for r in settings.reference_roles if r in volumes] + [r for r in volumes if r not in settings.reference_roles]
     reference_role = order[0]
     reference = volumes[reference_role]
+    working = None
+    tilt = tilt_from_axial(reference)
+    if settings.working_plane == "axial" and tilt > settings.axial_max_tilt_deg:
+        working = axial_grid(reference, settings.working_slice_mm, settings.working_max_slices, settings.working_max_matrix)
+        notes.append(GeometryNote(
+            "axial_working_grid",
+            f"reference {reference_role} is {plane_name(reference)} ({tilt:.0f} deg from axial); the model ran on an axial "
+            f"grid of {'x'.join(str(n) for n in working.shape)} voxels of {working.spacing[1]:.2f} mm, "
+            f"{working.spacing[0]:.1f} mm slices; the segmentation is written on the reference series"))
+    target = working if working is not None else reference
 
     channels: dict[str, np.ndarray] = {}
     valid: dict[str, np.ndarray] = {}
+    field_of_reference: np.ndarray | None = None
     for role in order:
         vol = volumes[role]
         if role != reference_role:
@@ -141,8 +172,12 @@ def build_study_volumes(series_paths: dict[str, list[Path]], settings: GeometryS
                 if settings.frame_of_reference_policy == "refuse":
                     raise GeometryError(msg, reason="frame_of_reference_mismatch")
                 notes.append(GeometryNote("frame_of_reference_mismatch", msg + "; resampled by position anyway"))
-        values, mask = resample_to(vol, reference)
-        coverage = float(mask.mean()) if mask.size else 0.0
+        values, mask = resample_to(vol, target)
+        if field_of_reference is None:  # the reference comes first: its own field on the target grid
+            field_of_reference = mask
+        # Overlap and coverage are judged within the reference's field (all of it without a working grid).
+        inside = int(field_of_reference.sum())
+        coverage = float((mask & field_of_reference).sum()) / inside if inside else 0.0
         if coverage == 0.0:
             notes.append(GeometryNote("no_overlap", f"{role}: no overlap with the reference grid, role dropped"))
             continue
@@ -164,4 +199,5 @@ def build_study_volumes(series_paths: dict[str, list[Path]], settings: GeometryS
         valid=valid,
         notes=notes,
         volumes=volumes,
+        working=working,
     )

@@ -148,8 +148,32 @@ def _lesion_bounds(ph: Phantom) -> tuple[np.ndarray, np.ndarray]:
     return c - r, c + r
 
 
-def plan_series(ph: Phantom, rng: np.random.Generator, vendor: str) -> dict[str, SeriesPlan]:
-    """Choose per-series geometry and acquisition parameters (all differ realistically)."""
+def _t1c_other_plane(ph: Phantom, plane: str, center: tuple, px: float, sp: float) -> Grid:
+    """A coronal or sagittal T1C slab through ``center`` covering both glands and the lesion."""
+    lo, hi = _lesion_bounds(ph)
+    glands = np.array([ph.glands[s]["center"] for s in ("left", "right")], np.float64)
+    if plane == "coronal":
+        # Slices front to back over the glands (and the whole lesion); rows head to feet.
+        span = max(90.0, float(hi[1] - lo[1]) + 20.0)
+        n = int(np.ceil(span / sp)) + 1
+        rows = cols = int(round(200.0 / px / 16) * 16)
+        c = (center[0], float(lo[1] + hi[1]) / 2, center[2])
+        return Grid.from_center(c, (n, rows, cols), (sp, px, px), CORONAL)
+    if plane == "sagittal":
+        # Slices right to left over both glands; columns anterior to posterior, rows head to feet.
+        span = float(abs(glands[0, 0] - glands[1, 0])) + 50.0
+        n = int(np.ceil(span / sp)) + 1
+        rows = cols = int(round(200.0 / px / 16) * 16)
+        sag = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # i = +y, j = -z, k = +x
+        return Grid.from_center((float(glands[:, 0].mean()), center[1], center[2]), (n, rows, cols), (sp, px, px), sag)
+    raise ValueError(f"t1c_plane must be axial, coronal or sagittal, not {plane!r}")
+
+
+def plan_series(ph: Phantom, rng: np.random.Generator, vendor: str, t1c_plane: str = "axial") -> dict[str, SeriesPlan]:
+    """Choose per-series geometry and acquisition parameters (all differ realistically).
+
+    ``t1c_plane`` "coronal" or "sagittal" acquires the post-contrast T1 (the reference series) in
+    that plane instead of axially (as parotid protocols often do); the other draws are unchanged."""
     v = VENDORS[vendor]
     hc = ph.head_center
     gz = float(np.mean([ph.glands[s]["center"][2] for s in ("left", "right")]))
@@ -171,7 +195,9 @@ def plan_series(ph: Phantom, rng: np.random.Generator, vendor: str) -> dict[str,
     n = int(rng.integers(26, 33))
     c = (hc[0] + rng.uniform(-4, 4), hc[1] + rng.uniform(-6, 6), z_center(sp * (n - 1)))
     g = Grid.from_center(c, (n, rows, cols), (sp, px, px), AXIAL)
-    plans["T1C"] = SeriesPlan("T1C", g, "axial", 0, v["names"]["T1C"], st,
+    if t1c_plane != "axial":
+        g = _t1c_other_plane(ph, t1c_plane, c, px, sp)
+    plans["T1C"] = SeriesPlan("T1C", g, t1c_plane, 0, v["names"]["T1C"], st,
                               tr=float(rng.uniform(450, 700)), te=float(rng.uniform(8, 14)), etl=int(rng.integers(3, 5)), flip=0)
 
     # T2 FS: axial (sometimes tilted about the x axis), coarser, thicker slices with a gap.
@@ -305,6 +331,7 @@ def write_study(
     vendor: str | None = None,
     distractor: str | None = "random",
     field_strength: float | None = None,
+    t1c_plane: str = "axial",
 ) -> SyntheticStudy:
     """Write one synthetic study as three DICOM MR series plus ``truth.npz``.
 
@@ -318,6 +345,7 @@ def write_study(
     seed : seed for headers, UIDs, geometry, noise and report wording (default: the phantom's).
     report_language : "en", "zh" or None (random).
     vendor : "siemens", "ge", "philips" or None (chosen by seed).
+    t1c_plane : "axial" (default), "coronal" or "sagittal": the plane of the post-contrast T1.
 
     Returns
     -------
@@ -337,7 +365,7 @@ def write_study(
     when: dt.datetime = ident["when"]
     study_uid = _uid(seed, "study")
     for_uid = _uid(seed, "frame-of-reference")
-    plans = plan_series(ph, rng, vendor)
+    plans = plan_series(ph, rng, vendor, t1c_plane)
     text, findings, lang = case_report(ph, seed, report_language)
     agent = str(rng.choice(_CONTRAST_AGENTS))
     station = f"MR{int(rng.integers(10000, 99999))}"

@@ -127,14 +127,14 @@ def load_dicom_study(folder: Path, report: str | None = None, settings=None) -> 
         raise ModelError(f"{folder}: no sequence folder ({', '.join(sorted(FOLDER_ROLES))})")
     geo = settings.geometry if settings is not None else None
     sv = build_study_volumes(series, geo)
-    mask = _load_mask(mask_paths, sv.reference) if mask_paths else None
+    mask = _load_mask(mask_paths, sv.grid) if mask_paths else None  # on the grid the channels are on
     findings = _parse_findings(report)
     return StudyArrays(
         case_id=folder.name,
         volumes=dict(sv.channels),
         valid=dict(sv.valid),
         mask=mask,
-        affine=np.asarray(sv.reference.affine, dtype=np.float64),
+        affine=np.asarray(sv.grid.affine, dtype=np.float64),
         report=report,
         findings=findings,
         meta={"diagnosis": (findings.diagnosis if findings and findings.diagnosis else "unknown"), "distractor": None, "reference_role": sv.reference_role},

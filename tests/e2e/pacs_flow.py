@@ -45,3 +45,30 @@ def fetch_from_orthanc(orthanc: OrthancServer, sop_uid: str, tmp_path):
     path = tmp_path / "seg-from-orthanc.dcm"
     path.write_bytes(data)
     return path
+
+
+def send_study_with_report(node: Node, settings, study, seed: int, tmp_path) -> int:
+    """Put the synthetic ``study``'s report in the embedded RIS and C-STORE its files to the node
+    over one association (pynetdicom SCU); returns the number of instances sent."""
+    from pgsam_node.commands.demo import send_files
+    from pgsam_node.commands.ris_cmd import import_csv
+    from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
+
+    csv_path = tmp_path / f"reports-{seed}.csv"
+    write_reports_csv(csv_path, [report_row(study, seed)])
+    import_csv(csv_path, settings, node.db)
+    files = [p for paths in study.paths_by_role.values() for p in paths]
+    return send_files(files, "127.0.0.1", node.listener.port, settings.dicom.ae_title)
+
+
+def study_state(node: Node, study_uid: str) -> tuple[str | None, str | None]:
+    """(state, state reason) of the study, (None, None) before it exists."""
+    with node.db.session() as s:
+        st = s.query(Study).filter_by(study_uid=study_uid).one_or_none()
+        return (st.state, st.state_reason) if st is not None else (None, None)
+
+
+def wait_finished(node: Node, study_uid: str, timeout: float = 240.0) -> tuple[str | None, str | None]:
+    """Wait until the study is DONE, FAILED or NO_FINDING; returns (state, state reason)."""
+    wait_for(lambda: study_state(node, study_uid)[0] in ("DONE", "FAILED", "NO_FINDING"), timeout, 0.5, what="study finished")
+    return study_state(node, study_uid)

@@ -19,6 +19,7 @@ from pgsam_node.db.models import Study
 from pgsam_node.inference.predictor import BUNDLED_MODEL_DIR
 
 from ..helpers import free_port, wait_for
+from .pacs_flow import send_study_with_report, study_state, wait_finished
 
 
 class TruthPredictor:
@@ -49,9 +50,6 @@ def test_dashboard_on_a_real_pipeline_study(tmp_path):
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from pgsam_node.commands.demo import send_files
-    from pgsam_node.commands.ris_cmd import import_csv
-    from pgsam_node.commands.synth_cmd import report_row, write_reports_csv
     from pgsam_node.synth.minipacs import MiniPacs
     from pgsam_node.synth.dicom_writer import write_study
     from pgsam_node.node import Node
@@ -69,28 +67,14 @@ def test_dashboard_on_a_real_pipeline_study(tmp_path):
         destinations=[{"name": "pacs", "ae_title": "TESTPACS", "host": "127.0.0.1", "port": pacs.port}],
     )
     study = write_study(11, tmp_path / "study")
-    csv_path = tmp_path / "reports.csv"
-    write_reports_csv(csv_path, [report_row(study, 11)])
     bundled = (BUNDLED_MODEL_DIR / "config.json").is_file()
     node = Node(settings, predictor_factory=None if bundled else (lambda: TruthPredictor(study.mask))).start()
     driver = None
     try:
-        import_csv(csv_path, settings, node.db)
         files = [p for paths in study.paths_by_role.values() for p in paths]
-        assert send_files(files, "127.0.0.1", node.listener.port, settings.dicom.ae_title) == len(files)
-
-        def state() -> str | None:
-            with node.db.session() as s:
-                st = s.query(Study).filter_by(study_uid=study.study_uid).one_or_none()
-                return st.state if st else None
-
-        def reason() -> str:
-            with node.db.session() as s:
-                st = s.query(Study).filter_by(study_uid=study.study_uid).one()
-                return f"{st.state}: {st.state_reason}"
-
-        wait_for(lambda: state() in ("DONE", "FAILED", "NO_FINDING"), 240, 0.5, what="study finished")
-        assert state() == "DONE", reason()
+        assert send_study_with_report(node, settings, study, 11, tmp_path) == len(files)
+        state, why = wait_finished(node, study.study_uid)
+        assert state == "DONE", f"{state}: {why}"
         with node.db.session() as s:
             sid = s.query(Study).filter_by(study_uid=study.study_uid).one().id
 
@@ -132,7 +116,7 @@ def test_dashboard_on_a_real_pipeline_study(tmp_path):
         wait.until(EC.alert_is_present()).accept()
         wait.until(lambda d: "DONE → READY" in d.find_element(By.ID, "flash").text)
         # the embedded worker (woken by the action) runs version 1 and the new SEG goes out
-        wait_for(lambda: state() == "DONE" and _version(node, study.study_uid) == 1, 240, 0.5, what="reprocessed study DONE")
+        wait_for(lambda: study_state(node, study.study_uid)[0] == "DONE" and _version(node, study.study_uid) == 1, 240, 0.5, what="reprocessed study DONE")
         driver.get(f"{base}/studies/{sid}")
         assert wait.until(EC.presence_of_element_located((By.ID, "study-state"))).text == "DONE"
         assert "reprocess by admin" in driver.find_element(By.ID, "timeline").text
