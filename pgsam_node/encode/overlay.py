@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from pgsam_node.config import Settings
 from pgsam_node.errors import EncodeError
+from pgsam_node.geometry.load import as_displayed
 from pgsam_node.encode.preview import axis_letter as _letter
 from pgsam_node.encode.preview import window
 from pgsam_node.encode.common import SERIES_OFFSETS, AlgorithmInfo, SourceSet, log_built, output_uids, quiet_highdicom
@@ -58,11 +59,11 @@ def build_overlay(
         Reference series loaded *with pixels* (``load_sources(..., pixels=True)``).
     """
     if sources.multiframe:
-        frames = sources.datasets[0].pixel_array
+        frames = as_displayed(sources.datasets[0].pixel_array, sources.datasets[0])
         planes = [frames[f - 1] for f in sources.frame_numbers or []]
         refs = [sources.datasets[0]] * len(planes)
     else:
-        planes = [d.pixel_array for d in sources.datasets]
+        planes = [as_displayed(d.pixel_array, d) for d in sources.datasets]
         refs = sources.datasets
     series_uid, _ = output_uids(sources.study_uid, run_version, algorithm.version, "overlay")
     out = []

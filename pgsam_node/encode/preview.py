@@ -8,6 +8,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from pgsam_node.geometry.load import as_displayed
+
 
 def window(image: np.ndarray, p_low: float = 1.0, p_high: float = 99.0) -> np.ndarray:
     """(Y, X) intensities → uint8 grey with a robust window."""
@@ -115,7 +117,7 @@ def write_overlay_png(reference_paths: list[Path], truth: np.ndarray | None, pre
     masks = [pred] + ([truth] if truth is not None else [])
     z = best_slice(*masks)
     ds = dcmread(reference_paths[z])
-    img = ds.pixel_array.astype(np.float32)
+    img = as_displayed(ds.pixel_array, ds).astype(np.float32)
     outlines = [(truth[z], TRUTH_COLOUR)] if truth is not None else []
     rgb = overlay_rgb(img, fills=[(pred[z], PRED_COLOUR)], outlines=outlines)
     legend = [(PRED_COLOUR, "PG-SAM prediction")] + ([(TRUTH_COLOUR, "truth (outline)")] if truth is not None else [])

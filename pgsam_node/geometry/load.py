@@ -228,7 +228,24 @@ def _decode(ds: Dataset) -> np.ndarray:
     return arr
 
 
-def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
+def _as_monochrome2(px: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored MONOCHROME1 values as MONOCHROME2 (what a viewer displays bright is high): each value
+    is reflected within the range its BitsStored and PixelRepresentation allow (max - (v - min),
+    as GDCM's ``gdcmconv --monochrome2`` does), before the modality LUT."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    v = px.astype(np.int64)
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        return -1 - v  # signed: max - (v - min) with min = -2^(b-1), max = 2^(b-1) - 1
+    return ((1 << bits) - 1) - v
+
+
+def as_displayed(px: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values of ``ds`` (a frame or a stack of frames) oriented as viewers display them:
+    MONOCHROME1 inverted (:func:`_as_monochrome2`), anything else unchanged."""
+    return _as_monochrome2(px, ds) if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1" else px
+
+
+def load_series(paths: list[Path], spacing_tolerance: float = 0.05, invert_monochrome1: bool = False) -> Volume:
     """Load one series into a volume with a trusted geometry.
 
     Parameters
@@ -239,6 +256,9 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
         InstanceNumber.
     spacing_tolerance
         Relative tolerance for even slice spacing (``geometry.spacing_tolerance``).
+    invert_monochrome1
+        MONOCHROME1 frames (minimum displayed white) are inverted to MONOCHROME2 first, so an
+        image volume holds what viewers show; off for label volumes (masks), whose values are labels.
 
     Returns
     -------
@@ -264,7 +284,8 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
     mono1 = False
     for k, f in enumerate(stack.frames):
         ds, idx = f.source
-        mono1 |= str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        is_mono1 = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        mono1 |= is_mono1
         if idx is None:  # single-frame: decode and drop, so only the float32 volume stays in memory
             px = _decode(ds)[0]
         else:  # multi-frame: decode each object once, keep it while its frames are copied
@@ -274,6 +295,8 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
             px = decoded[key][idx]
         if px.shape != (rows, cols):
             raise GeometryError(f"frame has matrix {px.shape}, header says {(rows, cols)}", reason="pixel_data")
+        if is_mono1 and invert_monochrome1:
+            px = _as_monochrome2(px, ds)
         # Modality LUT: stored value * slope + intercept (PS3.3 C.11.1.1.2); computed in float64
         # so 32-bit stored values do not lose precision before the float32 store.
         out[k] = (px.astype(np.float64) * f.slope + f.intercept).astype(np.float32)
@@ -288,7 +311,8 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05) -> Volume:
             )
         )
     if mono1:
-        notes.append(GeometryNote("monochrome1", "MONOCHROME1 pixels kept as stored values (not inverted)"))
+        notes.append(GeometryNote("monochrome1", "MONOCHROME1 pixels inverted to MONOCHROME2 (what viewers display)" if invert_monochrome1
+                                  else "MONOCHROME1 pixels kept as stored values (not inverted)"))
     affine = affine_from_dicom(stack.orientation, first.position, stack.pixel_spacing, stack.slice_step)
     vol = Volume(
         array=out,

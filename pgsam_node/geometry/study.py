@@ -127,7 +127,8 @@ def build_study_volumes(series_paths: dict[str, list[Path]], settings: GeometryS
         if not paths:
             continue
         try:
-            vol = load_series(list(paths), spacing_tolerance=settings.spacing_tolerance)
+            # Images, not labels: MONOCHROME1 is inverted so the model sees what a viewer shows.
+            vol = load_series(list(paths), spacing_tolerance=settings.spacing_tolerance, invert_monochrome1=True)
         except GeometryError as exc:
             log.warning("role %s dropped: %s (%s)", role, exc.reason, exc)
             notes.append(GeometryNote(exc.reason, f"{role}: series not usable, role dropped: {exc}"))

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from pgsam_node.db.models import Instance, Run, Study
 from pgsam_node.logsetup import uid_hash
 from pgsam_node.encode.preview import annotate, overlay_rgb, side_letters
+from pgsam_node.geometry.load import as_displayed
 
 log = logging.getLogger(__name__)
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -146,7 +147,7 @@ def render_preview(db, settings, study_id: int) -> bytes:
     if not src.is_file():
         raise PreviewUnavailable("the source image file is gone")
     ds = pydicom.dcmread(src)
-    pixels = ds.pixel_array
+    pixels = as_displayed(ds.pixel_array, ds)
     if best_frame is not None and int(ds.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[best_frame - 1]
     if pixels.ndim != 2:
