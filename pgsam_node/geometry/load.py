@@ -239,6 +239,17 @@ def _as_monochrome2(px: np.ndarray, ds: Dataset) -> np.ndarray:
     return ((1 << bits) - 1) - v
 
 
+def _padding(px: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """Where the stored values are padding (PixelPaddingValue, or the range it spans with
+    PixelPaddingRangeLimit; PS3.3 C.7.5.1.1.2), or None when the object declares no padding."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or isinstance(value, (bytes, list)):
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    lo, hi = (int(value), int(value)) if limit is None or isinstance(limit, (bytes, list)) else sorted((int(value), int(limit)))
+    return (px >= lo) & (px <= hi)
+
+
 def as_displayed(px: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored values of ``ds`` (a frame or a stack of frames) oriented as viewers display them:
     MONOCHROME1 inverted (:func:`_as_monochrome2`), anything else unchanged."""
@@ -281,6 +292,7 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05, invert_monoc
     rows, cols = first.rows, first.columns
     out = np.empty((len(stack.frames), rows, cols), dtype=np.float32)
     decoded: dict[int, np.ndarray] = {}
+    padded = np.zeros(out.shape, dtype=bool)
     mono1 = False
     for k, f in enumerate(stack.frames):
         ds, idx = f.source
@@ -295,6 +307,9 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05, invert_monoc
             px = decoded[key][idx]
         if px.shape != (rows, cols):
             raise GeometryError(f"frame has matrix {px.shape}, header says {(rows, cols)}", reason="pixel_data")
+        pad = _padding(px, ds)
+        if pad is not None:
+            padded[k] = pad
         if is_mono1 and invert_monochrome1:
             px = _as_monochrome2(px, ds)
         # Modality LUT: stored value * slope + intercept (PS3.3 C.11.1.1.2); computed in float64
@@ -313,6 +328,12 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05, invert_monoc
     if mono1:
         notes.append(GeometryNote("monochrome1", "MONOCHROME1 pixels inverted to MONOCHROME2 (what viewers display)" if invert_monochrome1
                                   else "MONOCHROME1 pixels kept as stored values (not inverted)"))
+    if padded.any():
+        # Pixel Padding Value marks pixels outside the imaged region (PS3.3 C.7.5.1.1.2): they
+        # become the series' lowest real value (background), never an extreme intensity.
+        n_pad = int(padded.sum())
+        out[padded] = float(out[~padded].min()) if n_pad < out.size else 0.0
+        notes.append(GeometryNote("pixel_padding", f"{n_pad} padding pixel(s) (PixelPaddingValue) set to the series' lowest value"))
     affine = affine_from_dicom(stack.orientation, first.position, stack.pixel_spacing, stack.slice_step)
     vol = Volume(
         array=out,

@@ -1,5 +1,6 @@
-"""MONOCHROME1 images (minimum displayed white) are inverted to what viewers show before the model
-sees them; label volumes and every other photometric interpretation are read as stored."""
+"""How stored pixel values become intensities: MONOCHROME1 images (minimum displayed white) are
+inverted to what viewers show before the model sees them (label volumes and every other
+photometric interpretation are read as stored); Pixel Padding Value pixels become background."""
 
 from __future__ import annotations
 
@@ -75,3 +76,51 @@ def test_as_displayed_reflects_within_the_stored_range():
     ds.PhotometricInterpretation = "MONOCHROME2"
     v = np.array([1, 2, 3])
     assert as_displayed(v, ds) is v
+
+
+def _padded(paths: list[Path], out: Path, fraction: float = 0.15) -> list[Path]:
+    """The same series with a band of columns on each side replaced by PixelPaddingValue (the
+    largest stored value, as some post-processing writes outside the region it resampled)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        px = ds.pixel_array.copy()
+        pad = (1 << int(ds.BitsStored)) - 1
+        n = int(px.shape[1] * fraction)
+        px[:, :n] = pad
+        px[:, -n:] = pad
+        ds.PixelData = px.tobytes()
+        ds.add_new("PixelPaddingValue", "US", pad)
+        ds.save_as(out / p.name, enforce_file_format=True)
+        written.append(out / p.name)
+    return written
+
+
+def test_pixel_padding_becomes_background(study, tmp_path):
+    from pgsam_node.geometry import percentile_normalize
+    from pgsam_node.geometry.normalize import NormParams
+
+    t2 = list(study.paths_by_role["T2"])
+    original = load_series(t2)
+    vol = load_series(_padded(t2, tmp_path / "t2"))
+    n = int(original.shape[2] * 0.15)
+    inner = (slice(None), slice(None), slice(n, original.shape[2] - n))
+    np.testing.assert_array_equal(vol.array[inner], original.array[inner])
+    assert float(vol.array[:, :, :n].max()) == float(vol.array[inner].min())
+    assert "pixel_padding" in [w.code for w in vol.warnings]
+    # Read as stored, the padding is the brightest value of the series and squeezes the
+    # percentile window: the image's own top becomes dim.
+    norm = NormParams()
+    ok = np.ones(vol.shape, bool)
+    top = np.percentile(original.array[inner], 99)
+    raw = vol.array.copy()
+    raw[:, :, :n] = raw[:, :, -n:] = float((1 << 16) - 1)
+    assert percentile_normalize(raw, ok, norm)[inner][original.array[inner] >= top].mean() < 0.5
+    assert percentile_normalize(vol.array, ok, norm)[inner][original.array[inner] >= top].mean() > 0.8
+
+
+def test_no_padding_value_means_no_padding(study):
+    ds = pydicom.dcmread(study.paths_by_role["T2"][0])
+    assert "PixelPaddingValue" not in ds
+    assert "pixel_padding" not in [w.code for w in load_series(list(study.paths_by_role["T2"])).warnings]
