@@ -160,8 +160,10 @@ class ClassifySettings(_Section):
 class GeometrySettings(_Section):
     #: Role whose grid becomes the reference grid, first available wins.
     reference_roles: list[Literal["T1C", "T2", "T1"]] = Field(default_factory=lambda: ["T1C", "T2", "T1"])
-    #: Sequences with different FrameOfReferenceUID: refuse the study, or continue and record it.
-    frame_of_reference_policy: Literal["refuse", "continue"] = "refuse"
+    #: A sequence whose FrameOfReferenceUID differs from the reference's (or is missing): drop that
+    #: sequence and record it (the model runs on the others), refuse the whole study, or
+    #: continue (resample by patient position anyway) and record it.
+    frame_of_reference_policy: Literal["drop", "refuse", "continue"] = "drop"
     #: Relative tolerance for slice spacing to count as even.
     spacing_tolerance: float = Field(0.05, gt=0, lt=1)
     #: The grid the model sees: "axial" resamples a study whose reference series is coronal,

@@ -8,9 +8,11 @@ Policy (documented in ``docs/geometry.md``):
 * the reference is the first role of ``settings.reference_roles`` that loaded; roles not named
   there still become channels;
 * different FrameOfReferenceUIDs (or a missing one) between a role and the reference follow
-  ``settings.frame_of_reference_policy``: ``refuse`` raises ``GeometryError(reason=
-  "frame_of_reference_mismatch")``, ``continue`` resamples by patient coordinates anyway and
-  records a note (only sound when the scanner kept one patient coordinate system);
+  ``settings.frame_of_reference_policy``: ``drop`` (default) drops that role with a note
+  ``frame_of_reference_mismatch`` (the model tolerates a missing sequence), ``refuse`` raises
+  ``GeometryError(reason="frame_of_reference_mismatch")``, ``continue`` resamples by patient
+  coordinates anyway and records a note (only sound when the scanner kept one patient
+  coordinate system);
 * a role whose volume does not overlap the reference at all is dropped (``no_overlap``); partial
   coverage below 50 % of the reference voxels is noted (``partial_coverage``);
 * a reference that is not axial (``settings.working_plane``, :mod:`pgsam_node.geometry.working`)
@@ -172,6 +174,9 @@ def build_study_volumes(series_paths: dict[str, list[Path]], settings: GeometryS
                 )
                 if settings.frame_of_reference_policy == "refuse":
                     raise GeometryError(msg, reason="frame_of_reference_mismatch")
+                if settings.frame_of_reference_policy == "drop":
+                    notes.append(GeometryNote("frame_of_reference_mismatch", msg + "; role dropped"))
+                    continue
                 notes.append(GeometryNote("frame_of_reference_mismatch", msg + "; resampled by position anyway"))
         values, mask = resample_to(vol, target)
         if field_of_reference is None:  # the reference comes first: its own field on the target grid

@@ -51,8 +51,15 @@ def test_study_command_subprocess(tmp_path):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["reference_role"] == "T1C" and out["reference"]["shape_zyx"] == [6, 12, 14]
     assert out["coverage"]["T1C"] == 1.0 and 0 < out["coverage"]["T2"] <= 1.0
-    # the refusal path: different frames of reference under the default "refuse" policy
+    # different frames of reference: under the default "drop" policy that role is left out ...
     _series(tmp_path / "t1", AX, (6, 12, 14), frame_of_reference_uid="1.2.3.4")
     res = subprocess.run(cmd + ["--role", f"T1={tmp_path / 't1'}"], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(out["coverage"]) == {"T1C", "T2"} and any("frame_of_reference_mismatch" in n for n in out["notes"])
+    # ... and under "refuse" the study is refused
+    cfg = tmp_path / "refuse.yaml"
+    cfg.write_text("geometry:\n  frame_of_reference_policy: refuse\n")
+    res = subprocess.run(cmd + ["--role", f"T1={tmp_path / 't1'}", "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert json.loads(res.stdout.strip().splitlines()[-1])["reason"] == "frame_of_reference_mismatch"

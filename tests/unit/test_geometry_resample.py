@@ -225,6 +225,10 @@ def test_frame_of_reference_policy(tmp_path):
     sv = build_study_volumes({"T1C": a, "T2": b}, GeometrySettings(frame_of_reference_policy="continue"))
     assert set(sv.channels) == {"T1C", "T2"}
     assert [n.code for n in sv.notes] == ["frame_of_reference_mismatch"]
+    # The default: that sequence is dropped and the study goes on with the reference.
+    sv = build_study_volumes({"T1C": a, "T2": b})
+    assert set(sv.channels) == {"T1C"}
+    assert [n.code for n in sv.notes] == ["frame_of_reference_mismatch"] and "role dropped" in sv.notes[0].message
 
 
 def test_unusable_role_is_dropped_with_its_reason(tmp_path):
