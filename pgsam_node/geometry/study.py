@@ -12,7 +12,8 @@ Policy (documented in ``docs/geometry.md``):
   ``frame_of_reference_mismatch`` (the model tolerates a missing sequence), ``refuse`` raises
   ``GeometryError(reason="frame_of_reference_mismatch")``, ``continue`` resamples by patient
   coordinates anyway and records a note (only sound when the scanner kept one patient
-  coordinate system);
+  coordinate system); when neither has a FrameOfReferenceUID, nothing says they differ: the
+  role is resampled by position with a note ``frame_of_reference_unknown`` (``refuse`` still refuses);
 * a role whose volume does not overlap the reference at all is dropped (``no_overlap``); partial
   coverage below 50 % of the reference voxels is noted (``partial_coverage``);
 * a reference that is not axial (``settings.working_plane``, :mod:`pgsam_node.geometry.working`)
@@ -166,7 +167,11 @@ def build_study_volumes(series_paths: dict[str, list[Path]], settings: GeometryS
         vol = volumes[role]
         if role != reference_role:
             a, b = vol.frame_of_reference_uid, reference.frame_of_reference_uid
-            if a is None or b is None or a != b:
+            if a is None and b is None and settings.frame_of_reference_policy != "refuse":
+                # Nothing says they differ (an anonymiser that strips the UID strips it everywhere).
+                notes.append(GeometryNote("frame_of_reference_unknown", f"{role} and the reference {reference_role} both lack "
+                                          "FrameOfReferenceUID; resampled by patient position (one coordinate system assumed)"))
+            elif a is None or b is None or a != b:
                 what = "is missing" if (a is None or b is None) else "differs"
                 msg = (
                     f"{role}: FrameOfReferenceUID {what} from the reference {reference_role}; patient "

@@ -229,6 +229,15 @@ def test_frame_of_reference_policy(tmp_path):
     sv = build_study_volumes({"T1C": a, "T2": b})
     assert set(sv.channels) == {"T1C"}
     assert [n.code for n in sv.notes] == ["frame_of_reference_mismatch"] and "role dropped" in sv.notes[0].message
+    # Neither has one: nothing says they differ, so both are kept (refuse still refuses).
+    c = MRSeries.from_volume(vals, aff, frame_of_reference_uid=None).write(tmp_path / "c")
+    d = MRSeries.from_volume(vals2, aff2, frame_of_reference_uid=None).write(tmp_path / "d")
+    sv = build_study_volumes({"T1C": c, "T2": d})
+    assert set(sv.channels) == {"T1C", "T2"} and "frame_of_reference_unknown" in [n.code for n in sv.notes]
+    with pytest.raises(GeometryError):
+        build_study_volumes({"T1C": c, "T2": d}, GeometrySettings(frame_of_reference_policy="refuse"))
+    # Only one lacks it: dropped.
+    assert set(build_study_volumes({"T1C": a, "T2": d}).channels) == {"T1C"}
 
 
 def test_unusable_role_is_dropped_with_its_reason(tmp_path):
