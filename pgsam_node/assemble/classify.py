@@ -40,6 +40,9 @@ class Rule:
     role: str
     reason: str
     when: _Cond
+    #: A model role a series of this rule fills when the study has no series of that role
+    #: (``stands_in_for`` in sequences.yaml; e.g. STIR for a missing T2).
+    stands_in_for: str | None = None
 
 
 @dataclass
@@ -150,7 +153,11 @@ def parse_rules(data: Any, source: str = "<rules>") -> Rules:
         seen.add(r["id"])
         if r["role"] not in ("T1", "T2", "OTHER"):
             raise ClassifyError(f"{where}: role must be T1, T2 or OTHER (T1C comes from the contrast stage)")
-        rules.append(Rule(str(r["id"]), r["role"], str(r.get("reason", r["id"])), _compile_cond(r["when"], where, variables)))
+        stand_in = r.get("stands_in_for")
+        if stand_in is not None and (r["role"] != "OTHER" or stand_in not in ("T1", "T2")):
+            raise ClassifyError(f"{where}: stands_in_for (T1 or T2) is for an OTHER rule only")
+        rules.append(Rule(str(r["id"]), r["role"], str(r.get("reason", r["id"])), _compile_cond(r["when"], where, variables),
+                          stands_in_for=stand_in))
     c = data.get("contrast") or {}
     levels = data.get("field_levels") or {}
     if not isinstance(levels, dict):
@@ -367,6 +374,16 @@ def _first_rule(rules: Rules, h: dict[str, Any]) -> tuple[Rule | None, str | Non
         if ev is not None:
             return rule, ev
     return None, None
+
+
+def stand_in_role(headers: dict[str, Any], rules: Rules | None = None, shared: dict[str, set[str]] | None = None) -> str | None:
+    """The model role an OTHER series may fill when its study has none of that role: the
+    ``stands_in_for`` of the rule that classified it (on series-level evidence, as
+    :func:`classify_series` judges), else None."""
+    rules = rules or load_rules()
+    exam = exam_level_fields(headers, rules, shared)
+    rule, _ = _first_rule(rules, {k: v for k, v in headers.items() if k not in exam})
+    return rule.stands_in_for if rule is not None and rule.role == "OTHER" else None
 
 
 def classify_series(headers: dict[str, Any], rules: Rules | None = None,

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
-from pgsam_node.assemble.classify import classify_series, rules_for, shared_exam_values
+from pgsam_node.assemble.classify import classify_series, rules_for, shared_exam_values, stand_in_role
 from pgsam_node.db.models import Study, StudyState
 from pgsam_node.logsetup import uid_hash
 
@@ -123,7 +123,8 @@ _CRITERIA = ("ORIGINAL over DERIVED", "not reformatted", "in-plane resolution no
              "lowest SeriesInstanceUID")
 
 
-def select_roles(series: Iterable, reference_roles: Iterable[str] = ("T1C", "T2", "T1")) -> dict[str, Choice]:
+def select_roles(series: Iterable, reference_roles: Iterable[str] = ("T1C", "T2", "T1"),
+                 stand_ins: dict[str, str] | None = None) -> dict[str, Choice]:
     """Choose one series per role (T1, T2, T1C) by fitness, deterministically.
 
     The reference role (first of ``reference_roles`` with a candidate) is chosen first; the
@@ -137,16 +138,26 @@ def select_roles(series: Iterable, reference_roles: Iterable[str] = ("T1C", "T2"
         ``headers`` (e.g. :class:`~pgsam_node.db.Series` rows).
     reference_roles
         ``geometry.reference_roles``.
+    stand_ins
+        series UID -> the role that (OTHER) series may fill when no series has that role
+        (:func:`~pgsam_node.assemble.classify.stand_in_role`); ranked like the role's own series.
 
     Returns
     -------
     dict
         Role -> :class:`Choice`; roles without a candidate are absent.
     """
+    series = list(series)
     by_role: dict[str, list] = {}
     for s in series:
         if s.role in SEQUENCE_ROLES:
             by_role.setdefault(s.role, []).append(s)
+    standing_in: set[str] = set()
+    for s in series:
+        role = (stand_ins or {}).get(s.series_uid)
+        if role in SEQUENCE_ROLES and role not in {x.role for x in series} and s.role not in SEQUENCE_ROLES:
+            by_role.setdefault(role, []).append(s)
+            standing_in.add(role)
     order = [r for r in reference_roles if r in by_role] + [r for r in SEQUENCE_ROLES if r in by_role and r not in reference_roles]
     out: dict[str, Choice] = {}
     ref: Fitness | None = None
@@ -173,6 +184,8 @@ def select_roles(series: Iterable, reference_roles: Iterable[str] = ("T1C", "T2"
                 why = f"chosen among {len(ranked)}: later series number ({fa.series_number} vs {fb.series_number})"
             elif i == 9:
                 why = f"chosen among {len(ranked)}: lowest SeriesInstanceUID (equal instances and series number)"
+        if role in standing_in:
+            why = f"no {role} series: stands in for {role} ({why})"
         lines = [f"#{c.series_number if c.series_number is not None else '-'} {uid_hash(c.series_uid)} "
                  f"({fits[c.series_uid].describe()})" for c in ranked]
         out[role] = Choice(role, best.series_uid, why, [c.series_uid for c in ranked[1:]], lines)
@@ -195,7 +208,9 @@ def apply_roles(study: Study, settings) -> dict[str, Choice]:
             if role != s.role:
                 log.info("series %s re-classified %s -> %s", uid_hash(s.series_uid), s.role, role)
             s.role, s.role_reason = role, reason
-    choices = select_roles(study.series, settings.geometry.reference_roles)
+    stand_ins = {s.series_uid: r for s in study.series if s.role == "OTHER" and s.headers
+                 and (r := stand_in_role(dict(s.headers), rules, shared)) is not None}
+    choices = select_roles(study.series, settings.geometry.reference_roles, stand_ins)
     notes = [n for n in (study.notes or []) if not (isinstance(n, dict) and n.get("code") == "series_ranking")]
     for c in choices.values():
         if len(c.ranking) > 1:
@@ -207,6 +222,9 @@ def apply_roles(study: Study, settings) -> dict[str, Choice]:
         c = chosen.get(s.series_uid)
         base = (s.role_reason or "").split(" | selection: ")[0]
         if c is not None:
+            if s.role != c.role:  # an OTHER series standing in for a missing role
+                base = f"{c.role} (stands in): {base}"
+                s.role = c.role
             s.role_selected = True
             s.role_reason = f"{base} | selection: selected for {c.role}, {c.reason}"
         else:

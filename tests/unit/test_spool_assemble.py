@@ -208,3 +208,40 @@ def test_reference_prefers_the_axial_acquisition():
     assert ch["T2"].series_uid == "1.4" and "plane matches the reference" in ch["T2"].reason
     # With only a coronal T1C it is still the reference (and the geometry stage gives it an axial working grid).
     assert select_roles([_with_plane("1.2", "T1C", 40, 9, coronal)])["T1C"].series_uid == "1.2"
+
+
+def test_stir_stands_in_for_a_missing_t2(settings):
+    """A head-and-neck protocol with STIR instead of a T2 series: the axial STIR becomes the study's
+    T2 (recorded as standing in); with a T2 series in the study, STIR stays OTHER."""
+    from pgsam_node.assemble.stability import apply_roles
+
+    def study(*extra):
+        return SimpleNamespace(notes=[], series=[
+            _fit("7.1", None, 24, 3, desc="t1_tse_tra", tr=600, te=10),
+            _fit("7.2", None, 24, 6, desc="t1_tse_tra_fs_post", tr=600, te=10),
+            _fit("7.3", None, 24, 4, desc="COR STIR", tr=4000, te=60, iop=COR),
+            _fit("7.4", None, 24, 5, desc="AX STIR", tr=4000, te=60),
+            *extra])
+
+    st = study()
+    choices = apply_roles(st, settings)
+    assert set(choices) == {"T1", "T2", "T1C"}
+    assert choices["T2"].series_uid == "7.4" and "no T2 series: stands in for T2" in choices["T2"].reason
+    assert "plane matches the reference" in choices["T2"].reason  # the axial STIR, like the T1C
+    stir = {s.series_uid: s for s in st.series}
+    assert stir["7.4"].role == "T2" and stir["7.4"].role_selected and stir["7.4"].role_reason.startswith("T2 (stands in): OTHER: rule stir")
+    assert stir["7.3"].role == "OTHER" and not stir["7.3"].role_selected
+    st = study(_fit("7.5", None, 24, 7, desc="t2_tse_tra", tr=4000, te=100))
+    choices = apply_roles(st, settings)
+    assert choices["T2"].series_uid == "7.5" and all(s.role == "OTHER" for s in st.series if s.series_uid in ("7.3", "7.4"))
+
+
+def test_stands_in_for_is_validated():
+    from pgsam_node.assemble.classify import parse_rules
+    from pgsam_node.errors import ClassifyError
+
+    rule = {"id": "x", "role": "T1", "when": {"names": ["x"]}, "stands_in_for": "T2"}
+    with pytest.raises(ClassifyError, match="stands_in_for"):
+        parse_rules({"rules": [rule]})
+    with pytest.raises(ClassifyError, match="stands_in_for"):
+        parse_rules({"rules": [dict(rule, role="OTHER", stands_in_for="T1C")]})
