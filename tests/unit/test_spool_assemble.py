@@ -212,7 +212,8 @@ def test_reference_prefers_the_axial_acquisition():
 
 def test_stir_stands_in_for_a_missing_t2(settings):
     """A head-and-neck protocol with STIR instead of a T2 series: the axial STIR becomes the study's
-    T2 (recorded as standing in); with a T2 series in the study, STIR stays OTHER."""
+    T2 (recorded as standing in); so does a brain protocol's FLAIR; with a T2 series in the study,
+    STIR stays OTHER."""
     from pgsam_node.assemble.stability import apply_roles
 
     def study(*extra):
@@ -231,6 +232,11 @@ def test_stir_stands_in_for_a_missing_t2(settings):
     stir = {s.series_uid: s for s in st.series}
     assert stir["7.4"].role == "T2" and stir["7.4"].role_selected and stir["7.4"].role_reason.startswith("T2 (stands in): OTHER: rule stir")
     assert stir["7.3"].role == "OTHER" and not stir["7.3"].role_selected
+    # A brain protocol without T2: its FLAIR is the T2.
+    brain = SimpleNamespace(notes=[], series=[_fit("8.1", None, 24, 3, desc="AX T1 pre", tr=600, te=10),
+                                              _fit("8.2", None, 24, 6, desc="AX T1 POST GAD", tr=600, te=10),
+                                              _fit("8.3", None, 24, 4, desc="AX T2 FLAIR", tr=9000, te=120)])
+    assert apply_roles(brain, settings)["T2"].series_uid == "8.3" and brain.series[2].role == "T2"
     st = study(_fit("7.5", None, 24, 7, desc="t2_tse_tra", tr=4000, te=100))
     choices = apply_roles(st, settings)
     assert choices["T2"].series_uid == "7.5" and all(s.role == "OTHER" for s in st.series if s.series_uid in ("7.3", "7.4"))
