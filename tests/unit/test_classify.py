@@ -134,6 +134,12 @@ CASES = [
     ("structured_report", h("T1 volumetry", sop=SR, ss=""), "OTHER"),
     ("derived_secondary_t1", h("T1 post MIP", ss="GR", tr=4, te=1.8, it=["DERIVED", "SECONDARY", "MIP"]), "OTHER"),
     ("perfusion_dsc", h("ep2d_perf", ss="EP", tr=1500, te=30), "OTHER"),
+    # Brain-Tumor-Progression style maps written with the post-contrast T1's own headers (SE, ORIGINAL,
+    # contrast agent): by name they are maps, not a second T1C competing with T1post.
+    ("standardised_rcbv_t1_headers", h("sRCBV", ss="SE", tr=600, te=8.9, agent="10cc Multihance"), "OTHER"),
+    ("normalised_rcbv_t1_headers", h("nRCBV", ss="SE", tr=600, te=8.9, agent="10cc Multihance"), "OTHER"),
+    ("delta_t1_map", h("dT1", ss="SE", tr=600, te=8.9, agent="10cc Multihance"), "OTHER"),
+    ("delta_t1_spelled", h("delta T1 map", ss="SE", tr=600, te=8.9), "OTHER"),
     ("tof_mra", h("tof_3d_multi-slab", ss="GR", tr=22, te=3.6), "OTHER"),
     # --- exam-level text (GE writes the exam protocol into ProtocolName of every series;
     #     StudyDescription always names the exam): it must not override series-level evidence ---
