@@ -232,7 +232,11 @@ def _as_monochrome2(px: np.ndarray, ds: Dataset) -> np.ndarray:
     """Stored MONOCHROME1 values as MONOCHROME2 (what a viewer displays bright is high): each value
     is reflected within the range its BitsStored and PixelRepresentation allow (max - (v - min),
     as GDCM's ``gdcmconv --monochrome2`` does), before the modality LUT."""
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    try:
+        bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    except (TypeError, ValueError):
+        bits = 16
+    bits = min(max(bits, 1), 32)  # a hostile header must not size the arithmetic
     v = px.astype(np.int64)
     if int(ds.get("PixelRepresentation", 0) or 0) == 1:
         return -1 - v  # signed: max - (v - min) with min = -2^(b-1), max = 2^(b-1) - 1
@@ -242,11 +246,17 @@ def _as_monochrome2(px: np.ndarray, ds: Dataset) -> np.ndarray:
 def _padding(px: np.ndarray, ds: Dataset) -> np.ndarray | None:
     """Where the stored values are padding (PixelPaddingValue, or the range it spans with
     PixelPaddingRangeLimit; PS3.3 C.7.5.1.1.2), or None when the object declares no padding."""
-    value = ds.get("PixelPaddingValue")
-    if value is None or isinstance(value, (bytes, list)):
+    def one_int(v) -> int | None:
+        try:  # US or SS, one value; anything else (bytes, several values, text) declares nothing usable
+            return None if v is None or isinstance(v, (bytes, str)) else int(v)
+        except (TypeError, ValueError):
+            return None
+
+    value = one_int(ds.get("PixelPaddingValue"))
+    if value is None:
         return None
-    limit = ds.get("PixelPaddingRangeLimit")
-    lo, hi = (int(value), int(value)) if limit is None or isinstance(limit, (bytes, list)) else sorted((int(value), int(limit)))
+    limit = one_int(ds.get("PixelPaddingRangeLimit"))
+    lo, hi = (value, value) if limit is None else sorted((value, limit))
     return (px >= lo) & (px <= hi)
 
 

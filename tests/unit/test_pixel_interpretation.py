@@ -73,6 +73,8 @@ def test_as_displayed_reflects_within_the_stored_range():
     assert as_displayed(np.array([0, 4095, 1000]), ds).tolist() == [4095, 0, 3095]
     ds.PixelRepresentation = 1
     assert as_displayed(np.array([-2048, 2047, 5]), ds).tolist() == [2047, -2048, -6]
+    ds.PixelRepresentation, ds.BitsStored = 0, 10**9  # hostile: bounded to 32 bits, no huge integer
+    assert as_displayed(np.array([0]), ds).tolist() == [(1 << 32) - 1]
     ds.PhotometricInterpretation = "MONOCHROME2"
     v = np.array([1, 2, 3])
     assert as_displayed(v, ds) is v
@@ -124,3 +126,16 @@ def test_no_padding_value_means_no_padding(study):
     ds = pydicom.dcmread(study.paths_by_role["T2"][0])
     assert "PixelPaddingValue" not in ds
     assert "pixel_padding" not in [w.code for w in load_series(list(study.paths_by_role["T2"])).warnings]
+
+
+def test_odd_padding_values_declare_nothing():
+    from pgsam_node.geometry.load import _padding
+
+    px = np.array([[0, 5, 4095]])
+    for value in (b"\x01\x02", [1, 2], "x"):
+        ds = pydicom.Dataset()
+        ds.PixelPaddingValue = value
+        assert _padding(px, ds) is None
+    ds = pydicom.Dataset()
+    ds.PixelPaddingValue, ds.PixelPaddingRangeLimit = 4095, 5  # a range, in either order
+    assert _padding(px, ds).tolist() == [[False, True, True]]
