@@ -18,6 +18,7 @@ costs. Usage::
     python benchmarks/phantom_dicom.py [--cases 8] [--seed-base 1000000] [--model DIR] [--appearance-jitter F] [--size-growth-floor P] \
         [--t1c-plane coronal] [--working-plane reference] [--json out.json]
 
+``--fat-sat-off 1`` renders T2 and T1C without fat saturation (fat and marrow bright).
 ``--t1c-plane coronal|sagittal`` writes the post-contrast T1 (the reference series) in that plane;
 ``--working-plane reference`` runs the model on its own slices instead of the axial working grid.
 
@@ -42,14 +43,14 @@ sys.path.insert(0, str(ROOT))
 from pgsam_node.training.metrics import dice  # noqa: E402
 
 
-def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0, t1c_plane: str = "axial", geometry=None):
+def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0, t1c_plane: str = "axial", geometry=None, fat_sat_off: float = 0.0):
     """Write one study as DICOM, read it back through the geometry stage; (arrays, truth, meta)."""
     from pgsam_node.geometry import Volume, build_study_volumes, mask_to_reference
     from pgsam_node.reports.parse import parse_report
     from pgsam_node.synth.dicom_writer import write_study
     from pgsam_node.synth.phantom import make_phantom
 
-    ph = make_phantom(seed, appearance_jitter=appearance_jitter)
+    ph = make_phantom(seed, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
     study = write_study(ph, tmp / f"case_{seed}", truth_path=tmp / f"truth_{seed}.npz", t1c_plane=t1c_plane)
     sv = build_study_volumes({r: list(p) for r, p in study.paths_by_role.items()}, geometry)
     g = study.grids["T1C"]
@@ -71,6 +72,8 @@ def main() -> int:
                     help="a shifted test set: tissue and lesion signals spread F times the generator's own")
     ap.add_argument("--size-growth-floor", type=float, default=None, metavar="P",
                     help="model.size_growth_floor (default: the embedded default's; 0 = no growth towards the report's size)")
+    ap.add_argument("--fat-sat-off", type=float, default=0.0, metavar="P",
+                    help="probability that a study's T2, and its T1C, are not fat-saturated (1 = neither is)")
     ap.add_argument("--t1c-plane", choices=("axial", "coronal", "sagittal"), default="axial",
                     help="plane of the post-contrast T1 (the reference series); the anchor stays axial")
     ap.add_argument("--working-plane", choices=("axial", "reference"), default=None,
@@ -99,14 +102,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.cases):
             seed = args.seed_base + i
-            (chan, valid, findings, report, affine), truth, meta, sv = dicom_study(seed, Path(tmp), args.appearance_jitter, args.t1c_plane, settings.geometry)
+            (chan, valid, findings, report, affine), truth, meta, sv = dicom_study(seed, Path(tmp), args.appearance_jitter, args.t1c_plane, settings.geometry,
+                                                                    args.fat_sat_off)
             t = time.perf_counter()
             model = router.for_findings(findings)
             res = model.predict(chan, valid, findings, report, affine)
             mask, _ = sv.to_reference(res.mask)  # as the pipeline does: scored on the reference series' grid
             d_dicom = dice(mask.astype(bool), truth)
             secs = time.perf_counter() - t
-            st = synthetic_study(seed, appearance_jitter=args.appearance_jitter)  # the anchor: the same phantom on the training path's grid
+            # the anchor: the same phantom on the training path's grid
+            st = synthetic_study(seed, appearance_jitter=args.appearance_jitter, fat_sat_off=args.fat_sat_off)
             fast = router.for_findings(st.findings).predict(st.volumes, st.valid, st.findings, st.report, st.affine)
             d_fast = dice(fast.mask.astype(bool), st.mask.astype(bool))
             rows.append({"seed": seed, "dice_dicom": d_dicom, "dice_fast_path": d_fast, "seconds": secs, **meta,

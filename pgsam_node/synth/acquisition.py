@@ -44,14 +44,15 @@ def _volume(array: np.ndarray, grid: Grid) -> Volume:
                   spacing=grid.spacing, frame_of_reference_uid="1.2.3")
 
 
-def acquire(seed: int, language: str | None = None, distractor: str | None = "random", appearance_jitter: float = 1.0) -> AcquiredCase:
+def acquire(seed: int, language: str | None = None, distractor: str | None = "random", appearance_jitter: float = 1.0,
+            fat_sat_off: float = 0.0) -> AcquiredCase:
     """Render phantom ``seed`` on per-series acquisition grids and resample onto T1C, as the node does.
 
     The plans and noise streams are drawn as :func:`~pgsam_node.synth.dicom_writer.write_study` draws
     them, so ``acquire(s)`` is the study ``pgsam-node synth --seed s`` writes, minus the DICOM
     encoding (12-bit quantisation and rescale).
     """
-    ph = make_phantom(int(seed), distractor=distractor, appearance_jitter=appearance_jitter)
+    ph = make_phantom(int(seed), distractor=distractor, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
     rng, vendor, *_ = draw_scanner(seed)  # write_study's draws, so the series plans are the same
     plans = plan_series(ph, rng, vendor)
     text, findings, lang = case_report(ph, int(seed), language)

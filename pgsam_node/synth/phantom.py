@@ -65,6 +65,14 @@ TISSUE_SIGNAL: dict[str, dict[str, float]] = {
     "node": {"T1": 0.37, "T2": 0.62, "T1C": 0.52},
 }
 
+#: Signals that change when T2 or T1C is acquired *without* fat saturation (fast spin echo: fat
+#: and marrow bright; the fatty parotid gland brighter); the tables above are fat-saturated.
+NON_FAT_SAT_SIGNAL: dict[str, dict[str, float]] = {
+    "fat": {"T2": 0.80, "T1C": 0.90},
+    "marrow": {"T2": 0.70, "T1C": 0.80},
+    "parotid": {"T2": 0.62, "T1C": 0.66},
+}
+
 #: Per-diagnosis lesion appearance. ``signal`` = mean intensities (same units as TISSUE_SIGNAL);
 #: ``het`` = internal heterogeneity (relative amplitude of a smooth texture) per sequence;
 #: ``foci`` = kind of internal foci; ``margins``; ``lobulation`` = boundary perturbation
@@ -709,7 +717,7 @@ def _sample_diameters(rng: np.random.Generator, lo: float = 8.0, hi: float = 40.
 
 
 def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | None = None,
-                 appearance_jitter: float = 1.0) -> Phantom:
+                 appearance_jitter: float = 1.0, fat_sat_off: float = 0.0) -> Phantom:
     """Build a random phantom, deterministic in ``seed``.
 
     Parameters
@@ -723,9 +731,14 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
         tables (1 = the tables' own 4 % / 6 %). The random stream is the same whatever the value,
         so ``appearance_jitter=3`` is the same anatomy with tissue contrasts three times as
         spread: domain randomisation for training, or a shifted test set.
+    fat_sat_off : probability that T2, and independently T1C, is acquired without fat saturation
+        (:data:`NON_FAT_SAT_SIGNAL`); drawn from its own stream, so 0 (the default) leaves every
+        phantom as before and 1 gives the same anatomy with both sequences non-fat-saturated.
     """
     if not appearance_jitter >= 0:
         raise ValueError(f"appearance_jitter must be >= 0, not {appearance_jitter!r}")
+    if not 0.0 <= fat_sat_off <= 1.0:
+        raise ValueError(f"fat_sat_off must be within [0, 1], not {fat_sat_off!r}")
     rng = np.random.default_rng([int(seed), 0x5A11])
     u = rng.uniform()  # drawn whatever the caller chose, so the rest of the stream stays aligned
     names = list(DIAGNOSIS_WEIGHTS)
@@ -744,6 +757,12 @@ def make_phantom(seed: int, distractor: str | None = "random", diagnosis: str | 
 
     tissue = {k: _jitter(v, rng, 0.04 * appearance_jitter) for k, v in TISSUE_SIGNAL.items()}
     tissue["air"] = dict(TISSUE_SIGNAL["air"])
+    if fat_sat_off > 0:
+        fs_rng = np.random.default_rng([int(seed), 0xFA75])
+        for role in ("T2", "T1C"):
+            if fs_rng.uniform() < fat_sat_off:
+                for name, sig in NON_FAT_SAT_SIGNAL.items():
+                    tissue[name][role] = float(sig[role] * (1 + fs_rng.normal(0, 0.04 * appearance_jitter)))
     hc = np.array([rng.uniform(-3, 3), rng.uniform(0, 8), rng.uniform(-5, 5)])
     yp = hc[1] + rng.uniform(-2, 4)
     zp = hc[2] + rng.uniform(-3, 3)
@@ -1114,7 +1133,7 @@ def case_report(phantom: Phantom, seed: int, language: str | None = None) -> tup
 
 def generate_case(
     seed: int, size: int = 128, n_slices: int = 24, language: str | None = None, distractor="random",
-    diagnosis: str | None = None, appearance_jitter: float = 1.0,
+    diagnosis: str | None = None, appearance_jitter: float = 1.0, fat_sat_off: float = 0.0,
 ) -> SyntheticCase:
     """Fast training case: T1, T2, T1C on one common axial grid, deterministic in ``seed``.
 
@@ -1122,7 +1141,8 @@ def generate_case(
     -------
     SyntheticCase with volumes float32 (n_slices, size, size) and mask uint8 of the same shape.
     """
-    ph = make_phantom(seed, distractor=distractor, diagnosis=diagnosis, appearance_jitter=appearance_jitter)
+    ph = make_phantom(seed, distractor=distractor, diagnosis=diagnosis, appearance_jitter=appearance_jitter,
+                      fat_sat_off=fat_sat_off)
     rng = np.random.default_rng([int(seed), 0x6E1D])
     grid = ph.reference_grid(rng, size=size, n_slices=n_slices)
     vols = ph.render_all(ROLES, grid, rng)

@@ -36,24 +36,25 @@ def _phantom_study(case_id: str, seed: int, case, volumes: dict, valid: dict, ma
                        findings=f, meta=meta)
 
 
-def acquired_study(seed: int, language: str | None = None, distractor: str | None = "random", appearance_jitter: float = 1.0) -> StudyArrays:
+def acquired_study(seed: int, language: str | None = None, distractor: str | None = "random", appearance_jitter: float = 1.0,
+                   fat_sat_off: float = 0.0) -> StudyArrays:
     """Synthetic study ``seed`` as the node receives it: each sequence on its own acquisition grid
     (coronal / oblique T1, tilted T2, other matrices) resampled onto T1C by the geometry stage
     (:func:`pgsam_node.synth.acquisition.acquire`); the study ``pgsam-node synth --seed`` writes."""
     from pgsam_node.synth.acquisition import acquire
 
-    case = acquire(seed, language=language, distractor=distractor, appearance_jitter=appearance_jitter)
+    case = acquire(seed, language=language, distractor=distractor, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
     return _phantom_study(f"acquired-{seed}", seed, case, case.volumes, case.valid, case.mask, case.affine,
                           vendor=case.vendor, planes=case.planes)
 
 
 def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: str | None = None, distractor: str | None = "random",
-                    appearance_jitter: float = 1.0) -> StudyArrays:
+                    appearance_jitter: float = 1.0, fat_sat_off: float = 0.0) -> StudyArrays:
     """One synthetic study from :mod:`pgsam_node.synth.phantom` as :class:`StudyArrays`."""
     from pgsam_node.synth import phantom as synthetic
 
     case = synthetic.generate_case(seed, size=size, n_slices=n_slices, language=language, distractor=distractor,
-                                   appearance_jitter=appearance_jitter)
+                                   appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
     vols = {r: np.asarray(v, dtype=np.float32) for r, v in case.volumes.items()}
     valid = {r: np.isfinite(v) for r, v in vols.items()}
     return _phantom_study(f"synthetic-{seed}", seed, case, vols, valid, np.asarray(case.mask, dtype=np.uint8),

@@ -170,14 +170,15 @@ ACQUISITIONS = ("grid", "scanner", "mixed")
 
 def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, norm: NormParams, cache_dir: Path | None,
                         progress: bool = False, size: int = 128, n_slices: int = 24, acquisition: str = "grid",
-                        appearance_jitter: float = 1.0) -> TrainSet:
+                        appearance_jitter: float = 1.0, fat_sat_off: float = 0.0) -> TrainSet:
     """Generate (or load from ``cache_dir``) the prepared synthetic training studies.
 
     ``acquisition``: ``grid`` draws each phantom on one common axial grid (the fast path,
     :func:`~.sources.synthetic_study`); ``scanner`` renders every sequence on its own acquisition
     grid and resamples it onto T1C as the node does (:func:`~.sources.acquired_study`); ``mixed``
     takes both versions of every seed. ``appearance_jitter`` widens the spread of tissue and lesion
-    signals (:func:`~pgsam_node.synth.phantom.make_phantom`; 1 = the generator's own).
+    signals (:func:`~pgsam_node.synth.phantom.make_phantom`; 1 = the generator's own);
+    ``fat_sat_off`` is the probability that a study's T2, and its T1C, are not fat-saturated.
     """
     from pgsam_node.inference import preprocessing
     from pgsam_node.synth import acquisition as acq
@@ -194,6 +195,8 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
         params.append(acquisition)
     if appearance_jitter != 1.0:
         params.append(["appearance_jitter", appearance_jitter])
+    if fat_sat_off:
+        params.append(["fat_sat_off", fat_sat_off])
     key = hashlib.sha256(src + json.dumps(params).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"synthetic-{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
@@ -203,9 +206,9 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
     def studies():
         for s in seeds:
             if acquisition in ("grid", "mixed"):
-                yield synthetic_study(s, size=size, n_slices=n_slices, appearance_jitter=appearance_jitter)
+                yield synthetic_study(s, size=size, n_slices=n_slices, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
             if acquisition in ("scanner", "mixed"):
-                yield acquired_study(s, appearance_jitter=appearance_jitter)
+                yield acquired_study(s, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
 
     ts = build_train_set(studies(), sequences, img_size, norm, progress=progress)
     if path is not None:

@@ -90,11 +90,13 @@ def test_short_run_writes_model_and_resumes(tmp_path, monkeypatch, ts):
     assert steps == [3, 4]
 
 
-@pytest.mark.parametrize("args", [["--seq-drop", "1.5"], ["--seq-drop", "-0.1"], ["--seq-drop-max", "0"]])
-def test_train_refuses_invalid_sequence_dropout(tmp_path, monkeypatch, args):
+@pytest.mark.parametrize("args,message", [(["--seq-drop", "1.5"], "--seq-drop must"), (["--seq-drop", "-0.1"], "--seq-drop must"),
+                                          (["--seq-drop-max", "0"], "--seq-drop must"), (["--fat-sat-off", "1.5"], "--fat-sat-off must"),
+                                          (["--fat-sat-off", "-1"], "--fat-sat-off must")])
+def test_train_refuses_invalid_sequence_dropout(tmp_path, monkeypatch, args, message):
     from pgsam_node.cli import main
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="--seq-drop must be within 0..1 and --seq-drop-max at least 1"):
+    with pytest.raises(SystemExit, match=message):
         main(["train", "--out", str(tmp_path / "m"), "--steps", "1", "--no-progress", *args])
     assert not (tmp_path / "m").exists()

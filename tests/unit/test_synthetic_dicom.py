@@ -179,3 +179,23 @@ def test_dciodvfy_reports_no_errors(studies):
             assert "MRImage" in text, text
             errors = [line for line in text.splitlines() if "Error" in line]
             assert not errors, f"{vendor} {role}: {errors}"
+
+
+def test_fat_saturation_off_changes_only_t2_and_t1c():
+    """fat_sat_off=1: the same anatomy and mask, T1 unchanged, T2 and T1C without fat saturation
+    (fat bright); 0 leaves the phantom exactly as before."""
+    from pgsam_node.synth.phantom import generate_case, make_phantom
+
+    base = generate_case(1000301, language="en")
+    same = generate_case(1000301, language="en", fat_sat_off=0.0)
+    off = generate_case(1000301, language="en", fat_sat_off=1.0)
+    for r in ("T1", "T2", "T1C"):
+        np.testing.assert_array_equal(base.volumes[r], same.volumes[r])
+    np.testing.assert_array_equal(base.mask, off.mask)
+    np.testing.assert_array_equal(base.volumes["T1"], off.volumes["T1"])
+    for r in ("T2", "T1C"):
+        # fat (bright on T1) is now bright on this sequence too
+        fat = base.volumes["T1"] > np.percentile(base.volumes["T1"], 97)
+        assert off.volumes[r][fat].mean() > 2 * base.volumes[r][fat].mean()
+    with pytest.raises(ValueError, match="fat_sat_off"):
+        make_phantom(1, fat_sat_off=1.5)
