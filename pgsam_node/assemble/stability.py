@@ -153,9 +153,10 @@ def select_roles(series: Iterable, reference_roles: Iterable[str] = ("T1C", "T2"
         if s.role in SEQUENCE_ROLES:
             by_role.setdefault(s.role, []).append(s)
     standing_in: set[str] = set()
+    present = {s.role for s in series}
     for s in series:
         role = (stand_ins or {}).get(s.series_uid)
-        if role in SEQUENCE_ROLES and role not in {x.role for x in series} and s.role not in SEQUENCE_ROLES:
+        if role in SEQUENCE_ROLES and role not in present and s.role not in SEQUENCE_ROLES:
             by_role.setdefault(role, []).append(s)
             standing_in.add(role)
     order = [r for r in reference_roles if r in by_role] + [r for r in SEQUENCE_ROLES if r in by_role and r not in reference_roles]

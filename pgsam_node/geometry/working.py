@@ -62,15 +62,14 @@ def axial_grid(reference: Volume, slice_mm: float, max_slices: int, max_matrix: 
     lps = reference.index_to_lps(corners)
     lo, hi = lps.min(axis=0), lps.max(axis=0)
     centre = (lo + hi) / 2
-    # Patient-axis resolution of the native grid: along each LPS axis, the spacing of the voxel
-    # axis most aligned with it (i, j, k = columns, rows, slices).
-    steps = np.abs(reference.affine[:3, :3])  # column d = LPS displacement of one step along axis d
-    native = np.array([float(np.linalg.norm(reference.affine[:3, int(np.argmax(steps[a]))])) for a in range(3)])
+    # The native head-feet resolution: the spacing of the voxel axis (column, row or slice) that
+    # runs most nearly head-feet.
+    native_z = float(np.linalg.norm(reference.affine[:3, int(np.argmax(np.abs(reference.affine[2, :3])))]))
     side = float(max(hi[0] - lo[0], hi[1] - lo[1]))
     px = max(float(min(reference.spacing[1], reference.spacing[2])), side / max_matrix)
     n_xy = max(1, int(math.ceil(side / px)))
     extent_z = float(hi[2] - lo[2])
-    dz = max(float(slice_mm), float(native[2]), extent_z / max(1, max_slices))
+    dz = max(float(slice_mm), native_z, extent_z / max(1, max_slices))
     n_z = max(1, int(math.ceil(extent_z / dz)))
     affine = np.eye(4)
     affine[:3, :3] = np.diag([px, px, dz])
