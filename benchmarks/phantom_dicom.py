@@ -40,6 +40,7 @@ from _results import write_json  # benchmarks/, the script's own folder
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pgsam_node.flow.pipeline import model_that_ran  # noqa: E402
 from pgsam_node.training.metrics import dice  # noqa: E402
 
 
@@ -68,6 +69,9 @@ def main() -> int:
     ap.add_argument("--seed-base", type=int, default=1_000_000)
     ap.add_argument("--model", type=Path, default=None, help="model folder used as model.path (default: the embedded default)")
     ap.add_argument("--no-fallback", action="store_true", help="model.fallback off (the default model alone)")
+    ap.add_argument("--non-fat-sat", default=None, metavar="MODEL",
+                    help="model.non_fat_sat: companion for studies not fat-saturated (folder or bundled name; "
+                         "'none' = off; default: the embedded default's, applied only without --model)")
     ap.add_argument("--appearance-jitter", type=float, default=1.0, metavar="F",
                     help="a shifted test set: tissue and lesion signals spread F times the generator's own")
     ap.add_argument("--size-growth-floor", type=float, default=None, metavar="P",
@@ -93,11 +97,14 @@ def main() -> int:
         overrides["path"] = str(args.model)
     if args.no_fallback:
         overrides["fallback"] = None
+    if args.non_fat_sat is not None:
+        overrides["non_fat_sat"] = None if args.non_fat_sat.lower() == "none" else args.non_fat_sat
     if args.size_growth_floor is not None:
         overrides["size_growth_floor"] = args.size_growth_floor
     settings = load_settings(None, model=overrides, **({"geometry": {"working_plane": args.working_plane}} if args.working_plane else {}))
     router = ModelRouter.from_settings(settings.model)
-    print(f"model: {router.default.model_version}  fallback: {settings.model.fallback}")
+    print(f"model: {router.default.model_version}  non-fat-sat companion: {settings.model.fat_sat_companion()}  "
+          f"fallback: {settings.model.fallback}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.cases):
@@ -116,8 +123,9 @@ def main() -> int:
             d_fast = dice(fast.mask.astype(bool), st.mask.astype(bool))
             rows.append({"seed": seed, "dice_dicom": d_dicom, "dice_fast_path": d_fast, "seconds": secs, **meta,
                          "notes": res.notes})
+            ran = model_that_ran(model)
             print(f"seed {seed}  {meta['vendor']:<8} planes {meta['planes']}  Dice DICOM {d_dicom:.3f}  fast path {d_fast:.3f}  "
-                  f"({secs:.0f} s)", flush=True)
+                  f"({secs:.0f} s; {ran})", flush=True)
     dd = float(np.mean([r["dice_dicom"] for r in rows]))
     df = float(np.mean([r["dice_fast_path"] for r in rows]))
     print(f"\nmean Dice over {len(rows)} studies: DICOM path {dd:.3f}; fast path (anchor) {df:.3f}; "

@@ -311,6 +311,22 @@ class ModelSettings(_Section):
     #: ... or when its largest region's extent is below the report's size / this ratio or above
     #: size x ratio; 0 = no size check.
     fallback_size_ratio: float = Field(3.0, ge=0, le=100)
+    #: Companion of the default model for studies whose T2 or T1C was acquired without fat
+    #: saturation (fat brighter than the sequence's median tissue, read from the images): a model
+    #: folder or bundled name; None = off. The bundled default applies only while ``path`` is the
+    #: bundled parotid model (unset); with your own ``path``, name a companion here to have one.
+    non_fat_sat: str | None = "parotid-tiny-nfs"
+    #: Mean percentile rank of the T1's fat voxels in T2 / T1C above which that sequence reads as
+    #: not fat-saturated (0.5: fat brighter than the median tissue).
+    fat_rank_threshold: float = Field(0.5, gt=0, lt=1)
+
+    def fat_sat_companion(self) -> str | None:
+        """The non-fat-saturated companion in force (see ``non_fat_sat``), or None."""
+        if not self.non_fat_sat or not str(self.non_fat_sat).strip():
+            return None
+        if self.path is not None and "non_fat_sat" not in self.model_fields_set:
+            return None
+        return str(self.non_fat_sat)
 
     @field_validator("by_region")
     @classmethod

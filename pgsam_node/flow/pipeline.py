@@ -68,6 +68,14 @@ def _merge_notes(old: list | None, new: list) -> list:
     return out
 
 
+def model_that_ran(predictor) -> str:
+    """The version of the model whose mask a (possibly wrapped) predictor returned last."""
+    ran = predictor
+    while getattr(ran, "used", ran) is not ran:  # WithFallback, FatSatSwitch: ``used`` after predict
+        ran = ran.used
+    return str(getattr(ran, "model_version", ""))
+
+
 def model_segment_codes(cfg) -> dict | None:
     """The model folder's segment description as ``{"segment_codes": {category, type, anatomy}}``."""
     labels = getattr(cfg, "labels", None) or []
@@ -272,6 +280,10 @@ class Pipeline:
         voxel_ml = float(abs(ref.spacing[0] * ref.spacing[1] * ref.spacing[2])) / 1000.0
         n_vox = int(result.mask.sum())
         metrics = {"stage": "done", "lesion_voxels": n_vox, "lesion_ml": round(n_vox * voxel_ml, 3), "reference_role": vols.reference_role}
+        # Which model produced the mask (behind the region route, the fat-saturation switch and the
+        # fallback) and what it noted: model names, counts and sizes, never report text.
+        metrics["model_used"] = model_that_ran(predictor)
+        metrics["model_notes"] = [str(n) for n in getattr(result, "notes", [])]
         # The findings the model was given, for the dashboard/API (the report text stays in the RIS).
         metrics["findings"] = asdict(inputs.findings) if inputs.findings is not None else None
         notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]

@@ -7,7 +7,8 @@ zero-shot ``parotid-litemedsam``) segments the study instead.
 ``model.path`` (default: the bundled parotid model) segments every study unless
 ``model.by_region`` names a model for the region the report's findings name (``gland``: parotid,
 submandibular, brain). The default routes brain studies to the bundled zero-shot
-``brain-lesion-litemedsam``. A routed model is loaded on its first study and then kept; its
+``brain-lesion-litemedsam``. Studies that keep the default model and whose T2 or T1C is not
+fat-saturated (read from the images, :mod:`.fat_sat`) go to ``model.non_fat_sat`` instead. A routed model is loaded on its first study and then kept; its
 version goes into the run record and the SEG like any model's.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 from pgsam_node.config import ModelSettings
 from pgsam_node.findings import Findings
+from pgsam_node.inference.fat_sat import FatSatSwitch
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,19 @@ class ModelRouter:
     def for_findings(self, findings: Findings | None) -> Any:
         """The predictor for a study whose report gave ``findings``."""
         region = self.region_for(findings)
-        if region is None:
-            if self.settings.fallback and findings is not None and findings.present:
-                path = resolve_model(str(self.settings.fallback))
-                return WithFallback(self.default, path.name, lambda: self._route("fallback", path),
-                                    self.settings.fallback_components_per_lesion, self.settings.fallback_size_ratio)
-            return self.default
-        return self._route(region, self._routes[region])
+        if region is not None:
+            return self._route(region, self._routes[region])
+        primary = self.default
+        companion = self.settings.fat_sat_companion()
+        if companion is not None:
+            cpath = resolve_model(companion)
+            primary = FatSatSwitch(self.default, cpath.name, lambda: self._route("non_fat_sat", cpath),
+                                   self.settings.fat_rank_threshold)
+        if self.settings.fallback and findings is not None and findings.present:
+            path = resolve_model(str(self.settings.fallback))
+            return WithFallback(primary, path.name, lambda: self._route("fallback", path),
+                                self.settings.fallback_components_per_lesion, self.settings.fallback_size_ratio)
+        return primary
 
     def _route(self, region: str, path: Path) -> Any:
         with self._lock:

@@ -5,10 +5,13 @@ receiving PACS):
 * the post-contrast T1 (the reference series) acquired coronally: the model runs on the axial
   working grid and the SEG lies on the coronal series' own frames (dciodvfy clean) and matches
   the synthetic truth;
-* STIR instead of a T2 series: the STIR series stands in for T2 and is among the run's inputs."""
+* STIR instead of a T2 series: the STIR series stands in for T2 and is among the run's inputs;
+* T2 and T1C without fat saturation: the image check hands the study to the companion model, and
+  the run records which model ran and why."""
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 
 import numpy as np
@@ -17,9 +20,11 @@ from pydicom import dcmread
 
 from pgsam_node.db.models import Run, Series, Study
 from pgsam_node.encode.read import read_seg_mask
+from pgsam_node.inference.router import BUNDLED_MODELS
 from pgsam_node.node import Node
 from pgsam_node.synth.dicom_writer import write_study
 from pgsam_node.synth.minipacs import MiniPacs
+from pgsam_node.synth.phantom import make_phantom
 from pgsam_node.training.metrics import dice
 
 from ..dicom_tools import assert_dciodvfy_clean
@@ -89,3 +94,24 @@ def test_stir_instead_of_t2_through_the_node(tmp_path, node_settings):
             run = s.query(Run).filter_by(study_id=study_id).order_by(Run.id.desc()).first()
             assert stir_uids <= set(run.input_uids), "the STIR instances are not among the run's inputs"
         assert received
+
+
+def test_study_without_fat_saturation_goes_to_the_companion_model(tmp_path, node_settings):
+    seed = 1000400
+    study = write_study(make_phantom(seed, fat_sat_off=1.0), tmp_path / "study")
+    with processed(study, seed, tmp_path, node_settings) as (node, study_id, received):
+        with node.db.session() as s:
+            run = s.query(Run).filter_by(study_id=study_id).order_by(Run.id.desc()).first()
+            assert "|parotid-tiny-nfs" in run.model_version
+            assert run.metrics["model_used"].startswith("parotid-tiny-nfs-"), run.metrics
+            assert any("not fat-saturated" in n and "T2 (fat rank" in n for n in run.metrics["model_notes"])
+    segs = [p for p in received if dcmread(p, stop_before_pixels=True).Modality == "SEG"]
+    assert len(segs) == 1
+    assert_dciodvfy_clean(segs[0])
+    # The SEG names the weights that produced it: the companion's.
+    algorithm = dcmread(segs[0], stop_before_pixels=True).SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    nfs = json.loads((BUNDLED_MODELS / "parotid-tiny-nfs" / "config.json").read_text())
+    assert str(algorithm.AlgorithmVersion).endswith("+" + nfs["weights_sha256"][:12]), algorithm.AlgorithmVersion
+    pred, _ = read_seg_mask(segs[0], study.paths_by_role["T1C"])
+    d = dice(pred, study.mask)
+    assert d > 0.7, f"Dice {d:.3f} of the SEG against the synthetic truth"

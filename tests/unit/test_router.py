@@ -12,7 +12,7 @@ from pgsam_node.inference.router import BUNDLED_MODELS, ModelRouter, resolve_mod
 
 
 def _router(by_region, fallback=None):
-    settings = load_settings(None, model={"by_region": by_region, "fallback": fallback})
+    settings = load_settings(None, model={"by_region": by_region, "fallback": fallback, "non_fat_sat": None})
     loads = []
 
     def loader(path):
@@ -59,7 +59,7 @@ def test_invalid_routes_are_refused_with_a_clear_error(bad):
 def test_a_routed_folder_that_does_not_load_fails_that_study_not_the_default(tmp_path):
     from pgsam_node.errors import ModelError
 
-    settings = load_settings(None, model={"by_region": {"brain": str(tmp_path / "missing")}})
+    settings = load_settings(None, model={"by_region": {"brain": str(tmp_path / "missing")}, "non_fat_sat": None})
     router = ModelRouter(settings.model, SimpleNamespace(model_version="default"))
     with pytest.raises(ModelError):
         router.for_findings(Findings(gland="brain"))
@@ -86,7 +86,7 @@ class _Fixed:
 def test_fallback_segments_when_the_default_finds_nothing_but_the_report_states_a_lesion():
     assert load_settings(None).model.fallback == "parotid-litemedsam"
     assert (BUNDLED_MODELS / "parotid-litemedsam" / "config.json").is_file()
-    settings = load_settings(None, model={"fallback": "parotid-litemedsam"})
+    settings = load_settings(None, model={"fallback": "parotid-litemedsam", "non_fat_sat": None})
     second = _Fixed("zero-shot", 1)
     loads = []
     router = ModelRouter(settings.model, _Fixed("tiny", 0), loader=lambda p: loads.append(p) or second)
