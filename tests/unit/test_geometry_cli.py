@@ -63,3 +63,19 @@ def test_study_command_subprocess(tmp_path):
     res = subprocess.run(cmd + ["--role", f"T1={tmp_path / 't1'}", "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert json.loads(res.stdout.strip().splitlines()[-1])["reason"] == "frame_of_reference_mismatch"
+
+
+def test_study_command_prints_the_fat_saturation_scores(tmp_path, capsys):
+    from pgsam_node.synth.dicom_writer import write_study
+    from pgsam_node.synth.phantom import make_phantom
+
+    for off in (0.0, 1.0):
+        study = write_study(make_phantom(1000402, fat_sat_off=off), tmp_path / f"s{off}")
+        roles = [f"--role={r}={study.paths_by_role[r][0].parent}" for r in ("T1", "T2", "T1C")]
+        assert main(["geometry", "study", *roles]) == 0
+        ranks = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fat_rank"]
+        assert set(ranks) == {"T2", "T1C"}
+        assert all((v > 0.5) == bool(off) for v in ranks.values()), (off, ranks)
+    # Without a T1 the check cannot tell.
+    assert main(["geometry", "study", f"--role=T1C={study.paths_by_role['T1C'][0].parent}"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fat_rank"] == {"T2": None, "T1C": None}
