@@ -28,6 +28,7 @@ from pgsam_node.db import Database, Instance, OutboxItem, OutboxState, Run, Stud
 from pgsam_node.errors import GeometryError, InferenceError, NodeError, PipelineError, RisError
 from pgsam_node.findings import Findings
 from pgsam_node.inference import StudyPredictor
+from pgsam_node.inference.router import model_that_ran
 from pgsam_node.logsetup import uid_hash
 from pgsam_node.assemble.readiness import selected_series
 from pgsam_node.db.lifecycle import transition
@@ -66,14 +67,6 @@ def _merge_notes(old: list | None, new: list) -> list:
         if n not in out:
             out.append(n)
     return out
-
-
-def model_that_ran(predictor) -> str:
-    """The version of the model whose mask a (possibly wrapped) predictor returned last."""
-    ran = predictor
-    while getattr(ran, "used", ran) is not ran:  # WithFallback, FatSatSwitch: ``used`` after predict
-        ran = ran.used
-    return str(getattr(ran, "model_version", ""))
 
 
 def model_segment_codes(cfg) -> dict | None:

@@ -37,6 +37,14 @@ def resolve_model(value: str | Path) -> Path:
     return Path(text).expanduser()
 
 
+def model_that_ran(predictor: Any) -> str:
+    """The version of the model whose mask a (possibly wrapped) predictor returned last."""
+    ran = predictor
+    while getattr(ran, "used", ran) is not ran:  # WithFallback, FatSatSwitch: ``used`` after predict
+        ran = ran.used
+    return str(getattr(ran, "model_version", ""))
+
+
 class ModelRouter:
     """The default :class:`~.predictor.Predictor` plus lazily loaded per-region ones.
 
@@ -145,7 +153,7 @@ class WithFallback:
             return res
         second = self._load_fallback()
         out = second.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
-        name, other = self.primary.model_version, second.model_version
+        name, other = model_that_ran(self.primary), second.model_version
         lead = f"{name} found nothing" if not found else f"{name}'s result contradicts the report ({why})"
         # After an empty result the fallback's stands whatever it is; a doubted one is replaced only
         # by a result that is not doubted itself.

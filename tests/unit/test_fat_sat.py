@@ -153,3 +153,24 @@ def test_bundled_companion_segments_non_fat_saturated_studies_better_and_leaves_
             switched.append(dice(res.mask.astype(bool), st.mask.astype(bool)))
             alone.append(dice(base.mask.astype(bool), st.mask.astype(bool)))
     assert np.mean(switched) > np.mean(alone) + 0.1, (switched, alone)
+
+
+def test_fallback_after_the_companion_names_the_model_that_ran(pair):
+    from pgsam_node.inference.router import WithFallback, model_that_ran
+
+    _, unsat = pair
+    default, companion, second = _Seam("tiny"), _Seam("nfs"), _Seam("zero-shot")
+    second.predict = lambda *a, **k: _found(second)
+    pred = WithFallback(FatSatSwitch(default, "parotid-tiny-nfs", lambda: companion), "zero-shot", lambda: second, 5, 3.0)
+    res = pred.predict(unsat, None, Findings(present=True), None, np.eye(4))
+    assert model_that_ran(pred) == "zero-shot" and pred.cfg == "cfg:zero-shot"
+    assert any(n.startswith("nfs found nothing; fallback zero-shot") for n in res.notes), res.notes
+    assert model_that_ran(default) == "tiny"
+
+
+def _found(seam):
+    from pgsam_node.inference.predictor import InferenceResult
+
+    mask = np.zeros((2, 2, 2), np.uint8)
+    mask[0, 0, 0] = 1
+    return InferenceResult(mask=mask, prob=mask.astype(np.float32), notes=[f"{seam.model_version} ran"])
