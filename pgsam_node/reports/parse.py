@@ -88,9 +88,19 @@ _GLAND_PATTERNS = [
     (
         "brain",
         re.compile(
-            r"\b(?:brain|cerebr\w*|intracranial|hemispher\w*|cerebell\w*|basal\s+ganglia|thalam\w*|"
-            r"corpus\s+callosum|(?:frontal|temporal|parietal|occipital|insular)\s+lobes?|periventricular|"
-            r"white\s+matter)\b|脑|额叶|颞叶|顶叶|枕叶|小脑|基底节|丘脑|胼胝体|颅内|脑室",
+            r"\b(?:brain|cerebr\w*|intracranial|hemispher\w*|cerebell\w*|basal\s+ganglia|thalam\w*|corpus\s+callosum|"
+            r"(?:frontal|temporal|parietal|occipital|insular)\s+(?:lobes?|horns?|cortex|gyr[iu]s?|sulc[iu]s?|white\s+matter|"
+            r"convexity|operculum)|periventricular|white\s+matter|"
+            r"(?:fronto|parieto|temporo|occipito)-?(?:parietal|occipital|temporal|frontal)|"
+            # "right temporal ring-enhancing lesion", "left occipital mass": a cerebral region right
+            # before the lesion; not the neck's "occipital nodes", "superficial temporal artery"...
+            r"(?:frontal|parietal|occipital|temporal)(?!\s+(?:bones?|arter\w*|veins?|nodes?|lymph\w*|scalp|sinus\w*|condyles?|"
+            r"triangle|belly|fossa))(?=\s+(?:[\w-]+\s+){0,2}(?:lesions?|mass(?:es)?|tumou?rs?|gliomas?|glioblastomas?|"
+            r"metastas[ie]s|haemorrhage|hemorrhage|infarcts?|enhancement)\b)|"
+            r"(?:lateral|third|fourth)\s+ventricles?|intraventricular|(?:supra|infra)tentorial|brain\s*stem|pons|pontine|midbrain|"
+            r"centrum\s+semiovale|corona\s+radiata|internal\s+capsule|juxtacortical|subcortical|vasogenic|midline\s+shift|"
+            r"resection\s+cavity|craniotomy|meningiomas?|demyelinat\w*|multiple\s+sclerosis|leptomeningeal)\b"
+            r"|脑|额叶|颞叶|顶叶|枕叶|小脑|基底节|丘脑|胼胝体|颅内|脑室",
             re.I,
         ),
     ),

@@ -241,6 +241,32 @@ CASES: list[tuple[str, str, dict]] = [
         "Large rim-enhancing mass crossing the corpus callosum, 5.1 cm. Favour GBM over lymphoma.",
         dict(present=True, gland="brain", size_mm=51.0, diagnosis="glioma", hedged=True, signal={"enhancement": "rim"}),
     ),
+    (
+        "en_brain_region_without_lobe",
+        "Right temporal ring-enhancing lesion measuring 3 cm with mass effect.",
+        dict(present=True, side="right", gland="brain", size_mm=30.0),
+    ),
+    (
+        "en_brain_occipital_mass",
+        "Left occipital enhancing mass 2.1 cm, metastasis.",
+        dict(present=True, side="left", gland="brain", size_mm=21.0, diagnosis="metastasis"),
+    ),
+    (
+        "en_brain_resection_cavity",
+        "Recurrent tumor at the left resection cavity margin, nodular enhancement 1.5 cm.",
+        dict(present=True, side="left", gland="brain", size_mm=15.0),
+    ),
+    (
+        "en_brain_compound_region",
+        "Infiltrative T2 hyperintense mass in the right frontoparietal white matter, 4 cm, with vasogenic oedema.",
+        dict(present=True, side="right", gland="brain", size_mm=40.0),
+    ),
+    (
+        "en_parotid_with_neck_words",
+        "Right parotid mass, 2 cm, abutting the superficial temporal artery. Occipital nodes are not enlarged. "
+        "No frontal sinus disease.",
+        dict(present=True, side="right", gland="parotid", size_mm=20.0),
+    ),
     # ---------------------------------------------------------------- Chinese, parotid
     (
         "zh_pa_classic",
