@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -49,6 +49,9 @@ class StudyInputs:
     report_text: str | None
     report_hash: str | None
     findings: Findings | None
+    #: The region the study's and the chosen series' descriptions name (DICOM headers), used to
+    #: route the study when the report names none (or there is no report).
+    region_hint: str | None = None
 
 
 @dataclass
@@ -89,8 +92,23 @@ def idempotency_key(study_uid: str, input_uids: list[str], report_hash: str | No
     return h.hexdigest()
 
 
+def _body_part(paths_by_role: dict[str, list[Path]]) -> str | None:
+    """BodyPartExamined of the first readable input file (``BRAIN``, ``NECK``...), or None."""
+    import pydicom
+
+    for paths in paths_by_role.values():
+        for path in paths[:1]:
+            try:
+                value = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["BodyPartExamined"]).get("BodyPartExamined")
+            except Exception:  # an unreadable file is the geometry stage's to report
+                continue
+            if value:
+                return str(value)[:64]
+    return None
+
+
 def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInputs:
-    from pgsam_node.reports.parse import parse_report
+    from pgsam_node.reports.parse import parse_report, region_in_text
 
     with db.session() as s:
         study = s.get(Study, study_id)
@@ -105,6 +123,8 @@ def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInput
             input_uids += [i.sop_instance_uid for i in insts]
         # The report the wait step matched travels on the study row (reports.wait): no second RIS search.
         text = study.report_text if study.report_ref else None
+        described = [study.study_description, *(se.description for se in chosen.values())]
+        described.append(_body_part(paths_by_role))
         return StudyInputs(
             study_id=study.id,
             study_uid=study.study_uid,
@@ -114,6 +134,7 @@ def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInput
             report_text=text,
             report_hash=study.report_hash,
             findings=parse_report(text) if text else None,
+            region_hint=region_in_text(" / ".join(d for d in described if d)),
         )
 
 
@@ -232,7 +253,13 @@ class Pipeline:
         inputs = gather_inputs(self.db, st, claim.study_id)
         timings["gather"] = time.monotonic() - t
         # The model for the report's region (model.by_region), or the default with its fallback.
-        predictor = self.predictor.for_findings(inputs.findings)
+        # A report that names no region (or no report) is routed by the DICOM descriptions' region;
+        # the model itself still gets the report's own findings.
+        route, region_from = inputs.findings, "report" if inputs.findings is not None and inputs.findings.gland else None
+        if region_from is None and inputs.region_hint:
+            route = replace(route, gland=inputs.region_hint) if route is not None else Findings(gland=inputs.region_hint)
+            region_from = "dicom_descriptions"
+        predictor = self.predictor.for_findings(route)
         model_version = predictor.model_version
         key = idempotency_key(inputs.study_uid, inputs.input_uids, inputs.report_hash, model_version)
         with self.db.transaction() as s:
@@ -279,6 +306,7 @@ class Pipeline:
         metrics["model_notes"] = [str(n) for n in getattr(result, "notes", [])]
         # The findings the model was given, for the dashboard/API (the report text stays in the RIS).
         metrics["findings"] = asdict(inputs.findings) if inputs.findings is not None else None
+        metrics["region"] = {"region": route.gland if route is not None else None, "from": region_from}
         notes = [{"code": n.code, "message": n.message} for n in getattr(vols, "notes", [])]
 
         if sends_nothing(result.mask, st.seg):  # the policy is encode's; checked before the encode work

@@ -516,6 +516,18 @@ def _pick_term(patterns, clauses: list[_Clause], only_lesion: bool, check_negati
     return found[0] if len(found) == 1 else ("|".join(found) if found else None)
 
 
+def region_in_text(text: str | None) -> str | None:
+    """The one region (``parotid``, ``submandibular``, ``brain``) a free text names, else None.
+
+    For DICOM descriptions and BodyPartExamined ("MRI BRAIN W/WO", "MR PAROTID", "BRAIN"): None
+    when the text names none ("MR NECK", "HEAD") or several ("PAROTID / BRAIN").
+    """
+    if not text:
+        return None
+    found = {name for name, pat in _GLAND_PATTERNS if pat.search(text[:4096])}
+    return found.pop() if len(found) == 1 else None
+
+
 def parse_report(text: str) -> Findings:
     """Read the structured findings of a radiology report.
 

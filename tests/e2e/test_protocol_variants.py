@@ -7,7 +7,9 @@ receiving PACS):
   the synthetic truth;
 * STIR instead of a T2 series: the STIR series stands in for T2 and is among the run's inputs;
 * T2 and T1C without fat saturation: the image check hands the study to the companion model, and
-  the run records which model ran and why."""
+  the run records which model ran and why;
+* a report that names no region: the DICOM headers' region (BodyPartExamined BRAIN) routes the
+  study."""
 
 from __future__ import annotations
 
@@ -32,11 +34,11 @@ from .pacs_flow import send_study_with_report, wait_finished
 
 
 @contextmanager
-def processed(study, seed: int, tmp_path, node_settings):
+def processed(study, seed: int, tmp_path, node_settings, **overrides):
     """Push ``study`` (with its report in the RIS) through a started node that sends to a
     receiving PACS; yields (node, the study's row id, the files the PACS received) once DONE."""
     pacs = MiniPacs(tmp_path / "pacs", ae_title="TESTPACS").start()
-    settings = node_settings(destinations=[{"name": "pacs", "ae_title": "TESTPACS", "host": "127.0.0.1", "port": pacs.port}])
+    settings = node_settings(destinations=[{"name": "pacs", "ae_title": "TESTPACS", "host": "127.0.0.1", "port": pacs.port}], **overrides)
     node = Node(settings, web=False).start()
     try:
         assert send_study_with_report(node, settings, study, seed, tmp_path) == sum(len(p) for p in study.paths_by_role.values())
@@ -105,6 +107,7 @@ def test_study_without_fat_saturation_goes_to_the_companion_model(tmp_path, node
             assert "|parotid-tiny-nfs" in run.model_version
             assert run.metrics["model_used"].startswith("parotid-tiny-nfs-"), run.metrics
             assert any("not fat-saturated" in n and "T2 (fat rank" in n for n in run.metrics["model_notes"])
+            assert run.metrics["region"] == {"region": "parotid", "from": "report"}
     segs = [p for p in received if dcmread(p, stop_before_pixels=True).Modality == "SEG"]
     assert len(segs) == 1
     assert_dciodvfy_clean(segs[0])
@@ -115,3 +118,24 @@ def test_study_without_fat_saturation_goes_to_the_companion_model(tmp_path, node
     pred, _ = read_seg_mask(segs[0], study.paths_by_role["T1C"])
     d = dice(pred, study.mask)
     assert d > 0.7, f"Dice {d:.3f} of the SEG against the synthetic truth"
+
+
+def test_a_report_without_a_region_is_routed_by_the_dicom_headers(tmp_path, node_settings):
+    """BodyPartExamined BRAIN and a report that names no organ: the study goes to the brain route
+    (here a small bundled model stands in for the zero-shot brain model, to keep the test fast)."""
+    seed = 1000402
+    study = write_study(seed, tmp_path / "study")
+    study.report_text = "Enhancing mass on the right, 2 cm, well defined."
+    for paths in study.paths_by_role.values():
+        for p in paths:
+            ds = pydicom.dcmread(p)
+            ds.BodyPartExamined, ds.StudyDescription = "BRAIN", "MRI HEAD W/WO CONTRAST"
+            ds.save_as(p, enforce_file_format=True)
+    routes = {"by_region": {"brain": "parotid-tiny-nfs"}, "non_fat_sat": None}
+    with processed(study, seed, tmp_path, node_settings, model=routes) as (node, study_id, received):
+        with node.db.session() as s:
+            run = s.query(Run).filter_by(study_id=study_id).order_by(Run.id.desc()).first()
+            assert run.model_version.startswith("parotid-tiny-nfs-"), (run.model_version, run.metrics.get("region"))
+            assert run.metrics["region"] == {"region": "brain", "from": "dicom_descriptions"}
+            assert run.metrics["findings"]["gland"] is None  # the model got the report's own findings
+    assert received

@@ -696,3 +696,19 @@ def test_report_hash():
     assert report_hash("Left parotid mass.\r\n", 1) == h1  # line endings / trailing space do not count
     assert report_hash("Left parotid mass.", 2) != h1
     assert report_hash("Right parotid mass.", 1) != h1
+
+
+@pytest.mark.parametrize("text,region", [
+    ("FH-HEAD^Brain Protocols / T1post / BRAIN", "brain"),
+    ("MR PAROTID W/WO CONTRAST / t2_tse_tra_fs", "parotid"),
+    ("MRI HEAD W/WO CONTRAST / BRAIN", "brain"),
+    ("MR NECK / HEAD", None),
+    ("PAROTID / BRAIN", None),  # two regions: no hint
+    ("", None),
+    (None, None),
+    ("x" * 100_000, None),
+])
+def test_region_in_dicom_descriptions(text, region):
+    from pgsam_node.reports.parse import region_in_text
+
+    assert region_in_text(text) == region
