@@ -40,7 +40,7 @@ from _results import write_json  # benchmarks/, the script's own folder
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pgsam_node.inference.router import model_that_ran  # noqa: E402
+from pgsam_node.inference.choice import model_that_ran  # noqa: E402
 from pgsam_node.training.metrics import dice  # noqa: E402
 
 

@@ -84,19 +84,10 @@ def run_inspect(args) -> int:
     return rc
 
 
-def _fat_ranks(sv) -> dict[str, float | None]:
-    from pgsam_node.inference.fat_sat import fat_rank
-
-    out: dict[str, float | None] = {}
-    for role in ("T2", "T1C"):
-        score = fat_rank(sv.channels, sv.valid, role)
-        out[role] = None if score is None else round(score, 3)
-    return out
-
-
 def run_study(args) -> int:
     settings = load(args)
     from pgsam_node.geometry import build_study_volumes
+    from pgsam_node.inference.fat_sat import fat_ranks
 
     roles: dict[str, list[Path]] = {}
     for spec in args.role:
@@ -118,7 +109,7 @@ def run_study(args) -> int:
                 "working_grid": sv.working.geometry_summary() if sv.working is not None else None,
                 "coverage": {r: round(float(v.mean()), 4) for r, v in sv.valid.items()},
                 # The fat-saturation check's scores (model.non_fat_sat; None: it cannot tell).
-                "fat_rank": _fat_ranks(sv),
+                "fat_rank": fat_ranks(sv.channels, sv.valid),
                 "notes": [str(n) for n in sv.notes],
             }
         )

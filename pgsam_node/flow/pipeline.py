@@ -28,7 +28,7 @@ from pgsam_node.db import Database, Instance, OutboxItem, OutboxState, Run, Stud
 from pgsam_node.errors import GeometryError, InferenceError, NodeError, PipelineError, RisError
 from pgsam_node.findings import Findings
 from pgsam_node.inference import StudyPredictor
-from pgsam_node.inference.router import model_that_ran
+from pgsam_node.inference.choice import model_that_ran
 from pgsam_node.logsetup import uid_hash
 from pgsam_node.assemble.readiness import selected_series
 from pgsam_node.db.lifecycle import transition
@@ -124,8 +124,7 @@ def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInput
         # The report the wait step matched travels on the study row (reports.wait): no second RIS search.
         text = study.report_text if study.report_ref else None
         described = [study.study_description, *(se.description for se in chosen.values())]
-        described.append(_body_part(paths_by_role))
-        return StudyInputs(
+        inputs = StudyInputs(
             study_id=study.id,
             study_uid=study.study_uid,
             version=study.version,
@@ -134,8 +133,25 @@ def gather_inputs(db: Database, settings: Settings, study_id: int) -> StudyInput
             report_text=text,
             report_hash=study.report_hash,
             findings=parse_report(text) if text else None,
-            region_hint=region_in_text(" / ".join(d for d in described if d)),
         )
+    # A file read: after the session is closed.
+    described.append(_body_part(paths_by_role))
+    inputs.region_hint = region_in_text(" / ".join(d for d in described if d))
+    return inputs
+
+
+def routing_findings(inputs: StudyInputs) -> tuple[Findings | None, str | None]:
+    """(the findings the study is routed by, where its region came from: report, dicom_descriptions or None).
+
+    A report that names no region (or no report) is routed by the DICOM descriptions' region; the
+    model itself still gets the report's own findings.
+    """
+    f = inputs.findings
+    if f is not None and f.gland:
+        return f, "report"
+    if not inputs.region_hint:
+        return f, None
+    return (replace(f, gland=inputs.region_hint) if f is not None else Findings(gland=inputs.region_hint)), "dicom_descriptions"
 
 
 class Pipeline:
@@ -252,13 +268,8 @@ class Pipeline:
         t = time.monotonic()
         inputs = gather_inputs(self.db, st, claim.study_id)
         timings["gather"] = time.monotonic() - t
-        # The model for the report's region (model.by_region), or the default with its fallback.
-        # A report that names no region (or no report) is routed by the DICOM descriptions' region;
-        # the model itself still gets the report's own findings.
-        route, region_from = inputs.findings, "report" if inputs.findings is not None and inputs.findings.gland else None
-        if region_from is None and inputs.region_hint:
-            route = replace(route, gland=inputs.region_hint) if route is not None else Findings(gland=inputs.region_hint)
-            region_from = "dicom_descriptions"
+        # The model for the study's region (model.by_region), or the default with its fallback.
+        route, region_from = routing_findings(inputs)
         predictor = self.predictor.for_findings(route)
         model_version = predictor.model_version
         key = idempotency_key(inputs.study_uid, inputs.input_uids, inputs.report_hash, model_version)

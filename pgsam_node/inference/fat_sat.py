@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pgsam_node.inference.choice import ChoosingPredictor
+
 #: Largest number of voxels sampled per sequence (a regular stride over the volume).
 MAX_SAMPLES = 400_000
 #: Voxels below this fraction of the T1's 99th percentile are outside the body (air, background).
@@ -53,10 +55,10 @@ def fat_rank(
     a, b = a[finite], b[finite]
     if a.size < MIN_FAT_VOXELS * 10:
         return None
-    top = float(np.percentile(a, 99))
-    if not top > float(np.min(a)):
+    low, top = float(np.min(a)), float(np.percentile(a, 99))
+    if not top > low:
         return None
-    body = a > float(np.min(a)) + BODY_FRACTION * (top - float(np.min(a)))
+    body = a > low + BODY_FRACTION * (top - low)
     a, b = a[body], b[body]
     if a.size < MIN_FAT_VOXELS * 10 or not float(np.ptp(b)) > 0:
         return None
@@ -70,59 +72,55 @@ def fat_rank(
     return float(np.mean((lo + hi) / 2.0) / ordered.size)
 
 
+def fat_ranks(channels: dict[str, np.ndarray] | None, valid: dict[str, np.ndarray] | None,
+              roles=("T2", "T1C")) -> dict[str, float | None]:
+    """:func:`fat_rank` of each role, rounded to 3 decimals (None: cannot tell)."""
+    out: dict[str, float | None] = {}
+    for role in roles:
+        score = fat_rank(channels, valid, role) if channels else None
+        out[role] = None if score is None else round(score, 3)
+    return out
+
+
 def not_fat_saturated(
-    channels: dict[str, np.ndarray], valid: dict[str, np.ndarray] | None, roles=("T2", "T1C"), threshold: float = 0.5,
+    channels: dict[str, np.ndarray] | None, valid: dict[str, np.ndarray] | None, roles=("T2", "T1C"), threshold: float = 0.5,
 ) -> dict[str, float]:
     """The roles among ``roles`` whose fat is brighter than their median tissue, with their scores.
 
     A role that cannot be scored (see :func:`fat_rank`) is left out: unknown counts as saturated,
     so the default model keeps a study the check cannot read.
     """
-    out: dict[str, float] = {}
-    if not channels:
-        return out
-    for role in roles:
-        score = fat_rank(channels, valid, role)
-        if score is not None and score > threshold:
-            out[role] = round(score, 3)
-    return out
+    return {role: score for role, score in fat_ranks(channels, valid, roles).items() if score is not None and score > threshold}
 
 
-class FatSatSwitch:
+class FatSatSwitch(ChoosingPredictor):
     """The default predictor, or a companion trained on non-fat-saturated studies, per study.
 
     ``predict`` scores the study's T2 and T1C (:func:`not_fat_saturated`) and hands it to the
     companion (loaded on first need) when either is not fat-saturated; otherwise, or when the check
-    cannot read the study (no T1), to the default. The model version names both (it is read before
-    the images are); after :meth:`predict`, ``cfg`` is the configuration of the model that ran and
-    the result's notes say when that was the companion, and why.
+    cannot read the study (no T1), to the default. The model version is ``<default>|<companion>``;
+    the result's notes say when the companion ran, and why.
     """
 
+    joiner = "|"
+
     def __init__(self, default, companion_name: str, load_companion, threshold: float = 0.5) -> None:
-        self.default = default
-        self.companion_name = companion_name
-        self._load_companion = load_companion
+        super().__init__(default, companion_name, load_companion)
         self.threshold = threshold
-        self.used = default
-
-    def __getattr__(self, name: str):
-        return getattr(self.__dict__["default"], name)
 
     @property
-    def model_version(self) -> str:
-        return f"{self.default.model_version}|{self.companion_name}"
+    def default(self):
+        return self.first
 
     @property
-    def cfg(self):
-        return getattr(self.used, "cfg", None)
+    def companion_name(self) -> str:
+        return self.second_name
 
     def predict(self, channels, valid, findings, report_text, affine, postprocess: bool = True):
         bright = not_fat_saturated(channels, valid, threshold=self.threshold)
-        if not bright:
-            self.used = self.default
-            return self.default.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
-        self.used = self._load_companion()
+        self.used = self._load_second() if bright else self.first
         res = self.used.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
-        said = ", ".join(f"{role} (fat rank {score:.2f})" for role, score in sorted(bright.items()))
-        res.notes = [f"fat is bright on {said}: not fat-saturated, so {self.used.model_version} segmented the study"] + list(res.notes)
+        if bright:
+            said = ", ".join(f"{role} (fat rank {score:.2f})" for role, score in sorted(bright.items()))
+            res.notes = [f"fat is bright on {said}: not fat-saturated, so {self.used.model_version} segmented the study"] + list(res.notes)
         return res

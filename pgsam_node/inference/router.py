@@ -21,6 +21,7 @@ from typing import Any
 
 from pgsam_node.config import ModelSettings
 from pgsam_node.findings import Findings
+from pgsam_node.inference.choice import ChoosingPredictor, model_that_ran
 from pgsam_node.inference.fat_sat import FatSatSwitch
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,6 @@ def resolve_model(value: str | Path) -> Path:
     if "/" not in text and "\\" not in text and (BUNDLED_MODELS / text).is_dir():
         return BUNDLED_MODELS / text
     return Path(text).expanduser()
-
-
-def model_that_ran(predictor: Any) -> str:
-    """The version of the model whose mask a (possibly wrapped) predictor returned last."""
-    ran = predictor
-    while getattr(ran, "used", ran) is not ran:  # WithFallback, FatSatSwitch: ``used`` after predict
-        ran = ran.used
-    return str(getattr(ran, "model_version", ""))
 
 
 class ModelRouter:
@@ -107,7 +100,7 @@ class ModelRouter:
         return Predictor.from_settings(m)
 
 
-class WithFallback:
+class WithFallback(ChoosingPredictor):
     """The default predictor, and a second model for when its result contradicts the report.
 
     Used only for studies whose report states a lesion (``findings.present``); one object per
@@ -122,23 +115,13 @@ class WithFallback:
 
     def __init__(self, primary: Any, fallback_name: str, load_fallback, components_per_lesion: int,
                  size_ratio: float) -> None:
-        self.primary = primary
-        self.fallback_name = fallback_name
-        self._load_fallback = load_fallback
+        super().__init__(primary, fallback_name, load_fallback)
         self.components_per_lesion = components_per_lesion
         self.size_ratio = size_ratio
-        self.used = primary
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["primary"], name)
 
     @property
-    def model_version(self) -> str:
-        return f"{self.primary.model_version}+{self.fallback_name}"
-
-    @property
-    def cfg(self) -> Any:
-        return getattr(self.used, "cfg", None)
+    def primary(self) -> Any:
+        return self.first
 
     def _doubt(self, mask, affine, findings) -> str | None:
         from pgsam_node.inference.plausibility import doubt
@@ -151,7 +134,7 @@ class WithFallback:
         why = self._doubt(res.mask, affine, findings) if found else None
         if found and why is None:
             return res
-        second = self._load_fallback()
+        second = self._load_second()
         out = second.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
         name, other = model_that_ran(self.primary), second.model_version
         lead = f"{name} found nothing" if not found else f"{name}'s result contradicts the report ({why})"

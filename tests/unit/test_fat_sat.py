@@ -156,7 +156,8 @@ def test_bundled_companion_segments_non_fat_saturated_studies_better_and_leaves_
 
 
 def test_fallback_after_the_companion_names_the_model_that_ran(pair):
-    from pgsam_node.inference.router import WithFallback, model_that_ran
+    from pgsam_node.inference.choice import model_that_ran
+    from pgsam_node.inference.router import WithFallback
 
     _, unsat = pair
     default, companion, second = _Seam("tiny"), _Seam("nfs"), _Seam("zero-shot")
