@@ -320,8 +320,8 @@ def load_series(paths: list[Path], spacing_tolerance: float = 0.05, invert_monoc
         pad = _padding(px, ds)
         if pad is not None:
             padded[k] = pad
-        if is_mono1 and invert_monochrome1:
-            px = _as_monochrome2(px, ds)
+        if invert_monochrome1:
+            px = as_displayed(px, ds)
         # Modality LUT: stored value * slope + intercept (PS3.3 C.11.1.1.2); computed in float64
         # so 32-bit stored values do not lose precision before the float32 store.
         out[k] = (px.astype(np.float64) * f.slope + f.intercept).astype(np.float32)
