@@ -71,6 +71,9 @@ def main() -> int:
                          "(every study goes to parotid-tiny, its result checked against the report)")
     ap.add_argument("--size-growth-floor", type=float, default=None, metavar="P",
                     help="model.size_growth_floor (default: the embedded default's; 0 = no growth towards the report's size)")
+    ap.add_argument("--no-assume-enhancement", action="store_true",
+                    help="score a study without a signal description as T2-bright / T1-dark even when it has a T1C "
+                         "(the proposals' rule before 2026-12-05; ProposalParams.assume_enhancement)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -79,6 +82,12 @@ def main() -> int:
     from pgsam_node.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
+    if args.no_assume_enhancement:
+        import functools
+
+        from pgsam_node.inference import proposals
+
+        proposals.ProposalParams = functools.partial(proposals.ProposalParams, assume_enhancement=False)  # type: ignore[misc]
     growth = {} if args.size_growth_floor is None else {"size_growth_floor": args.size_growth_floor}
     if args.default_stack:
         from pgsam_node.config import load_settings

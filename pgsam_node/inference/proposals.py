@@ -65,6 +65,9 @@ class ProposalParams:
     max_boxes_per_slice: int = 4
     #: Core parts smaller than this (mm^2 on a slice) give no box.
     min_box_area_mm2: float = 12.0
+    #: A post-contrast study whose report describes no signal (or has no report) is scored by its
+    #: enhancement (:func:`signal_weights`); False = T2-bright / T1-dark assumed, as before 2026-12-05.
+    assume_enhancement: bool = True
     #: Decoded box masks whose SAM-predicted IoU is more than this below the study's best are dropped.
     iou_margin: float = 0.2
 
@@ -139,13 +142,18 @@ def proposal_images(channels: dict[str, np.ndarray], valid: dict[str, np.ndarray
     return out
 
 
-def signal_weights(findings: Findings | None, present: list[str]) -> tuple[dict[str, float], dict[str, float], str | None]:
+def signal_weights(findings: Findings | None, present: list[str], assume_enhancement: bool = True) -> tuple[dict[str, float], dict[str, float], str | None]:
     """Sequence weights of the region score and of the core score, and the key sequence.
 
-    Without a description the lesion is assumed T2-hyperintense and T1-hypointense (true of most
-    tumours, cysts, oedema and demyelination). Weights of absent sequences are dropped.
+    Without any signal description (no report, or a report that names none) a post-contrast study
+    is scored by its enhancement: contrast was given to show the lesion, and enhancement (T1C
+    brighter than T1) is specific where T2 brightness also marks oedema around it. Without a T1C
+    the lesion is assumed T2-hyperintense and T1-hypointense (true of most tumours, cysts, oedema
+    and demyelination). Weights of absent sequences are dropped.
     """
     sig = dict(findings.signal) if findings and findings.signal else {}
+    if not sig and assume_enhancement:
+        sig = {"enhancement": "assumed"}
     enh = sig.get("enhancement") not in (None, "none", "no", "absent")
     t2 = sig.get("T2", "hyper")
     t1 = sig.get("T1", "hypo")
@@ -318,7 +326,7 @@ def propose(images: np.ndarray, seq_valid: np.ndarray, sequences: list[str], aff
     px_y = float(np.linalg.norm(a[:3, 1])) * shape_yx[0] / (images.shape[2] if not transpose else images.shape[3])
     px = float(np.sqrt(px_x * px_y))
     present = [r for j, r in enumerate(sequences) if seq_valid[:, j].any()]
-    wr, wc, key = signal_weights(findings, present)
+    wr, wc, key = signal_weights(findings, present, p.assume_enhancement)
     if not wr:
         out.notes.append("proposals: no usable sequence")
         return out

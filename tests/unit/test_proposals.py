@@ -96,9 +96,39 @@ def test_signal_weights_follow_the_report():
     t2 = Findings(signal={"T2": "hyper", "T1": "hypo"})
     region, core, key = signal_weights(t2, SEQ)
     assert key == "T2" and core["T1"] < 0 and "T1C" not in core
-    # Nothing stated: assumed T2-bright, T1-dark; no T2 at all: the first present sequence.
-    assert signal_weights(None, SEQ)[2] == "T2"
+    # Nothing stated on a post-contrast study (no report, or a report naming no signal): scored by
+    # its enhancement; the rule before 2026-12-05 (assume_enhancement=False) and a study without a
+    # T1C: T2-bright, T1-dark assumed; no T2 either: the first present sequence.
+    for undescribed in (None, Findings(side="left", size_mm=20.0)):
+        region, core, key = signal_weights(undescribed, SEQ)
+        assert key == "T1C" and core == {"T1C": 1.0, "T1": -1.0} and region["T2"] > 0
+        assert signal_weights(undescribed, SEQ, assume_enhancement=False)[2] == "T2"
+    assert signal_weights(None, ["T1", "T2"])[2] == "T2"
     assert signal_weights(None, ["T1", "T1C"])[2] == "T1C"
+    # A report that describes only T2 signal keeps the T2 score even with a T1C present.
+    assert signal_weights(Findings(signal={"T2": "hyper"}), SEQ)[2] == "T2"
+
+
+def test_without_a_report_a_post_contrast_study_finds_the_enhancing_lesion_not_the_larger_oedema():
+    # The enhancing lesion (right, columns ~30) against a larger region on the other side that is
+    # bright on T2 and dark on T1 but does not enhance, like oedema or a non-enhancing cyst.
+    vols, mask = phantom(distractor=False, tube=False, angle=0.0, shift=0)
+    yy, xx = np.mgrid[0:N, 0:N].astype(float)
+    oedema = (((xx - 66) / 9) ** 2 + ((yy - 50) / 12) ** 2) < 1
+    for k in range(2, 8):
+        vols["T2"][k][oedema] = 950.0
+        vols["T1"][k][oedema] = 200.0
+        vols["T1C"][k][oedema] = 200.0
+    from pgsam_node.inference.proposals import ProposalParams
+
+    prep = prepared(vols)
+    got = propose(prep.images, prep.seq_valid, SEQ, AFFINE, prep.shape_yx, None)
+    assert got.key_role == "T1C"
+    assert (got.region & mask.astype(bool)).sum() > 0.5 * mask.sum()
+    assert not (got.region[:, :, 56:]).any()
+    # The old rule takes the larger T2-bright region.
+    old = propose(prep.images, prep.seq_valid, SEQ, AFFINE, prep.shape_yx, None, ProposalParams(assume_enhancement=False))
+    assert old.key_role == "T2" and old.region[:, :, 56:].sum() > (old.region & mask.astype(bool)).sum()
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
