@@ -296,8 +296,9 @@ class Predictor:
 
         todo = [k for k in range(z) if prep.seq_valid[k].any()]
         with torch.inference_mode():
+            key_role = None
             if self.proposals:  # boxes from the zero-shot proposals; nothing else runs
-                self._run_proposals(prep, inputs, channels, valid, findings, logits, notes)
+                key_role = self._run_proposals(prep, inputs, channels, valid, findings, logits, notes)
                 todo = []
             elif self.selective:
                 todo = self._first_pass(prep, inputs, notes)
@@ -321,6 +322,11 @@ class Predictor:
         if postprocess:
             voxel_mm3 = float(abs(np.linalg.det(affine[:3, :3])))
             min_vox = max(1, int(round(self.cfg.min_component_mm3 / max(voxel_mm3, 1e-6))))
+            if key_role == "T1C" and self.cfg.enhancing_tissue_z > 0:
+                from pgsam_node.inference.enhancing import enhancing_tissue
+
+                mask, trimmed = enhancing_tissue(mask, channels, valid, affine, self.cfg.enhancing_tissue_z)
+                notes += [trimmed] if trimmed else []
             mask, side_notes = side_filter(mask, affine, prep.centre_lps, findings, min_vox)
             notes += side_notes
             if not self.proposals:  # the zero-shot path's boxes already follow the stated size
@@ -330,9 +336,11 @@ class Predictor:
         secs = {"prepare": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
         return InferenceResult(mask=mask.astype(np.uint8), prob=prob, seconds=secs, notes=notes)
 
-    def _run_proposals(self, prep, inputs, channels, valid, findings: Findings | None, logits: np.ndarray, notes: list[str]) -> None:
+    def _run_proposals(self, prep, inputs, channels, valid, findings: Findings | None, logits: np.ndarray,
+                       notes: list[str]) -> str | None:
         """Decode the zero-shot proposals' boxes (one decoder pass per box, masks united by the
-        maximum) on the lesion's key sequence; logits outside every box stay -20."""
+        maximum) on the lesion's key sequence; logits outside every box stay -20. Returns the key
+        sequence the boxes were decoded on (None when nothing was decoded)."""
         import torch
 
         from pgsam_node.inference.proposals import propose, proposal_images
@@ -343,9 +351,12 @@ class Predictor:
         prop = propose(images, prep.seq_valid, seqs, prep.affine, prep.shape_yx, findings)
         notes += prop.notes
         if not prop.boxes or prop.key_role not in seqs:
-            return
+            return None
         key = seqs.index(prop.key_role)
         pairs = [(k, b) for k, bs in sorted(prop.boxes.items()) for b in bs if prep.seq_valid[k, key]]
+        if not pairs:  # every boxed slice lies outside the key sequence's coverage
+            notes.append(f"no box on a slice that {prop.key_role} covers; nothing decoded")
+            return None
         use_cuda = self.device.type == "cuda"
         decoded: list[tuple[int, np.ndarray, np.ndarray, float]] = []
         for start in range(0, len(pairs), self.batch_size):
@@ -377,6 +388,7 @@ class Predictor:
         notes.append(f"decoded {len(pairs)} box(es) on {len({k for k, _ in pairs})} slice(s)")
         if len(kept) < len(decoded):
             notes.append(f"dropped {len(decoded) - len(kept)} box mask(s) with predicted IoU below {best - prop.params.iou_margin:.2f}")
+        return prop.key_role
 
     def _first_pass(self, prep, inputs, notes: list[str]) -> list[int]:
         """Probe every ``probe_stride``-th slice with one sequence; return the slices to run in full."""

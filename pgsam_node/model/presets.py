@@ -213,6 +213,9 @@ class ModelConfig:
     threshold: float = 0.5
     #: Connected components smaller than this (mm^3) are dropped at inference.
     min_component_mm3: float = 30.0
+    #: Zero-shot path: the mask of a lesion scored by its enhancement keeps only voxels enhancing
+    #: above this many robust SDs (:mod:`pgsam_node.inference.enhancing`); 0 = keep the decoder's mask.
+    enhancing_tissue_z: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     weights_sha256: str = ""
