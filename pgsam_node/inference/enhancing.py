@@ -59,19 +59,28 @@ def enhancement_z(t1c: np.ndarray, t1: np.ndarray, reference: np.ndarray, rounds
     return ((t1c - (a * t1 + b) - med) / s).astype(np.float32)
 
 
+def _radii(pixel_mm: tuple[float, float], shell_mm: float) -> tuple[int, int]:
+    return tuple(max(1, int(round(shell_mm / max(p, 1e-6)))) for p in pixel_mm)  # type: ignore[return-value]
+
+
+def around_box(mask: np.ndarray, pixel_mm: tuple[float, float], shell_mm: float) -> tuple[slice, slice, slice]:
+    """The mask's bounding box grown by the shell (``shell_mm`` in-plane, one slice)."""
+    ry, rx = _radii(pixel_mm, shell_mm)
+    zz, ys, xs = np.nonzero(mask)
+    return (slice(max(0, zz.min() - 1), zz.max() + 2), slice(max(0, ys.min() - ry), ys.max() + ry + 1),
+            slice(max(0, xs.min() - rx), xs.max() + rx + 1))
+
+
 def shell_around(mask: np.ndarray, pixel_mm: tuple[float, float], shell_mm: float) -> np.ndarray:
     """(Z, Y, X) bool: voxels within ``shell_mm`` in-plane (and one slice above or below) of the
     mask, the mask excluded."""
-    ry, rx = (max(1, int(round(shell_mm / max(p, 1e-6)))) for p in pixel_mm)
+    ry, rx = _radii(pixel_mm, shell_mm)
     yy, xx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
     fp = np.zeros((3, 2 * ry + 1, 2 * rx + 1), bool)
     fp[1] = (yy / ry) ** 2 + (xx / rx) ** 2 <= 1
     fp[0, ry, rx] = fp[2, ry, rx] = True
     out = np.zeros(mask.shape, bool)
-    zz, ys, xs = np.nonzero(mask)
-    # Only the mask's bounding box plus the shell is dilated.
-    box = (slice(max(0, zz.min() - 1), zz.max() + 2), slice(max(0, ys.min() - ry), ys.max() + ry + 1),
-           slice(max(0, xs.min() - rx), xs.max() + rx + 1))
+    box = around_box(mask, pixel_mm, shell_mm)  # only there can the dilation reach
     out[box] = ndi.binary_dilation(mask[box], fp)
     return out & ~mask
 
@@ -81,6 +90,8 @@ def enhancing_tissue(mask: np.ndarray, channels: dict[str, np.ndarray], valid: d
     """The mask's voxels whose enhancement (:func:`enhancement_z`) is above ``z_min``, and a note.
 
     Returns the mask unchanged (with the reason in the note) when it cannot be trimmed safely.
+    Works on the mask's bounding box grown by the shell, so a large study costs no full-volume
+    float copies.
     """
     mask = np.asarray(mask, bool)
     n = int(mask.sum())
@@ -88,25 +99,27 @@ def enhancing_tissue(mask: np.ndarray, channels: dict[str, np.ndarray], valid: d
         return mask, ""
     if "T1C" not in channels or "T1" not in channels:
         return mask, "enhancing tissue: needs T1 and T1C; mask kept as decoded"
-    both = None
-    if valid:
-        both = np.ones(mask.shape, bool)
-        for role in ("T1C", "T1"):
-            if role in valid:
-                both &= np.asarray(valid[role], bool)
     a = np.asarray(affine, np.float64)
     pixel_mm = (float(np.linalg.norm(a[:3, 1])), float(np.linalg.norm(a[:3, 0])))  # (row, column) spacing
-    t1 = np.nan_to_num(np.asarray(channels["T1"], np.float64))
-    ok = np.isfinite(np.asarray(channels["T1"], np.float64)) & np.isfinite(np.asarray(channels["T1C"], np.float64))
-    if both is not None:
-        ok &= both
-    if not ok.any():
+    box = around_box(mask, pixel_mm, shell_mm)
+    t1 = np.asarray(channels["T1"])[box].astype(np.float64)
+    t1c = np.asarray(channels["T1C"])[box].astype(np.float64)
+    ok = np.isfinite(t1) & np.isfinite(t1c)
+    for role in ("T1C", "T1"):
+        if valid and role in valid:
+            ok &= np.asarray(valid[role], bool)[box]
+    # Background air: below the 2nd percentile of the whole T1 (a strided sample is enough).
+    sample = np.asarray(channels["T1"])[::2, ::4, ::4].astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if not ok.any() or sample.size == 0:
         return mask, "enhancing tissue: T1 and T1C share no valid voxel; mask kept as decoded"
-    reference = shell_around(mask, pixel_mm, shell_mm) & ok & (t1 > np.percentile(t1[ok], 2))
-    z = enhancement_z(channels["T1C"], channels["T1"], reference)
+    m = mask[box]
+    reference = shell_around(m, pixel_mm, shell_mm) & ok & (t1 > np.percentile(sample, 2))
+    z = enhancement_z(np.where(ok, t1c, 0.0), np.where(ok, t1, 0.0), reference)
     if z is None:
         return mask, "enhancing tissue: no T1-to-T1C fit around the mask (too few or constant voxels); mask kept as decoded"
-    out = mask & (z > z_min)
+    out = np.zeros_like(mask)
+    out[box] = m & ok & (z > z_min)
     kept = int(out.sum())
     if kept < min_kept * n:
         return mask, f"enhancing tissue: only {kept} of {n} voxel(s) enhance; mask kept as decoded"

@@ -95,3 +95,14 @@ def test_the_brain_model_trims_and_the_parotid_fallback_does_not():
 
     assert read_config(BUNDLED_MODELS / "brain-lesion-litemedsam").enhancing_tissue_z == 2.0
     assert read_config(BUNDLED_MODELS / "parotid-litemedsam").enhancing_tissue_z == 0.0
+
+
+def test_invalid_and_non_finite_voxels_are_never_kept():
+    channels, rim, decoded = phantom()
+    channels["T1C"][2, 30:48, :] = np.nan  # a corrupt band across the lesion
+    valid = {"T1": np.ones(decoded.shape, bool), "T1C": np.ones(decoded.shape, bool)}
+    valid["T1C"][3] = False  # a slice the T1C does not cover
+    out, note = enhancing_tissue(decoded, channels, valid, AFFINE, 2.0)
+    assert note.startswith("enhancing tissue: kept")
+    assert not out[2, 30:48].any() and not out[3].any()
+    assert dice(out[4], rim[4]) > 0.85
