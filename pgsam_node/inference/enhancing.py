@@ -31,7 +31,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-#: Fewer head voxels than this: no fit.
+from pgsam_node.inference.proposals import slab_footprint
+
+#: Fewer reference (shell) voxels than this: no fit.
 MIN_FIT_VOXELS = 1000
 
 
@@ -74,14 +76,9 @@ def around_box(mask: np.ndarray, pixel_mm: tuple[float, float], shell_mm: float)
 def shell_around(mask: np.ndarray, pixel_mm: tuple[float, float], shell_mm: float) -> np.ndarray:
     """(Z, Y, X) bool: voxels within ``shell_mm`` in-plane (and one slice above or below) of the
     mask, the mask excluded."""
-    ry, rx = _radii(pixel_mm, shell_mm)
-    yy, xx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
-    fp = np.zeros((3, 2 * ry + 1, 2 * rx + 1), bool)
-    fp[1] = (yy / ry) ** 2 + (xx / rx) ** 2 <= 1
-    fp[0, ry, rx] = fp[2, ry, rx] = True
     out = np.zeros(mask.shape, bool)
     box = around_box(mask, pixel_mm, shell_mm)  # only there can the dilation reach
-    out[box] = ndi.binary_dilation(mask[box], fp)
+    out[box] = ndi.binary_dilation(mask[box], slab_footprint(*_radii(pixel_mm, shell_mm)))
     return out & ~mask
 
 

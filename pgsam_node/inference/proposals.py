@@ -231,6 +231,18 @@ def _disk(r: int) -> np.ndarray:
     return np.hypot(*np.mgrid[-r : r + 1, -r : r + 1]) <= r
 
 
+def slab_footprint(ry: int, rx: int | None = None) -> np.ndarray:
+    """(3, 2 ry + 1, 2 rx + 1) bool: an in-plane ellipse of radii (ry, rx) pixels (a disk when rx
+    is None) on the middle slice and only the centre voxel on the slices above and below; one
+    dilation by it reaches that far in-plane and one slice through-plane."""
+    rx = ry if rx is None else rx
+    yy, xx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
+    fp = np.zeros((3, 2 * ry + 1, 2 * rx + 1), bool)
+    fp[1] = (yy / ry) ** 2 + (xx / rx) ** 2 <= 1
+    fp[0, ry, rx] = fp[2, ry, rx] = True
+    return fp
+
+
 def asymmetry(images: np.ndarray, body: np.ndarray, mirror: np.ndarray, smooth_px: float, tol_px: int) -> np.ndarray:
     """(Z, S, H, W) per-sequence asymmetry, zero outside ``body`` (Z, H, W) and its mirror."""
     z, s = images.shape[:2]
@@ -388,10 +400,7 @@ def propose(images: np.ndarray, seq_valid: np.ndarray, sequences: list[str], aff
     region = np.isin(lab, [i + 1 for i in keep])
     if p.grow_fraction < 1.0 and region.any():
         # Only near the component: up to grow_slices slices beyond it, grow_mm in-plane.
-        r = max(1, int(round(p.grow_mm / px)))
-        fp = np.zeros((3, 2 * r + 1, 2 * r + 1), bool)
-        fp[1] = _disk(r)
-        fp[0, r, r] = fp[2, r, r] = True
+        fp = slab_footprint(max(1, int(round(p.grow_mm / px))))
         zone = region.copy()
         for _ in range(p.grow_slices):
             zone = ndi.binary_dilation(zone, structure=fp)
