@@ -78,8 +78,8 @@ _LETTER_SIDE = r"(?=\.?\s*(?:parotid|submandibular|hemisphere|frontal|temporal|p
 
 _SIDE_PATTERNS = [
     ("bilateral", re.compile(r"\b(?:bilateral(?:ly)?|both|either)\b|双侧|两侧|双(?=腮腺|颌下腺|下颌下腺|侧)", re.I)),
-    ("left", re.compile(rf"\b(?:left|lt)\b|(?-i:\bL\b){_LETTER_SIDE}|左", re.I)),
-    ("right", re.compile(rf"\b(?:right|rt)\b|(?-i:\bR\b){_LETTER_SIDE}|右", re.I)),
+    ("left", re.compile(rf"\b(?:left|lt|sinist(?:er|ra|rum))\b|(?-i:\bL\b){_LETTER_SIDE}|(?-i:\(\s*L\s*\))|左", re.I)),
+    ("right", re.compile(rf"\b(?:right|rt|dext(?:er|ra|rum))\b|(?-i:\bR\b){_LETTER_SIDE}|(?-i:\(\s*R\s*\))|右", re.I)),
 ]
 
 _GLAND_PATTERNS = [
@@ -106,9 +106,15 @@ _GLAND_PATTERNS = [
     ),
 ]
 
+# The facial nerve (or the retromandibular vein beside it) divides the parotid into its lobes:
+# "lateral to the facial nerve" is the superficial lobe, "medial to the retromandibular vein" the deep.
+_LOBE_PLANE = r"(?:the\s+)?(?:plane\s+of\s+the\s+|course\s+of\s+the\s+)?(?:facial\s+nerve|retromandibular\s+vein)"
+
 _LOBE_PATTERNS = [
-    ("superficial", re.compile(r"\bsuperficial\s+(?:lobe|portion|part|component)s?\b|\bsuperficial\b(?=[^.]{0,30}\blobes?\b)|浅叶|浅部", re.I)),
-    ("deep", re.compile(r"\bdeep\s+(?:lobe|portion|part|component)s?\b|\bdeep\b(?=[^.]{0,30}\blobes?\b)|\bparapharyngeal\b|深叶|深部|咽旁", re.I)),
+    ("superficial", re.compile(r"\bsuperficial\s+(?:lobe|portion|part|component)s?\b|\bsuperficial\b(?=[^.]{0,30}\blobes?\b)|"
+                             rf"\blateral\s+to\s+{_LOBE_PLANE}|浅叶|浅部", re.I)),
+    ("deep", re.compile(r"\bdeep\s+(?:lobe|portion|part|component)s?\b|\bdeep\b(?=[^.]{0,30}\blobes?\b)|\bparapharyngeal\b|"
+                      rf"\bmedial\s+to\s+{_LOBE_PLANE}|深叶|深部|咽旁", re.I)),
 ]
 
 #: Diagnoses, most specific first (``adenolymphoma`` before ``lymphoma``; carcinoma ex
@@ -182,9 +188,10 @@ _SEP = r"\s*(?:x|×|\*|by|乘)\s*"
 # Orientation labels may follow each diameter: "5.2 cm AP x 4.8 cm TV x 4.5 cm CC".
 _AXIS = r"(?:\s*\(?(?:AP|TV|TR|CC|LR|RL|SI|ML|trans(?:verse)?|cranio-?caudal|antero-?posterior)\b\)?)?"
 # "mm2/s" (ADC), "mm^2" are not lengths.
-_DIM = rf"{_NUM}\s*(?:{_UNIT}(?![a-z0-9/^]){_AXIS})?"
+# "A 2.5-cm mass", "a 15-mm nodule": a hyphen may join the number to its unit.
+_DIM = rf"{_NUM}(?:\s*-?\s*{_UNIT}(?![a-z0-9/^]){_AXIS})?"
 _SIZE = re.compile(rf"(?<![A-Za-z0-9.]){_DIM}(?:{_SEP}{_DIM}){{0,2}}", re.I)
-_SIZE_PART = re.compile(rf"({_NUM})\s*({_UNIT})?", re.I)
+_SIZE_PART = re.compile(rf"({_NUM})(?:\s*-?\s*({_UNIT}))?", re.I)
 _TECHNIQUE = re.compile(r"slice|section|thickness|gap|spacing|层厚|层距|间距", re.I)
 _NODE = re.compile(r"\blymph\s*nodes?\b|\bnodes\b|\blymphadenopathy\b|淋巴结", re.I)
 
@@ -222,6 +229,8 @@ _CE_SEQ = re.compile(
     r"|T1(?:[- ]?weighted|WI|W)?\s*(?:\+\s*C|C\b|post[- ]?(?:contrast|gadolinium|gad))|增强\s*T1(?:WI)?",
     re.I,
 )
+#: Fat-suppressed inversion-recovery sequences are T2-weighted for a lesion's signal ("STIR hyperintense").
+_STIR = re.compile(r"\b(?:STIR|TIRM)\b", re.I)
 _LONG_SHORT = re.compile(r"(长|短|等)\s*(T[12])(?:WI)?", re.I)
 _SIG_TOKEN = re.compile(
     r"(?P<seq>\bT[12](?=[\s/,、及和与-]|WI|W\b|-?weighted|\b|[^a-z0-9]))(?:WI|W\b|[- ]?weighted)?"
@@ -420,7 +429,7 @@ def _signal(clauses: list[_Clause]) -> dict[str, str]:
     for c in clauses:
         if c.negative and not c.lesion:
             continue
-        t = _CE_SEQ.sub(" CE ", c.text)
+        t = _STIR.sub(" T2 ", _CE_SEQ.sub(" CE ", c.text))
         t = _LONG_SHORT.sub(lambda m: f" {m.group(2).upper()} {_long_short(m.group(1), m.group(2))} ", t)
         pending_seq: list[str] = []
         pending_int: str | None = None

@@ -667,6 +667,46 @@ CASES: list[tuple[str, str, dict]] = [
         "Right parotid mass, 2.5 centimeters in greatest dimension.",
         dict(present=True, side="right", size_mm=25.0),
     ),
+    (
+        "size_hyphenated_mm",
+        "A 15-mm T2-hypointense nodule in the left parotid gland.",
+        dict(present=True, side="left", size_mm=15.0, dimensions_mm=[15.0], signal={"T2": "hypo"}),
+    ),
+    (
+        "size_hyphenated_cm",
+        "There is a 1.5-cm well-circumscribed nodule in the right parotid gland.",
+        dict(present=True, side="right", size_mm=15.0, margins="well_defined"),
+    ),
+    (
+        "size_range_keeps_upper",
+        "A 2-3 cm lesion in the left parotid.",
+        dict(present=True, side="left", size_mm=30.0),
+    ),
+    (
+        "side_in_parentheses",
+        "Parotid gland lesion (L), 18 mm. Contralateral gland normal.",
+        dict(present=True, side="left", size_mm=18.0),
+    ),
+    (
+        "side_latin",
+        "Glandula parotidea dextra: tumour 2 cm.",
+        dict(present=True, side="right", size_mm=20.0),
+    ),
+    (
+        "stir_is_t2",
+        "Left parotid lesion, STIR hyperintense, T1 hypointense, 22 mm.",
+        dict(present=True, side="left", signal={"T2": "hyper", "T1": "hypo"}),
+    ),
+    (
+        "lobe_by_facial_nerve",
+        "Right parotid mass, 2.1 cm, lateral to the plane of the facial nerve.",
+        dict(present=True, side="right", lobe="superficial"),
+    ),
+    (
+        "lobe_by_retromandibular_vein",
+        "Left parotid mass, 2.8 cm, medial to the retromandibular vein.",
+        dict(present=True, side="left", lobe="deep"),
+    ),
 ]
 
 
