@@ -256,11 +256,6 @@ class Predictor:
         InferenceResult
             mask (Z, Y, X) uint8 and prob (Z, Y, X) float32 on the reference grid.
         """
-        import torch
-
-        from pgsam_node.inference.preprocessing import prepare_study, resize_slices, slice_inputs
-
-        t0 = time.perf_counter()
         present = [r for r in self.cfg.sequences if r in channels]
         if not present:
             raise InferenceError(f"none of the model's sequences {self.cfg.sequences} is in the study (got {sorted(channels)})")
@@ -270,6 +265,35 @@ class Predictor:
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
             raise InferenceError("affine must be a finite, invertible 4x4 matrix")
+        fov = self.cfg.input_fov_mm
+        if fov > 0 and not self.proposals:
+            return self._predict_in_window(channels, valid, findings, report_text, affine, postprocess, fov)
+        return self._predict(channels, valid, findings, report_text, affine, postprocess)
+
+    def _predict_in_window(self, channels, valid, findings, report_text, affine, postprocess, fov: float) -> InferenceResult:
+        """:meth:`_predict` on a ``fov`` mm square centred on the body (:mod:`pgsam_node.inference.field_of_view`)."""
+        from pgsam_node.inference.field_of_view import body_window
+
+        t0 = time.perf_counter()
+        win = body_window(channels, valid, affine, fov)
+        cut = {r: win.cut(np.asarray(v, dtype=np.float32)) for r, v in channels.items()}
+        cut_valid = {r: win.cut(np.asarray(valid[r] if valid and r in valid else np.isfinite(v), dtype=bool), False)
+                     for r, v in channels.items()}
+        res = self._predict(cut, cut_valid, findings, report_text, win.affine(affine), postprocess)
+        shape_yx = next(iter(channels.values())).shape[1:]
+        res.mask = win.paste(res.mask, shape_yx)
+        res.prob = win.paste(res.prob, shape_yx)
+        res.notes.insert(0, f"field of view: the model saw a {fov:g} mm square of {win.h}x{win.w} pixels centred on the body")
+        res.seconds["total"] = time.perf_counter() - t0
+        return res
+
+    def _predict(self, channels, valid, findings, report_text, affine, postprocess) -> InferenceResult:
+        """:meth:`predict` on validated inputs."""
+        import torch
+
+        from pgsam_node.inference.preprocessing import prepare_study, resize_slices, slice_inputs
+
+        t0 = time.perf_counter()
         a = self.cfg.arch
         prep = prepare_study(channels, valid, affine, list(self.cfg.sequences), a.img_size, NormParams(**self.cfg.norm))
         if not prep.seq_valid.any():

@@ -216,6 +216,9 @@ class ModelConfig:
     #: Zero-shot path: the mask of a lesion scored by its enhancement keeps only voxels enhancing
     #: above this many robust SDs (:mod:`pgsam_node.inference.enhancing`); 0 = keep the decoder's mask.
     enhancing_tissue_z: float = 0.0
+    #: Millimetres the model's square input spans (:mod:`pgsam_node.inference.field_of_view`): each
+    #: slice is cut or padded to this field of view around the body first; 0 = the whole slice.
+    input_fov_mm: float = 0.0
     training: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     weights_sha256: str = ""
