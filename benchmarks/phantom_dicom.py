@@ -63,6 +63,26 @@ def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0, t1c_plane:
             np.asarray(sv.grid.affine, dtype=np.float64)), np.asarray(truth) > 0, meta, sv
 
 
+def model_stack(args, **sections):
+    """(settings, ModelRouter) of the embedded default with the model overrides that ``args`` gives
+    (``--model``, ``--no-fallback`` and, where the script has them, ``--non-fat-sat`` and
+    ``--size-growth-floor``); ``sections`` are further settings sections."""
+    from pgsam_node.config import load_settings
+    from pgsam_node.inference.router import ModelRouter
+
+    overrides: dict = {}
+    if args.model is not None:
+        overrides["path"] = str(args.model)
+    if args.no_fallback:
+        overrides["fallback"] = None
+    if getattr(args, "non_fat_sat", None) is not None:
+        overrides["non_fat_sat"] = None if args.non_fat_sat.lower() == "none" else args.non_fat_sat
+    if getattr(args, "size_growth_floor", None) is not None:
+        overrides["size_growth_floor"] = args.size_growth_floor
+    settings = load_settings(None, model=overrides, **sections)
+    return settings, ModelRouter.from_settings(settings.model)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=8)
@@ -87,22 +107,10 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from pgsam_node.config import load_settings
-    from pgsam_node.inference.router import ModelRouter
     from pgsam_node.training.sources import synthetic_study
 
     torch.set_num_threads(args.threads)
-    overrides: dict = {}
-    if args.model is not None:
-        overrides["path"] = str(args.model)
-    if args.no_fallback:
-        overrides["fallback"] = None
-    if args.non_fat_sat is not None:
-        overrides["non_fat_sat"] = None if args.non_fat_sat.lower() == "none" else args.non_fat_sat
-    if args.size_growth_floor is not None:
-        overrides["size_growth_floor"] = args.size_growth_floor
-    settings = load_settings(None, model=overrides, **({"geometry": {"working_plane": args.working_plane}} if args.working_plane else {}))
-    router = ModelRouter.from_settings(settings.model)
+    settings, router = model_stack(args, **({"geometry": {"working_plane": args.working_plane}} if args.working_plane else {}))
     print(f"model: {router.default.model_version}  non-fat-sat companion: {settings.model.fat_sat_companion()}  "
           f"fallback: {settings.model.fallback}")
     rows = []
