@@ -1,4 +1,4 @@
-"""Dice on parotid phantoms from a second, independent generator (benchmarks/_foreign.py), read as the node reads them.
+"""Dice on parotid phantoms from a second, independent generator (pgsam_node/synth/second.py), read as the node reads them.
 
 Each study is written as DICOM in folders named s01, s02, s03 (no role in the name); the node's
 own classifier assigns the roles from the headers, the geometry stage builds the volumes, the
@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _foreign import write_foreign_study  # benchmarks/, the script's own folder
-from _results import write_json
+from _results import write_json  # benchmarks/, the script's own folder
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pgsam_node.synth.second import write_foreign_study  # noqa: E402
 from pgsam_node.training.metrics import dice  # noqa: E402
 
 

@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--fat-sat-off", type=float, default=0.0, metavar="P",
                    help="synthetic studies: probability that a study's T2, and its T1C, are acquired without fat "
                         "saturation (fat and marrow bright; 0 = all fat-saturated, as before)")
+    p.add_argument("--second-generator", type=int, default=0, metavar="N",
+                   help="synthetic studies: add N studies of the second, independent phantom generator "
+                        "(pgsam_node.synth.second; domain randomisation across generators)")
     p.add_argument("--augment", type=float, default=0.0, metavar="P",
                    help="probability that a training slice gets rotation/scale/elastic, bias-field, resolution and noise "
                         "augmentation (0 = flips and gamma only)")
@@ -87,6 +90,8 @@ def run(args) -> int:
         raise SystemExit("error: --seq-drop must be within 0..1 and --seq-drop-max at least 1")
     if not 0.0 <= args.fat_sat_off <= 1.0:
         raise SystemExit("error: --fat-sat-off must be within 0..1")
+    if args.second_generator < 0:
+        raise SystemExit("error: --second-generator must be 0 or more")
     if args.threads:
         torch.set_num_threads(args.threads)
     sequences = [args.single_sequence] if args.single_sequence else ["T1", "T2", "T1C"]
@@ -107,7 +112,7 @@ def run(args) -> int:
         seeds = [sources.TRAIN_SEED_BASE + i for i in range(args.cases)]
         ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress,
                                  acquisition=args.acquisition, appearance_jitter=args.appearance_jitter,
-                                 fat_sat_off=args.fat_sat_off)
+                                 fat_sat_off=args.fat_sat_off, second_generator=args.second_generator)
         data_desc = {
             "grid": f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.synth.phantom.generate_case, 128 px, 24 slices)",
             "scanner": f"synthetic seeds {seeds[0]}..{seeds[-1]} as acquired (pgsam_node.synth.acquisition.acquire: per-series "
@@ -115,7 +120,10 @@ def run(args) -> int:
             "mixed": f"synthetic seeds {seeds[0]}..{seeds[-1]}, each twice: generate_case (128 px, 24 slices) and as acquired "
                      "(pgsam_node.synth.acquisition.acquire)",
         }[args.acquisition] + (f"; appearance jitter x{args.appearance_jitter:g}" if args.appearance_jitter != 1.0 else "") \
-            + (f"; T2 and T1C each without fat saturation with p={args.fat_sat_off:g}" if args.fat_sat_off else "")
+            + (f"; T2 and T1C each without fat saturation with p={args.fat_sat_off:g}" if args.fat_sat_off else "") \
+            + (f"; plus {args.second_generator} studies of the second generator (pgsam_node.synth.second.training_case, "
+               f"seeds {sources.SECOND_TRAIN_SEED_BASE}..{sources.SECOND_TRAIN_SEED_BASE + args.second_generator - 1})"
+               if args.second_generator else "")
         task, labels = args.task or "parotid-lesion", PAROTID_LABELS
     else:
         from pgsam_node.training.nifti_data import load_data_folder

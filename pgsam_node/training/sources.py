@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 #: the two sets never overlap.
 TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 1_000_000
+#: Seeds of the second generator's training studies (benchmarks/foreign_phantoms.py evaluates on 0..).
+SECOND_TRAIN_SEED_BASE = 500_000
 
 
 def _phantom_study(case_id: str, seed: int, case, volumes: dict, valid: dict, mask: np.ndarray, affine: np.ndarray,
@@ -59,3 +61,17 @@ def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: st
     valid = {r: np.isfinite(v) for r, v in vols.items()}
     return _phantom_study(f"synthetic-{seed}", seed, case, vols, valid, np.asarray(case.mask, dtype=np.uint8),
                           np.asarray(case.grid.affine(), dtype=np.float64))
+
+
+def second_generator_study(seed: int) -> StudyArrays:
+    """Study ``seed`` of the second, independent phantom generator (:mod:`pgsam_node.synth.second`),
+    drawn on one 128 px grid of 210 mm; findings parsed from its report, as the node does."""
+    from pgsam_node.reports.parse import parse_report
+    from pgsam_node.synth.second import training_case
+
+    c = training_case(int(seed))
+    f = parse_report(c.report)
+    meta = {"seed": int(seed), "generator": "second", "distractor": None, "language": "en",
+            "diagnosis": f.diagnosis or "none", "side": f.side, "kind": c.kind}
+    return StudyArrays(case_id=f"second-{seed}", volumes=c.volumes, valid={r: np.ones(v.shape, bool) for r, v in c.volumes.items()},
+                       mask=c.mask.astype(np.uint8), affine=c.affine, report=c.report, findings=f, meta=meta)

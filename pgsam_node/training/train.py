@@ -170,7 +170,7 @@ ACQUISITIONS = ("grid", "scanner", "mixed")
 
 def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, norm: NormParams, cache_dir: Path | None,
                         progress: bool = False, size: int = 128, n_slices: int = 24, acquisition: str = "grid",
-                        appearance_jitter: float = 1.0, fat_sat_off: float = 0.0) -> TrainSet:
+                        appearance_jitter: float = 1.0, fat_sat_off: float = 0.0, second_generator: int = 0) -> TrainSet:
     """Generate (or load from ``cache_dir``) the prepared synthetic training studies.
 
     ``acquisition``: ``grid`` draws each phantom on one common axial grid (the fast path,
@@ -179,12 +179,15 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
     takes both versions of every seed. ``appearance_jitter`` widens the spread of tissue and lesion
     signals (:func:`~pgsam_node.synth.phantom.make_phantom`; 1 = the generator's own);
     ``fat_sat_off`` is the probability that a study's T2, and its T1C, are not fat-saturated.
+    ``second_generator`` adds that many studies of the second, independent generator
+    (:func:`~.sources.second_generator_study`, seeds from ``SECOND_TRAIN_SEED_BASE``).
     """
     from pgsam_node.inference import preprocessing
     from pgsam_node.synth import acquisition as acq
     from pgsam_node.synth import dicom_writer
     from pgsam_node.synth import phantom as synthetic
-    from pgsam_node.training.sources import acquired_study, synthetic_study
+    from pgsam_node.synth import second
+    from pgsam_node.training.sources import SECOND_TRAIN_SEED_BASE, acquired_study, second_generator_study, synthetic_study
 
     if acquisition not in ACQUISITIONS:
         raise ModelError(f"unknown acquisition {acquisition!r}; expected one of {', '.join(ACQUISITIONS)}")
@@ -197,6 +200,9 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
         params.append(["appearance_jitter", appearance_jitter])
     if fat_sat_off:
         params.append(["fat_sat_off", fat_sat_off])
+    if second_generator:
+        src += Path(second.__file__).read_bytes()
+        params.append(["second_generator", second_generator])
     key = hashlib.sha256(src + json.dumps(params).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"synthetic-{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
@@ -209,6 +215,8 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
                 yield synthetic_study(s, size=size, n_slices=n_slices, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
             if acquisition in ("scanner", "mixed"):
                 yield acquired_study(s, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
+        for i in range(second_generator):
+            yield second_generator_study(SECOND_TRAIN_SEED_BASE + i)
 
     ts = build_train_set(studies(), sequences, img_size, norm, progress=progress)
     if path is not None:

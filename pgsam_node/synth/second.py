@@ -358,3 +358,42 @@ def write_foreign_study(seed: int, folder: Path) -> ForeignStudy:
                       tr * rng.uniform(0.8, 1.2), te * rng.uniform(0.8, 1.2), gain, vendor, agent)
     return ForeignStudy(folder, report(scene, rng), lesion_mask(scene, t1_grid), scene.kind, scene.side, scene.lobe,
                         {"T2": fs_t2, "T1C": fs_c})
+
+
+@dataclass
+class SecondCase:
+    """One study of this generator on one grid, ready for training (no DICOM written)."""
+
+    volumes: dict[str, np.ndarray]  # role -> (slices, rows, cols) float32, on one grid
+    mask: np.ndarray
+    affine: np.ndarray  # voxel (column, row, slice) -> LPS mm
+    report: str
+    kind: str
+    side: str
+    lobe: str
+    fat_sat: dict[str, bool]
+
+
+def training_case(seed: int, size: int = 128, fov_mm: float = 210.0) -> SecondCase:
+    """Study ``seed`` drawn straight onto one axial ``size`` x ``size`` grid of ``fov_mm`` (the field
+    of view a windowed model sees, :mod:`pgsam_node.inference.field_of_view`), 3-5 mm slices over
+    70-100 mm around the lesion; each sequence with its own gain, bias and noise. Seeds of
+    training and evaluation must be kept apart by the caller (the benchmark uses 0-15)."""
+    rng = np.random.default_rng([seed, 0xF5])
+    scene = make_scene(rng)
+    thick = float(rng.uniform(3, 5))
+    gap = float(rng.choice([0.0, 0.3, 1.0]))
+    nz = int(np.ceil(rng.uniform(70, 100) / (thick + gap)))
+    centre = np.array([rng.uniform(-8, 8), rng.uniform(2, 18), float(scene.lesion.centre[2] + rng.uniform(-10, 10))])
+    grid = SeriesGrid((nz, size, size), fov_mm / size, thick, gap, centre)
+    fs_t2 = bool(rng.uniform() < 0.6)
+    fs_c = bool(rng.uniform() < 0.5)
+    channels = {"T1": 0, "T2": 2 if fs_t2 else 1, "T1C": 4 if fs_c else 3}
+    volumes = {}
+    for i, (role, ch) in enumerate(channels.items()):
+        volumes[role] = render(scene, grid, ch, np.random.default_rng([seed, 0xF6 + i]), fov_mm) * float(rng.uniform(300, 3000))
+    aff = np.eye(4)
+    aff[:3, 0], aff[:3, 1] = (grid.pixel, 0, 0), (0, grid.pixel, 0)
+    aff[:3, 2], aff[:3, 3] = (0, 0, grid.thickness + grid.gap), grid.origin(0)
+    return SecondCase(volumes, lesion_mask(scene, grid), aff, report(scene, rng), scene.kind, scene.side, scene.lobe,
+                      {"T2": fs_t2, "T1C": fs_c})
