@@ -375,7 +375,8 @@ def train(opts: TrainOptions, train_set: TrainSet, on_step: Callable[[int, dict]
         text_emb = enc.encode(texts)
     model = build_model(cfg)
     if opts.init:
-        _init_from(model, Path(opts.init))
+        # The field of view the weights were tuned to see stays with them (inference/field_of_view.py).
+        cfg.input_fov_mm = _init_from(model, Path(opts.init)).input_fov_mm
     elif opts.sam_checkpoint:
         load_sam_checkpoint(model, opts.sam_checkpoint)
     elif arch.official_sam:
@@ -449,9 +450,9 @@ def train(opts: TrainOptions, train_set: TrainSet, on_step: Callable[[int, dict]
     return cfg
 
 
-def _init_from(model, folder: Path) -> None:
-    """Copy every tensor of the model folder whose name and shape match (fine-tuning start)."""
-    src, _ = load_model_dir(folder)
+def _init_from(model, folder: Path) -> ModelConfig:
+    """Copy every tensor of the model folder whose name and shape match (fine-tuning start); its config."""
+    src, src_cfg = load_model_dir(folder)
     theirs = src.state_dict()
     ours = model.state_dict()
     same = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
@@ -459,6 +460,7 @@ def _init_from(model, folder: Path) -> None:
         raise ModelError(f"--init {folder}: no tensor fits this architecture")
     model.load_state_dict(same, strict=False)
     log.info("initialised %d of %d tensors from %s", len(same), len(ours), folder)
+    return src_cfg
 
 
 def _checkpoint(model, opt, cfg: ModelConfig, out: Path, step: int, rng: np.random.Generator) -> None:

@@ -90,6 +90,23 @@ def test_short_run_writes_model_and_resumes(tmp_path, monkeypatch, ts):
     assert steps == [3, 4]
 
 
+def test_a_fine_tune_keeps_the_field_of_view_of_the_weights_it_starts_from(tmp_path, monkeypatch, ts):
+    """--init carries input_fov_mm over: the weights were tuned to that view (inference/field_of_view.py)."""
+    import pgsam_node.training.train as tr
+
+    monkeypatch.setattr(tr, "get_preset", lambda name: __import__("pgsam_node.model.presets", fromlist=["x"]).get_preset(name, **SMALL))
+    first = tmp_path / "first"
+    train(TrainOptions(out=first, steps=1, batch_size=2, use_text=False, progress=False), ts)
+    assert json.loads((first / "config.json").read_text())["input_fov_mm"] == 0.0
+    data = json.loads((first / "config.json").read_text())
+    data["input_fov_mm"] = 185.0
+    (first / "config.json").write_text(json.dumps(data))
+    second = tmp_path / "second"
+    cfg = train(TrainOptions(out=second, steps=1, batch_size=2, use_text=False, progress=False, init=first), ts)
+    assert cfg.input_fov_mm == 185.0
+    assert json.loads((second / "config.json").read_text())["input_fov_mm"] == 185.0
+
+
 @pytest.mark.parametrize("args,message", [(["--seq-drop", "1.5"], "--seq-drop must"), (["--seq-drop", "-0.1"], "--seq-drop must"),
                                           (["--seq-drop-max", "0"], "--seq-drop must"), (["--fat-sat-off", "1.5"], "--fat-sat-off must"),
                                           (["--fat-sat-off", "-1"], "--fat-sat-off must")])
