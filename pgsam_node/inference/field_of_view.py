@@ -34,34 +34,42 @@ class Window:
         a[:3, 3] = a[:3, :3] @ np.array([self.c0, self.r0, 0.0]) + a[:3, 3]
         return a
 
-    def cut(self, arr: np.ndarray, fill=0) -> np.ndarray:
-        """(Z, h, w) of a (Z, Y, X) array; outside the source filled with ``fill``."""
-        z, y, x = arr.shape
-        out = np.full((z, self.h, self.w), fill, dtype=arr.dtype)
+    def _overlap(self, shape_yx: tuple[int, int]) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+        """(source rows, cols), (window rows, cols) where the window and a source of ``shape_yx`` meet."""
+        y, x = shape_yx
         sr0, sr1 = max(0, self.r0), min(y, self.r0 + self.h)
         sc0, sc1 = max(0, self.c0), min(x, self.c0 + self.w)
-        if sr0 < sr1 and sc0 < sc1:
-            out[:, sr0 - self.r0 : sr1 - self.r0, sc0 - self.c0 : sc1 - self.c0] = arr[:, sr0:sr1, sc0:sc1]
+        if sr0 >= sr1 or sc0 >= sc1:
+            return None
+        return ((slice(sr0, sr1), slice(sc0, sc1)),
+                (slice(sr0 - self.r0, sr1 - self.r0), slice(sc0 - self.c0, sc1 - self.c0)))
+
+    def cut(self, arr: np.ndarray, fill=0) -> np.ndarray:
+        """(Z, h, w) of a (Z, Y, X) array; outside the source filled with ``fill``."""
+        out = np.full((arr.shape[0], self.h, self.w), fill, dtype=arr.dtype)
+        both = self._overlap(arr.shape[1:])
+        if both is not None:
+            (sr, sc), (wr, wc) = both
+            out[:, wr, wc] = arr[:, sr, sc]
         return out
 
     def paste(self, arr: np.ndarray, shape_yx: tuple[int, int], fill=0) -> np.ndarray:
         """Inverse of :meth:`cut`: a (Z, h, w) array back on the (Z, Y, X) source grid."""
-        y, x = shape_yx
-        out = np.full((arr.shape[0], y, x), fill, dtype=arr.dtype)
-        sr0, sr1 = max(0, self.r0), min(y, self.r0 + self.h)
-        sc0, sc1 = max(0, self.c0), min(x, self.c0 + self.w)
-        if sr0 < sr1 and sc0 < sc1:
-            out[:, sr0:sr1, sc0:sc1] = arr[:, sr0 - self.r0 : sr1 - self.r0, sc0 - self.c0 : sc1 - self.c0]
+        out = np.full((arr.shape[0], *shape_yx), fill, dtype=arr.dtype)
+        both = self._overlap(shape_yx)
+        if both is not None:
+            (sr, sc), (wr, wc) = both
+            out[:, sr, sc] = arr[:, wr, wc]
         return out
 
 
 def body_window(channels: dict[str, np.ndarray], valid: dict[str, np.ndarray] | None, affine: np.ndarray,
-                fov_mm: float) -> Window:
+                fov_mm: float, norm: NormParams = NormParams()) -> Window:
     """The square of ``fov_mm`` millimetres, centred in-plane on the body, on the grid of ``channels``.
 
-    The body centre is the centroid of the voxels above 10 % of the percentile window, averaged
-    over the sequences (:func:`pgsam_node.model.coords.body_centre`), as the model's own
-    coordinates use it.
+    The body centre is the centroid of the voxels above 10 % of the percentile window (``norm``,
+    the model's own), averaged over the sequences (:func:`pgsam_node.model.coords.body_centre`), as
+    the model's own coordinates use it.
     """
     if not fov_mm > 0:
         raise ValueError(f"fov_mm must be > 0, not {fov_mm!r}")
@@ -69,7 +77,7 @@ def body_window(channels: dict[str, np.ndarray], valid: dict[str, np.ndarray] | 
     normed = []
     for role, v in channels.items():
         vm = valid.get(role) if valid else None
-        normed.append(percentile_normalize(v, None if vm is None else np.asarray(vm, bool), NormParams()))
+        normed.append(percentile_normalize(v, None if vm is None else np.asarray(vm, bool), norm))
     centre = body_centre(np.mean(normed, axis=0), a)
     col, row, _ = np.linalg.solve(a[:3, :3], centre - a[:3, 3])
     col_mm, row_mm = float(np.linalg.norm(a[:3, 0])), float(np.linalg.norm(a[:3, 1]))

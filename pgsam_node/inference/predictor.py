@@ -275,7 +275,7 @@ class Predictor:
         from pgsam_node.inference.field_of_view import body_window
 
         t0 = time.perf_counter()
-        win = body_window(channels, valid, affine, fov)
+        win = body_window(channels, valid, affine, fov, NormParams(**self.cfg.norm))
         cut = {r: win.cut(np.asarray(v, dtype=np.float32)) for r, v in channels.items()}
         cut_valid = {r: win.cut(np.asarray(valid[r] if valid and r in valid else np.isfinite(v), dtype=bool), False)
                      for r, v in channels.items()}
