@@ -15,7 +15,8 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
 from pgsam_node.config import Destination, Settings
@@ -71,12 +72,8 @@ def classify_status(status: int) -> StoreOutcome:
     return StoreOutcome(ok=False, status=status, error=f"failed (0x{status:04X})")
 
 
-def _rejection(assoc) -> SendError:
-    """A-ASSOCIATE-RJ → SendError (PS3.8 Table 9-21)."""
-    prim = assoc.acceptor.primitive
-    result = getattr(prim, "result", None)
-    source = getattr(prim, "result_source", None)
-    diag = getattr(prim, "diagnostic", None)
+def _rejection(result: int | None, source: int | None, diag: int | None) -> SendError:
+    """A-ASSOCIATE-RJ result, source and reason → SendError (PS3.8 Table 9-21)."""
     text = f"association rejected (result {result}, source {source}, reason {diag})"
     if source == 1 and diag in (3, 7):
         who = "our calling AE title" if diag == 3 else "the called AE title"
@@ -103,12 +100,27 @@ def open_association(settings: Settings, dest: Destination, ae: AE):
     """Associate with ``dest`` (TLS when ``dest.tls``); a rejection raises :class:`SendError`
     (PS3.8 7.1.1.9), anything else returns the association (the caller checks it is established)."""
     tls_args = (client_context(settings.dicom.tls), dest.host) if dest.tls else None
+    seen: list[A_ASSOCIATE_RJ] = []
+
+    def _pdu_received(event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            seen.append(event.pdu)
+
     try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args,
+                             evt_handlers=[(evt.EVT_PDU_RECV, _pdu_received)])
     except Exception as exc:  # socket errors surface as exceptions on some paths
         raise SendError(f"cannot connect to {dest.name}: {exc}") from exc
     if assoc.is_rejected:
-        raise _rejection(assoc)
+        prim = assoc.acceptor.primitive
+        raise _rejection(getattr(prim, "result", None), getattr(prim, "result_source", None),
+                         getattr(prim, "diagnostic", None))
+    if seen and not assoc.is_established:
+        # pynetdicom 3.0 race: when the peer rejects and closes before the requesting thread looks
+        # at the socket, the association reports an abort although the A-ASSOCIATE-RJ PDU arrived
+        # (seen under CPU load against Orthanc). The PDU itself carries the answer.
+        rj = seen[0]
+        raise _rejection(rj.result, rj.source, rj.reason_diagnostic)
     return assoc
 
 
