@@ -46,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--second-generator", type=int, default=0, metavar="N",
                    help="synthetic studies: add N studies of the second, independent phantom generator "
                         "(pgsam_node.synth.second; domain randomisation across generators)")
+    p.add_argument("--input-fov-mm", type=float, default=None, metavar="MM",
+                   help="the model's field of view: training studies are cut to a square of MM mm centred on the body, as "
+                        "the predictor will cut every study (default: that of --init, else 0 = the whole slice)")
     p.add_argument("--augment", type=float, default=0.0, metavar="P",
                    help="probability that a training slice gets rotation/scale/elastic, bias-field, resolution and noise "
                         "augmentation (0 = flips and gamma only)")
@@ -92,6 +95,9 @@ def run(args) -> int:
         raise SystemExit("error: --fat-sat-off must be within 0..1")
     if args.second_generator < 0:
         raise SystemExit("error: --second-generator must be 0 or more")
+    if args.input_fov_mm is not None and args.input_fov_mm < 0:
+        raise SystemExit("error: --input-fov-mm must be 0 (whole slice) or more")
+    fov_mm = _training_fov_mm(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     sequences = [args.single_sequence] if args.single_sequence else ["T1", "T2", "T1C"]
@@ -112,7 +118,7 @@ def run(args) -> int:
         seeds = [sources.TRAIN_SEED_BASE + i for i in range(args.cases)]
         ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress,
                                  acquisition=args.acquisition, appearance_jitter=args.appearance_jitter,
-                                 fat_sat_off=args.fat_sat_off, second_generator=args.second_generator)
+                                 fat_sat_off=args.fat_sat_off, second_generator=args.second_generator, fov_mm=fov_mm)
         data_desc = {
             "grid": f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.synth.phantom.generate_case, 128 px, 24 slices)",
             "scanner": f"synthetic seeds {seeds[0]}..{seeds[-1]} as acquired (pgsam_node.synth.acquisition.acquire: per-series "
@@ -130,7 +136,7 @@ def run(args) -> int:
         from pgsam_node.training.train import build_train_set
 
         studies, data_desc = load_data_folder(Path(args.data), args.reports, settings, include=_names(args.studies), exclude=_names(args.exclude_studies))
-        ts = build_train_set(studies, sequences, arch.img_size, norm, progress=not args.no_progress)
+        ts = build_train_set(studies, sequences, arch.img_size, norm, progress=not args.no_progress, fov_mm=fov_mm)
         task, labels = args.task or "brain-tumour", BRAIN_TUMOUR_LABELS
     opts = TrainOptions(
         out=args.out,
@@ -155,12 +161,29 @@ def run(args) -> int:
         command=command,
         data_description=data_desc,
         init=args.init,
+        input_fov_mm=args.input_fov_mm,
         p_augment=args.augment,
         progress=not args.no_progress,
     )
     cfg = train(opts, ts)
     print(f"model written to {args.out} (version {cfg.version})")
     return 0
+
+
+def _training_fov_mm(args) -> float:
+    """The field of view the model will have (``--input-fov-mm``, else that of ``--init``'s
+    config.json, else 0): the training studies are cut to it."""
+    if args.input_fov_mm is not None:
+        return float(args.input_fov_mm)
+    if args.init is None:
+        return 0.0
+    from pgsam_node.errors import ModelError
+    from pgsam_node.model.checkpoint import read_config
+
+    try:
+        return float(read_config(args.init).input_fov_mm)
+    except ModelError as exc:
+        raise SystemExit(f"error: --init: {exc}") from exc
 
 
 def _run_frozen(args, settings, sequences: list[str], command: str) -> int:

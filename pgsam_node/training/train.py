@@ -66,6 +66,9 @@ class TrainOptions:
     data_description: str = ""
     #: Model folder whose weights initialise the run (fine-tuning); tensors of other shapes are skipped.
     init: Path | None = None
+    #: The model's ``input_fov_mm`` (None: that of ``init``, else 0 = whole slice). The caller cuts
+    #: the training studies to the same window (:func:`build_train_set`'s ``fov_mm``).
+    input_fov_mm: float | None = None
     # augmentation / regularisation
     p_flip: float = 0.5
     p_seq_drop: float = 0.2
@@ -141,8 +144,32 @@ class TrainSet:
             )
 
 
-def build_train_set(studies: Iterable[StudyArrays], sequences: list[str], img_size: int, norm: NormParams, progress: bool = False) -> TrainSet:
-    """Prepare studies (normalise, resize, quantise to 8 bit) for training."""
+def in_body_window(st: StudyArrays, fov_mm: float, norm: NormParams) -> StudyArrays:
+    """``st`` cut to the square of ``fov_mm`` mm centred on the body, the window the predictor
+    gives a model whose ``input_fov_mm`` is ``fov_mm`` (:mod:`pgsam_node.inference.field_of_view`);
+    outside the source the volumes are 0 and invalid, the mask 0."""
+    from pgsam_node.inference.field_of_view import body_window
+
+    win = body_window(st.volumes, st.valid, st.affine, fov_mm, norm)
+    return StudyArrays(
+        case_id=st.case_id,
+        volumes={r: win.cut(np.asarray(v, dtype=np.float32)) for r, v in st.volumes.items()},
+        valid={r: win.cut(np.asarray(st.valid[r] if r in st.valid else np.isfinite(v), dtype=bool), False)
+               for r, v in st.volumes.items()},
+        mask=None if st.mask is None else win.cut(np.asarray(st.mask)),
+        affine=win.affine(st.affine),
+        report=st.report,
+        findings=st.findings,
+        meta=dict(st.meta),
+    )
+
+
+def build_train_set(studies: Iterable[StudyArrays], sequences: list[str], img_size: int, norm: NormParams, progress: bool = False,
+                    fov_mm: float = 0.0) -> TrainSet:
+    """Prepare studies (normalise, resize, quantise to 8 bit) for training.
+
+    ``fov_mm`` > 0: each study is first cut to the body window of that size (:func:`in_body_window`),
+    so that a model with ``input_fov_mm`` = ``fov_mm`` trains on what it will be shown."""
     from tqdm import tqdm
 
     ts = TrainSet([], [], [], [], [], [], [], np.zeros((0, 0), np.float32), [])
@@ -150,6 +177,8 @@ def build_train_set(studies: Iterable[StudyArrays], sequences: list[str], img_si
     for st in tqdm(studies, desc="preparing studies", disable=not progress, unit="study"):
         if st.mask is None:
             raise ModelError(f"study {st.case_id} has no reference mask")
+        if fov_mm > 0:
+            st = in_body_window(st, fov_mm, norm)
         p = prepare_study(st.volumes, st.valid, st.affine, sequences, img_size, norm, mask=st.mask)
         ts.images.append(np.round(np.clip(p.images, 0, 1) * 255).astype(np.uint8))
         ts.masks.append(np.round(np.clip(p.mask, 0, 1) * 255).astype(np.uint8))
@@ -170,7 +199,8 @@ ACQUISITIONS = ("grid", "scanner", "mixed")
 
 def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, norm: NormParams, cache_dir: Path | None,
                         progress: bool = False, size: int = 128, n_slices: int = 24, acquisition: str = "grid",
-                        appearance_jitter: float = 1.0, fat_sat_off: float = 0.0, second_generator: int = 0) -> TrainSet:
+                        appearance_jitter: float = 1.0, fat_sat_off: float = 0.0, second_generator: int = 0,
+                        fov_mm: float = 0.0) -> TrainSet:
     """Generate (or load from ``cache_dir``) the prepared synthetic training studies.
 
     ``acquisition``: ``grid`` draws each phantom on one common axial grid (the fast path,
@@ -181,6 +211,7 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
     ``fat_sat_off`` is the probability that a study's T2, and its T1C, are not fat-saturated.
     ``second_generator`` adds that many studies of the second, independent generator
     (:func:`~.sources.second_generator_study`, seeds from ``SECOND_TRAIN_SEED_BASE``).
+    ``fov_mm`` > 0 cuts every study to the body window of that size (:func:`build_train_set`).
     """
     from pgsam_node.inference import preprocessing
     from pgsam_node.synth import acquisition as acq
@@ -203,6 +234,9 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
     if second_generator:
         src += Path(second.__file__).read_bytes()
         params.append(["second_generator", second_generator])
+    if fov_mm > 0:
+        src += Path(__file__).read_bytes()
+        params.append(["fov_mm", fov_mm])
     key = hashlib.sha256(src + json.dumps(params).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"synthetic-{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
@@ -218,7 +252,7 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
         for i in range(second_generator):
             yield second_generator_study(SECOND_TRAIN_SEED_BASE + i)
 
-    ts = build_train_set(studies(), sequences, img_size, norm, progress=progress)
+    ts = build_train_set(studies(), sequences, img_size, norm, progress=progress, fov_mm=fov_mm)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         ts.save(path)
@@ -381,6 +415,8 @@ def train(opts: TrainOptions, train_set: TrainSet, on_step: Callable[[int, dict]
         load_sam_checkpoint(model, opts.sam_checkpoint)
     elif arch.official_sam:
         log.warning("training preset %s without an official SAM checkpoint: image encoder starts random", arch.name)
+    if opts.input_fov_mm is not None:  # an explicit choice (train --input-fov-mm) wins over --init's
+        cfg.input_fov_mm = opts.input_fov_mm
     model.to(device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr, weight_decay=opts.weight_decay)
     sampler = SliceSampler(train_set, opts, arch.img_size, text_emb, rng)

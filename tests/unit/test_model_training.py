@@ -117,3 +117,57 @@ def test_train_refuses_invalid_sequence_dropout(tmp_path, monkeypatch, args, mes
     with pytest.raises(SystemExit, match=message):
         main(["train", "--out", str(tmp_path / "m"), "--steps", "1", "--no-progress", *args])
     assert not (tmp_path / "m").exists()
+
+
+def _with_air(st, px: int):
+    """``st`` with ``px`` pixels of air on every side: the same anatomy on a larger field of view."""
+    import dataclasses
+
+    pad = ((0, 0), (px, px), (px, px))
+    a = np.array(st.affine, dtype=np.float64)
+    a[:3, 3] -= a[:3, :3] @ np.array([px, px, 0])
+    return dataclasses.replace(st, volumes={r: np.pad(v, pad) for r, v in st.volumes.items()},
+                               valid={r: np.pad(v, pad) for r, v in st.valid.items()}, mask=np.pad(st.mask, pad), affine=a)
+
+
+def test_a_windowed_training_set_does_not_depend_on_the_acquired_field_of_view():
+    """build_train_set(fov_mm=...) cuts each study as the predictor will (inference/field_of_view.py):
+    the same anatomy acquired with more air around it gives the same training slices; without the
+    window the larger view shrinks the anatomy."""
+    st = synthetic_study(3, size=64, n_slices=8)
+    wide = _with_air(st, 12)
+    seq = ["T1", "T2", "T1C"]
+    a = build_train_set([st], seq, 64, NormParams(), fov_mm=150.0)
+    b = build_train_set([wide], seq, 64, NormParams(), fov_mm=150.0)
+    assert np.array_equal(a.images[0], b.images[0]) and np.array_equal(a.masks[0], b.masks[0])
+    assert a.masks[0].any()
+    np.testing.assert_allclose(a.affines[0], b.affines[0])
+    whole_a = build_train_set([st], seq, 64, NormParams())
+    whole_b = build_train_set([wide], seq, 64, NormParams())
+    assert not np.array_equal(whole_a.masks[0], whole_b.masks[0])
+
+
+def test_train_cuts_its_studies_to_the_field_of_view_of_init_or_of_the_flag(tmp_path):
+    import argparse
+
+    from pgsam_node.commands.train_cmd import _training_fov_mm
+
+    folder = tmp_path / "init"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**json.loads(
+        (__import__("pgsam_node.inference.router", fromlist=["x"]).BUNDLED_MODELS / "parotid-tiny" / "config.json").read_text()),
+        "input_fov_mm": 190.0}))
+    assert _training_fov_mm(argparse.Namespace(input_fov_mm=None, init=folder)) == 190.0
+    assert _training_fov_mm(argparse.Namespace(input_fov_mm=0.0, init=folder)) == 0.0
+    assert _training_fov_mm(argparse.Namespace(input_fov_mm=None, init=None)) == 0.0
+    with pytest.raises(SystemExit, match="--init"):
+        _training_fov_mm(argparse.Namespace(input_fov_mm=None, init=tmp_path / "nowhere"))
+
+
+def test_an_explicit_field_of_view_is_written_into_the_model(tmp_path, monkeypatch, ts):
+    import pgsam_node.training.train as tr
+
+    monkeypatch.setattr(tr, "get_preset", lambda name: __import__("pgsam_node.model.presets", fromlist=["x"]).get_preset(name, **SMALL))
+    cfg = train(TrainOptions(out=tmp_path / "m", steps=1, batch_size=2, use_text=False, progress=False, input_fov_mm=200.0), ts)
+    assert cfg.input_fov_mm == 200.0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["input_fov_mm"] == 200.0
