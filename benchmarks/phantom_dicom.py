@@ -65,8 +65,8 @@ def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0, t1c_plane:
 
 def model_stack(args, **sections):
     """(settings, ModelRouter) of the embedded default with the model overrides that ``args`` gives
-    (``--model``, ``--no-fallback`` and, where the script has them, ``--non-fat-sat`` and
-    ``--size-growth-floor``); ``sections`` are further settings sections."""
+    (``--model``, ``--no-fallback`` and, where the script has them, ``--non-fat-sat``,
+    ``--no-keep-stated-regions`` and ``--size-growth-floor``); ``sections`` are further settings sections."""
     from pgsam_node.config import load_settings
     from pgsam_node.inference.router import ModelRouter
 
@@ -77,6 +77,8 @@ def model_stack(args, **sections):
         overrides["fallback"] = None
     if getattr(args, "non_fat_sat", None) is not None:
         overrides["non_fat_sat"] = None if args.non_fat_sat.lower() == "none" else args.non_fat_sat
+    if getattr(args, "no_keep_stated_regions", False):
+        overrides["fallback_keep_stated_regions"] = False
     if getattr(args, "size_growth_floor", None) is not None:
         overrides["size_growth_floor"] = args.size_growth_floor
     settings = load_settings(None, model=overrides, **sections)

@@ -311,6 +311,11 @@ class ModelSettings(_Section):
     #: ... or when its largest region's extent is below the report's size / this ratio or above
     #: size x ratio; 0 = no size check.
     fallback_size_ratio: float = Field(3.0, ge=0, le=100)
+    #: Before the fallback runs on a doubted (non-empty) mask, keep only its largest region(s), as
+    #: many as the report states lesions; when the report states a size and they pass both checks,
+    #: they are the answer and the fallback does not run. False = a doubted mask always goes to the
+    #: fallback.
+    fallback_keep_stated_regions: bool = True
     #: Companion of the default model for studies whose T2 or T1C was acquired without fat
     #: saturation (fat brighter than the sequence's median tissue, read from the images): a model
     #: folder or bundled name; None = off. The bundled default applies only while ``path`` is the

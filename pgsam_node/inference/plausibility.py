@@ -52,3 +52,15 @@ def doubt(mask: np.ndarray, affine: np.ndarray | None, findings: Findings | None
         if extent < findings.size_mm / size_ratio or extent > findings.size_mm * size_ratio:
             return f"largest region {extent:.0f} mm where the report states {findings.size_mm:.0f} mm"
     return None
+
+
+def stated_regions(mask: np.ndarray, findings: Findings | None) -> np.ndarray:
+    """``mask`` reduced to as many of its largest 26-connected regions as the report states lesions
+    (1 when it states no count): the model's own answer without its scatter."""
+    labels, n = ndimage.label(mask.astype(bool), structure=ndimage.generate_binary_structure(3, 3))
+    lesions = findings.count if findings is not None and findings.count and findings.count > 0 else 1
+    if n <= lesions:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.argsort(sizes)[::-1][:lesions] + 1
+    return np.isin(labels, keep)

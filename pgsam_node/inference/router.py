@@ -81,7 +81,8 @@ class ModelRouter:
         if self.settings.fallback and findings is not None and findings.present:
             path = resolve_model(str(self.settings.fallback))
             return WithFallback(primary, path.name, lambda: self._route("fallback", path),
-                                self.settings.fallback_components_per_lesion, self.settings.fallback_size_ratio)
+                                self.settings.fallback_components_per_lesion, self.settings.fallback_size_ratio,
+                                self.settings.fallback_keep_stated_regions)
         return primary
 
     def _route(self, region: str, path: Path) -> Any:
@@ -106,7 +107,10 @@ class WithFallback(ChoosingPredictor):
     Used only for studies whose report states a lesion (``findings.present``); one object per
     study. The second model runs when the default one finds nothing, or finds something the report
     contradicts (:func:`~.plausibility.doubt`: many more separate regions than stated lesions, or a
-    largest region far from the stated size). Its result replaces a doubted one only when it is
+    largest region far from the stated size) and the default's own largest region(s), as many as
+    the report states lesions (:func:`~.plausibility.stated_regions`), do not agree with the size
+    it states either: when they do, they are the answer (``model.fallback_keep_stated_regions``,
+    default on; a report without a size cannot vouch for them). Its result replaces a doubted one only when it is
     non-empty and not doubted itself; otherwise the default's result stands, and the notes say both.
     The run record's model version names both; after :meth:`predict`, ``cfg`` (segment codes,
     weights hash for the SEG) is the configuration of the model that produced the mask, and the
@@ -114,10 +118,11 @@ class WithFallback(ChoosingPredictor):
     """
 
     def __init__(self, primary: Any, fallback_name: str, load_fallback, components_per_lesion: int,
-                 size_ratio: float) -> None:
+                 size_ratio: float, keep_stated_regions: bool = True) -> None:
         super().__init__(primary, fallback_name, load_fallback)
         self.components_per_lesion = components_per_lesion
         self.size_ratio = size_ratio
+        self.keep_stated_regions = keep_stated_regions
 
     @property
     def primary(self) -> Any:
@@ -134,6 +139,17 @@ class WithFallback(ChoosingPredictor):
         why = self._doubt(res.mask, affine, findings) if found else None
         if found and why is None:
             return res
+        if found and self.keep_stated_regions and findings is not None and findings.size_mm and self.size_ratio > 0:
+            # only a report that states a size can vouch for the region kept
+            from pgsam_node.inference.plausibility import stated_regions
+
+            kept = stated_regions(res.mask, findings)
+            if self._doubt(kept, affine, findings) is None:
+                res.mask = kept.astype(res.mask.dtype)
+                res.notes = list(res.notes) + [f"{model_that_ran(self.primary)}'s result contradicted the report ({why}); "
+                                               "its largest region(s), as many as the report states lesions, agree with it "
+                                               "and were kept"]
+                return res
         second = self._load_second()
         out = second.predict(channels, valid, findings, report_text, affine, postprocess=postprocess)
         name, other = model_that_ran(self.primary), second.model_version

@@ -168,6 +168,17 @@ def test_fallback_replaces_a_result_the_report_contradicts():
     res, pred, calls = run(scatter, good)
     assert calls == 1 and pred.cfg == "cfg:zero-shot" and np.array_equal(res.mask, good)
     assert any("12 separate regions" in n and "contradicts the report" in n for n in res.notes)
+    # Twelve specks around one region of the stated size: that region is kept, no fallback runs;
+    # with fallback_keep_stated_regions off the fallback segments the study as before.
+    lesion_and_specks = np.maximum(good, _scatter(shape, 12))
+    res, pred, calls = run(lesion_and_specks, scatter)
+    assert calls == 0 and pred.cfg == "cfg:tiny" and np.array_equal(res.mask, good)
+    assert any("largest region(s)" in n and "were kept" in n for n in res.notes)
+    res, pred, calls = run(lesion_and_specks, good, fallback_keep_stated_regions=False)
+    assert calls == 1 and pred.cfg == "cfg:zero-shot"
+    # ... but a report without a size cannot vouch for the region kept: the fallback runs.
+    res, pred, calls = run(lesion_and_specks, good, findings=Findings(gland="parotid", present=True, side="left"))
+    assert calls == 1 and np.array_equal(res.mask, good)
     # A 3 mm region for a stated 20 mm lesion: the size check.
     res, pred, calls = run(speck, good)
     assert calls == 1 and np.array_equal(res.mask, good) and any("largest region 3 mm" in n for n in res.notes)
