@@ -1,4 +1,8 @@
-"""Dice on parotid phantoms from a second, independent generator (pgsam_node/synth/second.py), read as the node reads them.
+"""Dice on parotid phantoms from an independent generator (--generator second|third), read as the node reads them.
+
+The generators: ``second`` (pgsam_node/synth/second.py; its training cases also feed the trainer,
+so the bundled models have seen its kind of study) and ``third`` (pgsam_node/synth/third.py; held
+out of training on purpose: it measures transfer to a generator the models never saw).
 
 Each study is written as DICOM in folders named s01, s02, s03 (no role in the name); the node's
 own classifier assigns the roles from the headers, the geometry stage builds the volumes, the
@@ -6,12 +10,13 @@ report parser reads the report, the router picks the model and the mask is score
 post-contrast T1's grid. The anchor, measured in the same run: the same number of our own
 generator's studies through the same DICOM path (benchmarks/phantom_dicom.py's reader).
 
-    python benchmarks/foreign_phantoms.py [--cases 16] [--seed-base 0] [--model DIR] [--no-fallback] [--threads 2]
+    python benchmarks/foreign_phantoms.py [--generator second|third] [--cases 16] [--seed-base 0] [--model DIR] [--no-fallback] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import tempfile
 import time
@@ -23,7 +28,6 @@ from _results import write_json  # benchmarks/, the script's own folder
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pgsam_node.synth.second import write_foreign_study  # noqa: E402
 from pgsam_node.training.metrics import dice  # noqa: E402
 
 
@@ -52,10 +56,17 @@ def read_study(folder: Path, geometry):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--generator", choices=("second", "third"), default="second",
+                    help="phantom generator: pgsam_node.synth.second (default) or pgsam_node.synth.third (held out of training)")
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--seed-base", type=int, default=0)
     ap.add_argument("--model", type=Path, default=None, help="model folder used as model.path (default: the embedded default)")
     ap.add_argument("--no-fallback", action="store_true", help="model.fallback off (the default model alone)")
+    ap.add_argument("--no-keep-stated-regions", action="store_true",
+                    help="model.fallback_keep_stated_regions off: a doubted mask always goes to the fallback")
+    ap.add_argument("--non-fat-sat", default=None, metavar="MODEL",
+                    help="model.non_fat_sat: companion for studies not fat-saturated (folder or bundled name; "
+                         "'none' = off; default: the embedded default's, applied only without --model)")
     ap.add_argument("--no-anchor", action="store_true", help="skip our own generator's studies")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
@@ -68,6 +79,7 @@ def main() -> int:
     from pgsam_node.inference.choice import model_that_ran
     from pgsam_node.reports.parse import parse_report
 
+    write_foreign_study = importlib.import_module(f"pgsam_node.synth.{args.generator}").write_foreign_study
     torch.set_num_threads(args.threads)
     settings, router = model_stack(args)
     print(f"model: {router.default.model_version}  fallback: {settings.model.fallback}")

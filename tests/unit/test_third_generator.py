@@ -1,0 +1,72 @@
+"""The third, independent phantom generator (pgsam_node.synth.third, held out of training): its studies
+are read by the node's own classifier and report parser, are deterministic per seed, and the truth
+lies on the T1C grid on the side the study names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from pgsam_node.assemble.classify import classify_series, shared_exam_values
+from pgsam_node.ingest.evidence import classification_headers
+from pgsam_node.reports.parse import parse_report
+from pgsam_node.synth.third import write_foreign_study
+
+
+def _roles(folder: Path) -> dict[str, str]:
+    headers = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(sub.glob("*.dcm"))
+        assert files
+        headers[sub.name] = classification_headers(pydicom.dcmread(files[0], stop_before_pixels=True))
+    shared = shared_exam_values(list(headers.values()))
+    return {name: classify_series(h, shared=shared)[0] for name, h in headers.items()}
+
+
+def _t1c_slices(folder: Path) -> list[pydicom.Dataset]:
+    """The T1C series (found by the classifier), slices sorted along their normal as the node sorts them."""
+    name = next(n for n, r in _roles(folder).items() if r == "T1C")
+    dss = [pydicom.dcmread(f, stop_before_pixels=True) for f in (folder / name).glob("*.dcm")]
+    normal = np.cross(np.array(dss[0].ImageOrientationPatient[:3], float), np.array(dss[0].ImageOrientationPatient[3:], float))
+    return sorted(dss, key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, float), normal)))
+
+
+def test_a_written_study_is_classified_by_its_headers_and_its_report_names_the_lesion(tmp_path):
+    for seed in (0, 9):
+        fs = write_foreign_study(seed, tmp_path / f"study{seed}")
+        assert sorted(p.name for p in fs.folder.iterdir()) == ["s01", "s02", "s03"]
+        assert sorted(_roles(fs.folder).values()) == ["T1", "T1C", "T2"]
+        f = parse_report(fs.report)
+        assert f.present and f.side == fs.side and f.gland == "parotid"
+        t1c = _t1c_slices(fs.folder)
+        assert fs.truth.shape == (len(t1c), int(t1c[0].Rows), int(t1c[0].Columns))
+        assert fs.truth.any() and fs.truth.dtype == bool
+        assert fs.kind and fs.lobe in ("superficial", "deep", "tail") and set(fs.fat_sat) == {"T1", "T2", "T1C"}
+
+
+def test_a_seed_writes_the_same_study_twice(tmp_path):
+    a, b = write_foreign_study(17, tmp_path / "a"), write_foreign_study(17, tmp_path / "b")
+    assert a.report == b.report and np.array_equal(a.truth, b.truth)
+    fa, fb = sorted((a.folder / "s01").glob("*.dcm")), sorted((b.folder / "s01").glob("*.dcm"))
+    assert [p.name for p in fa] == [p.name for p in fb]
+    assert all(np.array_equal(pydicom.dcmread(x).pixel_array, pydicom.dcmread(y).pixel_array) for x, y in zip(fa, fb))
+    other = write_foreign_study(14, tmp_path / "c")
+    assert other.report != a.report
+
+
+def test_the_truth_lies_on_the_side_the_study_names(tmp_path):
+    sides = set()
+    for seed in (3, 8, 17, 19):
+        fs = write_foreign_study(seed, tmp_path / f"f{seed}")
+        t1c = _t1c_slices(fs.folder)
+        k, r, c = (float(v.mean()) for v in np.nonzero(fs.truth))
+        d = t1c[int(round(k))]
+        row_dir, col_dir = np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float)
+        dr, dc = (float(v) for v in d.PixelSpacing)
+        lps = np.array(d.ImagePositionPatient, float) + c * dc * row_dir + r * dr * col_dir
+        assert (lps[0] > 0) == (fs.side == "left"), (seed, fs.side, lps)  # patient left is +x in LPS
+        assert abs(lps[0]) > 15  # in a parotid, not near the midline
+        sides.add(fs.side)
+    assert sides == {"left", "right"}
