@@ -108,11 +108,13 @@ _GLAND_PATTERNS = [
 
 # The facial nerve (or the retromandibular vein beside it) divides the parotid into its lobes:
 # "lateral to the facial nerve" is the superficial lobe, "medial to the retromandibular vein" the deep.
+# The parotid tail (its lower pole, over the sternocleidomastoid) is part of the superficial lobe.
 _LOBE_PLANE = r"(?:the\s+)?(?:plane\s+of\s+the\s+|course\s+of\s+the\s+)?(?:facial\s+nerve|retromandibular\s+vein)"
 
 _LOBE_PATTERNS = [
     ("superficial", re.compile(r"\bsuperficial\s+(?:lobe|portion|part|component)s?\b|\bsuperficial\b(?=[^.]{0,30}\blobes?\b)|"
-                             rf"\blateral\s+to\s+{_LOBE_PLANE}|浅叶|浅部", re.I)),
+                             rf"\blateral\s+to\s+{_LOBE_PLANE}|\bparotid\s+tail\b|\b(?:tail|(?:lower|inferior)\s+pole)(?:\s+\(tail\))?\s+of\s+the\s+(?:(?:left|right)\s+)?parotid\b|"
+                             r"浅叶|浅部|腮腺尾", re.I)),
     ("deep", re.compile(r"\bdeep\s+(?:lobe|portion|part|component)s?\b|\bdeep\b(?=[^.]{0,30}\blobes?\b)|\bparapharyngeal\b|"
                       rf"\bmedial\s+to\s+{_LOBE_PLANE}|深叶|深部|咽旁", re.I)),
 ]

@@ -707,6 +707,21 @@ CASES: list[tuple[str, str, dict]] = [
         "Left parotid mass, 2.8 cm, medial to the retromandibular vein.",
         dict(present=True, side="left", lobe="deep"),
     ),
+    (
+        "lobe_tail_is_superficial",
+        "Well-circumscribed 3.1 cm lesion in the tail of the left parotid gland, likely Warthin tumour.",
+        dict(present=True, side="left", lobe="superficial", diagnosis="warthin_tumour"),
+    ),
+    (
+        "lobe_parotid_tail",
+        "Right parotid tail mass measuring 18 mm with heterogeneous T2 signal.",
+        dict(present=True, side="right", lobe="superficial", size_mm=18.0),
+    ),
+    (
+        "lobe_lower_pole",
+        "Oval 12 mm lesion at the inferior pole of the right parotid, T2 bright.",
+        dict(present=True, side="right", lobe="superficial", size_mm=12.0),
+    ),
 ]
 
 
