@@ -155,6 +155,22 @@ class SourceSet:
         return len(self.frame_numbers) if self.multiframe else len(self.datasets)
 
 
+#: Type 2 attributes of the Patient and General Study modules that every derived object copies
+#: from its source (PS3.3 C.7.1.1, C.7.2.1). Type 2 means "present, possibly empty"; scanners and
+#: anonymisers often leave them out altogether, and highdicom reads them without a default.
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "AccessionNumber", "StudyID", "ReferringPhysicianName")
+
+
+def with_type2_defaults(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """``ds`` (in memory) with every missing :data:`TYPE2_PATIENT_STUDY` attribute present and empty:
+    the value a Type 2 attribute takes when it is unknown, so the derived object carries it empty too."""
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
 def load_sources(
     source_paths: Sequence[Path | str],
     frame_numbers: Sequence[int | None] | None = None,
@@ -184,7 +200,7 @@ def load_sources(
     datasets = []
     for p in distinct:
         try:
-            datasets.append(pydicom.dcmread(p, stop_before_pixels=not pixels))
+            datasets.append(with_type2_defaults(pydicom.dcmread(p, stop_before_pixels=not pixels)))
         except Exception as exc:  # InvalidDicomError, OSError
             raise EncodeError(f"cannot read source image {Path(p).name}: {exc}") from exc
     series = {str(d.get("SeriesInstanceUID", "")) for d in datasets}

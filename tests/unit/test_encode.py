@@ -293,3 +293,27 @@ def test_empty_result_policy_is_decided_in_one_place(settings):
     assert sends_nothing(empty, settings.seg) and not sends_nothing(blob, settings.seg)
     settings.seg.empty_result = "empty_segment"
     assert not sends_nothing(empty, settings.seg)
+
+
+def test_sources_without_type2_patient_and_study_attributes_still_give_valid_outputs(series, tmp_path):
+    """A scanner or anonymiser that leaves out Type 2 attributes (birth date, sex, study ID, referring
+    physician...): every output is still built, dciodvfy-clean, with those attributes present and empty."""
+    from pgsam_node.encode.common import TYPE2_PATIENT_STUDY
+
+    paths, dss = series
+    bare = []
+    for i, p in enumerate(paths):
+        ds = pydicom.dcmread(p)
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyID", "ReferringPhysicianName", "AccessionNumber"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        bare.append(_save(ds, tmp_path, f"bare{i}"))
+    s = load_settings(None, storage={"root": str(tmp_path / "s")}, seg={"structured_report": True})
+    mask = blob_mask((6, 32, 24))
+    outs = build_outputs(mask, bare, Findings(present=True, side="left"), s, ALG, 1)
+    assert len(outs) >= 2
+    for i, o in enumerate(outs):
+        for keyword in TYPE2_PATIENT_STUDY:
+            assert keyword in o, f"{keyword} missing from output {i}"
+        assert o.PatientBirthDate == "" and o.PatientID == dss[0].PatientID
+        assert_dciodvfy_clean(_save(o, tmp_path, f"bare-out{i}"))
