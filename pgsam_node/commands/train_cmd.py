@@ -46,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--second-generator", type=int, default=0, metavar="N",
                    help="synthetic studies: add N studies of the second, independent phantom generator "
                         "(pgsam_node.synth.second; domain randomisation across generators)")
+    p.add_argument("--third-generator", type=int, default=0, metavar="N",
+                   help="synthetic studies: add N studies of the third phantom generator (pgsam_node.synth.third, seeds "
+                        "from 700,000)")
     p.add_argument("--input-fov-mm", type=float, default=None, metavar="MM",
                    help="the model's field of view: training studies are cut to a square of MM mm centred on the body, as "
                         "the predictor will cut every study (default: that of --init, else 0 = the whole slice)")
@@ -93,8 +96,8 @@ def run(args) -> int:
         raise SystemExit("error: --seq-drop must be within 0..1 and --seq-drop-max at least 1")
     if not 0.0 <= args.fat_sat_off <= 1.0:
         raise SystemExit("error: --fat-sat-off must be within 0..1")
-    if args.second_generator < 0:
-        raise SystemExit("error: --second-generator must be 0 or more")
+    if args.second_generator < 0 or args.third_generator < 0:
+        raise SystemExit("error: --second-generator and --third-generator must be 0 or more")
     if args.input_fov_mm is not None and args.input_fov_mm < 0:
         raise SystemExit("error: --input-fov-mm must be 0 (whole slice) or more")
     fov_mm = _training_fov_mm(args)
@@ -118,7 +121,8 @@ def run(args) -> int:
         seeds = [sources.TRAIN_SEED_BASE + i for i in range(args.cases)]
         ts = synthetic_train_set(seeds, sequences, arch.img_size, norm, args.cache_dir, progress=not args.no_progress,
                                  acquisition=args.acquisition, appearance_jitter=args.appearance_jitter,
-                                 fat_sat_off=args.fat_sat_off, second_generator=args.second_generator, fov_mm=fov_mm)
+                                 fat_sat_off=args.fat_sat_off, second_generator=args.second_generator, fov_mm=fov_mm,
+                                 third_generator=args.third_generator)
         data_desc = {
             "grid": f"synthetic seeds {seeds[0]}..{seeds[-1]} (pgsam_node.synth.phantom.generate_case, 128 px, 24 slices)",
             "scanner": f"synthetic seeds {seeds[0]}..{seeds[-1]} as acquired (pgsam_node.synth.acquisition.acquire: per-series "
@@ -129,7 +133,11 @@ def run(args) -> int:
             + (f"; T2 and T1C each without fat saturation with p={args.fat_sat_off:g}" if args.fat_sat_off else "") \
             + (f"; plus {args.second_generator} studies of the second generator (pgsam_node.synth.second.training_case, "
                f"seeds {sources.SECOND_TRAIN_SEED_BASE}..{sources.SECOND_TRAIN_SEED_BASE + args.second_generator - 1})"
-               if args.second_generator else "")
+               if args.second_generator else "") \
+            + (f"; plus {args.third_generator} studies of the third generator (pgsam_node.synth.third.training_case, "
+               f"seeds {sources.THIRD_TRAIN_SEED_BASE}..{sources.THIRD_TRAIN_SEED_BASE + args.third_generator - 1})"
+               if args.third_generator else "") \
+            + (f"; every study cut to the {fov_mm:g} mm body window" if fov_mm > 0 else "")
         task, labels = args.task or "parotid-lesion", PAROTID_LABELS
     else:
         from pgsam_node.training.nifti_data import load_data_folder

@@ -1,8 +1,9 @@
 """The third, independent parotid phantom generator - HELD OUT OF TRAINING on purpose.
 
-No bundled model and no training path ever sees these studies (there is deliberately no
-``training_case`` here), so ``benchmarks/foreign_phantoms.py --generator third`` measures how the
-node transfers to a generator it has never met. Only the interface of the second generator
+Written to measure transfer to a generator no model had met (``benchmarks/foreign_phantoms.py
+--generator third``; measured before any training on it, docs/model.md). Since then
+:func:`training_case` also feeds the trainer (``train --third-generator N``, seeds from 700,000),
+so evaluation seeds must stay below that. Only the interface of the second generator
 (:class:`~pgsam_node.synth.second.ForeignStudy`, ``write_foreign_study(seed, folder)``) is shared.
 
 * Anatomy: an axial section at the parotid level in canonical LPS mm (patient left = +x,
@@ -605,3 +606,35 @@ def write_foreign_study(seed: int, folder: Path) -> ForeignStudy:
             truth = occ > 0.5
     return ForeignStudy(folder=folder, report=report, truth=truth, kind=sc.kind, side=sc.side, lobe=sc.lobe,
                         fat_sat={r: plan[r].fs for r in ("T1", "T2", "T1C")})
+
+
+def training_case(seed: int, size: int = 128, fov_mm: float = 210.0):
+    """Study ``seed`` drawn straight onto one axial ``size`` x ``size`` grid of ``fov_mm`` centred
+    in-plane on the head (the view a windowed model sees), with the T1C's slice thickness and step
+    over the whole coverage; each sequence with the plan's contrast, fat saturation, field strength,
+    gamma, coil bias, blur and noise. Returns a :class:`~pgsam_node.synth.second.SecondCase`."""
+    import dataclasses
+
+    from pgsam_node.synth.second import SecondCase
+
+    sc, plan, _style, report, acq_rng, noise_rng = _prepare(seed)
+    ref = plan["T1C"].grid
+    _g, gz, _yaw, tx, ty, tz = sc.pose
+    px = fov_mm / size
+    z0, z1 = tz + gz * COVERAGE_Z[0], tz + gz * COVERAGE_Z[1]
+    n_sl = int(math.ceil((z1 - z0) / ref.step)) + 1
+    u, v, n = np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 0, 1.0])
+    centre = np.array([tx, ty, (z0 + z1) / 2])
+    grid = Grid(centre - (size - 1) / 2 * px * (u + v) - (n_sl - 1) / 2 * ref.step * n, u, v, n, px, ref.step, ref.thick,
+                (n_sl, size, size))
+    volumes, mask = {}, np.zeros(grid.shape, bool)
+    for role in ("T1", "T2", "T1C"):
+        q = dataclasses.replace(plan[role], grid=grid)
+        clean, occ = _render(sc, q)
+        volumes[role] = (_acquire(noise_rng, clean, grid, sc.pose) * float(acq_rng.uniform(800, 3500))).astype(np.float32)
+        if role == "T1C":
+            mask = occ > 0.5
+    aff = np.eye(4)
+    aff[:3, 0], aff[:3, 1], aff[:3, 2], aff[:3, 3] = u * px, v * px, n * ref.step, grid.origin
+    return SecondCase(volumes, mask.astype(np.uint8), aff, report, sc.kind, sc.side, sc.lobe,
+                      {r: plan[r].fs for r in ("T1", "T2", "T1C")})

@@ -20,6 +20,9 @@ TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 1_000_000
 #: Seeds of the second generator's training studies (benchmarks/foreign_phantoms.py evaluates on 0..).
 SECOND_TRAIN_SEED_BASE = 500_000
+#: First seed of the third generator's training studies (``train --third-generator``); its benchmark
+#: seeds stay far below.
+THIRD_TRAIN_SEED_BASE = 700_000
 
 
 def _phantom_study(case_id: str, seed: int, case, volumes: dict, valid: dict, mask: np.ndarray, affine: np.ndarray,
@@ -63,15 +66,17 @@ def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: st
                           np.asarray(case.grid.affine(), dtype=np.float64))
 
 
-def second_generator_study(seed: int) -> StudyArrays:
-    """Study ``seed`` of the second, independent phantom generator (:mod:`pgsam_node.synth.second`),
-    drawn on one 128 px grid of 210 mm; findings parsed from its report, as the node does."""
-    from pgsam_node.reports.parse import parse_report
-    from pgsam_node.synth.second import training_case
+def second_generator_study(seed: int, generator: str = "second") -> StudyArrays:
+    """Study ``seed`` of the second (or, with ``generator="third"``, the third) independent phantom
+    generator (:mod:`pgsam_node.synth.second`, :mod:`pgsam_node.synth.third`), drawn on one 128 px
+    grid of 210 mm; findings parsed from its report, as the node does."""
+    import importlib
 
-    c = training_case(int(seed))
+    from pgsam_node.reports.parse import parse_report
+
+    c = importlib.import_module(f"pgsam_node.synth.{generator}").training_case(int(seed))
     f = parse_report(c.report)
-    meta = {"seed": int(seed), "generator": "second", "distractor": None, "language": "en",
+    meta = {"seed": int(seed), "generator": generator, "distractor": None, "language": "en",
             "diagnosis": f.diagnosis or "none", "side": f.side, "kind": c.kind}
-    return StudyArrays(case_id=f"second-{seed}", volumes=c.volumes, valid={r: np.ones(v.shape, bool) for r, v in c.volumes.items()},
+    return StudyArrays(case_id=f"{generator}-{seed}", volumes=c.volumes, valid={r: np.ones(v.shape, bool) for r, v in c.volumes.items()},
                        mask=c.mask.astype(np.uint8), affine=c.affine, report=c.report, findings=f, meta=meta)

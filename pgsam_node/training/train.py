@@ -200,7 +200,7 @@ ACQUISITIONS = ("grid", "scanner", "mixed")
 def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, norm: NormParams, cache_dir: Path | None,
                         progress: bool = False, size: int = 128, n_slices: int = 24, acquisition: str = "grid",
                         appearance_jitter: float = 1.0, fat_sat_off: float = 0.0, second_generator: int = 0,
-                        fov_mm: float = 0.0) -> TrainSet:
+                        fov_mm: float = 0.0, third_generator: int = 0) -> TrainSet:
     """Generate (or load from ``cache_dir``) the prepared synthetic training studies.
 
     ``acquisition``: ``grid`` draws each phantom on one common axial grid (the fast path,
@@ -210,7 +210,8 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
     signals (:func:`~pgsam_node.synth.phantom.make_phantom`; 1 = the generator's own);
     ``fat_sat_off`` is the probability that a study's T2, and its T1C, are not fat-saturated.
     ``second_generator`` adds that many studies of the second, independent generator
-    (:func:`~.sources.second_generator_study`, seeds from ``SECOND_TRAIN_SEED_BASE``).
+    (:func:`~.sources.second_generator_study`, seeds from ``SECOND_TRAIN_SEED_BASE``);
+    ``third_generator`` as many of the third (seeds from ``THIRD_TRAIN_SEED_BASE``).
     ``fov_mm`` > 0 cuts every study to the body window of that size (:func:`build_train_set`).
     """
     from pgsam_node.inference import preprocessing
@@ -218,7 +219,13 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
     from pgsam_node.synth import dicom_writer
     from pgsam_node.synth import phantom as synthetic
     from pgsam_node.synth import second
-    from pgsam_node.training.sources import SECOND_TRAIN_SEED_BASE, acquired_study, second_generator_study, synthetic_study
+    from pgsam_node.training.sources import (
+        SECOND_TRAIN_SEED_BASE,
+        THIRD_TRAIN_SEED_BASE,
+        acquired_study,
+        second_generator_study,
+        synthetic_study,
+    )
 
     if acquisition not in ACQUISITIONS:
         raise ModelError(f"unknown acquisition {acquisition!r}; expected one of {', '.join(ACQUISITIONS)}")
@@ -234,6 +241,11 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
     if second_generator:
         src += Path(second.__file__).read_bytes()
         params.append(["second_generator", second_generator])
+    if third_generator:
+        from pgsam_node.synth import third
+
+        src += Path(third.__file__).read_bytes()
+        params.append(["third_generator", third_generator])
     if fov_mm > 0:
         src += Path(__file__).read_bytes()
         params.append(["fov_mm", fov_mm])
@@ -251,6 +263,8 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
                 yield acquired_study(s, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
         for i in range(second_generator):
             yield second_generator_study(SECOND_TRAIN_SEED_BASE + i)
+        for i in range(third_generator):
+            yield second_generator_study(THIRD_TRAIN_SEED_BASE + i, generator="third")
 
     ts = build_train_set(studies(), sequences, img_size, norm, progress=progress, fov_mm=fov_mm)
     if path is not None:

@@ -109,7 +109,9 @@ def test_a_fine_tune_keeps_the_field_of_view_of_the_weights_it_starts_from(tmp_p
 
 @pytest.mark.parametrize("args,message", [(["--seq-drop", "1.5"], "--seq-drop must"), (["--seq-drop", "-0.1"], "--seq-drop must"),
                                           (["--seq-drop-max", "0"], "--seq-drop must"), (["--fat-sat-off", "1.5"], "--fat-sat-off must"),
-                                          (["--fat-sat-off", "-1"], "--fat-sat-off must")])
+                                          (["--fat-sat-off", "-1"], "--fat-sat-off must"),
+                                          (["--third-generator", "-1"], "--third-generator must"),
+                                          (["--input-fov-mm", "-5"], "--input-fov-mm must")])
 def test_train_refuses_invalid_sequence_dropout(tmp_path, monkeypatch, args, message):
     from pgsam_node.cli import main
 

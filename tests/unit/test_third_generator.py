@@ -70,3 +70,29 @@ def test_the_truth_lies_on_the_side_the_study_names(tmp_path):
         assert abs(lps[0]) > 15  # in a parotid, not near the midline
         sides.add(fs.side)
     assert sides == {"left", "right"}
+
+
+def test_training_cases_lie_on_one_210_mm_grid_with_the_lesion_on_the_stated_side():
+    from pgsam_node.reports.parse import parse_report
+    from pgsam_node.synth.third import training_case
+
+    a, b = training_case(700_000), training_case(700_000)
+    assert all(np.array_equal(a.volumes[r], b.volumes[r]) for r in ("T1", "T2", "T1C")) and a.report == b.report
+    for seed in range(700_000, 700_004):
+        c = training_case(seed)
+        assert {v.shape for v in c.volumes.values()} == {c.mask.shape} and c.mask.shape[1:] == (128, 128)
+        assert np.isclose(np.linalg.norm(c.affine[:3, 0]) * 128, 210.0)
+        assert c.mask.any()
+        z, y, x = np.nonzero(c.mask)
+        lps_x = (c.affine @ np.array([x.mean(), y.mean(), z.mean(), 1.0]))[0]
+        assert (lps_x > 0) == (c.side == "left")
+        assert parse_report(c.report).side == c.side
+
+
+def test_the_trainer_takes_third_generator_studies(tmp_path):
+    from pgsam_node.geometry.normalize import NormParams
+    from pgsam_node.training.train import synthetic_train_set
+
+    ts = synthetic_train_set([0], ["T1", "T2", "T1C"], 128, NormParams(), tmp_path, third_generator=2)
+    assert [c for c in ts.case_ids if not c.startswith("syn")][-2:] == ["third-700000", "third-700001"]
+    assert all(m.any() for m in ts.masks[-2:])
