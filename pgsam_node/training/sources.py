@@ -66,7 +66,7 @@ def synthetic_study(seed: int, size: int = 128, n_slices: int = 24, language: st
                           np.asarray(case.grid.affine(), dtype=np.float64))
 
 
-def second_generator_study(seed: int, generator: str = "second") -> StudyArrays:
+def other_generator_study(seed: int, generator: str = "second") -> StudyArrays:
     """Study ``seed`` of the second (or, with ``generator="third"``, the third) independent phantom
     generator (:mod:`pgsam_node.synth.second`, :mod:`pgsam_node.synth.third`), drawn on one 128 px
     grid of 210 mm; findings parsed from its report, as the node does."""

@@ -210,7 +210,7 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
     signals (:func:`~pgsam_node.synth.phantom.make_phantom`; 1 = the generator's own);
     ``fat_sat_off`` is the probability that a study's T2, and its T1C, are not fat-saturated.
     ``second_generator`` adds that many studies of the second, independent generator
-    (:func:`~.sources.second_generator_study`, seeds from ``SECOND_TRAIN_SEED_BASE``);
+    (:func:`~.sources.other_generator_study`, seeds from ``SECOND_TRAIN_SEED_BASE``);
     ``third_generator`` as many of the third (seeds from ``THIRD_TRAIN_SEED_BASE``).
     ``fov_mm`` > 0 cuts every study to the body window of that size (:func:`build_train_set`).
     """
@@ -223,7 +223,7 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
         SECOND_TRAIN_SEED_BASE,
         THIRD_TRAIN_SEED_BASE,
         acquired_study,
-        second_generator_study,
+        other_generator_study,
         synthetic_study,
     )
 
@@ -262,9 +262,9 @@ def synthetic_train_set(seeds: list[int], sequences: list[str], img_size: int, n
             if acquisition in ("scanner", "mixed"):
                 yield acquired_study(s, appearance_jitter=appearance_jitter, fat_sat_off=fat_sat_off)
         for i in range(second_generator):
-            yield second_generator_study(SECOND_TRAIN_SEED_BASE + i)
+            yield other_generator_study(SECOND_TRAIN_SEED_BASE + i)
         for i in range(third_generator):
-            yield second_generator_study(THIRD_TRAIN_SEED_BASE + i, generator="third")
+            yield other_generator_study(THIRD_TRAIN_SEED_BASE + i, generator="third")
 
     ts = build_train_set(studies(), sequences, img_size, norm, progress=progress, fov_mm=fov_mm)
     if path is not None:
