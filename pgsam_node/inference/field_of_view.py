@@ -53,6 +53,15 @@ class Window:
             out[:, wr, wc] = arr[:, sr, sc]
         return out
 
+    def cut_study(self, channels: dict[str, np.ndarray], valid: dict[str, np.ndarray] | None
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(volumes, valid masks) of a study cut to the window: float32 volumes, 0 outside the
+        source; a sequence without a valid mask counts as valid where it is finite."""
+        cut = {r: self.cut(np.asarray(v, dtype=np.float32)) for r, v in channels.items()}
+        cut_valid = {r: self.cut(np.asarray(valid[r] if valid and r in valid else np.isfinite(v), dtype=bool), False)
+                     for r, v in channels.items()}
+        return cut, cut_valid
+
     def paste(self, arr: np.ndarray, shape_yx: tuple[int, int], fill=0) -> np.ndarray:
         """Inverse of :meth:`cut`: a (Z, h, w) array back on the (Z, Y, X) source grid."""
         out = np.full((arr.shape[0], *shape_yx), fill, dtype=arr.dtype)

@@ -276,9 +276,7 @@ class Predictor:
 
         t0 = time.perf_counter()
         win = body_window(channels, valid, affine, fov, NormParams(**self.cfg.norm))
-        cut = {r: win.cut(np.asarray(v, dtype=np.float32)) for r, v in channels.items()}
-        cut_valid = {r: win.cut(np.asarray(valid[r] if valid and r in valid else np.isfinite(v), dtype=bool), False)
-                     for r, v in channels.items()}
+        cut, cut_valid = win.cut_study(channels, valid)
         res = self._predict(cut, cut_valid, findings, report_text, win.affine(affine), postprocess)
         shape_yx = next(iter(channels.values())).shape[1:]
         res.mask = win.paste(res.mask, shape_yx)

@@ -151,11 +151,11 @@ def in_body_window(st: StudyArrays, fov_mm: float, norm: NormParams) -> StudyArr
     from pgsam_node.inference.field_of_view import body_window
 
     win = body_window(st.volumes, st.valid, st.affine, fov_mm, norm)
+    volumes, valid = win.cut_study(st.volumes, st.valid)
     return StudyArrays(
         case_id=st.case_id,
-        volumes={r: win.cut(np.asarray(v, dtype=np.float32)) for r, v in st.volumes.items()},
-        valid={r: win.cut(np.asarray(st.valid[r] if r in st.valid else np.isfinite(v), dtype=bool), False)
-               for r, v in st.volumes.items()},
+        volumes=volumes,
+        valid=valid,
         mask=None if st.mask is None else win.cut(np.asarray(st.mask)),
         affine=win.affine(st.affine),
         report=st.report,

@@ -125,11 +125,10 @@ def _with_air(st, px: int):
     """``st`` with ``px`` pixels of air on every side: the same anatomy on a larger field of view."""
     import dataclasses
 
-    pad = ((0, 0), (px, px), (px, px))
-    a = np.array(st.affine, dtype=np.float64)
-    a[:3, 3] -= a[:3, :3] @ np.array([px, px, 0])
-    return dataclasses.replace(st, volumes={r: np.pad(v, pad) for r, v in st.volumes.items()},
-                               valid={r: np.pad(v, pad) for r, v in st.valid.items()}, mask=np.pad(st.mask, pad), affine=a)
+    from .test_field_of_view import _padded
+
+    vols, valid, a = _padded(st, px)
+    return dataclasses.replace(st, volumes=vols, valid=valid, mask=np.pad(st.mask, ((0, 0), (px, px), (px, px))), affine=a)
 
 
 def test_a_windowed_training_set_does_not_depend_on_the_acquired_field_of_view():
