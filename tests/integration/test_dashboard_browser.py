@@ -170,7 +170,10 @@ def test_node_page_pause_resume_and_test_destination(settings, tmp_path):
         driver.find_element(By.LINK_TEXT, "manage").click()
         wait.until(EC.presence_of_element_located((By.ID, "test-1"))).click()
         # wait for the answer page itself: a flash of the page before the click may still be there
-        flash = wait.until(lambda d: next((f for f in d.find_elements(By.ID, "flash") if "pacs:" in f.text), False))
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        answer = WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,))
+        flash = answer.until(lambda d: next((f for f in d.find_elements(By.ID, "flash") if "pacs:" in f.text), False))
         assert flash.text.startswith("OK pacs: C-ECHO success from ECHOPEER@127.0.0.1") and "ok" in flash.get_attribute("class")
         _shot(driver, tmp_path, "05-destination-ok")
 
