@@ -58,6 +58,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generator", choices=("second", "third"), default="second",
                     help="phantom generator: pgsam_node.synth.second (default) or pgsam_node.synth.third (held out of training)")
+    ap.add_argument("--flip-tta", choices=("on", "off"), default=None,
+                    help="model.flip_tta: average each slice's answer with its left-right mirrored one (default: the embedded default's)")
     ap.add_argument("--cases", type=int, default=16)
     ap.add_argument("--seed-base", type=int, default=0)
     ap.add_argument("--model", type=Path, default=None, help="model folder used as model.path (default: the embedded default)")

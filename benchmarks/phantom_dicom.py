@@ -81,12 +81,16 @@ def model_stack(args, **sections):
         overrides["fallback_keep_stated_regions"] = False
     if getattr(args, "size_growth_floor", None) is not None:
         overrides["size_growth_floor"] = args.size_growth_floor
+    if getattr(args, "flip_tta", None) is not None:
+        overrides["flip_tta"] = args.flip_tta == "on"
     settings = load_settings(None, model=overrides, **sections)
     return settings, ModelRouter.from_settings(settings.model)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flip-tta", choices=("on", "off"), default=None,
+                    help="model.flip_tta: average each slice's answer with its left-right mirrored one (default: the embedded default's)")
     ap.add_argument("--cases", type=int, default=8)
     ap.add_argument("--seed-base", type=int, default=1_000_000)
     ap.add_argument("--model", type=Path, default=None, help="model folder used as model.path (default: the embedded default)")

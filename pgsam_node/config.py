@@ -296,6 +296,10 @@ class ModelSettings(_Section):
     #: map (hysteresis) towards that size, trying thresholds down to this one; 0 = never grow.
     #: Trained models only: the zero-shot (asymmetry-proposal) models' boxes already follow the size.
     size_growth_floor: float = Field(0.1, ge=0, lt=1)
+    #: Segment every slice also mirrored left-right in the image (coordinates mirrored with it, the
+    #: report unchanged) and average the two answers; twice the model's forward passes. Trained
+    #: models without cached embeddings only.
+    flip_tta: bool = False
     #: Model per anatomic region named by the report (findings ``gland``: parotid, submandibular,
     #: brain): a model folder, or the name of a bundled one. Other studies use ``path``. A routed
     #: model is loaded on its first study and kept.

@@ -23,6 +23,7 @@ from pgsam_node.config import ModelSettings
 from pgsam_node.errors import InferenceError, ModelError
 from pgsam_node.findings import Findings, findings_vector
 from pgsam_node.geometry.normalize import NormParams
+from pgsam_node.inference.flip import flip_averaged
 from pgsam_node.inference.sizing import grow_to_stated_size
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class Predictor:
 
     def __init__(self, model, cfg, device, batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None,
                  slice_selection: str = "auto", probe_stride: int = 2, embedding_cache_slices: int = 72,
-                 size_growth_floor: float = 0.1) -> None:
+                 size_growth_floor: float = 0.1, flip_tta: bool = False) -> None:
         from pgsam_node.inference.selective import EmbeddingLRU
 
         self.model = model
@@ -164,6 +165,7 @@ class Predictor:
         self.slice_selection = slice_selection
         self.probe_stride = max(1, int(probe_stride))
         self.size_growth_floor = float(size_growth_floor)
+        self.flip_tta = bool(flip_tta)
         boxed = getattr(model, "box_head", None) is not None or self.proposals
         self.embeddings = EmbeddingLRU(embedding_cache_slices if boxed else 0)
 
@@ -183,10 +185,11 @@ class Predictor:
     def from_settings(cls, m: ModelSettings) -> Predictor:
         """The one loader: the model the ``model`` settings section names (``path``, ``device``,
         ``batch_size``, ``text_encoder``, ``threshold``, ``slice_selection``, ``probe_stride``,
-        ``embedding_cache_slices``, ``size_growth_floor``)."""
+        ``embedding_cache_slices``, ``size_growth_floor``, ``flip_tta``)."""
         return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder,
                             threshold=m.threshold, slice_selection=m.slice_selection, probe_stride=m.probe_stride,
-                            embedding_cache_slices=m.embedding_cache_slices, size_growth_floor=m.size_growth_floor)
+                            embedding_cache_slices=m.embedding_cache_slices, size_growth_floor=m.size_growth_floor,
+                            flip_tta=m.flip_tta)
 
     def for_findings(self, findings: Findings | None) -> Predictor:
         """One model segments every study (a :class:`~.router.ModelRouter` chooses per report)."""
@@ -334,6 +337,8 @@ class Predictor:
 
                         cached = embed(self.model, imgs, vld, self.embeddings, self.batch_size)
                     out = self.model(imgs, vld, crd, temb, tval, fv, embeddings=cached)
+                    if self.flip_tta and cached is None:
+                        out = flip_averaged(self.model, out, imgs, vld, crd, temb, tval, fv)
                 res = out[:, 0].float().cpu().numpy()
                 for j, k in enumerate(ks):
                     logits[k] = res[j]
