@@ -69,6 +69,8 @@ def main() -> int:
     ap.add_argument("--default-stack", action="store_true",
                     help="instead of --model: the embedded default model.path with model.fallback and routing off "
                          "(every study goes to parotid-tiny, its result checked against the report)")
+    ap.add_argument("--no-keep-stated-regions", action="store_true",
+                    help="with --default-stack: model.fallback_keep_stated_regions off (a doubted mask always goes to the fallback)")
     ap.add_argument("--size-growth-floor", type=float, default=None, metavar="P",
                     help="model.size_growth_floor (default: the embedded default's; 0 = no growth towards the report's size)")
     ap.add_argument("--no-assume-enhancement", action="store_true",
@@ -93,7 +95,8 @@ def main() -> int:
         from pgsam_node.config import load_settings
         from pgsam_node.inference.router import ModelRouter
 
-        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu", **growth}).model)
+        keep = {"fallback_keep_stated_regions": False} if args.no_keep_stated_regions else {}
+        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu", **growth, **keep}).model)
     else:
         pred = Predictor.from_dir(args.model, device="cpu", **growth)
     regimes = [r.strip() for r in args.regimes.split(",")]

@@ -320,6 +320,10 @@ class ModelSettings(_Section):
     #: they are the answer and the fallback does not run. False = a doubted mask always goes to the
     #: fallback.
     fallback_keep_stated_regions: bool = True
+    #: ... and only when those regions hold at least this share of the mask's voxels: a lesion with
+    #: a few specks around it, not the largest pieces of a scatter (a model out of its domain, as
+    #: on real MR, marks tens of regions, none of them the answer). 0 = any share.
+    fallback_keep_min_share: float = Field(0.5, ge=0, le=1)
     #: Companion of the default model for studies whose T2 or T1C was acquired without fat
     #: saturation (fat brighter than the sequence's median tissue, read from the images): a model
     #: folder or bundled name; None = off. The bundled default applies only while ``path`` is the

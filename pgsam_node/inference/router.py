@@ -82,7 +82,7 @@ class ModelRouter:
             path = resolve_model(str(self.settings.fallback))
             return WithFallback(primary, path.name, lambda: self._route("fallback", path),
                                 self.settings.fallback_components_per_lesion, self.settings.fallback_size_ratio,
-                                self.settings.fallback_keep_stated_regions)
+                                self.settings.fallback_keep_stated_regions, self.settings.fallback_keep_min_share)
         return primary
 
     def _route(self, region: str, path: Path) -> Any:
@@ -109,8 +109,9 @@ class WithFallback(ChoosingPredictor):
     contradicts (:func:`~.plausibility.doubt`: many more separate regions than stated lesions, or a
     largest region far from the stated size) and the default's own largest region(s), as many as
     the report states lesions (:func:`~.plausibility.stated_regions`), do not agree with the size
-    it states either: when they do, they are the answer (``model.fallback_keep_stated_regions``,
-    default on; a report without a size cannot vouch for them). Its result replaces a doubted one only when it is
+    it states either: when they do, and hold most of the mask (``model.fallback_keep_min_share``),
+    they are the answer (``model.fallback_keep_stated_regions``, default on; a report without a size
+    cannot vouch for them). Its result replaces a doubted one only when it is
     non-empty and not doubted itself; otherwise the default's result stands, and the notes say both.
     The run record's model version names both; after :meth:`predict`, ``cfg`` (segment codes,
     weights hash for the SEG) is the configuration of the model that produced the mask, and the
@@ -118,11 +119,12 @@ class WithFallback(ChoosingPredictor):
     """
 
     def __init__(self, primary: Any, fallback_name: str, load_fallback, components_per_lesion: int,
-                 size_ratio: float, keep_stated_regions: bool = True) -> None:
+                 size_ratio: float, keep_stated_regions: bool = True, keep_min_share: float = 0.5) -> None:
         super().__init__(primary, fallback_name, load_fallback)
         self.components_per_lesion = components_per_lesion
         self.size_ratio = size_ratio
         self.keep_stated_regions = keep_stated_regions
+        self.keep_min_share = keep_min_share
 
     @property
     def primary(self) -> Any:
@@ -144,7 +146,10 @@ class WithFallback(ChoosingPredictor):
             from pgsam_node.inference.plausibility import stated_regions
 
             kept = stated_regions(res.mask, findings)
-            if self._doubt(kept, affine, findings) is None:
+            share = float(kept.sum()) / float(max(1, (res.mask > 0).sum()))
+            if share < self.keep_min_share:
+                why = f"{why}; its largest region(s) hold only {share:.0%} of it"
+            elif self._doubt(kept, affine, findings) is None:
                 res.mask = kept.astype(res.mask.dtype)
                 res.notes = list(res.notes) + [f"{model_that_ran(self.primary)}'s result contradicted the report ({why}); "
                                                "its largest region(s), as many as the report states lesions, agree with it "

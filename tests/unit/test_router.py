@@ -176,6 +176,20 @@ def test_fallback_replaces_a_result_the_report_contradicts():
     assert any("largest region(s)" in n and "were kept" in n for n in res.notes)
     res, pred, calls = run(lesion_and_specks, good, fallback_keep_stated_regions=False)
     assert calls == 1 and pred.cfg == "cfg:zero-shot"
+    # ... but not the largest piece of a scatter: a 9 mm region (it agrees with the stated 20 mm
+    # within the ratio 3) holding less than half of what the model marked goes to the fallback;
+    # with fallback_keep_min_share 0 it is kept.
+    assert settings.model.fallback_keep_min_share == 0.5
+    small = _blob(shape, (10, 20, 20), (0, 4, 4))  # 81 voxels, 9 x 9 mm on one slice
+    small_and_specks = np.maximum(small, _scatter(shape, 12))  # + 12 specks of 8 voxels
+    res, pred, calls = run(small_and_specks, good)
+    assert calls == 1 and pred.cfg == "cfg:zero-shot" and np.array_equal(res.mask, good)
+    assert any("largest region(s) hold only 46% of it" in n for n in res.notes), res.notes
+    res, pred, calls = run(small_and_specks, good, fallback_keep_min_share=0)
+    assert calls == 0 and np.array_equal(res.mask, small)
+    for bad in (-0.1, 1.5, "most"):
+        with pytest.raises(ConfigError, match="fallback_keep_min_share"):
+            load_settings(None, model={"fallback_keep_min_share": bad})
     # ... but a report without a size cannot vouch for the region kept: the fallback runs.
     res, pred, calls = run(lesion_and_specks, good, findings=Findings(gland="parotid", present=True, side="left"))
     assert calls == 1 and np.array_equal(res.mask, good)
