@@ -11,11 +11,8 @@ from pgsam_node.errors import ConfigError
 from pgsam_node.inference.flip import flip_averaged
 from pgsam_node.inference.predictor import Predictor
 from pgsam_node.inference.preprocessing import flip_affine
-from pgsam_node.model.checkpoint import save_model_dir
-from pgsam_node.model.pgsam import build_model
 from pgsam_node.training.sources import synthetic_study
 
-from .test_model_arch import small_cfg
 
 
 class _ColumnRamp(torch.nn.Module):
@@ -45,15 +42,6 @@ def test_flip_averaged_mirrors_images_and_coordinates_together_and_averages():
     # Image term: x and flip(flip(x)) agree; the column ramp is averaged with its mirror to (W - 1) / 2.
     assert torch.allclose(avg, imgs[:, 0, :1] + (imgs.shape[-1] - 1) / 2)
     assert not torch.allclose(avg, out)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(1)
-    cfg = small_cfg(use_text=False)
-    d = tmp_path_factory.mktemp("models") / "small"
-    save_model_dir(build_model(cfg), cfg, d)
-    return d
 
 
 def _mirrored_study(st):

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from pgsam_node.errors import InferenceError
 from pgsam_node.findings import Findings
 from pgsam_node.inference.predictor import Predictor, side_filter
-from pgsam_node.model.checkpoint import save_model_dir
 from pgsam_node.inference.preprocessing import flip_affine
-from pgsam_node.model.pgsam import build_model
 from pgsam_node.training.sources import synthetic_study
 
-from .test_model_arch import small_cfg
 
 
 def _two_blobs():
@@ -50,15 +46,6 @@ def test_side_filter_drops_tiny_components():
     out, notes = side_filter(m, np.eye(4), np.array([19.5, 19.5, 5.0]), None, min_voxels=5)
     assert not out[0, 0, 0] and out.sum() == m.sum() - 1
     assert any("below" in n for n in notes)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = small_cfg(use_text=True)
-    d = tmp_path_factory.mktemp("models") / "small"
-    save_model_dir(build_model(cfg), cfg, d)
-    return d
 
 
 def test_predictor_shapes_and_dtypes(model_dir):
