@@ -75,7 +75,7 @@ def main() -> int:
                     help="model.size_growth_floor (default: the embedded default's; 0 = no growth towards the report's size)")
     ap.add_argument("--no-assume-enhancement", action="store_true",
                     help="score a study without a signal description as T2-bright / T1-dark even when it has a T1C "
-                         "(the proposals' rule before 2026-12-05; ProposalParams.assume_enhancement)")
+                         "(the proposals' rule before 2026-12-05; model.assume_enhancement false)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -84,21 +84,17 @@ def main() -> int:
     from pgsam_node.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
+    options = {} if args.size_growth_floor is None else {"size_growth_floor": args.size_growth_floor}
     if args.no_assume_enhancement:
-        import functools
-
-        from pgsam_node.inference import proposals
-
-        proposals.ProposalParams = functools.partial(proposals.ProposalParams, assume_enhancement=False)  # type: ignore[misc]
-    growth = {} if args.size_growth_floor is None else {"size_growth_floor": args.size_growth_floor}
+        options["assume_enhancement"] = False
     if args.default_stack:
         from pgsam_node.config import load_settings
         from pgsam_node.inference.router import ModelRouter
 
         keep = {"fallback_keep_stated_regions": False} if args.no_keep_stated_regions else {}
-        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu", **growth, **keep}).model)
+        router = ModelRouter.from_settings(load_settings(None, model={"by_region": {}, "device": "cpu", **options, **keep}).model)
     else:
-        pred = Predictor.from_dir(args.model, device="cpu", **growth)
+        pred = Predictor.from_dir(args.model, device="cpu", **options)
     regimes = [r.strip() for r in args.regimes.split(",")]
     rows = []
     for kind, st in studies(args):

@@ -300,6 +300,11 @@ class ModelSettings(_Section):
     #: report unchanged) and average the two answers; twice the model's forward passes. Trained
     #: models without cached embeddings only.
     flip_tta: bool = False
+    #: Zero-shot (asymmetry-proposal) models, a study with a post-contrast T1 whose report states no
+    #: signal (or that has no report): True = the lesion is sought as what enhances (T1C brighter
+    #: than T1); False = as what is bright on T2 and dark on T1, the rule for a site whose lesions
+    #: mostly do not enhance (an MS clinic). A report that describes the signal is always followed.
+    assume_enhancement: bool = True
     #: Model per anatomic region named by the report (findings ``gland``: parotid, submandibular,
     #: brain): a model folder, or the name of a bundled one. Other studies use ``path``. A routed
     #: model is loaded on its first study and kept.

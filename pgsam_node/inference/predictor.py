@@ -152,7 +152,8 @@ class Predictor:
 
     def __init__(self, model, cfg, device, batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None,
                  slice_selection: str = "auto", probe_stride: int = 2, embedding_cache_slices: int = 72,
-                 size_growth_floor: float = 0.1, flip_tta: bool = False) -> None:
+                 size_growth_floor: float = 0.1, flip_tta: bool = False, assume_enhancement: bool = True) -> None:
+        from pgsam_node.inference.proposals import ProposalParams
         from pgsam_node.inference.selective import EmbeddingLRU
 
         self.model = model
@@ -166,6 +167,8 @@ class Predictor:
         self.probe_stride = max(1, int(probe_stride))
         self.size_growth_floor = float(size_growth_floor)
         self.flip_tta = bool(flip_tta)
+        #: Settings of the zero-shot proposals (asymmetry-localiser models only).
+        self.proposal_params = ProposalParams(assume_enhancement=bool(assume_enhancement))
         boxed = getattr(model, "box_head", None) is not None or self.proposals
         self.embeddings = EmbeddingLRU(embedding_cache_slices if boxed else 0)
 
@@ -185,11 +188,11 @@ class Predictor:
     def from_settings(cls, m: ModelSettings) -> Predictor:
         """The one loader: the model the ``model`` settings section names (``path``, ``device``,
         ``batch_size``, ``text_encoder``, ``threshold``, ``slice_selection``, ``probe_stride``,
-        ``embedding_cache_slices``, ``size_growth_floor``, ``flip_tta``)."""
+        ``embedding_cache_slices``, ``size_growth_floor``, ``flip_tta``, ``assume_enhancement``)."""
         return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder,
                             threshold=m.threshold, slice_selection=m.slice_selection, probe_stride=m.probe_stride,
                             embedding_cache_slices=m.embedding_cache_slices, size_growth_floor=m.size_growth_floor,
-                            flip_tta=m.flip_tta)
+                            flip_tta=m.flip_tta, assume_enhancement=m.assume_enhancement)
 
     def for_findings(self, findings: Findings | None) -> Predictor:
         """One model segments every study (a :class:`~.router.ModelRouter` chooses per report)."""
@@ -375,7 +378,7 @@ class Predictor:
 
         seqs = list(self.cfg.sequences)
         images = proposal_images(channels, valid, seqs, self.cfg.arch.img_size)
-        prop = propose(images, prep.seq_valid, seqs, prep.affine, prep.shape_yx, findings)
+        prop = propose(images, prep.seq_valid, seqs, prep.affine, prep.shape_yx, findings, self.proposal_params)
         notes += prop.notes
         if not prop.boxes or prop.key_role not in seqs:
             return None

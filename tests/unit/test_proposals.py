@@ -304,3 +304,39 @@ def test_a_model_with_enhancing_tissue_z_trims_an_enhancing_lesions_mask_to_what
     # (Partial-volume voxels at the lesion's edge enhance a little and may stay.)
     assert (plain & unenhanced).sum() > 0.1 * plain.sum()
     assert (trimmed & unenhanced).sum() < 0.2 * (plain & unenhanced).sum()
+
+
+def test_model_assume_enhancement_setting_reaches_the_proposals_of_every_zero_shot_model():
+    """``model.assume_enhancement`` (config): a site can have unreported post-contrast studies
+    sought as T2-bright / T1-dark (the oedema-like region of the phantom) instead of by enhancement."""
+    from pgsam_node.config import load_settings
+
+    torch.manual_seed(0)
+    arch = get_preset("tiny", localiser="asymmetry", img_size=96, patch_size=8, depth=1)
+    cfg = ModelConfig(arch=arch, sequences=SEQ, use_text=False, context_slices=1, threshold=0.5, min_component_mm3=0.0)
+    model = build_model(cfg).eval()
+    vols, mask = phantom(distractor=False, tube=False, angle=0.0, shift=0)
+    yy, xx = np.mgrid[0:N, 0:N].astype(float)
+    oedema = (((xx - 66) / 9) ** 2 + ((yy - 50) / 12) ** 2) < 1
+    for k in range(2, 8):
+        vols["T2"][k][oedema], vols["T1"][k][oedema], vols["T1C"][k][oedema] = 950.0, 200.0, 200.0
+    masks = {}
+    for assume in (True, False):
+        m = load_settings(None, model={"assume_enhancement": assume}).model
+        assert m.assume_enhancement is assume
+        pred = Predictor(model, cfg, torch.device("cpu"), batch_size=3, threshold=1e-4, assume_enhancement=m.assume_enhancement)
+        assert pred.proposal_params.assume_enhancement is assume
+        res = pred.predict(vols, None, None, None, AFFINE, postprocess=False)
+        assert any(f"decoder sees {'T1C' if assume else 'T2'}" in n for n in res.notes), res.notes
+        masks[assume] = res.mask.astype(bool)
+    assert masks[True].any() and not masks[True][:, :, 56:].any()
+    assert masks[False][:, :, 56:].any()
+
+
+def test_the_router_loads_zero_shot_models_with_the_sites_assume_enhancement():
+    from pgsam_node.config import load_settings
+    from pgsam_node.inference.router import ModelRouter
+
+    router = ModelRouter.from_settings(load_settings(None, model={"assume_enhancement": False, "device": "cpu"}).model)
+    brain = router.for_findings(Findings(gland="brain"))
+    assert brain.proposals and brain.proposal_params.assume_enhancement is False
