@@ -24,7 +24,7 @@ from pgsam_node.errors import InferenceError, ModelError
 from pgsam_node.findings import Findings, findings_vector
 from pgsam_node.geometry.normalize import NormParams
 from pgsam_node.inference.flip import flip_averaged
-from pgsam_node.inference.sizing import grow_to_stated_size
+from pgsam_node.inference.sizing import grow_to_stated_size, shrink_to_stated_size
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ class Predictor:
 
     def __init__(self, model, cfg, device, batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None,
                  slice_selection: str = "auto", probe_stride: int = 2, embedding_cache_slices: int = 72,
-                 size_growth_floor: float = 0.1, flip_tta: bool = False, assume_enhancement: bool = True) -> None:
+                 size_growth_floor: float = 0.1, flip_tta: bool = False, assume_enhancement: bool = True,
+                 size_shrink_ceiling: float = 0.9) -> None:
         from pgsam_node.inference.proposals import ProposalParams
         from pgsam_node.inference.selective import EmbeddingLRU
 
@@ -166,6 +167,7 @@ class Predictor:
         self.slice_selection = slice_selection
         self.probe_stride = max(1, int(probe_stride))
         self.size_growth_floor = float(size_growth_floor)
+        self.size_shrink_ceiling = float(size_shrink_ceiling)
         self.flip_tta = bool(flip_tta)
         #: Settings of the zero-shot proposals (asymmetry-localiser models only).
         self.proposal_params = ProposalParams(assume_enhancement=bool(assume_enhancement))
@@ -188,11 +190,11 @@ class Predictor:
     def from_settings(cls, m: ModelSettings) -> Predictor:
         """The one loader: the model the ``model`` settings section names (``path``, ``device``,
         ``batch_size``, ``text_encoder``, ``threshold``, ``slice_selection``, ``probe_stride``,
-        ``embedding_cache_slices``, ``size_growth_floor``, ``flip_tta``, ``assume_enhancement``)."""
+        ``embedding_cache_slices``, ``size_growth_floor``, ``size_shrink_ceiling``, ``flip_tta``, ``assume_enhancement``)."""
         return cls.from_dir(m.path, device=m.device, batch_size=m.batch_size, text_encoder=m.text_encoder,
                             threshold=m.threshold, slice_selection=m.slice_selection, probe_stride=m.probe_stride,
                             embedding_cache_slices=m.embedding_cache_slices, size_growth_floor=m.size_growth_floor,
-                            flip_tta=m.flip_tta, assume_enhancement=m.assume_enhancement)
+                            flip_tta=m.flip_tta, assume_enhancement=m.assume_enhancement, size_shrink_ceiling=m.size_shrink_ceiling)
 
     def for_findings(self, findings: Findings | None) -> Predictor:
         """One model segments every study (a :class:`~.router.ModelRouter` chooses per report)."""
@@ -361,7 +363,8 @@ class Predictor:
             notes += side_notes
             if not self.proposals:  # the zero-shot path's boxes already follow the stated size
                 mask, grown = grow_to_stated_size(mask, prob, affine, findings, self.threshold, self.size_growth_floor)
-                notes += [grown] if grown else []
+                mask, cut = shrink_to_stated_size(mask, prob, affine, findings, self.threshold, self.size_shrink_ceiling)
+                notes += [n for n in (grown, cut) if n]
         t3 = time.perf_counter()
         secs = {"prepare": t1 - t0, "model": t2 - t1, "postprocess": t3 - t2, "total": t3 - t0}
         return InferenceResult(mask=mask.astype(np.uint8), prob=prob, seconds=secs, notes=notes)

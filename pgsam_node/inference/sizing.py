@@ -1,4 +1,5 @@
-"""Grow an under-segmented lesion towards the size the report states.
+"""Grow an under-segmented lesion towards the size the report states (and cut back one that is
+wider than that size allows: :func:`shrink_to_stated_size`).
 
 On images unlike its training data a model often finds the right lesion but only its most
 confident core: the probability map still covers the lesion, at values below the mask's threshold.
@@ -110,3 +111,47 @@ def grow_to_stated_size(mask: np.ndarray, prob: np.ndarray, affine: np.ndarray, 
     note = (f"grew the largest region by {int(out.sum() - mask.sum())} voxels, {start:.0f} mm to {reached:.0f} mm across, "
             f"towards the stated {size:.0f} mm (probability >= {best_low:g})")
     return out, note
+
+
+#: Higher thresholds tried in turn when the largest region is wider than the stated size.
+SHRINK_LADDER = (0.6, 0.7, 0.8, 0.9)
+
+
+def _fits(region: np.ndarray, size: float, spacing: tuple[float, float, float]) -> bool:
+    """Whether every side of the region's bounding box is at most ``size`` x TOLERANCE plus one
+    voxel along that axis (a lesion of diameter S touches at most that many voxels: partial
+    volume at each end, which 4-6 mm slices make large)."""
+    box = ndimage.find_objects(region.astype(np.uint8))[0]
+    return all((s.stop - s.start) * mm <= size * TOLERANCE + mm for s, mm in zip(box, spacing))
+
+
+def shrink_to_stated_size(mask: np.ndarray, prob: np.ndarray, affine: np.ndarray, findings: Findings | None,
+                          threshold: float, ceiling: float) -> tuple[np.ndarray, str | None]:
+    """The mask with its largest region cut back towards the report's size, and a note when cut.
+
+    The counterpart of :func:`grow_to_stated_size`: when the largest region is wider than the
+    stated diameter S allows (:func:`_fits`), higher thresholds are tried in turn (``SHRINK_LADDER``,
+    up to ``ceiling``); at each, the region's part above it is split into 26-connected pieces and the
+    one with the largest summed probability kept. The first that fits replaces the region; when none
+    fits, the mask is left as it was. Other regions are kept as they are. ``ceiling`` 0 = off.
+    """
+    mask = mask.astype(bool)
+    if findings is None or not findings.size_mm or findings.size_mm <= 0 or ceiling <= 0 or not mask.any():
+        return mask, None
+    size, spacing = findings.size_mm, spacing_zyx(affine)
+    region = largest_region(mask)
+    if _fits(region, size, spacing):
+        return mask, None
+    start = extent_mm(region, affine)
+    for high in (t for t in SHRINK_LADDER if threshold < t <= ceiling):
+        labels, n = ndimage.label(region & (prob >= high), structure=_CONNECT)
+        if n == 0:
+            break
+        mass = ndimage.sum_labels(prob, labels, range(1, n + 1))
+        piece = labels == 1 + int(np.argmax(mass))
+        if _fits(piece, size, spacing):
+            out = (mask & ~region) | piece
+            note = (f"cut the largest region from {int(region.sum())} to {int(piece.sum())} voxels, {start:.0f} mm to "
+                    f"{extent_mm(piece, affine):.0f} mm across, towards the stated {size:.0f} mm (probability >= {high:g})")
+            return out, note
+    return mask, None

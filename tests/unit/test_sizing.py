@@ -1,5 +1,6 @@
-"""model.size_growth_floor: an under-segmented lesion grows towards the report's stated size
-(pgsam_node.inference.sizing, applied in Predictor.predict's post-processing)."""
+"""model.size_growth_floor: an under-segmented lesion grows towards the report's stated size;
+model.size_shrink_ceiling: one wider than it is cut back (pgsam_node.inference.sizing, applied in
+Predictor.predict's post-processing)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from pgsam_node.config import ConfigError, load_settings
 from pgsam_node.findings import Findings
-from pgsam_node.inference.sizing import extent_mm, grow_to_stated_size
+from pgsam_node.inference.sizing import extent_mm, grow_to_stated_size, shrink_to_stated_size
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # 1 mm columns and rows, 2 mm slices
 
@@ -95,12 +96,13 @@ def test_only_the_largest_region_grows_and_the_rest_is_kept():
     assert grown[2, 5, 5] and extent_mm(grown & ~speck, AFFINE) >= 19
 
 
-def test_the_floor_is_a_config_key_with_a_safe_range():
-    assert load_settings(None).model.size_growth_floor == 0.1
-    assert load_settings(None, model={"size_growth_floor": 0}).model.size_growth_floor == 0
+@pytest.mark.parametrize(("key", "default"), [("size_growth_floor", 0.1), ("size_shrink_ceiling", 0.9)])
+def test_the_floor_and_the_ceiling_are_config_keys_with_a_safe_range(key, default):
+    assert getattr(load_settings(None).model, key) == default
+    assert getattr(load_settings(None, model={key: 0}).model, key) == 0
     for bad in (-0.1, 1.0, "x"):
-        with pytest.raises(ConfigError, match="size_growth_floor"):
-            load_settings(None, model={"size_growth_floor": bad})
+        with pytest.raises(ConfigError, match=key):
+            load_settings(None, model={key: bad})
 
 
 def test_the_predictor_grows_the_bundled_models_mask_when_the_report_states_more():
@@ -131,3 +133,48 @@ def test_the_predictor_grows_the_bundled_models_mask_when_the_report_states_more
         else:
             assert np.array_equal(after.mask, before.mask)
     assert grew >= 1, "no study grew"
+
+
+def _halo():
+    """A 10 mm lesion (p 0.95) inside a 30 mm halo of p 0.6, and a separate 6 mm blob (p 0.7)."""
+    shape = (24, 64, 64)
+    core = _ball(shape, (12, 32, 24), 5.0)
+    halo = _ball(shape, (12, 32, 24), 15.0)
+    blob = _ball(shape, (12, 32, 54), 3.0)
+    prob = np.full(shape, 0.01, np.float32)
+    prob[halo], prob[core], prob[blob] = 0.6, 0.95, 0.7
+    return prob, core, halo, blob
+
+
+def test_a_region_wider_than_the_stated_size_is_cut_back_to_its_most_probable_piece():
+    prob, core, halo, blob = _halo()
+    mask = prob >= 0.5
+    cut, note = shrink_to_stated_size(mask, prob, AFFINE, Findings(present=True, size_mm=10.0), 0.5, 0.9)
+    assert note and note.startswith("cut the largest region") and "stated 10 mm" in note
+    assert np.array_equal(cut & ~blob, core)
+    assert (cut & blob).sum() == blob.sum()  # the other region is kept as it was
+    # A size the region fits (one voxel of partial volume allowed), no size, or the ceiling at 0: unchanged.
+    for findings, ceiling in ((Findings(present=True, size_mm=30.0), 0.9), (Findings(present=True), 0.9), (None, 0.9),
+                              (Findings(present=True, size_mm=10.0), 0.0)):
+        same, note = shrink_to_stated_size(mask, prob, AFFINE, findings, 0.5, ceiling)
+        assert note is None and np.array_equal(same, mask)
+
+
+def test_nothing_is_cut_when_no_higher_threshold_gives_a_piece_of_the_stated_size():
+    prob, core, halo, _ = _halo()
+    prob[halo] = 0.95  # confident throughout: the model and the report disagree, and the mask stands
+    mask = prob >= 0.5
+    same, note = shrink_to_stated_size(mask, prob, AFFINE, Findings(present=True, size_mm=10.0), 0.5, 0.9)
+    assert note is None and np.array_equal(same, mask)
+
+
+
+def test_the_predictor_takes_the_shrink_ceiling_from_the_settings():
+    """Plumbing (the bundled model is confident to its lesions' edges on its own phantoms, so no
+    higher threshold changes its masks there; the cut itself is measured on foreign phantoms in
+    docs/model.md)."""
+    from pgsam_node.inference.predictor import Predictor
+
+    for ceiling in (0.0, 0.7):
+        pred = Predictor.from_settings(load_settings(None, model={"size_shrink_ceiling": ceiling, "device": "cpu"}).model)
+        assert pred.size_shrink_ceiling == ceiling
