@@ -134,9 +134,13 @@ def shrink_to_stated_size(mask: np.ndarray, prob: np.ndarray, affine: np.ndarray
     up to ``ceiling``); at each, the region's part above it is split into 26-connected pieces and the
     one with the largest summed probability kept. The first that fits replaces the region; when none
     fits, the mask is left as it was. Other regions are kept as they are. ``ceiling`` 0 = off.
+    Nothing is cut when the report states more than one lesion: two lesions that touch make one
+    region wider than either, and cutting it would drop one of them.
     """
     mask = mask.astype(bool)
     if findings is None or not findings.size_mm or findings.size_mm <= 0 or ceiling <= 0 or not mask.any():
+        return mask, None
+    if (findings.count or 1) > 1 or findings.side == "bilateral":
         return mask, None
     size, spacing = findings.size_mm, spacing_zyx(affine)
     region = largest_region(mask)

@@ -154,8 +154,9 @@ def test_a_region_wider_than_the_stated_size_is_cut_back_to_its_most_probable_pi
     assert np.array_equal(cut & ~blob, core)
     assert (cut & blob).sum() == blob.sum()  # the other region is kept as it was
     # A size the region fits (one voxel of partial volume allowed), no size, or the ceiling at 0: unchanged.
+    # Nor when the report states two lesions (the wide region may be both).
     for findings, ceiling in ((Findings(present=True, size_mm=30.0), 0.9), (Findings(present=True), 0.9), (None, 0.9),
-                              (Findings(present=True, size_mm=10.0), 0.0)):
+                              (Findings(present=True, size_mm=10.0), 0.0), (Findings(present=True, size_mm=10.0, count=2), 0.9)):
         same, note = shrink_to_stated_size(mask, prob, AFFINE, findings, 0.5, ceiling)
         assert note is None and np.array_equal(same, mask)
 
