@@ -1,8 +1,10 @@
-"""Dice on parotid phantoms from an independent generator (--generator second|third), read as the node reads them.
+"""Dice on parotid phantoms from an independent generator (--generator second|third|fourth), read as the node reads them.
 
 The generators: ``second`` (pgsam_node/synth/second.py; its training cases also feed the trainer,
-so the bundled models have seen its kind of study) and ``third`` (pgsam_node/synth/third.py; held
-out of training on purpose: it measures transfer to a generator the models never saw).
+so the bundled models have seen its kind of study), ``third`` (pgsam_node/synth/third.py; held out
+of training until late on 2026-12-05, since then in the fat-saturation companion's) and ``fourth``
+(pgsam_node/synth/fourth.py, written on 2026-12-06 and held out of all training: it measures
+transfer to a generator the models never saw).
 
 Each study is written as DICOM in folders named s01, s02, s03 (no role in the name); the node's
 own classifier assigns the roles from the headers, the geometry stage builds the volumes, the
@@ -10,7 +12,7 @@ report parser reads the report, the router picks the model and the mask is score
 post-contrast T1's grid. The anchor, measured in the same run: the same number of our own
 generator's studies through the same DICOM path (benchmarks/phantom_dicom.py's reader).
 
-    python benchmarks/foreign_phantoms.py [--generator second|third] [--cases 16] [--seed-base 0] [--model DIR] [--no-fallback] [--threads 2]
+    python benchmarks/foreign_phantoms.py [--generator second|third|fourth] [--cases 16] [--seed-base 0] [--model DIR] [--no-fallback] [--threads 2]
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def read_study(folder: Path, geometry):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--generator", choices=("second", "third"), default="second",
-                    help="phantom generator: pgsam_node.synth.second (default) or pgsam_node.synth.third (held out of training)")
+    ap.add_argument("--generator", choices=("second", "third", "fourth"), default="second",
+                    help="phantom generator: pgsam_node.synth.second (default), .third or .fourth (held out of all training)")
     ap.add_argument("--flip-tta", choices=("on", "off"), default=None,
                     help="model.flip_tta: average each slice's answer with its left-right mirrored one (default: the embedded default's)")
     ap.add_argument("--cases", type=int, default=16)

@@ -64,3 +64,20 @@ def wait_echo(port: int, called_aet: str, host: str = "127.0.0.1", timeout: floa
             assoc.release()
 
     wait_for(_echo, timeout, interval=0.5, what=f"C-ECHO answered on {host}:{port}")
+
+
+def roles_by_headers(folder: Path) -> dict[str, str]:
+    """Series folder name -> the role the node's classifier gives it, from its first file's headers
+    (a phantom generator's study: one subfolder per series, no role in the names)."""
+    import pydicom
+
+    from pgsam_node.assemble.classify import classify_series, shared_exam_values
+    from pgsam_node.ingest.evidence import classification_headers
+
+    headers = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(sub.glob("*.dcm"))
+        assert files, f"{sub.name}: no DICOM files"
+        headers[sub.name] = classification_headers(pydicom.dcmread(files[0], stop_before_pixels=True))
+    shared = shared_exam_values(list(headers.values()))
+    return {name: classify_series(h, shared=shared)[0] for name, h in headers.items()}

@@ -9,25 +9,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from pgsam_node.assemble.classify import classify_series, shared_exam_values
-from pgsam_node.ingest.evidence import classification_headers
 from pgsam_node.reports.parse import parse_report
 from pgsam_node.synth.third import write_foreign_study
-
-
-def _roles(folder: Path) -> dict[str, str]:
-    headers = {}
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = sorted(sub.glob("*.dcm"))
-        assert files
-        headers[sub.name] = classification_headers(pydicom.dcmread(files[0], stop_before_pixels=True))
-    shared = shared_exam_values(list(headers.values()))
-    return {name: classify_series(h, shared=shared)[0] for name, h in headers.items()}
+from tests.helpers import roles_by_headers
 
 
 def _t1c_slices(folder: Path) -> list[pydicom.Dataset]:
     """The T1C series (found by the classifier), slices sorted along their normal as the node sorts them."""
-    name = next(n for n, r in _roles(folder).items() if r == "T1C")
+    name = next(n for n, r in roles_by_headers(folder).items() if r == "T1C")
     dss = [pydicom.dcmread(f, stop_before_pixels=True) for f in (folder / name).glob("*.dcm")]
     normal = np.cross(np.array(dss[0].ImageOrientationPatient[:3], float), np.array(dss[0].ImageOrientationPatient[3:], float))
     return sorted(dss, key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, float), normal)))
@@ -37,7 +26,7 @@ def test_a_written_study_is_classified_by_its_headers_and_its_report_names_the_l
     for seed in (0, 9):
         fs = write_foreign_study(seed, tmp_path / f"study{seed}")
         assert sorted(p.name for p in fs.folder.iterdir()) == ["s01", "s02", "s03"]
-        assert sorted(_roles(fs.folder).values()) == ["T1", "T1C", "T2"]
+        assert sorted(roles_by_headers(fs.folder).values()) == ["T1", "T1C", "T2"]
         f = parse_report(fs.report)
         assert f.present and f.side == fs.side and f.gland == "parotid"
         t1c = _t1c_slices(fs.folder)
