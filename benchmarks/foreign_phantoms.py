@@ -71,6 +71,8 @@ def main() -> int:
     ap.add_argument("--non-fat-sat", default=None, metavar="MODEL",
                     help="model.non_fat_sat: companion for studies not fat-saturated (folder or bundled name; "
                          "'none' = off; default: the embedded default's, applied only without --model)")
+    ap.add_argument("--size-shrink-ceiling", type=float, default=None, metavar="P",
+                    help="model.size_shrink_ceiling (default: the embedded default's; 0 = never cut a region wider than the stated size)")
     ap.add_argument("--no-anchor", action="store_true", help="skip our own generator's studies")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)

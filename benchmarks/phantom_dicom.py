@@ -66,7 +66,7 @@ def dicom_study(seed: int, tmp: Path, appearance_jitter: float = 1.0, t1c_plane:
 def model_stack(args, **sections):
     """(settings, ModelRouter) of the embedded default with the model overrides that ``args`` gives
     (``--model``, ``--no-fallback`` and, where the script has them, ``--non-fat-sat``,
-    ``--no-keep-stated-regions`` and ``--size-growth-floor``); ``sections`` are further settings sections."""
+    ``--no-keep-stated-regions``, ``--size-growth-floor`` and ``--size-shrink-ceiling``); ``sections`` are further settings sections."""
     from pgsam_node.config import load_settings
     from pgsam_node.inference.router import ModelRouter
 
@@ -81,6 +81,8 @@ def model_stack(args, **sections):
         overrides["fallback_keep_stated_regions"] = False
     if getattr(args, "size_growth_floor", None) is not None:
         overrides["size_growth_floor"] = args.size_growth_floor
+    if getattr(args, "size_shrink_ceiling", None) is not None:
+        overrides["size_shrink_ceiling"] = args.size_shrink_ceiling
     if getattr(args, "flip_tta", None) is not None:
         overrides["flip_tta"] = args.flip_tta == "on"
     settings = load_settings(None, model=overrides, **sections)

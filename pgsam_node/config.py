@@ -297,8 +297,9 @@ class ModelSettings(_Section):
     #: Trained models only: the zero-shot (asymmetry-proposal) models' boxes already follow the size.
     size_growth_floor: float = Field(0.1, ge=0, lt=1)
     #: ... and a largest region wider than the stated size (plus a voxel) is cut back to its most
-    #: probable piece at a higher threshold, trying thresholds up to this one; 0 = never cut.
-    size_shrink_ceiling: float = Field(0.9, ge=0, lt=1)
+    #: probable piece at a higher threshold, trying thresholds up to this one (e.g. 0.9); 0 = never
+    #: cut, the default: on the held-out fourth generator every cut lost Dice (docs/model.md).
+    size_shrink_ceiling: float = Field(0.0, ge=0, lt=1)
     #: Segment every slice also mirrored left-right in the image (coordinates mirrored with it, the
     #: report unchanged) and average the two answers; twice the model's forward passes. Trained
     #: models without cached embeddings only.

@@ -153,7 +153,7 @@ class Predictor:
     def __init__(self, model, cfg, device, batch_size: int = 8, text_encoder: str | Path | None = None, threshold: float | None = None,
                  slice_selection: str = "auto", probe_stride: int = 2, embedding_cache_slices: int = 72,
                  size_growth_floor: float = 0.1, flip_tta: bool = False, assume_enhancement: bool = True,
-                 size_shrink_ceiling: float = 0.9) -> None:
+                 size_shrink_ceiling: float = 0.0) -> None:
         from pgsam_node.inference.proposals import ProposalParams
         from pgsam_node.inference.selective import EmbeddingLRU
 
