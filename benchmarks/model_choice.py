@@ -10,7 +10,7 @@ companion's Dice where the images say T2 or T1C is not fat-saturated
 (:func:`pgsam_node.inference.fat_sat.not_fat_saturated`, the node's own check), else the main
 model's. The anchor printed last is the switch: each other column as a ratio of it.
 
-    python benchmarks/model_choice.py --set third|second|ours [--seed-base S] [--cases 16]
+    python benchmarks/model_choice.py --set third|second|fourth|ours [--seed-base S] [--cases 16]
         [--fat-sat-off P] [--appearance-jitter F] [--companion MODEL] [--threads 2]
 """
 
@@ -35,7 +35,7 @@ COLUMNS = ("main", "companion", "mean", "switch")
 
 def load_case(args, seed: int, tmp: Path, geometry):
     """(channels, valid, findings, report, affine, truth, study volumes) of one study of the set."""
-    if args.set in ("second", "third"):
+    if args.set in ("second", "third", "fourth"):
         from foreign_phantoms import read_study
 
         from pgsam_node.geometry import Volume, mask_to_reference
@@ -57,16 +57,16 @@ def load_case(args, seed: int, tmp: Path, geometry):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--set", choices=("third", "second", "ours"), default="third")
+    ap.add_argument("--set", choices=("third", "second", "fourth", "ours"), default="third")
     ap.add_argument("--cases", type=int, default=16)
-    ap.add_argument("--seed-base", type=int, default=None, help="default: 100 for third, 0 for second, 1,000,700 for ours")
+    ap.add_argument("--seed-base", type=int, default=None, help="default: 100 for third, 0 for second and fourth, 1,000,700 for ours")
     ap.add_argument("--fat-sat-off", type=float, default=0.5, metavar="P", help="ours only: probability that T2, and T1C, are not fat-saturated")
     ap.add_argument("--appearance-jitter", type=float, default=1.0, metavar="F", help="ours only: signals spread F times")
     ap.add_argument("--companion", default=None, help="companion folder or bundled name (default: the embedded default's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    base = args.seed_base if args.seed_base is not None else {"third": 100, "second": 0, "ours": 1_000_700}[args.set]
+    base = args.seed_base if args.seed_base is not None else {"third": 100, "second": 0, "fourth": 0, "ours": 1_000_700}[args.set]
 
     import torch
 
