@@ -116,7 +116,8 @@ def main() -> int:
         else:
             print(f"(TCIA study skipped: {TCIA} not present)")
         shutil.rmtree(tmp, ignore_errors=True)
-    keys = ["instances", "send_seconds", "stable_seconds", "stable_wait", "report+queue", "gather", "geometry", "inference", "encode", "deliver+bookkeeping", "total"]
+    keys = ["instances", "send_seconds", "stable_seconds", "stable_wait", "report+queue", "gather", "geometry", "inference", "encode",
+            "deliver+bookkeeping", "total"]
     width = {k: max(10, len(k) + 2) for k in keys}
     print(f"\n{'study':<18}" + "".join(f"{k:>{width[k]}}" for k in keys))
     for r in rows:
