@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from io import BytesIO
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import func, select
 
 from pgsam_node.ingest.spool import leftover_tmp

@@ -18,7 +18,6 @@ from pgsam_node.db.models import Metric, OutboxItem, Study
 from pgsam_node.encode import algorithm_info, build_seg
 from pgsam_node.deliver.outbox import (
     all_sent_for_study,
-    delivery_summary,
     enqueue,
     process_due,
     recover_stuck,
