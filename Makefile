@@ -30,7 +30,7 @@ demo: setup
 # Boundaries (import-linter contracts), lint (ruff) and types (mypy), all configured in pyproject.toml.
 lint: setup
 	$(BIN)/lint-imports
-	$(BIN)/ruff check pgsam_node
+	$(BIN)/ruff check pgsam_node benchmarks tests
 	$(BIN)/mypy
 
 test: setup sysdeps ohif lint

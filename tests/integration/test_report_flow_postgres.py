@@ -52,7 +52,8 @@ def test_hl7_report_releases_waiting_study(pg_url, tmp_path):
                 st = s.get(Study, sid)
                 for to in ("RUNNING", "ENCODED", "DONE"):
                     transition(s, st, to, "test")
-            c.sendall(mllp_frame(oru(control="R2", status="C", patient_id="PAT77", accession="ACC77", study_uid=UID, lines=("Corrected: Warthin tumour, left.",))))
+            c.sendall(mllp_frame(oru(control="R2", status="C", patient_id="PAT77", accession="ACC77", study_uid=UID,
+                                     lines=("Corrected: Warthin tumour, left.",))))
             assert segments(read_frame(c))["MSA"][1] == "AA"
         out = check_amendments(db, settings, dt.datetime.now(dt.timezone.utc))
         assert out.rerun == [sid]

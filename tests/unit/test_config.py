@@ -29,7 +29,8 @@ def test_yaml_and_env_override(tmp_path, monkeypatch):
         ("dicom:\n  ae_title: THIS_AE_TITLE_IS_TOO_LONG\n", "dicom.ae_title"),
         ("assembly:\n  stable_seconds: -1\n", "assembly.stable_seconds"),
         ("dicom:\n  prot: 11112\n", "dicom.prot"),
-        ("destinations:\n  - name: pacs\n    ae_title: ORTHANC\n    host: 127.0.0.1\n", "destinations.0: Value error, destination 'pacs' (type dimse) needs port"),
+        ("destinations:\n  - name: pacs\n    ae_title: ORTHANC\n    host: 127.0.0.1\n",
+         "destinations.0: Value error, destination 'pacs' (type dimse) needs port"),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path, yaml_text, key):

@@ -12,7 +12,8 @@ from pgsam_node.model.pgsam import build_model
 from pgsam_node.model.presets import PRESETS, ModelConfig, get_preset
 
 # A very small variant of the tiny preset so the tests stay fast on a shared CPU.
-SMALL = dict(img_size=64, patch_size=8, embed_dim=48, depth=1, num_heads=2, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, iou_head_hidden_dim=32, fusion_heads=2, context_hidden=32, detail_channels=8)
+SMALL = dict(img_size=64, patch_size=8, embed_dim=48, depth=1, num_heads=2, prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2,
+             iou_head_hidden_dim=32, fusion_heads=2, context_hidden=32, detail_channels=8)
 
 
 def small_cfg(**kw) -> ModelConfig:

@@ -38,7 +38,8 @@ def _mask() -> np.ndarray:
 
 def _nnunet(root: Path, channels=("T1", "T2", "T1C"), cases=("CASE_001", "CASE_002")) -> Path:
     (root / "dataset.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {str(i): c for i, c in enumerate(channels)}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz"}))
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {str(i): c for i, c in enumerate(channels)},
+                                                   "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz"}))
     for n, case in enumerate(cases):
         for i in range(len(channels)):
             _save(root / "imagesTr" / f"{case}_{i:04d}.nii.gz", _vol(10 * n + i))

@@ -45,7 +45,7 @@ def _report(db, text="Left parotid 2 cm mass.", status="F", acc="ACC1"):
 def _get(db, sid) -> Study:
     with db.session() as s:
         st = s.get(Study, sid)
-        st.events  # load
+        _ = st.events  # load the events before the session closes
         return st
 
 

@@ -83,7 +83,7 @@ def test_no_report_text_or_identifiers_in_logs(tmp_path, caplog):
     create_site_ris(f"sqlite:///{path}")
     check_matching(_ris_settings(tmp_path, f"sqlite:///{path}"), None)
     assert caplog.records  # the lookups did log (ambiguity, notes)
-    for acc, suid, mrn, body, *_ in ROWS:
+    for _acc, suid, mrn, body, *_ in ROWS:
         assert body not in caplog.text
         assert mrn not in caplog.text
         assert suid not in caplog.text

@@ -44,7 +44,7 @@ def _read_series(paths: list[Path]) -> tuple[list[pydicom.Dataset], Grid, np.nda
 
 
 def test_series_share_study_and_frame_of_reference(studies):
-    for vendor, st in studies.items():
+    for st in studies.values():
         study_uids, fors, series_uids = set(), set(), set()
         for role in ROLES:
             for p in st.paths_by_role[role]:
