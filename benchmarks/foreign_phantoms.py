@@ -56,6 +56,21 @@ def read_study(folder: Path, geometry):
     return build_study_volumes(roles, geometry), named
 
 
+def foreign_case(generator: str, seed: int, folder: Path, geometry):
+    """(study record, study volumes, roles, findings, truth) of one study of ``generator``
+    written to ``folder`` and read as the node reads it; the truth (bool) moved from the
+    post-contrast T1's grid, where the generator draws it, onto the study's reference grid."""
+    from pgsam_node.geometry import Volume, mask_to_reference
+    from pgsam_node.reports.parse import parse_report
+
+    fs = importlib.import_module(f"pgsam_node.synth.{generator}").write_foreign_study(seed, folder)
+    sv, named = read_study(fs.folder, geometry)
+    t1c = sv.volumes.get("T1C", sv.reference)
+    truth_vol = Volume(array=fs.truth.astype(np.float32), affine=np.asarray(t1c.affine, dtype=np.float64), spacing=t1c.spacing)
+    truth, _ = mask_to_reference(truth_vol, sv.reference)
+    return fs, sv, named, parse_report(fs.report), np.asarray(truth) > 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generator", choices=("second", "third", "fourth"), default="second",
@@ -81,11 +96,8 @@ def main() -> int:
 
     from phantom_dicom import model_stack
 
-    from pgsam_node.geometry import Volume, mask_to_reference
     from pgsam_node.inference.choice import model_that_ran
-    from pgsam_node.reports.parse import parse_report
 
-    write_foreign_study = importlib.import_module(f"pgsam_node.synth.{args.generator}").write_foreign_study
     torch.set_num_threads(args.threads)
     settings, router = model_stack(args)
     print(f"model: {router.default.model_version}  fallback: {settings.model.fallback}")
@@ -94,16 +106,11 @@ def main() -> int:
         for i in range(args.cases):
             seed = args.seed_base + i
             t = time.perf_counter()
-            fs = write_foreign_study(seed, Path(tmp) / f"f{seed}")
-            sv, named = read_study(fs.folder, settings.geometry)
-            findings = parse_report(fs.report)
-            t1c = sv.volumes.get("T1C", sv.reference)  # the truth lies on the post-contrast T1's grid
-            truth_vol = Volume(array=fs.truth.astype(np.float32), affine=np.asarray(t1c.affine, dtype=np.float64), spacing=t1c.spacing)
-            truth, _ = mask_to_reference(truth_vol, sv.reference)
+            fs, sv, named, findings, truth = foreign_case(args.generator, seed, Path(tmp) / f"f{seed}", settings.geometry)
             model = router.for_findings(findings)
             res = model.predict(dict(sv.channels), dict(sv.valid), findings, fs.report, np.asarray(sv.grid.affine, dtype=np.float64))
             mask, _ = sv.to_reference(res.mask)
-            d = dice(mask.astype(bool), np.asarray(truth) > 0)
+            d = dice(mask.astype(bool), truth)
             secs = time.perf_counter() - t
             rows.append({"seed": seed, "dice": d, "kind": fs.kind, "side": fs.side, "lobe": fs.lobe, "fat_sat": fs.fat_sat,
                          "roles": named, "reference": sv.reference_role, "seconds": secs, "notes": res.notes})

@@ -17,7 +17,6 @@ model's. The anchor printed last is the switch: each other column as a ratio of 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import tempfile
 from pathlib import Path
@@ -36,18 +35,10 @@ COLUMNS = ("main", "companion", "mean", "switch")
 def load_case(args, seed: int, tmp: Path, geometry):
     """(channels, valid, findings, report, affine, truth, study volumes) of one study of the set."""
     if args.set in ("second", "third", "fourth"):
-        from foreign_phantoms import read_study
+        from foreign_phantoms import foreign_case
 
-        from pgsam_node.geometry import Volume, mask_to_reference
-        from pgsam_node.reports.parse import parse_report
-
-        fs = importlib.import_module(f"pgsam_node.synth.{args.set}").write_foreign_study(seed, tmp / "study")
-        sv, _ = read_study(fs.folder, geometry)
-        t1c = sv.volumes.get("T1C", sv.reference)
-        truth_vol = Volume(array=fs.truth.astype(np.float32), affine=np.asarray(t1c.affine, dtype=np.float64), spacing=t1c.spacing)
-        truth, _ = mask_to_reference(truth_vol, sv.reference)
-        return (dict(sv.channels), dict(sv.valid), parse_report(fs.report), fs.report, np.asarray(sv.grid.affine, dtype=np.float64),
-                np.asarray(truth) > 0, sv)
+        fs, sv, _named, findings, truth = foreign_case(args.set, seed, tmp / "study", geometry)
+        return dict(sv.channels), dict(sv.valid), findings, fs.report, np.asarray(sv.grid.affine, dtype=np.float64), truth, sv
     from phantom_dicom import dicom_study
 
     (chan, valid, findings, report, affine), truth, _meta, sv = dicom_study(
